@@ -1,0 +1,348 @@
+//! Tenants and their API keys (admin), and `GET /v1/me` (the tenant a key belongs to).
+//!
+//! A key is shown exactly once, in the response that creates it; the database keeps its hash.
+//! Rotation adds a key without revoking the old ones, so a tenant can roll keys over with no
+//! downtime and revoke the old key when every client has moved.
+
+use super::AppState;
+use super::error::{Error, Result, on_constraint};
+use super::extract::{Admin, FieldErrors, Json, Query, Tenant};
+use super::pagination::{Page, PageParams};
+use crate::domain::{ApiKey, EmailAddress, TenantName, TenantSlug, TimeZoneName};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// Display name, 1..=200 characters.
+    name: String,
+    /// URL-safe handle: 2..=63 of `a-z`, `0-9`, `-`.
+    slug: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedTenant {
+    id: Uuid,
+    slug: String,
+    name: String,
+    /// Shown once; store it now.
+    api_key: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TenantView {
+    id: Uuid,
+    slug: String,
+    name: String,
+    alert_email: Option<String>,
+    timezone: String,
+    active: bool,
+    created_at: DateTime<Utc>,
+}
+
+/// Settings to change; absent fields stay as they are, `alert_email: null` clears the address.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPatch {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    alert_email: Option<Option<String>>,
+    timezone: Option<String>,
+    active: Option<bool>,
+}
+
+/// Tells "absent" (`None`) from "null" (`Some(None)`).
+fn double_option<'de, D, T>(de: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedApiKey {
+    id: Uuid,
+    /// Shown once; store it now.
+    api_key: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApiKeyView {
+    id: Uuid,
+    /// The key's first characters, to tell keys apart.
+    prefix: String,
+    created_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Me {
+    id: Uuid,
+    slug: String,
+    name: String,
+}
+
+/// Creates a tenant and its first API key.
+#[utoipa::path(post, path = "/admin/v1/tenants", tag = "admin", security(("admin_token" = [])),
+    request_body = NewTenant,
+    responses(
+        (status = 201, body = CreatedTenant),
+        (status = 409, description = "The slug is taken", body = super::error::Problem),
+        (status = 422, body = super::error::Problem),
+    ))]
+#[tracing::instrument(skip_all)]
+pub async fn create_tenant(
+    _: Admin,
+    State(state): State<AppState>,
+    Json(body): Json<NewTenant>,
+) -> Result<(StatusCode, axum::Json<CreatedTenant>)> {
+    let mut errors = FieldErrors::default();
+    let name = errors.check("name", TenantName::parse(&body.name));
+    let slug = errors.check("slug", TenantSlug::parse(&body.slug));
+    errors.finish()?;
+    let (name, slug) = (name.expect("checked"), slug.expect("checked"));
+    let created = create_tenant_with_key(&state.db, &slug, &name)
+        .await
+        .map_err(|e| {
+            on_constraint(e, "tenants_slug_key", || Error::Conflict {
+                detail: format!("a tenant with slug '{}' exists", slug.as_str()),
+                field: Some("slug".into()),
+            })
+        })?;
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+/// Inserts a tenant and a first key in one transaction (also used by `backroom tenant create`).
+pub async fn create_tenant_with_key(
+    db: &sqlx::PgPool,
+    slug: &TenantSlug,
+    name: &TenantName,
+) -> std::result::Result<CreatedTenant, sqlx::Error> {
+    let id = Uuid::now_v7();
+    let key = ApiKey::generate();
+    let mut tx = db.begin().await?;
+    sqlx::query!(
+        "INSERT INTO tenants (id, slug, name) VALUES ($1, $2, $3)",
+        id,
+        slug.as_str(),
+        name.as_str()
+    )
+    .execute(&mut *tx)
+    .await?;
+    insert_key(&mut tx, id, &key).await?;
+    tx.commit().await?;
+    Ok(CreatedTenant {
+        id,
+        slug: slug.as_str().into(),
+        name: name.as_str().into(),
+        api_key: key.expose().into(),
+    })
+}
+
+impl CreatedTenant {
+    pub fn api_key(&self) -> &str {
+        &self.api_key
+    }
+}
+
+/// Stores a new key for a tenant and returns its id.
+pub async fn insert_key(
+    tx: &mut sqlx::PgConnection,
+    tenant_id: Uuid,
+    key: &ApiKey,
+) -> std::result::Result<Uuid, sqlx::Error> {
+    let id = Uuid::now_v7();
+    let hash = key.hash();
+    sqlx::query!(
+        "INSERT INTO api_keys (id, tenant_id, key_hash, prefix) VALUES ($1, $2, $3, $4)",
+        id,
+        tenant_id,
+        hash.as_bytes(),
+        key.display_prefix()
+    )
+    .execute(tx)
+    .await?;
+    Ok(id)
+}
+
+/// Lists tenants, oldest first.
+#[utoipa::path(get, path = "/admin/v1/tenants", tag = "admin", security(("admin_token" = [])),
+    params(PageParams),
+    responses((status = 200, body = Page<TenantView>)))]
+#[tracing::instrument(skip_all)]
+pub async fn list_tenants(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(params): Query<PageParams>,
+) -> Result<axum::Json<Page<TenantView>>> {
+    let page = params.parse()?;
+    let after = match page.after.as_deref() {
+        Some(raw) => Some(
+            Uuid::parse_str(raw)
+                .map_err(|_| Error::invalid("cursor", "is not a cursor from this API"))?,
+        ),
+        None => None,
+    };
+    let rows = sqlx::query_as!(
+        TenantView,
+        r#"SELECT id, slug, name, alert_email, timezone, active, created_at
+           FROM tenants WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"#,
+        after,
+        page.limit + 1
+    )
+    .fetch_all(&state.db)
+    .await?;
+    Ok(axum::Json(Page::from_rows(rows, page.limit, |t| {
+        t.id.to_string()
+    })))
+}
+
+/// Changes a tenant's settings.
+#[utoipa::path(patch, path = "/admin/v1/tenants/{slug}", tag = "admin",
+    security(("admin_token" = [])), request_body = TenantPatch,
+    params(("slug" = String, Path)),
+    responses(
+        (status = 200, body = TenantView),
+        (status = 404, body = super::error::Problem),
+        (status = 422, body = super::error::Problem),
+    ))]
+#[tracing::instrument(skip_all)]
+pub async fn update_tenant(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    Json(body): Json<TenantPatch>,
+) -> Result<axum::Json<TenantView>> {
+    let mut errors = FieldErrors::default();
+    let name = body
+        .name
+        .as_deref()
+        .and_then(|n| errors.check("name", TenantName::parse(n)));
+    let alert_email = match &body.alert_email {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(raw)) => errors
+            .check("alert_email", EmailAddress::parse(raw))
+            .map(Some),
+    };
+    let timezone = body
+        .timezone
+        .as_deref()
+        .and_then(|t| errors.check("timezone", TimeZoneName::parse(t)));
+    errors.finish()?;
+    let new_alert_email = alert_email.clone().flatten();
+    let row = sqlx::query_as!(
+        TenantView,
+        r#"UPDATE tenants SET
+             name = COALESCE($2, name),
+             alert_email = CASE WHEN $3 THEN $4 ELSE alert_email END,
+             timezone = COALESCE($5, timezone),
+             active = COALESCE($6, active),
+             updated_at = now()
+           WHERE slug = $1
+           RETURNING id, slug, name, alert_email, timezone, active, created_at"#,
+        slug,
+        name.as_ref().map(TenantName::as_str),
+        alert_email.is_some(),
+        new_alert_email.as_ref().map(EmailAddress::as_str),
+        timezone.as_ref().map(TimeZoneName::as_str),
+        body.active
+    )
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
+    Ok(axum::Json(row))
+}
+
+/// Adds an API key to a tenant (rotation: older keys stay valid until revoked).
+#[utoipa::path(post, path = "/admin/v1/tenants/{slug}/api-keys", tag = "admin",
+    security(("admin_token" = [])), params(("slug" = String, Path)),
+    responses((status = 201, body = CreatedApiKey), (status = 404, body = super::error::Problem)))]
+#[tracing::instrument(skip_all)]
+pub async fn create_api_key(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<(StatusCode, axum::Json<CreatedApiKey>)> {
+    let mut tx = state.db.begin().await?;
+    let tenant_id = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", slug)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
+    let key = ApiKey::generate();
+    let id = insert_key(&mut tx, tenant_id, &key).await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedApiKey {
+            id,
+            api_key: key.expose().into(),
+        }),
+    ))
+}
+
+/// Lists a tenant's keys (prefixes only).
+#[utoipa::path(get, path = "/admin/v1/tenants/{slug}/api-keys", tag = "admin",
+    security(("admin_token" = [])), params(("slug" = String, Path)),
+    responses((status = 200, body = Vec<ApiKeyView>), (status = 404, body = super::error::Problem)))]
+#[tracing::instrument(skip_all)]
+pub async fn list_api_keys(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<axum::Json<Vec<ApiKeyView>>> {
+    let tenant_id = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", slug)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
+    let keys = sqlx::query_as!(
+        ApiKeyView,
+        "SELECT id, prefix, created_at, revoked_at FROM api_keys WHERE tenant_id = $1 ORDER BY id",
+        tenant_id
+    )
+    .fetch_all(&state.db)
+    .await?;
+    Ok(axum::Json(keys))
+}
+
+/// Revokes an API key at once. Revoking a revoked key is a no-op.
+#[utoipa::path(delete, path = "/admin/v1/api-keys/{id}", tag = "admin",
+    security(("admin_token" = [])), params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = super::error::Problem)))]
+#[tracing::instrument(skip_all)]
+pub async fn revoke_api_key(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let not_found = || Error::NotFound(format!("no API key '{id}'"));
+    let key_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let found = sqlx::query_scalar!(
+        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 RETURNING id",
+        key_id
+    )
+    .fetch_optional(&state.db)
+    .await?;
+    found.map(|_| StatusCode::NO_CONTENT).ok_or_else(not_found)
+}
+
+/// The tenant this API key belongs to.
+#[utoipa::path(get, path = "/v1/me", tag = "tenant", security(("tenant_key" = [])),
+    responses((status = 200, body = Me), (status = 401, body = super::error::Problem)))]
+pub async fn me(tenant: Tenant, State(state): State<AppState>) -> Result<axum::Json<Me>> {
+    let name = sqlx::query_scalar!("SELECT name FROM tenants WHERE id = $1", tenant.id)
+        .fetch_one(&state.db)
+        .await?;
+    Ok(axum::Json(Me {
+        id: tenant.id,
+        slug: tenant.slug,
+        name,
+    }))
+}

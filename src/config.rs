@@ -1,0 +1,274 @@
+//! Settings, read once from the environment at start-up (12-factor).
+//!
+//! Every variable is parsed here and nowhere else, so a missing or malformed setting stops the
+//! process before it binds a port or touches a queue, with one line naming the variable.
+//! `.env.example` documents each variable; tests build `Settings` directly.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A setting that is missing or malformed. Its `Display` is the one line an operator sees.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {var}: {message}")]
+pub struct SettingsError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `DATABASE_URL`: the Postgres database that holds tenants, ledgers, invoices, forecasts.
+    pub database_url: String,
+    /// `BACKROOM_DB_MAX_CONNECTIONS`: pool size per process.
+    pub database_max_connections: u32,
+    /// `REDIS_URL`: `redis://` (single node) or `redis+cluster://` (Redis Cluster seed node).
+    pub redis_url: String,
+    /// `BACKROOM_REDIS_NAMESPACE`: prefix of every Redis key, so several deployments (or tests)
+    /// can share one Redis.
+    pub redis_namespace: String,
+    /// `SMTP_URL`: where emails go (`smtp://user:pass@host:port`, `smtps://…`). Optional for the
+    /// API; workers that send email need it.
+    pub smtp_url: Option<String>,
+    /// `BACKROOM_ADMIN_TOKEN`: the admin bearer token (at least 16 characters).
+    pub admin_token: String,
+    /// `BACKROOM_BIND`: the HTTP listen address.
+    pub bind: SocketAddr,
+    /// `BACKROOM_MAX_BODY_BYTES`: the largest request body accepted (413 above it).
+    pub max_body_bytes: usize,
+    /// `BACKROOM_LOG_FORMAT`: `json` (production) or `pretty` (a terminal).
+    pub log_format: LogFormat,
+    /// `BACKROOM_LOG` (or `RUST_LOG`): a tracing filter such as `info,backroom=debug`.
+    pub log_filter: String,
+    /// `BACKROOM_SHUTDOWN_GRACE_SECS`: how long in-flight work may run after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so the parsing rules are testable without touching the
+    /// process environment. Empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let required = |name: &'static str| {
+            get(name).ok_or_else(|| SettingsError {
+                var: name,
+                message: "is not set".into(),
+            })
+        };
+
+        let database_url = required("DATABASE_URL")?;
+        check_url("DATABASE_URL", &database_url, &["postgres", "postgresql"])?;
+        let redis_url = required("REDIS_URL")?;
+        check_url(
+            "REDIS_URL",
+            &redis_url,
+            &["redis", "rediss", "redis+cluster", "rediss+cluster"],
+        )?;
+        let smtp_url = get("SMTP_URL");
+        if let Some(url) = &smtp_url {
+            check_url("SMTP_URL", url, &["smtp", "smtps"])?;
+        }
+
+        let admin_token = required("BACKROOM_ADMIN_TOKEN")?;
+        if admin_token.chars().count() < 16 {
+            return Err(SettingsError {
+                var: "BACKROOM_ADMIN_TOKEN",
+                message: "must be at least 16 characters".into(),
+            });
+        }
+
+        let bind = parse_or(
+            get("BACKROOM_BIND"),
+            "BACKROOM_BIND",
+            "0.0.0.0:8080",
+            "a socket address such as 0.0.0.0:8080",
+        )?;
+        let database_max_connections: u32 = parse_or(
+            get("BACKROOM_DB_MAX_CONNECTIONS"),
+            "BACKROOM_DB_MAX_CONNECTIONS",
+            "20",
+            "a whole number",
+        )?;
+        if database_max_connections == 0 {
+            return Err(SettingsError {
+                var: "BACKROOM_DB_MAX_CONNECTIONS",
+                message: "must be at least 1".into(),
+            });
+        }
+        let max_body_bytes: usize = parse_or(
+            get("BACKROOM_MAX_BODY_BYTES"),
+            "BACKROOM_MAX_BODY_BYTES",
+            "2097152",
+            "a number of bytes",
+        )?;
+        let shutdown_secs: u64 = parse_or(
+            get("BACKROOM_SHUTDOWN_GRACE_SECS"),
+            "BACKROOM_SHUTDOWN_GRACE_SECS",
+            "30",
+            "a number of seconds",
+        )?;
+
+        let redis_namespace = get("BACKROOM_REDIS_NAMESPACE").unwrap_or_else(|| "backroom".into());
+        if !redis_namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '.'))
+        {
+            return Err(SettingsError {
+                var: "BACKROOM_REDIS_NAMESPACE",
+                message: "may contain only letters, digits, '-', '_', ':' and '.'".into(),
+            });
+        }
+
+        let log_format = match get("BACKROOM_LOG_FORMAT").as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(SettingsError {
+                    var: "BACKROOM_LOG_FORMAT",
+                    message: format!("'{other}' is not one of: json, pretty"),
+                });
+            }
+        };
+        let log_filter = get("BACKROOM_LOG")
+            .or_else(|| get("RUST_LOG"))
+            .unwrap_or_else(|| "info".into());
+        if let Err(e) = log_filter.parse::<tracing_subscriber::EnvFilter>() {
+            return Err(SettingsError {
+                var: "BACKROOM_LOG",
+                message: format!("'{log_filter}' is not a valid filter: {e}"),
+            });
+        }
+
+        Ok(Settings {
+            database_url,
+            database_max_connections,
+            redis_url,
+            redis_namespace,
+            smtp_url,
+            admin_token,
+            bind,
+            max_body_bytes,
+            log_format,
+            log_filter,
+            shutdown_grace: Duration::from_secs(shutdown_secs),
+        })
+    }
+}
+
+fn check_url(var: &'static str, value: &str, schemes: &[&str]) -> Result<(), SettingsError> {
+    let url = url::Url::parse(value).map_err(|e| SettingsError {
+        var,
+        message: format!("is not a URL ({e})"),
+    })?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(SettingsError {
+            var,
+            message: format!(
+                "scheme '{}' is not one of: {}",
+                url.scheme(),
+                schemes.join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn parse_or<T: std::str::FromStr>(
+    value: Option<String>,
+    var: &'static str,
+    default: &str,
+    expected: &str,
+) -> Result<T, SettingsError> {
+    let raw = value.unwrap_or_else(|| default.to_string());
+    raw.trim().parse().map_err(|_| SettingsError {
+        var,
+        message: format!("'{raw}' is not {expected}"),
+    })
+}
+
+/// `DATABASE_URL` alone, for commands that touch only Postgres (`migrate`, `tenant create`).
+pub fn database_url_from_env() -> Result<String, SettingsError> {
+    let url = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| SettingsError {
+            var: "DATABASE_URL",
+            message: "is not set".into(),
+        })?;
+    check_url("DATABASE_URL", &url, &["postgres", "postgresql"])?;
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn base() -> HashMap<&'static str, &'static str> {
+        HashMap::from([
+            (
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/backroom",
+            ),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("BACKROOM_ADMIN_TOKEN", "0123456789abcdef-admin"),
+        ])
+    }
+
+    fn parse(env: &HashMap<&'static str, &'static str>) -> Result<Settings, SettingsError> {
+        Settings::from_lookup(|k| env.get(k).map(|v| v.to_string()))
+    }
+
+    #[test]
+    fn minimal_environment_gives_documented_defaults() {
+        let s = parse(&base()).expect("valid");
+        assert_eq!(s.bind.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.redis_namespace, "backroom");
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.max_body_bytes, 2 * 1024 * 1024);
+        assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn each_bad_setting_names_its_variable() {
+        let cases: &[(&str, Option<&'static str>, &str)] = &[
+            ("DATABASE_URL", None, "is not set"),
+            ("DATABASE_URL", Some("mysql://x"), "scheme 'mysql'"),
+            ("DATABASE_URL", Some("not a url"), "is not a URL"),
+            ("REDIS_URL", None, "is not set"),
+            ("REDIS_URL", Some("http://x"), "scheme 'http'"),
+            ("BACKROOM_ADMIN_TOKEN", None, "is not set"),
+            ("BACKROOM_ADMIN_TOKEN", Some("short"), "at least 16"),
+            ("BACKROOM_BIND", Some("localhost"), "socket address"),
+            ("BACKROOM_DB_MAX_CONNECTIONS", Some("0"), "at least 1"),
+            ("BACKROOM_DB_MAX_CONNECTIONS", Some("many"), "whole number"),
+            ("BACKROOM_LOG_FORMAT", Some("xml"), "not one of"),
+            ("BACKROOM_REDIS_NAMESPACE", Some("a b"), "may contain only"),
+            ("SMTP_URL", Some("http://mail"), "scheme 'http'"),
+        ];
+        for (var, value, expected) in cases {
+            let mut env = base();
+            match value {
+                Some(v) => env.insert(var, v),
+                None => env.remove(var),
+            };
+            let err = parse(&env).expect_err(&format!("{var}={value:?} must be refused"));
+            assert_eq!(err.var, *var, "wrong variable blamed for {var}={value:?}");
+            let line = err.to_string();
+            assert!(
+                line.contains(expected) && line.contains(var) && !line.contains('\n'),
+                "{var}={value:?}: unexpected message {line:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! `backroom dev`: the whole system in one process for a laptop.
+//!
+//! It fills in what a laptop lacks (an admin token, a loopback bind address, readable logs),
+//! applies migrations, makes sure a demo tenant exists with a fresh API key, prints how to use
+//! it, and runs the API until Ctrl-C.
+
+use crate::config::Settings;
+use crate::domain::{ApiKey, TenantName, TenantSlug};
+use crate::startup::{Application, shutdown_signal};
+use crate::{api, db, telemetry};
+use anyhow::Context;
+use rand::RngCore;
+
+const DEMO_SLUG: &str = "demo";
+
+pub async fn run() -> anyhow::Result<()> {
+    let generated_token = {
+        let mut bytes = [0u8; 18];
+        rand::rng().fill_bytes(&mut bytes);
+        format!("dev-{}", hex::encode(bytes))
+    };
+    let settings = Settings::from_lookup(|name| {
+        let set = std::env::var(name).ok().filter(|v| !v.is_empty());
+        set.or_else(|| match name {
+            "BACKROOM_ADMIN_TOKEN" => Some(generated_token.clone()),
+            "BACKROOM_BIND" => Some("127.0.0.1:8080".into()),
+            "BACKROOM_LOG_FORMAT" => Some("pretty".into()),
+            _ => None,
+        })
+    })?;
+    telemetry::init(settings.log_format, &settings.log_filter);
+
+    let app = Application::build(settings.clone()).await?;
+    let pool = app.state().db.clone();
+    db::migrate(&pool).await?;
+    let demo_key = demo_tenant_key(&pool).await?;
+
+    let base = format!("http://127.0.0.1:{}", app.port());
+    println!();
+    println!("  backroom dev is running");
+    println!("  API            {base}  (contract: GET {base}/openapi.json)");
+    println!("  admin token    {}", settings.admin_token);
+    println!("  demo tenant    '{DEMO_SLUG}', API key {}", demo_key);
+    println!();
+    println!(
+        "  try:  curl -H 'Authorization: Bearer {}' {base}/v1/me",
+        demo_key
+    );
+    println!();
+    app.run_until(shutdown_signal()).await
+}
+
+/// Creates the demo tenant, or gives the existing one a new key (keys are shown only once).
+async fn demo_tenant_key(pool: &sqlx::PgPool) -> anyhow::Result<String> {
+    let slug = TenantSlug::parse(DEMO_SLUG).map_err(anyhow::Error::msg)?;
+    let name = TenantName::parse("Demo Outdoor Supply").map_err(anyhow::Error::msg)?;
+    let existing = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", DEMO_SLUG)
+        .fetch_optional(pool)
+        .await
+        .context("while looking up the demo tenant")?;
+    let key = match existing {
+        None => api::tenants::create_tenant_with_key(pool, &slug, &name)
+            .await
+            .context("while creating the demo tenant")?
+            .api_key()
+            .to_string(),
+        Some(tenant_id) => {
+            let key = ApiKey::generate();
+            let mut conn = pool.acquire().await?;
+            api::tenants::insert_key(&mut conn, tenant_id, &key)
+                .await
+                .context("while adding a demo API key")?;
+            key.expose().to_string()
+        }
+    };
+    Ok(key)
+}

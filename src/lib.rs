@@ -1,0 +1,11 @@
+//! backroom: an HTTP intake and a fleet of workers on Redis for multi-tenant inventory and order
+//! businesses. `main.rs` only parses the command line; everything else lives here.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod dev;
+pub mod domain;
+pub mod redis_conn;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,329 @@
+//! Test harness: every test gets its own Postgres database (UUID name, migrations applied) and
+//! its own Redis key namespace, and talks to a real server bound to port 0. Tests run in parallel.
+
+use backroom::config::Settings;
+use backroom::startup::Application;
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+use sqlx::{Connection, PgPool};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub fn database_server_url() -> String {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    match url.rsplit_once('/') {
+        Some((server, _db)) if server.contains("://") && server.ends_with(|c: char| c != '/') => {
+            server.to_string()
+        }
+        _ => url,
+    }
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn init_logging() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            backroom::telemetry::init(backroom::config::LogFormat::Pretty, "info,backroom=debug");
+        }
+    });
+}
+
+/// A fresh database with the migrations applied; returns its URL.
+pub async fn fresh_database() -> String {
+    let server = database_server_url();
+    let name = format!("backroom_test_{}", Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .expect("Postgres must be reachable for the tests (run scripts/test)");
+    sqlx::query(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let url = format!("{server}/{name}");
+    let pool = PgPool::connect(&url).await.expect("connect test database");
+    backroom::db::migrate(&pool)
+        .await
+        .expect("migrations apply");
+    pool.close().await;
+    url
+}
+
+/// Settings for a test: its own database and Redis namespace, port 0.
+pub fn test_settings(database_url: &str) -> Settings {
+    let namespace = format!("test-{}", Uuid::new_v4().simple());
+    let env: HashMap<&str, String> = HashMap::from([
+        ("DATABASE_URL", database_url.to_string()),
+        ("REDIS_URL", redis_url()),
+        ("BACKROOM_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
+        ("BACKROOM_BIND", "127.0.0.1:0".to_string()),
+        ("BACKROOM_REDIS_NAMESPACE", namespace),
+        ("BACKROOM_MAX_BODY_BYTES", "65536".to_string()),
+    ]);
+    Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings are valid")
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db: PgPool,
+    pub client: reqwest::Client,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    init_logging();
+    let database_url = fresh_database().await;
+    let mut settings = test_settings(&database_url);
+    customize(&mut settings);
+    let app = Application::build(settings)
+        .await
+        .expect("application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let db = app.state().db.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address,
+        db,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        _shutdown: tx,
+    }
+}
+
+/// A created tenant and its first key.
+pub struct TestTenant {
+    pub id: String,
+    pub slug: String,
+    pub key: String,
+}
+
+impl TestApp {
+    pub fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let builder = self
+            .client
+            .request(method, format!("{}{}", self.address, path));
+        match token {
+            Some(t) => builder.bearer_auth(t),
+            None => builder,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        self.request(Method::GET, path, token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Sends `body` as JSON; the returned future borrows nothing, so closures can return it.
+    pub fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> impl Future<Output = Response> + use<> {
+        let pending = self.request(method, path, token).json(body).send();
+        async move { pending.await.expect("request sent") }
+    }
+
+    pub fn post_json(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> impl Future<Output = Response> + use<> {
+        self.send_json(Method::POST, path, token, body)
+    }
+
+    pub async fn create_tenant_raw(&self, body: &Value) -> Response {
+        self.post_json("/admin/v1/tenants", Some(ADMIN_TOKEN), body)
+            .await
+    }
+
+    pub async fn create_tenant(&self, slug: &str) -> TestTenant {
+        let response = self
+            .create_tenant_raw(&serde_json::json!({"name": format!("Tenant {slug}"), "slug": slug}))
+            .await;
+        assert_eq!(response.status(), 201, "tenant {slug} is created");
+        let body: Value = response.json().await.unwrap();
+        TestTenant {
+            id: body["id"].as_str().unwrap().to_string(),
+            slug: slug.to_string(),
+            key: body["api_key"].as_str().unwrap().to_string(),
+        }
+    }
+
+    pub async fn rotate_key(&self, slug: &str) -> (String, String) {
+        let response = self
+            .request(
+                Method::POST,
+                &format!("/admin/v1/tenants/{slug}/api-keys"),
+                Some(ADMIN_TOKEN),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        (
+            body["id"].as_str().unwrap().to_string(),
+            body["api_key"].as_str().unwrap().to_string(),
+        )
+    }
+
+    pub async fn revoke_key(&self, id: &str) -> Response {
+        self.request(
+            Method::DELETE,
+            &format!("/admin/v1/api-keys/{id}"),
+            Some(ADMIN_TOKEN),
+        )
+        .send()
+        .await
+        .unwrap()
+    }
+
+    pub async fn me(&self, key: &str) -> Response {
+        self.get("/v1/me", Some(key)).await
+    }
+}
+
+/// Asserts a problem+json response and returns its body.
+pub async fn assert_problem(response: Response, status: u16, why: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "{why}: status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert_eq!(
+        content_type, "application/problem+json",
+        "{why}: content type"
+    );
+    let body: Value = response.json().await.expect("problem body is JSON");
+    for key in ["type", "title", "status", "detail", "errors", "request_id"] {
+        assert!(
+            body.get(key).is_some(),
+            "{why}: problem lacks {key}: {body}"
+        );
+    }
+    assert_eq!(body["status"], status, "{why}: status field");
+    assert!(
+        body["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{why}: request_id"
+    );
+    body
+}
+
+/// The `field`s of a problem's `errors`.
+pub fn problem_fields(body: &Value) -> Vec<String> {
+    body["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| e["field"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `check` until it returns `Some`, or panics after `limit` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if started.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real, private `redis-server` process on a free port; killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        let server = RedisServer { port, child };
+        let url = server.url();
+        wait_for(
+            "the private redis-server to answer",
+            Duration::from_secs(10),
+            || {
+                let url = url.clone();
+                async move {
+                    let client = redis::Client::open(url).ok()?;
+                    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .ok()
+                }
+            },
+        )
+        .await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

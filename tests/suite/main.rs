@@ -1,0 +1,10 @@
+//! The integration suite: one test binary (one link) driving real processes, real Postgres and
+//! real Redis through backroom's public surfaces.
+
+mod helpers;
+
+mod foundation_auth;
+mod foundation_health;
+mod foundation_problems;
+mod foundation_settings;
+mod foundation_tenants;
