@@ -8,3 +8,6 @@ mod foundation_health;
 mod foundation_problems;
 mod foundation_settings;
 mod foundation_tenants;
+mod queue_engine;
+mod queue_faults;
+mod queue_support;

@@ -1,0 +1,83 @@
+//! What a job handler sees (its [`JobMeta`]) and how it reports failure ([`JobError`]).
+
+use std::time::Duration;
+
+/// A job's identity and delivery facts, given to its handler as apalis task data
+/// (`apalis::prelude::Data<JobMeta>`).
+#[derive(Debug, Clone)]
+pub struct JobMeta {
+    pub id: String,
+    pub queue: String,
+    pub kind: String,
+    /// The tenant the job works for; `None` for system jobs.
+    pub tenant: Option<uuid::Uuid>,
+    /// 1 on the first run.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// When the job was accepted (ms since the epoch).
+    pub created_at_ms: i64,
+    /// The stream entry this delivery came from: the lease.
+    pub(crate) entry: String,
+}
+
+impl JobMeta {
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+}
+
+/// How a job failed. Handlers sort failures explicitly: `retry` for what may work later
+/// (database, SMTP, network), `permanent` for what never will (bad data, business rules).
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Try again later: after `after`, or after the queue's exponential backoff.
+    #[error("{message}")]
+    Retry {
+        message: String,
+        after: Option<Duration>,
+    },
+    /// Stop for good: the job ends `failed` with this reason.
+    #[error("{message}")]
+    Permanent { message: String },
+}
+
+impl JobError {
+    pub fn retry(message: impl std::fmt::Display) -> Self {
+        JobError::Retry {
+            message: message.to_string(),
+            after: None,
+        }
+    }
+
+    pub fn retry_after(message: impl std::fmt::Display, after: Duration) -> Self {
+        JobError::Retry {
+            message: message.to_string(),
+            after: Some(after),
+        }
+    }
+
+    pub fn permanent(message: impl std::fmt::Display) -> Self {
+        JobError::Permanent {
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Unclassified errors (I/O, database) are transient: retried, then dead when attempts run out.
+impl From<anyhow::Error> for JobError {
+    fn from(e: anyhow::Error) -> Self {
+        JobError::retry(format!("{e:#}"))
+    }
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        JobError::retry(format!("database: {e}"))
+    }
+}
+
+impl From<redis::RedisError> for JobError {
+    fn from(e: redis::RedisError) -> Self {
+        JobError::retry(format!("redis: {e}"))
+    }
+}

@@ -1,0 +1,128 @@
+//! Redis key names of one queue.
+//!
+//! Every key of a queue starts with the hash tag `{<namespace>:<queue>}`, so all of a queue's keys
+//! live in one Redis Cluster slot and each Lua script touches a single slot. The scripts receive
+//! the stream key in `KEYS[1]` (which routes them) and derive the other keys from the prefix.
+
+#[derive(Debug, Clone)]
+pub struct QueueKeys {
+    prefix: String,
+}
+
+impl QueueKeys {
+    pub fn new(namespace: &str, queue: &str) -> Self {
+        Self {
+            prefix: format!("{{{namespace}:{queue}}}"),
+        }
+    }
+
+    /// The hash-tagged prefix, passed to scripts as `ARGV[1]`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The stream of ready jobs (entries carry only the job id).
+    pub fn stream(&self) -> String {
+        format!("{}:stream", self.prefix)
+    }
+
+    pub fn job(&self, id: &str) -> String {
+        format!("{}:job:{id}", self.prefix)
+    }
+
+    pub fn paused(&self) -> String {
+        format!("{}:paused", self.prefix)
+    }
+
+    /// Sorted sets by job id: scheduled and retrying (score = due time), and the finished
+    /// ones (score = finish time, trimmed by retention).
+    pub fn set(&self, which: JobSet) -> String {
+        format!("{}:{}", self.prefix, which.suffix())
+    }
+
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
+    pub fn worker(&self, consumer: &str) -> String {
+        format!("{}:worker:{consumer}", self.prefix)
+    }
+
+    pub fn stats_minute(&self, minute: i64) -> String {
+        format!("{}:stats:{minute}", self.prefix)
+    }
+}
+
+/// The sorted sets a job can sit in outside the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobSet {
+    Scheduled,
+    Retrying,
+    Succeeded,
+    Failed,
+    Dead,
+}
+
+impl JobSet {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            JobSet::Scheduled => "scheduled",
+            JobSet::Retrying => "retry",
+            JobSet::Succeeded => "succeeded",
+            JobSet::Failed => "failed",
+            JobSet::Dead => "dead",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Redis Cluster's key slot: CRC16 of the hash tag.
+    fn slot(key: &str) -> u16 {
+        let bytes = key.as_bytes();
+        let tag = match key.find('{') {
+            Some(open) => match key[open + 1..].find('}') {
+                Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
+                _ => bytes,
+            },
+            None => bytes,
+        };
+        let mut crc: u16 = 0;
+        for &b in tag {
+            crc ^= (b as u16) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc % 16384
+    }
+
+    #[test]
+    fn every_key_of_a_queue_is_in_one_cluster_slot() {
+        let k = QueueKeys::new("backroom", "stock");
+        let keys = [
+            k.stream(),
+            k.job("stock_0193"),
+            k.paused(),
+            k.set(JobSet::Scheduled),
+            k.set(JobSet::Retrying),
+            k.set(JobSet::Succeeded),
+            k.set(JobSet::Failed),
+            k.set(JobSet::Dead),
+            k.workers(),
+            k.worker("host-1-abc"),
+            k.stats_minute(29_000_000),
+            format!("{}:idem:tenant:key", k.prefix()),
+        ];
+        let first = slot(&keys[0]);
+        for key in &keys {
+            assert_eq!(slot(key), first, "{key} is in another slot");
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The queue engine: backroom's own Redis backend for apalis workers.
+//!
+//! apalis 1.0 is the worker runtime (workers, concurrency, graceful shutdown); this module is the
+//! storage underneath it. apalis-redis 1.0.0 was measured unfit (duplicate runs when a prefetched
+//! batch outlives its heartbeat, a Lua `unpack` that kills every worker at ~8,000 due jobs, O(backlog)
+//! `LREM` fetches, heartbeat-paced idle pickup, no retention, no Redis Cluster), so we keep its
+//! role and replace its data layout.
+//!
+//! # Layout (per queue, every key under the hash tag `{<namespace>:<queue>}`)
+//! - `…:stream` — a Redis Stream of ready jobs (entries carry only the job id) with one consumer
+//!   group, `workers`. `XREADGROUP COUNT n` hands out batches; the group's pending entries list
+//!   (PEL) is the set of leased jobs, with each entry's owner and idle time.
+//! - `…:job:<id>` — a hash per job: payload, kind, tenant, status, attempts, max_attempts,
+//!   timestamps, result, last error and the error history, the owning worker and its entry.
+//! - `…:scheduled`, `…:retry` — sorted sets by due time; a bounded Lua call moves due jobs into the
+//!   stream (100 ms cadence, 1,000 per call, so 20,000 jobs due at once are 20 short calls).
+//! - `…:succeeded`, `…:failed`, `…:dead` — sorted sets by finish time. Finished job hashes carry a
+//!   `PEXPIRE` (24 h succeeded, 7 days failed/dead by default) and the sets are trimmed with
+//!   `ZREMRANGEBYSCORE`, so retention never scans and Redis memory stays flat under steady load.
+//! - `…:idem:<key>` — idempotent enqueue: the first job id, always with a retention window.
+//! - `…:paused`, `…:workers` (heartbeats), `…:worker:<id>` (identity), `…:stats:<minute>`
+//!   (succeeded/failed per minute for the dashboard chart).
+//!
+//! # Delivery
+//! - **At least once, nothing lost.** A job leaves Redis only when its outcome is recorded. A
+//!   worker that dies keeps its PEL entries; any live worker's `XAUTOCLAIM` takes them over once
+//!   they sit idle longer than the lease (30 s by default), and so does the same machine's next
+//!   process (every process start is a new consumer name: `host-pid-random`).
+//! - **No duplicates among live workers.** A worker refreshes the lease (`XCLAIM … JUSTID`, which
+//!   resets idle time) of every job it holds — running *and* prefetched — every lease/3, so a
+//!   live worker's jobs are never idle long enough to be reclaimed, however long the job. Outcomes
+//!   are recorded only by the job's current owner; a worker that stalled past its lease finds its
+//!   report ignored and the job with its new owner.
+//! - **Fast idle pickup.** When the stream is empty the fetcher blocks in `XREAD BLOCK` on its own
+//!   connection, starting from the group's last delivered id, so it wakes the moment a job is
+//!   added (no polling, no missed wake-up between the empty fetch and the wait).
+//! - **Backlog-proof.** A fetch is one Lua call doing `XREADGROUP COUNT n` plus O(1) work per job;
+//!   an ack is `XACK` + `XDEL`. Nothing is O(backlog).
+//! - **Batching is the lever.** Fetches, acks (`COMPLETE`) and pushes each move many jobs per
+//!   round trip; acks are coalesced from all finished jobs while the previous call runs.
+//!
+//! # Failure handling
+//! Handlers return [`JobError`]: `retry` (transient: database, SMTP, network) goes to the retry
+//! set with exponential backoff and full jitter until `max_attempts`, then to the dead set;
+//! `permanent` ends the job as `failed` with its reason. A payload that does not decode, a
+//! panic, and a job whose workers keep dying are dead at once, with the reason, and never take a
+//! worker down. A job that outlives its timeout is a retryable failure.
+
+mod backend;
+mod client;
+mod job;
+mod keys;
+pub mod metrics;
+mod scripts;
+
+pub use backend::{RedisBackend, WorkerHandle, WorkerOptions};
+pub use client::{
+    ActionOutcome, JobRecord, JobStatus, ListedJobs, NewJob, Pushed, QueueCounts, Queues,
+    WorkerInfo,
+};
+pub use job::{JobError, JobMeta};
+pub use keys::{JobSet, QueueKeys};
+
+use std::time::Duration;
+
+/// The queues of the HTTP contract.
+pub const QUEUE_NAMES: [&str; 5] = ["stock", "invoices", "emails", "forecasts", "imports"];
+
+/// A queue name from [`QUEUE_NAMES`] (tests may add their own through [`QueueName::custom`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QueueName(String);
+
+impl QueueName {
+    pub fn parse(raw: &str) -> Option<Self> {
+        QUEUE_NAMES
+            .contains(&raw)
+            .then(|| QueueName(raw.to_string()))
+    }
+
+    /// Any name of `a-z` and `-`; for tests and benchmarks that need a queue of their own.
+    pub fn custom(raw: &str) -> Self {
+        assert!(
+            !raw.is_empty() && raw.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+            "queue names are a-z and '-'"
+        );
+        QueueName(raw.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for QueueName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Timing and retention of the queues. Defaults suit production; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// A job held by a worker that stops heartbeating is reclaimed after this long.
+    pub lease: Duration,
+    pub succeeded_retention: Duration,
+    pub dead_retention: Duration,
+    /// How long an idempotency key maps to its first job.
+    pub idempotency_retention: Duration,
+    /// First retry delay; doubles per attempt up to `retry_cap`, with full jitter.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            succeeded_retention: Duration::from_secs(24 * 3600),
+            dead_retention: Duration::from_secs(7 * 24 * 3600),
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            retry_base: Duration::from_secs(2),
+            retry_cap: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A job id: `<queue>_<uuid v7>`, so the id alone finds its queue and ids sort by creation time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JobId(String);
+
+impl JobId {
+    pub fn new(queue: &QueueName) -> Self {
+        JobId(format!("{}_{}", queue, uuid::Uuid::now_v7().simple()))
+    }
+
+    /// Parses an id from the outside; `None` for anything that is not a job id of a known shape.
+    pub fn parse(raw: &str) -> Option<(QueueName, JobId)> {
+        let (queue, rest) = raw.split_once('_')?;
+        let queue_ok =
+            !queue.is_empty() && queue.chars().all(|c| c.is_ascii_lowercase() || c == '-');
+        let rest_ok = rest.len() == 32 && rest.chars().all(|c| c.is_ascii_hexdigit());
+        (queue_ok && rest_ok).then(|| (QueueName(queue.to_string()), JobId(raw.to_string())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Milliseconds since the Unix epoch: the clock every script is given.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_carry_their_queue() {
+        let q = QueueName::parse("stock").unwrap();
+        let id = JobId::new(&q);
+        let (queue, parsed) = JobId::parse(id.as_str()).unwrap();
+        assert_eq!(queue, q);
+        assert_eq!(parsed, id);
+        for bad in ["", "stock", "stock_", "stock_xyz", "Stock_0193", "../x_00"] {
+            assert!(JobId::parse(bad).is_none(), "{bad:?}");
+        }
+        assert!(QueueName::parse("nope").is_none());
+    }
+}

@@ -1,0 +1,364 @@
+//! The Lua scripts that change a queue's state. Each runs atomically inside Redis, touches only
+//! keys under the queue's hash tag, and works on bounded batches (never `unpack` of an unbounded
+//! list), so a script's cost depends on its batch, not on the backlog.
+//!
+//! Conventions: `KEYS[1]` is the stream (it routes the call in a cluster); `ARGV[1]` the key
+//! prefix; times are milliseconds since the epoch passed in by the caller (injectable clocks).
+
+use redis::Script;
+use std::sync::LazyLock;
+
+/// Shared helpers, prepended to the scripts that need them.
+const COMMON: &str = r#"
+local function job_key(prefix, id) return prefix .. ':job:' .. id end
+
+-- Appends {attempt, at, error} to the job's error history (newest 25 kept).
+local function add_error(jk, attempt, now, err)
+  local raw = redis.call('HGET', jk, 'errors')
+  local list = {}
+  if raw then list = cjson.decode(raw) end
+  table.insert(list, {attempt = attempt, at = now, error = err})
+  while #list > 25 do table.remove(list, 1) end
+  redis.call('HSET', jk, 'errors', cjson.encode(list), 'last_error', err)
+end
+
+-- Ends a job for good in a finished set (succeeded, failed, dead) with its retention.
+local function finish(prefix, jk, id, status, now, ttl)
+  redis.call('HSET', jk, 'status', status, 'finished_at', now)
+  redis.call('HDEL', jk, 'worker', 'entry')
+  redis.call('ZADD', prefix .. ':' .. status, now, id)
+  redis.call('PEXPIRE', jk, ttl)
+end
+
+-- Hands the job behind a freshly delivered stream entry to `consumer`, appending its fields to
+-- `out` (8 per job). Entries of cancelled, deleted or finished jobs are dropped; a job that has
+-- already started `max_attempts` times without finishing (its workers died each time) is dead.
+local function take(prefix, stream, group, consumer, now, dead_ttl, entry, id, out)
+  local jk = job_key(prefix, id)
+  local h = redis.call('HMGET', jk, 'status', 'payload', 'attempts', 'max_attempts', 'kind', 'tenant', 'created_at')
+  if h[1] ~= 'queued' and h[1] ~= 'running' then
+    redis.call('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+    return
+  end
+  local attempts = tonumber(h[3] or '0') + 1
+  local max = tonumber(h[4] or '1')
+  if attempts > max then
+    redis.call('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+    add_error(jk, attempts - 1, now, 'gave up: the worker running attempt ' .. (attempts - 1) ..
+      ' of ' .. max .. ' was lost (killed, crashed or stalled past its lease)')
+    finish(prefix, jk, id, 'dead', now, dead_ttl)
+    return
+  end
+  redis.call('HSET', jk, 'status', 'running', 'attempts', attempts, 'started_at', now,
+    'worker', consumer, 'entry', entry)
+  local n = #out
+  out[n + 1] = entry
+  out[n + 2] = id
+  out[n + 3] = h[2]
+  out[n + 4] = attempts
+  out[n + 5] = max
+  out[n + 6] = h[5] or ''
+  out[n + 7] = h[6] or ''
+  out[n + 8] = h[7] or '0'
+end
+"#;
+
+fn with_common(body: &str) -> Script {
+    Script::new(&format!("{COMMON}\n{body}"))
+}
+
+/// Enqueues a batch. ARGV: prefix, now, idempotency_ttl_ms, count, then 7 per job:
+/// id, kind, tenant, payload, max_attempts, run_at (0 = now), idempotency key ('' = none).
+/// Returns 2 per job: the job id (the earlier one for a repeated key) and 1 if new, 0 if not.
+pub static PUSH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stream, prefix = KEYS[1], ARGV[1]
+local now, idem_ttl, n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {}
+local i = 5
+for _ = 1, n do
+  local id, kind, tenant, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local max, run_at, idem = ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6]
+  i = i + 7
+  local earlier = false
+  if idem ~= '' then
+    local ik = prefix .. ':idem:' .. idem
+    earlier = redis.call('GET', ik)
+    if not earlier then redis.call('SET', ik, id, 'PX', idem_ttl) end
+  end
+  if earlier then
+    out[#out + 1] = earlier
+    out[#out + 1] = 0
+  else
+    local jk = prefix .. ':job:' .. id
+    redis.call('HSET', jk, 'kind', kind, 'tenant', tenant, 'payload', payload, 'attempts', 0,
+      'max_attempts', max, 'created_at', now, 'idem', idem)
+    if run_at > now then
+      redis.call('HSET', jk, 'status', 'scheduled', 'run_at', run_at)
+      redis.call('ZADD', prefix .. ':scheduled', run_at, id)
+    else
+      local entry = redis.call('XADD', stream, '*', 'id', id)
+      redis.call('HSET', jk, 'status', 'queued', 'entry', entry)
+    end
+    out[#out + 1] = id
+    out[#out + 1] = 1
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Takes up to `count` new jobs for a consumer. ARGV: prefix, group, consumer, count, now,
+/// dead_ttl. Returns `{'paused'}`, `{'empty', last_delivered_id}` (for a blocking wait that
+/// cannot miss an entry added meanwhile), or `{'ok', ...8 per job}`.
+pub static FETCH: LazyLock<Script> = LazyLock::new(|| {
+    with_common(
+        r#"
+local stream, prefix, group, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local count, now, dead_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+if redis.call('EXISTS', prefix .. ':paused') == 1 then return {'paused'} end
+local res = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
+if res then
+  local out = {'ok'}
+  for _, e in ipairs(res[1][2]) do
+    take(prefix, stream, group, consumer, now, dead_ttl, e[1], e[2][2], out)
+  end
+  return out
+end
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local name, last
+  for k = 1, #g, 2 do
+    if g[k] == 'name' then name = g[k + 1] elseif g[k] == 'last-delivered-id' then last = g[k + 1] end
+  end
+  if name == group then return {'empty', last} end
+end
+return {'empty', '0-0'}
+"#,
+    )
+});
+
+/// Takes over jobs whose lease expired (their worker died or stalled). ARGV: prefix, group,
+/// consumer, now, lease_ms, count, dead_ttl, cursor, stale_ms. Returns
+/// `{next_cursor, ...8 per job}`. Also forgets consumers silent for `stale_ms` that hold nothing.
+pub static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
+    with_common(
+        r#"
+local stream, prefix, group, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local now, lease, count, dead_ttl = tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
+local cursor, stale = ARGV[8], tonumber(ARGV[9])
+local r = redis.call('XAUTOCLAIM', stream, group, consumer, lease, cursor, 'COUNT', count)
+local out = {r[1]}
+for _, e in ipairs(r[2]) do
+  if e and e[2] then take(prefix, stream, group, consumer, now, dead_ttl, e[1], e[2][2], out) end
+end
+local workers = prefix .. ':workers'
+for _, c in ipairs(redis.call('ZRANGEBYSCORE', workers, '-inf', now - stale, 'LIMIT', 0, 20)) do
+  if #redis.call('XPENDING', stream, group, '-', '+', 1, c) == 0 then
+    redis.call('XGROUP', 'DELCONSUMER', stream, group, c)
+    redis.call('ZREM', workers, c)
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Keeps a live worker's leases fresh and records its heartbeat. ARGV: prefix, group,
+/// consumer, now, worker_ttl_ms, info_json, then 2 per held job: id, entry. Returns the ids the
+/// worker no longer owns (another worker reclaimed them), so it can stop reporting on them.
+pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stream, prefix, group, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local now, ttl, info = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local lost, keep = {}, {}
+for i = 7, #ARGV, 2 do
+  local id, entry = ARGV[i], ARGV[i + 1]
+  local h = redis.call('HMGET', prefix .. ':job:' .. id, 'worker', 'entry')
+  if h[1] == consumer and h[2] == entry then keep[#keep + 1] = entry else lost[#lost + 1] = id end
+end
+for c = 1, #keep, 200 do
+  local args = {stream, group, consumer, 0}
+  for k = c, math.min(c + 199, #keep) do args[#args + 1] = keep[k] end
+  args[#args + 1] = 'JUSTID'
+  redis.call('XCLAIM', unpack(args))
+end
+redis.call('ZADD', prefix .. ':workers', now, consumer)
+local wk = prefix .. ':worker:' .. consumer
+redis.call('SET', wk, info, 'PX', ttl)
+return lost
+"#,
+    )
+});
+
+/// Records outcomes and acknowledges their entries. ARGV: prefix, group, consumer, now,
+/// succeeded_ttl, dead_ttl, minute, count, then 5 per job: id, entry, outcome ('succeeded',
+/// 'retry', 'failed', 'dead'), data (result JSON or error text), retry_at. Outcomes for jobs the
+/// consumer no longer owns are ignored: the worker that reclaimed them reports instead.
+/// Returns the number of outcomes recorded.
+pub static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    with_common(
+        r#"
+local stream, prefix, group, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local now, ok_ttl, dead_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local minute, n = ARGV[7], tonumber(ARGV[8])
+local done, failed = 0, 0
+local i = 9
+for _ = 1, n do
+  local id, entry, outcome, data, retry_at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  i = i + 5
+  local jk = job_key(prefix, id)
+  local h = redis.call('HMGET', jk, 'worker', 'entry', 'attempts')
+  if h[1] == consumer and h[2] == entry then
+    redis.call('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+    if outcome == 'succeeded' then
+      redis.call('HSET', jk, 'result', data)
+      finish(prefix, jk, id, 'succeeded', now, ok_ttl)
+      done = done + 1
+    else
+      add_error(jk, tonumber(h[3] or '0'), now, data)
+      if outcome == 'retry' then
+        redis.call('HSET', jk, 'status', 'retrying', 'run_at', retry_at)
+        redis.call('HDEL', jk, 'worker', 'entry')
+        redis.call('ZADD', prefix .. ':retry', tonumber(retry_at), id)
+      else
+        finish(prefix, jk, id, outcome, now, dead_ttl)
+      end
+      failed = failed + 1
+    end
+  end
+end
+if done + failed > 0 then
+  local sk = prefix .. ':stats:' .. minute
+  if done > 0 then redis.call('HINCRBY', sk, 'succeeded', done) end
+  if failed > 0 then redis.call('HINCRBY', sk, 'failed', failed) end
+  redis.call('PEXPIRE', sk, 7200000)
+end
+return done + failed
+"#,
+    )
+});
+
+/// Hands jobs a stopping worker fetched but never started back to the queue, unchanged.
+/// ARGV: prefix, group, consumer, then 2 per job: id, entry.
+pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stream, prefix, group, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local released = 0
+for i = 4, #ARGV, 2 do
+  local id, entry = ARGV[i], ARGV[i + 1]
+  local jk = prefix .. ':job:' .. id
+  local h = redis.call('HMGET', jk, 'worker', 'entry', 'attempts')
+  if h[1] == consumer and h[2] == entry then
+    redis.call('XACK', stream, group, entry)
+    redis.call('XDEL', stream, entry)
+    local fresh = redis.call('XADD', stream, '*', 'id', id)
+    redis.call('HSET', jk, 'status', 'queued', 'entry', fresh, 'attempts', math.max(0, tonumber(h[3]) - 1))
+    redis.call('HDEL', jk, 'worker', 'started_at')
+    released = released + 1
+  end
+end
+return released
+"#,
+    )
+});
+
+/// Moves due scheduled and retrying jobs into the stream. ARGV: prefix, now, limit.
+/// Returns how many moved (call again while it returns `limit`).
+pub static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stream, prefix, now, limit = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local moved = 0
+for _, set in ipairs({'scheduled', 'retry'}) do
+  local key = prefix .. ':' .. set
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit)) do
+    local jk = prefix .. ':job:' .. id
+    local status = redis.call('HGET', jk, 'status')
+    if status == 'scheduled' or status == 'retrying' then
+      local entry = redis.call('XADD', stream, '*', 'id', id)
+      redis.call('HSET', jk, 'status', 'queued', 'entry', entry)
+    end
+    redis.call('ZREM', key, id)
+    moved = moved + 1
+  end
+end
+return moved
+"#,
+    )
+});
+
+/// Puts dead or failed jobs back in the queue with a fresh attempt budget (history kept).
+/// ARGV: prefix, now, then job ids. Returns one status per id: 'queued' when re-queued,
+/// otherwise the job's status ('missing' if it does not exist).
+pub static RETRY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stream, prefix = KEYS[1], ARGV[1]
+local out = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local jk = prefix .. ':job:' .. id
+  local status = redis.call('HGET', jk, 'status')
+  if status == 'dead' or status == 'failed' then
+    redis.call('ZREM', prefix .. ':' .. status, id)
+    redis.call('PERSIST', jk)
+    local entry = redis.call('XADD', stream, '*', 'id', id)
+    redis.call('HSET', jk, 'status', 'queued', 'entry', entry, 'attempts', 0)
+    redis.call('HDEL', jk, 'finished_at', 'run_at')
+    out[#out + 1] = 'queued'
+  else
+    out[#out + 1] = status or 'missing'
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Deletes a job that is not running. ARGV: prefix, id. Returns 'deleted', 'running' (refused)
+/// or 'missing'.
+pub static DISCARD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stream, prefix, id = KEYS[1], ARGV[1], ARGV[2]
+local jk = prefix .. ':job:' .. id
+local h = redis.call('HMGET', jk, 'status', 'entry')
+if not h[1] then return 'missing' end
+if h[1] == 'running' then return 'running' end
+if h[1] == 'queued' and h[2] then redis.call('XDEL', stream, h[2]) end
+for _, set in ipairs({'scheduled', 'retry', 'succeeded', 'failed', 'dead'}) do
+  redis.call('ZREM', prefix .. ':' .. set, id)
+end
+redis.call('DEL', jk)
+return 'deleted'
+"#,
+    )
+});
+
+/// Cancels a job that has not started: it ends as `failed` with the reason. ARGV: prefix, id,
+/// now, reason, dead_ttl. Returns 'cancelled', the job's status when it cannot be cancelled,
+/// or 'missing'.
+pub static CANCEL: LazyLock<Script> = LazyLock::new(|| {
+    with_common(
+        r#"
+local stream, prefix, id, now, reason, ttl = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local jk = job_key(prefix, id)
+local h = redis.call('HMGET', jk, 'status', 'entry', 'attempts')
+if not h[1] then return 'missing' end
+if h[1] ~= 'queued' and h[1] ~= 'scheduled' and h[1] ~= 'retrying' then return h[1] end
+if h[1] == 'queued' and h[2] then redis.call('XDEL', stream, h[2]) end
+redis.call('ZREM', prefix .. ':scheduled', id)
+redis.call('ZREM', prefix .. ':retry', id)
+add_error(jk, tonumber(h[3] or '0'), now, reason)
+finish(prefix, jk, id, 'failed', now, ttl)
+return 'cancelled'
+"#,
+    )
+});

@@ -1,0 +1,455 @@
+//! The queue engine against real Redis: delivery, failure handling, scheduling, admin actions,
+//! retention.
+
+use crate::helpers::wait_for;
+use crate::queue_support::*;
+use backroom::queue::{ActionOutcome, JobStatus, NewJob};
+use chrono::Utc;
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn every_job_runs_once_and_reports_its_result() {
+    let tq = TestQueue::new();
+    let ids = tq.push_probes((0..300).map(Probe::new)).await;
+    let worker = spawn_worker(&tq, tq.options()).await;
+    tq.wait_all(&ids, JobStatus::Succeeded, LIMIT).await;
+
+    let runs = tq.counts("runs").await;
+    assert_eq!(runs.len(), 300);
+    assert!(runs.values().all(|&r| r == 1), "a job ran twice: {runs:?}");
+    let job = tq.job(&ids[7]).await;
+    assert_eq!(job.result, Some(serde_json::json!(14)));
+    assert_eq!(job.attempts, 1);
+    assert!(job.finished_at.unwrap() >= job.started_at.unwrap());
+    let counts = tq.queues.counts(&tq.queue).await.unwrap();
+    assert_eq!(
+        (counts.pending, counts.running, counts.succeeded),
+        (0, 0, 300)
+    );
+    let per_minute = tq.queues.processed_per_minute(&tq.queue, 60).await.unwrap();
+    assert_eq!(per_minute.len(), 60);
+    assert_eq!(
+        per_minute.iter().sum::<u64>(),
+        300,
+        "the chart counts every finished job"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn transient_failures_back_off_and_retry_until_they_succeed_or_die() {
+    let tq = TestQueue::new();
+    let flaky = Probe {
+        fail: "retry".into(),
+        fail_times: 2,
+        ..Probe::new(1)
+    };
+    let hopeless = Probe {
+        fail: "retry".into(),
+        ..Probe::new(2)
+    };
+    let ids = tq.push_probes([flaky, hopeless]).await;
+    let worker = spawn_worker(&tq, tq.options()).await;
+    tq.wait_all(&ids[..1], JobStatus::Succeeded, LIMIT).await;
+    tq.wait_all(&ids[1..], JobStatus::Dead, LIMIT).await;
+
+    let flaky = tq.job(&ids[0]).await;
+    assert_eq!(flaky.attempts, 3);
+    let history = flaky.errors.as_array().unwrap();
+    assert_eq!(
+        history.len(),
+        2,
+        "one entry per failed attempt: {history:?}"
+    );
+    // Backoff: each retry waited at least half the base delay (50 ms · 2^(attempt-1), jittered).
+    let at = |i: usize| history[i]["at"].as_i64().unwrap();
+    let second_start = flaky.started_at.unwrap().timestamp_millis();
+    assert!(at(1) - at(0) >= 25, "retry 1 came too soon: {history:?}");
+    assert!(second_start - at(1) >= 50, "retry 2 came too soon");
+
+    let dead = tq.job(&ids[1]).await;
+    assert_eq!(dead.attempts, 3);
+    assert_eq!(dead.errors.as_array().unwrap().len(), 3);
+    assert!(
+        dead.last_error
+            .as_deref()
+            .unwrap()
+            .contains("(attempt 3 of 3)"),
+        "{:?}",
+        dead.last_error
+    );
+    assert_eq!(
+        tq.counts("runs").await[&2],
+        3,
+        "never retried past max_attempts"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn permanent_failures_stop_at_once() {
+    let tq = TestQueue::new();
+    let ids = tq
+        .push_probes([Probe {
+            fail: "permanent".into(),
+            ..Probe::new(1)
+        }])
+        .await;
+    let worker = spawn_worker(&tq, tq.options()).await;
+    tq.wait_all(&ids, JobStatus::Failed, LIMIT).await;
+    let job = tq.job(&ids[0]).await;
+    assert_eq!(job.attempts, 1);
+    assert_eq!(job.last_error.as_deref(), Some("probe refused for good"));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn poison_panicking_and_hanging_jobs_go_dead_and_the_worker_keeps_working() {
+    let tq = TestQueue::new();
+    let mut options = tq.options();
+    options.job_timeout = Duration::from_millis(300);
+    let worker = spawn_worker(&tq, options).await;
+
+    let poison = tq
+        .push(vec![NewJob::raw("probe", b"\xff not json".to_vec())])
+        .await;
+    let panicky = tq
+        .push_probes([Probe {
+            fail: "panic".into(),
+            ..Probe::new(1)
+        }])
+        .await;
+    let hang = tq
+        .push_probes([Probe {
+            fail: "hang".into(),
+            ..Probe::new(2)
+        }])
+        .await;
+    tq.wait_all(&poison, JobStatus::Dead, LIMIT).await;
+    tq.wait_all(&panicky, JobStatus::Dead, LIMIT).await;
+    tq.wait_all(&hang, JobStatus::Dead, LIMIT).await;
+
+    let reason = |id: &String| {
+        let tq = tq.clone();
+        let id = id.clone();
+        async move { tq.job(&id).await.last_error.unwrap() }
+    };
+    assert!(reason(&poison[0]).await.contains("does not decode"));
+    assert!(
+        reason(&panicky[0])
+            .await
+            .contains("panicked: probe 1 panicked on purpose")
+    );
+    assert_eq!(
+        tq.job(&panicky[0]).await.attempts,
+        1,
+        "a panic is not retried"
+    );
+    assert!(reason(&hang[0]).await.contains("timed out"));
+    assert_eq!(tq.job(&hang[0]).await.attempts, 3, "a timeout is retried");
+
+    let healthy = tq.push_probes([Probe::new(3)]).await;
+    tq.wait_all(&healthy, JobStatus::Succeeded, LIMIT).await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn delayed_jobs_wait_until_they_are_due() {
+    let tq = TestQueue::new();
+    let worker = spawn_worker(&tq, tq.options()).await;
+    let due = Utc::now() + chrono::Duration::milliseconds(600);
+    let ids = tq
+        .push(vec![NewJob::new("probe", &Probe::new(1)).run_at(due)])
+        .await;
+    assert_eq!(tq.job(&ids[0]).await.status, JobStatus::Scheduled);
+    assert_eq!(tq.queues.counts(&tq.queue).await.unwrap().scheduled, 1);
+    tq.wait_all(&ids, JobStatus::Succeeded, LIMIT).await;
+    let started = tq.job(&ids[0]).await.started_at.unwrap();
+    assert!(started >= due, "started {started} before it was due {due}");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_maps_repeats_to_the_first_job() {
+    let tq = TestQueue::new();
+    let job = || NewJob::new("probe", &Probe::new(1)).idempotency_key("tenant-a:key-1");
+    let first = tq.queues.push(&tq.queue, vec![job()]).await.unwrap();
+    let again = tq.queues.push(&tq.queue, vec![job(), job()]).await.unwrap();
+    assert!(first[0].created);
+    assert!(again.iter().all(|p| !p.created && p.id == first[0].id));
+    let other = tq
+        .queues
+        .push(
+            &tq.queue,
+            vec![NewJob::new("probe", &Probe::new(2)).idempotency_key("tenant-b:key-1")],
+        )
+        .await
+        .unwrap();
+    assert!(other[0].created && other[0].id != first[0].id);
+
+    // The key outlives the job's run: a repeat after completion still maps to the first job.
+    let worker = spawn_worker(&tq, tq.options()).await;
+    tq.wait_all(&[first[0].id.clone()], JobStatus::Succeeded, LIMIT)
+        .await;
+    let late = tq.queues.push(&tq.queue, vec![job()]).await.unwrap();
+    assert_eq!(
+        (late[0].id.as_str(), late[0].created),
+        (first[0].id.as_str(), false)
+    );
+    let mut conn = tq.redis().await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!(
+            "{}:idem:probe:tenant-a:key-1",
+            tq.queues.keys(&tq.queue).prefix()
+        ))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0,
+        "idempotency keys always carry a retention window, got PTTL {ttl}"
+    );
+    worker.stop().await;
+    assert_eq!(tq.counts("runs").await[&1], 1);
+}
+
+#[tokio::test]
+async fn a_paused_queue_holds_its_jobs_until_resumed_and_queued_jobs_can_be_cancelled() {
+    let tq = TestQueue::new();
+    tq.queues.pause(&tq.queue).await.unwrap();
+    let worker = spawn_worker(&tq, tq.options()).await;
+    let ids = tq.push_probes((0..10).map(Probe::new)).await;
+    assert_eq!(
+        tq.queues
+            .cancel(&ids[0], "cancelled by the test")
+            .await
+            .unwrap(),
+        ActionOutcome::Done
+    );
+
+    // While paused, nothing is taken: watch for a while (several fetch cycles).
+    let watch_until = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < watch_until {
+        let counts = tq.queues.counts(&tq.queue).await.unwrap();
+        assert!(counts.paused);
+        assert_eq!((counts.pending, counts.running), (9, 0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(tq.counts("runs").await.is_empty());
+
+    tq.queues.resume(&tq.queue).await.unwrap();
+    tq.wait_all(&ids[1..], JobStatus::Succeeded, LIMIT).await;
+    let cancelled = tq.job(&ids[0]).await;
+    assert_eq!(cancelled.status, JobStatus::Failed);
+    assert_eq!(
+        cancelled.last_error.as_deref(),
+        Some("cancelled by the test")
+    );
+    assert!(
+        !tq.counts("runs").await.contains_key(&0),
+        "a cancelled job never runs"
+    );
+    assert_eq!(
+        tq.queues.cancel(&ids[1], "too late").await.unwrap(),
+        ActionOutcome::Refused(JobStatus::Succeeded)
+    );
+    worker.stop().await;
+}
+
+/// Jobs that fail (retryably) while the namespace's `broken` flag is set; one attempt each.
+fn fragile(n: u64) -> NewJob {
+    NewJob::new(
+        "probe",
+        &Probe {
+            fail: "while-broken".into(),
+            ..Probe::new(n)
+        },
+    )
+    .max_attempts(1)
+}
+
+async fn set_broken(tq: &TestQueue, broken: bool) {
+    let mut conn = tq.redis().await;
+    let key = format!("{}:broken", tq.namespace);
+    let _: () = if broken {
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    } else {
+        redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    };
+}
+
+#[tokio::test]
+async fn admins_retry_and_discard_finished_jobs() {
+    let tq = TestQueue::new();
+    set_broken(&tq, true).await;
+    let ids = tq.push(vec![fragile(1), fragile(2), fragile(3)]).await;
+    let worker = spawn_worker(&tq, tq.options()).await;
+    tq.wait_all(&ids, JobStatus::Dead, LIMIT).await;
+
+    set_broken(&tq, false).await;
+    assert_eq!(tq.queues.retry(&ids[0]).await.unwrap(), ActionOutcome::Done);
+    tq.wait_all(&ids[..1], JobStatus::Succeeded, LIMIT).await;
+    let retried = tq.job(&ids[0]).await;
+    assert_eq!(
+        retried.errors.as_array().unwrap().len(),
+        1,
+        "history is kept"
+    );
+    assert_eq!(
+        tq.queues.retry(&ids[0]).await.unwrap(),
+        ActionOutcome::Refused(JobStatus::Succeeded)
+    );
+
+    assert_eq!(
+        tq.queues.discard(&ids[1]).await.unwrap(),
+        ActionOutcome::Done
+    );
+    assert!(tq.queues.get(&ids[1]).await.unwrap().is_none());
+    assert_eq!(
+        tq.queues.discard(&ids[1]).await.unwrap(),
+        ActionOutcome::Missing
+    );
+    let counts = tq.queues.counts(&tq.queue).await.unwrap();
+    assert_eq!((counts.dead, counts.succeeded), (1, 1));
+    let listed = tq
+        .queues
+        .list(&tq.queue, JobStatus::Dead, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].id, ids[2]);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn bulk_retry_requeues_the_whole_dead_set() {
+    let tq = TestQueue::new();
+    set_broken(&tq, true).await;
+    let ids = tq.push((0..25).map(fragile).collect()).await;
+    let worker = spawn_worker(&tq, tq.options()).await;
+    tq.wait_all(&ids, JobStatus::Dead, LIMIT).await;
+
+    let page = tq
+        .queues
+        .list(&tq.queue, JobStatus::Dead, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 10);
+    let cursor = page.next_cursor.clone().expect("more dead jobs");
+    let next = tq
+        .queues
+        .list(&tq.queue, JobStatus::Dead, 10, Some(&cursor))
+        .await
+        .unwrap();
+    assert_eq!(next.items.len(), 10);
+    assert!(
+        next.items
+            .iter()
+            .all(|j| !page.items.iter().any(|p| p.id == j.id))
+    );
+
+    set_broken(&tq, false).await;
+    assert_eq!(tq.queues.retry_all_dead(&tq.queue).await.unwrap(), 25);
+    tq.wait_all(&ids, JobStatus::Succeeded, LIMIT).await;
+    let runs = tq.counts("runs").await;
+    assert!(
+        runs.values().all(|&r| r == 2),
+        "each dead job ran once more: {runs:?}"
+    );
+    assert_eq!(tq.queues.counts(&tq.queue).await.unwrap().dead, 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn twenty_thousand_jobs_due_at_once_all_run() {
+    let tq = TestQueue::new();
+    let due = Utc::now() + chrono::Duration::milliseconds(2000);
+    let jobs: Vec<NewJob> = (0..20_000)
+        .map(|n| NewJob::new("probe", &Probe::new(n)).run_at(due))
+        .collect();
+    let pushing = Instant::now();
+    tq.push(jobs).await;
+    let counts = tq.queues.counts(&tq.queue).await.unwrap();
+    assert_eq!(
+        counts.scheduled,
+        20_000,
+        "all 20,000 wait for the same due time (pushing took {:?})",
+        pushing.elapsed()
+    );
+    let mut options = tq.options();
+    options.concurrency = 128;
+    let a = spawn_worker(&tq, options.clone()).await;
+    let b = spawn_worker(&tq, options).await;
+    wait_for(
+        "20,000 due jobs to finish",
+        Duration::from_secs(120),
+        || async {
+            let c = tq.queues.counts(&tq.queue).await.ok()?;
+            (c.succeeded == 20_000).then_some(())
+        },
+    )
+    .await;
+    let runs = tq.counts("runs").await;
+    assert_eq!(runs.len(), 20_000);
+    assert!(runs.values().all(|&r| r == 1));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn finished_jobs_leave_redis_after_their_retention() {
+    let mut settings = test_settings();
+    settings.succeeded_retention = Duration::from_millis(300);
+    let tq = TestQueue::with(settings, &crate::helpers::redis_url());
+    let ids = tq.push_probes([Probe::new(1)]).await;
+    let worker = spawn_worker(&tq, tq.options()).await;
+    tq.wait_all(&ids, JobStatus::Succeeded, LIMIT).await;
+    wait_for("the finished job's hash to expire", LIMIT, || async {
+        tq.queues
+            .get(&ids[0])
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(tq.queues.trim(&tq.queue).await.unwrap(), 1);
+    assert_eq!(tq.queues.counts(&tq.queue).await.unwrap().succeeded, 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_worker_picks_up_a_new_job_without_waiting_for_a_poll() {
+    let tq = TestQueue::new();
+    let mut options = tq.options();
+    options.block = Duration::from_secs(10);
+    let worker = spawn_worker(&tq, options).await;
+    // Let the worker reach its blocking wait on the empty stream.
+    wait_for("the worker to register", LIMIT, || async {
+        let w = tq.queues.workers(&tq.queue).await.ok()?;
+        (!w.is_empty()).then_some(())
+    })
+    .await;
+    for n in 0..5 {
+        let pushed_at = Instant::now();
+        let ids = tq.push_probes([Probe::new(n)]).await;
+        tq.wait_all(&ids, JobStatus::Succeeded, LIMIT).await;
+        assert!(
+            pushed_at.elapsed() < Duration::from_secs(2),
+            "pickup took {:?}: the worker waited for a poll instead of waking",
+            pushed_at.elapsed()
+        );
+    }
+    worker.stop().await;
+}

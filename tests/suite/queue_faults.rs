@@ -1,0 +1,140 @@
+//! The queue engine under process death and contention: real worker processes, SIGKILL and
+//! SIGTERM, leases shorter than the jobs.
+
+use crate::helpers::wait_for;
+use crate::queue_support::*;
+use backroom::queue::{JobStatus, QueueSettings};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_worker_killed_mid_batch_loses_nothing_its_jobs_finish_after_the_lease() {
+    let tq = TestQueue::new();
+    let lease = tq.queues.settings().lease;
+    let ids = tq
+        .push_probes((0..400).map(|n| Probe {
+            sleep_ms: 40,
+            ..Probe::new(n)
+        }))
+        .await;
+    let concurrency = 16;
+    let mut victim = ChildWorker::spawn(&tq, concurrency, 100);
+    // Kill it in the middle: some jobs done, some running, a prefetched batch waiting.
+    wait_for("the child worker to finish some jobs", LIMIT, || async {
+        (tq.counts("done").await.len() >= 60).then_some(())
+    })
+    .await;
+    victim.kill9();
+    let killed_at = chrono::Utc::now();
+    let orphans = tq
+        .queues
+        .list(&tq.queue, JobStatus::Running, 500, None)
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        !orphans.is_empty(),
+        "the victim held leased jobs when it died"
+    );
+
+    // The machine's next worker process (a new identity) takes the orphans over.
+    let _restarted = ChildWorker::spawn(&tq, concurrency, 100);
+    tq.wait_all(&ids, JobStatus::Succeeded, LIMIT).await;
+
+    let done = tq.counts("done").await;
+    assert_eq!(done.len(), 400, "every job finished");
+    let twice: Vec<_> = done.iter().filter(|(_, d)| **d > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "a job the victim finished was run again: {twice:?}"
+    );
+    let runs = tq.counts("runs").await;
+    let rerun = runs.values().filter(|&&r| r > 1).count();
+    assert!(
+        rerun <= concurrency,
+        "only jobs running at the kill may run twice; {rerun} did"
+    );
+    let lease = chrono::Duration::from_std(lease).unwrap();
+    for orphan in &orphans {
+        let restarted = tq.job(&orphan.id).await.started_at.unwrap();
+        assert!(
+            restarted >= killed_at + lease - chrono::Duration::milliseconds(100),
+            "{} restarted {restarted} before its lease ran out (killed {killed_at})",
+            orphan.id
+        );
+    }
+    let counts = tq.queues.counts(&tq.queue).await.unwrap();
+    assert_eq!(
+        (counts.succeeded, counts.running, counts.pending),
+        (400, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn live_workers_never_run_the_same_job_even_when_jobs_outlast_the_lease() {
+    let settings = QueueSettings {
+        lease: Duration::from_millis(600),
+        ..test_settings()
+    };
+    let tq = TestQueue::with(settings, &crate::helpers::redis_url());
+    // Each job takes 2.5 leases, and a deep prefetch makes later jobs wait several leases more
+    // before they start: only heartbeats keep them from being reclaimed by the other worker.
+    let ids = tq
+        .push_probes((0..24).map(|n| Probe {
+            sleep_ms: 1500,
+            ..Probe::new(n)
+        }))
+        .await;
+    let mut options = tq.options();
+    options.concurrency = 4;
+    options.prefetch = 12;
+    options.batch = 12;
+    let a = spawn_worker(&tq, options.clone()).await;
+    let b = spawn_worker(&tq, options).await;
+    tq.wait_all(&ids, JobStatus::Succeeded, LIMIT).await;
+    let runs = tq.counts("runs").await;
+    assert_eq!(runs.len(), 24);
+    assert!(
+        runs.values().all(|&r| r == 1),
+        "a job ran on two live workers: {runs:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_finishes_running_jobs_and_hands_back_the_rest_at_once() {
+    let tq = TestQueue::new();
+    let ids = tq
+        .push_probes((0..60).map(|n| Probe {
+            sleep_ms: 150,
+            ..Probe::new(n)
+        }))
+        .await;
+    let mut child = ChildWorker::spawn(&tq, 2, 40);
+    wait_for("the child to start jobs", LIMIT, || async {
+        (tq.counts("runs").await.len() >= 4).then_some(())
+    })
+    .await;
+    let status = child.terminate();
+    assert!(status.success(), "graceful exit, got {status:?}");
+
+    // Straight after the exit nothing is left leased: finished jobs are recorded, the
+    // prefetched ones are back in the queue without waiting for a lease to expire.
+    let counts = tq.queues.counts(&tq.queue).await.unwrap();
+    assert_eq!(counts.running, 0, "{counts:?}");
+    assert_eq!(counts.pending + counts.succeeded, 60, "{counts:?}");
+    assert!(counts.pending > 0, "some jobs were handed back: {counts:?}");
+    let runs = tq.counts("runs").await;
+    let done = tq.counts("done").await;
+    assert_eq!(
+        runs, done,
+        "every job that started also finished before the exit"
+    );
+
+    let worker = spawn_worker(&tq, tq.options()).await;
+    tq.wait_all(&ids, JobStatus::Succeeded, LIMIT).await;
+    assert!(tq.counts("runs").await.values().all(|&r| r == 1));
+    worker.stop().await;
+}
