@@ -4,6 +4,7 @@
 //! process before it binds a port or touches a queue, with one line naming the variable.
 //! `.env.example` documents each variable; tests build `Settings` directly.
 
+use crate::queue::QueueSettings;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -47,6 +48,12 @@ pub struct Settings {
     pub log_filter: String,
     /// `BACKROOM_SHUTDOWN_GRACE_SECS`: how long in-flight work may run after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `BACKROOM_METRICS_BIND`: optional listener serving `/metrics` without credentials (for a
+    /// Prometheus on a private network); `/metrics` on the API port needs the admin token.
+    pub metrics_bind: Option<SocketAddr>,
+    /// `BACKROOM_JOB_LEASE_SECS`, `BACKROOM_RETENTION_SUCCEEDED_SECS`,
+    /// `BACKROOM_RETENTION_DEAD_SECS`, `BACKROOM_IDEMPOTENCY_RETENTION_SECS`.
+    pub queue: QueueSettings,
 }
 
 impl Settings {
@@ -118,6 +125,45 @@ impl Settings {
             "a number of seconds",
         )?;
 
+        let metrics_bind = match get("BACKROOM_METRICS_BIND") {
+            None => None,
+            Some(raw) => Some(parse_or(
+                Some(raw),
+                "BACKROOM_METRICS_BIND",
+                "",
+                "a socket address such as 0.0.0.0:9090",
+            )?),
+        };
+        let defaults = QueueSettings::default();
+        let secs = |var: &'static str, default: Duration| -> Result<Duration, SettingsError> {
+            let n: u64 = parse_or(
+                get(var),
+                var,
+                &default.as_secs().to_string(),
+                "a number of seconds",
+            )?;
+            if n == 0 {
+                return Err(SettingsError {
+                    var,
+                    message: "must be at least 1".into(),
+                });
+            }
+            Ok(Duration::from_secs(n))
+        };
+        let queue = QueueSettings {
+            lease: secs("BACKROOM_JOB_LEASE_SECS", defaults.lease)?,
+            succeeded_retention: secs(
+                "BACKROOM_RETENTION_SUCCEEDED_SECS",
+                defaults.succeeded_retention,
+            )?,
+            dead_retention: secs("BACKROOM_RETENTION_DEAD_SECS", defaults.dead_retention)?,
+            idempotency_retention: secs(
+                "BACKROOM_IDEMPOTENCY_RETENTION_SECS",
+                defaults.idempotency_retention,
+            )?,
+            ..defaults
+        };
+
         let redis_namespace = get("BACKROOM_REDIS_NAMESPACE").unwrap_or_else(|| "backroom".into());
         if !redis_namespace
             .chars()
@@ -161,6 +207,8 @@ impl Settings {
             log_format,
             log_filter,
             shutdown_grace: Duration::from_secs(shutdown_secs),
+            metrics_bind,
+            queue,
         })
     }
 }
@@ -237,6 +285,10 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.max_body_bytes, 2 * 1024 * 1024);
         assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(s.queue.lease, Duration::from_secs(30));
+        assert_eq!(s.queue.succeeded_retention, Duration::from_secs(24 * 3600));
+        assert_eq!(s.queue.dead_retention, Duration::from_secs(7 * 24 * 3600));
+        assert!(s.metrics_bind.is_none());
     }
 
     #[test]
@@ -255,6 +307,13 @@ mod tests {
             ("BACKROOM_LOG_FORMAT", Some("xml"), "not one of"),
             ("BACKROOM_REDIS_NAMESPACE", Some("a b"), "may contain only"),
             ("SMTP_URL", Some("http://mail"), "scheme 'http'"),
+            ("BACKROOM_JOB_LEASE_SECS", Some("0"), "at least 1"),
+            (
+                "BACKROOM_RETENTION_DEAD_SECS",
+                Some("a week"),
+                "number of seconds",
+            ),
+            ("BACKROOM_METRICS_BIND", Some("9090"), "socket address"),
         ];
         for (var, value, expected) in cases {
             let mut env = base();

@@ -25,6 +25,7 @@ impl Application {
             .await
             .with_context(|| format!("while binding {} (BACKROOM_BIND)", settings.bind))?;
         let port = listener.local_addr()?.port();
+        crate::queue::metrics::handle();
         Ok(Self {
             port,
             listener,
@@ -40,12 +41,16 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    /// Serves until `shutdown` resolves, then finishes in-flight requests. Also serves the
+    /// credential-free metrics listener when `BACKROOM_METRICS_BIND` is set.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(port = self.port, "HTTP API listening");
+        if let Some(bind) = self.state.settings.metrics_bind {
+            spawn_metrics_listener(bind, self.state.queues.clone()).await?;
+        }
         axum::serve(self.listener, api::router(self.state))
             .with_graceful_shutdown(shutdown)
             .await
@@ -74,4 +79,21 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+/// Serves `/metrics` without credentials on `bind` (worker processes call this too).
+pub async fn spawn_metrics_listener(
+    bind: std::net::SocketAddr,
+    queues: crate::queue::Queues,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("while binding {bind} (BACKROOM_METRICS_BIND)"))?;
+    tracing::info!(%bind, "metrics listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, api::metrics::public_router(queues)).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    Ok(())
 }

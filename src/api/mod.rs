@@ -7,11 +7,14 @@
 pub mod error;
 pub mod extract;
 mod health;
+pub mod jobs;
+pub mod metrics;
 mod middleware;
 pub mod pagination;
 pub mod tenants;
 
 use crate::config::Settings;
+use crate::queue::Queues;
 use crate::redis_conn::RedisHandle;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -30,6 +33,7 @@ use utoipa_axum::routes;
 pub struct AppState {
     pub db: PgPool,
     pub redis: RedisHandle,
+    pub queues: Queues,
     pub settings: Arc<Settings>,
     pub admin_token_digest: [u8; 32],
 }
@@ -38,6 +42,11 @@ impl AppState {
     pub fn new(db: PgPool, redis: RedisHandle, settings: Settings) -> Self {
         Self {
             admin_token_digest: extract::admin_digest(&settings.admin_token),
+            queues: Queues::new(
+                redis.clone(),
+                &settings.redis_namespace,
+                settings.queue.clone(),
+            ),
             db,
             redis,
             settings: Arc::new(settings),
@@ -91,6 +100,15 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tenants::update_tenant))
         .routes(routes!(tenants::create_api_key, tenants::list_api_keys))
         .routes(routes!(tenants::revoke_api_key))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::list_queues))
+        .routes(routes!(jobs::list_jobs))
+        .routes(routes!(jobs::retry_job))
+        .routes(routes!(jobs::discard_job))
+        .routes(routes!(jobs::pause_queue))
+        .routes(routes!(jobs::resume_queue))
+        .routes(routes!(jobs::retry_dead))
+        .routes(routes!(metrics::metrics_admin))
 }
 
 /// The OpenAPI document, as served at `/openapi.json`.

@@ -501,7 +501,7 @@ impl Queues {
             .arg(id.as_str())
             .invoke_async(&mut conn)
             .await?;
-        Ok(action_outcome(reply.first().map(String::as_str), "queued"))
+        Ok(action_outcome(reply.first().map(String::as_str), "retried"))
     }
 
     /// Re-queues every dead job of a queue, in bounded batches; returns how many.
@@ -525,7 +525,7 @@ impl Queues {
                 call.arg(id);
             }
             let reply: Vec<String> = call.invoke_async(&mut conn).await?;
-            total += reply.iter().filter(|s| *s == "queued").count() as u64;
+            total += reply.iter().filter(|s| *s == "retried").count() as u64;
             // Ids that were not dead any more (retried meanwhile) leave the set anyway.
             let _: () = redis::cmd("ZREM")
                 .arg(keys.set(JobSet::Dead))

@@ -295,7 +295,7 @@ return moved
 });
 
 /// Puts dead or failed jobs back in the queue with a fresh attempt budget (history kept).
-/// ARGV: prefix, now, then job ids. Returns one status per id: 'queued' when re-queued,
+/// ARGV: prefix, now, then job ids. Returns one status per id: 'retried' when re-queued,
 /// otherwise the job's status ('missing' if it does not exist).
 pub static RETRY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -312,7 +312,7 @@ for i = 3, #ARGV do
     local entry = redis.call('XADD', stream, '*', 'id', id)
     redis.call('HSET', jk, 'status', 'queued', 'entry', entry, 'attempts', 0)
     redis.call('HDEL', jk, 'finished_at', 'run_at')
-    out[#out + 1] = 'queued'
+    out[#out + 1] = 'retried'
   else
     out[#out + 1] = status or 'missing'
   end

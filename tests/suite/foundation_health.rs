@@ -78,6 +78,15 @@ async fn openapi_document_describes_every_route() {
         "/admin/v1/tenants/{slug}",
         "/admin/v1/tenants/{slug}/api-keys",
         "/admin/v1/api-keys/{id}",
+        "/v1/jobs/{id}",
+        "/admin/v1/queues",
+        "/admin/v1/queues/{queue}/jobs",
+        "/admin/v1/jobs/{id}/retry",
+        "/admin/v1/jobs/{id}",
+        "/admin/v1/queues/{queue}/pause",
+        "/admin/v1/queues/{queue}/resume",
+        "/admin/v1/queues/{queue}/retry-dead",
+        "/metrics",
     ] {
         assert!(spec["paths"].get(path).is_some(), "spec lacks {path}");
     }

@@ -77,6 +77,8 @@ pub fn test_settings(database_url: &str) -> Settings {
 pub struct TestApp {
     pub address: String,
     pub db: PgPool,
+    /// The app's own queues (same Redis namespace).
+    pub queues: backroom::queue::Queues,
     pub client: reqwest::Client,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -95,6 +97,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         .expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let db = app.state().db.clone();
+    let queues = app.state().queues.clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until(async move {
         let _ = rx.await;
@@ -102,6 +105,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     TestApp {
         address,
         db,
+        queues,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()

@@ -8,6 +8,7 @@ mod foundation_health;
 mod foundation_problems;
 mod foundation_settings;
 mod foundation_tenants;
+mod queue_api;
 mod queue_engine;
 mod queue_faults;
 mod queue_support;
