@@ -9,6 +9,7 @@ mod foundation_problems;
 mod foundation_settings;
 mod foundation_tenants;
 mod queue_api;
+mod queue_cluster;
 mod queue_engine;
 mod queue_faults;
 mod queue_support;

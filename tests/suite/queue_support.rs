@@ -8,7 +8,7 @@ use backroom::queue::{
     JobError, JobMeta, JobRecord, JobStatus, NewJob, QueueName, QueueSettings, Queues,
     RedisBackend, WorkerOptions,
 };
-use backroom::redis_conn::RedisHandle;
+use backroom::redis_conn::{RedisConn, RedisHandle};
 use serde::{Deserialize, Serialize};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -105,12 +105,9 @@ impl TestQueue {
         o
     }
 
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+    /// A connection of the queue's own topology (single node or cluster).
+    pub async fn redis(&self) -> RedisConn {
+        self.queues.redis().conn().await.expect("redis answers")
     }
 
     /// How many times each probe ran / finished, by n.
@@ -211,7 +208,7 @@ pub async fn run_probe(
 #[derive(Clone)]
 pub struct ProbeNamespace {
     pub namespace: String,
-    pub conn: redis::aio::MultiplexedConnection,
+    pub conn: RedisConn,
 }
 
 /// An in-process worker; stops gracefully with [`RunningWorker::stop`].
