@@ -2,12 +2,12 @@
 //!
 //! It fills in what a laptop lacks (an admin token, a loopback bind address, readable logs),
 //! applies migrations, makes sure a demo tenant exists with a fresh API key, prints how to use
-//! it, and runs the API until Ctrl-C.
+//! it, and runs the API, the workers and the outbox relay until Ctrl-C.
 
 use crate::config::Settings;
 use crate::domain::{ApiKey, TenantName, TenantSlug};
 use crate::startup::{Application, shutdown_signal};
-use crate::{api, db, telemetry};
+use crate::{api, db, telemetry, workers};
 use anyhow::Context;
 use rand::RngCore;
 
@@ -47,7 +47,21 @@ pub async fn run() -> anyhow::Result<()> {
         demo_key
     );
     println!();
-    app.run_until(shutdown_signal()).await
+
+    // One shutdown signal for the API and the workers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let plan = workers::WorkPlan::parse(None, None)?;
+    let work = workers::run(&settings, plan, stopped(stop_rx.clone()));
+    let serve = app.run_until(stopped(stop_rx));
+    let (served, worked) = tokio::join!(serve, work);
+    served.and(worked)
 }
 
 /// Creates the demo tenant, or gives the existing one a new key (keys are shown only once).

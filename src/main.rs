@@ -18,6 +18,17 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API (BACKROOM_BIND, default 0.0.0.0:8080).
     Serve,
+    /// Run job workers and the outbox relay until SIGTERM (graceful: running jobs finish within
+    /// BACKROOM_SHUTDOWN_GRACE_SECS, the rest go back to the queue).
+    Work {
+        /// Comma-separated queues to work, e.g. `stock,emails` (default: every queue this build
+        /// has workers for).
+        #[arg(long)]
+        queues: Option<String>,
+        /// Jobs at once per queue (default depends on the queue).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
     /// Apply pending database migrations and exit (only DATABASE_URL is needed).
     Migrate,
     /// Manage tenants from the shell.
@@ -81,6 +92,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(settings.log_format, &settings.log_filter);
             let app = startup::Application::build(settings).await?;
             app.run_until(startup::shutdown_signal()).await
+        }
+        Command::Work {
+            queues,
+            concurrency,
+        } => {
+            let settings = Settings::from_env()?;
+            telemetry::init(settings.log_format, &settings.log_filter);
+            let plan = backroom::workers::WorkPlan::parse(queues.as_deref(), concurrency)?;
+            backroom::workers::run(&settings, plan, startup::shutdown_signal()).await
         }
         Command::Migrate => {
             let url = config::database_url_from_env()?;

@@ -119,6 +119,11 @@ impl FieldErrors {
         self.0.is_empty()
     }
 
+    /// Appends another collection's errors.
+    pub fn extend(&mut self, other: FieldErrors) {
+        self.0.extend(other.0);
+    }
+
     /// `Err(422)` if anything was recorded.
     pub fn finish(self) -> Result<(), Error> {
         if self.0.is_empty() {

@@ -11,6 +11,8 @@ pub mod jobs;
 pub mod metrics;
 mod middleware;
 pub mod pagination;
+pub mod products;
+pub mod stock;
 pub mod tenants;
 
 use crate::config::Settings;
@@ -100,6 +102,11 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tenants::update_tenant))
         .routes(routes!(tenants::create_api_key, tenants::list_api_keys))
         .routes(routes!(tenants::revoke_api_key))
+        .routes(routes!(products::put_product, products::get_product))
+        .routes(routes!(products::list_products))
+        .routes(routes!(products::list_movements))
+        .routes(routes!(stock::create_adjustment))
+        .routes(routes!(stock::create_batch))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::list_queues))
         .routes(routes!(jobs::list_jobs))

@@ -6,10 +6,14 @@
 
 mod api_key;
 mod email;
+mod product;
+mod stock;
 mod tenant;
 
 pub use api_key::{ApiKey, ApiKeyHash};
 pub use email::EmailAddress;
+pub use product::{Amount, Currency, ProductName, Sku, format_amount, parse_count};
+pub use stock::{Delta, IdempotencyKey, Reason};
 pub use tenant::{TenantName, TenantSlug, TimeZoneName};
 
 /// Text a person typed: trimmed, non-empty, at most `max` characters, and free of control

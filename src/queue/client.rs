@@ -14,8 +14,9 @@ use uuid::Uuid;
 
 /// Name of the single consumer group of every queue stream.
 pub(crate) const GROUP: &str = "workers";
-/// Jobs per push script call: bounds the script's run time and argument count.
-const PUSH_CHUNK: usize = 500;
+/// Jobs per push script call: bounds the script's run time and argument count, and makes a
+/// push of up to this many jobs atomic (all or none).
+const PUSH_CHUNK: usize = 1000;
 /// Jobs per admin batch call (bulk retry, promote).
 const ADMIN_CHUNK: usize = 1000;
 

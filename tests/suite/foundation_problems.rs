@@ -13,7 +13,7 @@ async fn bad_requests_get_problem_documents_with_the_right_status() {
         .body(body)
         .send()
     };
-    let huge = format!(r#"{{"name": "{}", "slug": "big"}}"#, "x".repeat(70_000));
+    let huge = format!(r#"{{"name": "{}", "slug": "big"}}"#, "x".repeat(1_100_000));
     let cases: Vec<(Vec<u8>, &str, u16, &str)> = vec![
         (
             b"{\"name\": \"a\",".to_vec(),

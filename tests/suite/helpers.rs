@@ -69,7 +69,7 @@ pub fn test_settings(database_url: &str) -> Settings {
         ("BACKROOM_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
         ("BACKROOM_BIND", "127.0.0.1:0".to_string()),
         ("BACKROOM_REDIS_NAMESPACE", namespace),
-        ("BACKROOM_MAX_BODY_BYTES", "65536".to_string()),
+        ("BACKROOM_MAX_BODY_BYTES", "1048576".to_string()),
     ]);
     Settings::from_lookup(|k| env.get(k).cloned()).expect("test settings are valid")
 }
@@ -77,6 +77,7 @@ pub fn test_settings(database_url: &str) -> Settings {
 pub struct TestApp {
     pub address: String,
     pub db: PgPool,
+    pub settings: Settings,
     /// The app's own queues (same Redis namespace).
     pub queues: backroom::queue::Queues,
     pub client: reqwest::Client,
@@ -92,7 +93,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     let database_url = fresh_database().await;
     let mut settings = test_settings(&database_url);
     customize(&mut settings);
-    let app = Application::build(settings)
+    let app = Application::build(settings.clone())
         .await
         .expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -105,12 +106,41 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     TestApp {
         address,
         db,
+        settings,
         queues,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap(),
         _shutdown: tx,
+    }
+}
+
+/// In-process workers (the same `workers::run` as `backroom work`); stopped gracefully on drop.
+pub struct Workers {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Workers {
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            tokio::time::timeout(Duration::from_secs(30), done)
+                .await
+                .expect("workers stop within 30 s")
+                .expect("workers did not panic");
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
     }
 }
 
@@ -122,6 +152,40 @@ pub struct TestTenant {
 }
 
 impl TestApp {
+    /// Starts workers for `queues` against this app's database and Redis namespace.
+    pub fn start_workers(&self, queues: &str) -> Workers {
+        let mut settings = self.settings.clone();
+        settings.database_max_connections = 4;
+        let plan = backroom::workers::WorkPlan::parse(Some(queues), None).expect("known queues");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            backroom::workers::run(&settings, plan, async move {
+                let _ = rx.await;
+            })
+            .await
+            .expect("workers run");
+        });
+        Workers {
+            stop: Some(tx),
+            done: Some(done),
+        }
+    }
+
+    /// Environment for a `backroom` child process sharing this app's database and namespace.
+    pub fn child_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.settings.database_url.clone()),
+            ("REDIS_URL", self.settings.redis_url.clone()),
+            (
+                "BACKROOM_REDIS_NAMESPACE",
+                self.settings.redis_namespace.clone(),
+            ),
+            ("BACKROOM_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
+            ("BACKROOM_DB_MAX_CONNECTIONS", "4".to_string()),
+            ("BACKROOM_LOG", "warn".to_string()),
+        ]
+    }
+
     pub fn request(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
         let builder = self
             .client

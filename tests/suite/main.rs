@@ -13,3 +13,4 @@ mod queue_cluster;
 mod queue_engine;
 mod queue_faults;
 mod queue_support;
+mod stock;

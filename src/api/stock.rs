@@ -1,0 +1,299 @@
+//! Stock adjustment intake: validate at the door, enqueue to the `stock` queue, answer 202 with
+//! the job. A repeated idempotency key answers 200 with the first job (the queue maps the key to
+//! its job; the ledger's unique key makes a repeat harmless even after that mapping expires).
+
+use super::AppState;
+use super::error::{Error, Result};
+use super::extract::{FieldErrors, Json, Tenant};
+use crate::domain::{Delta, IdempotencyKey, Reason, Sku};
+use crate::queue::{NewJob, QueueName};
+use crate::workers::stock::{self, StockAdjustmentJob};
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub const MAX_BATCH: usize = 1000;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustmentInput {
+    sku: String,
+    /// Non-zero whole units; sales and damage are negative, receipts and returns positive.
+    delta: i64,
+    /// sale, receipt, return, correction, damage or transfer.
+    reason: String,
+    /// 1..=128 characters; repeats return the first job and never move stock twice.
+    idempotency_key: String,
+    reference: Option<String>,
+    /// RFC 3339; defaults to now.
+    occurred_at: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchInput {
+    adjustments: Vec<AdjustmentInput>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    job_id: String,
+    status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchItem {
+    idempotency_key: String,
+    job_id: String,
+    status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BatchAccepted {
+    jobs: Vec<BatchItem>,
+}
+
+/// Checks one adjustment, recording errors under `prefix` (e.g. `adjustments[3].`).
+fn parse_adjustment(
+    input: &AdjustmentInput,
+    tenant_id: Uuid,
+    prefix: &str,
+    errors: &mut FieldErrors,
+) -> Option<StockAdjustmentJob> {
+    let field = |name: &str| format!("{prefix}{name}");
+    let sku = errors.check(&field("sku"), Sku::parse(&input.sku));
+    let reason = errors.check(&field("reason"), Reason::parse(&input.reason));
+    let delta = errors.check(&field("delta"), Delta::parse(input.delta));
+    if let (Some(reason), Some(delta)) = (reason, delta) {
+        let sign_ok = match reason {
+            Reason::Sale | Reason::Damage => delta.get() < 0,
+            Reason::Receipt | Reason::Return => delta.get() > 0,
+            Reason::Correction | Reason::Transfer => true,
+        };
+        if !sign_ok {
+            let direction = if delta.get() < 0 {
+                "positive"
+            } else {
+                "negative"
+            };
+            errors.push(
+                &field("delta"),
+                format!("must be {direction} for a {}", reason.as_str()),
+            );
+        }
+    }
+    let key = errors.check(
+        &field("idempotency_key"),
+        IdempotencyKey::parse(&input.idempotency_key),
+    );
+    let reference = match &input.reference {
+        None => Some(None),
+        Some(r) => errors
+            .check(&field("reference"), crate::domain::clean_text(r, 200))
+            .map(Some),
+    };
+    let now = Utc::now();
+    let occurred_at = match &input.occurred_at {
+        None => Some(now),
+        Some(raw) => errors.check(
+            &field("occurred_at"),
+            DateTime::parse_from_rfc3339(raw)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| "must be an RFC 3339 timestamp".to_string())
+                .and_then(|t| {
+                    if t > now + chrono::Duration::days(1) {
+                        Err("must not be in the future".to_string())
+                    } else {
+                        Ok(t)
+                    }
+                }),
+        ),
+    };
+    Some(StockAdjustmentJob {
+        tenant_id,
+        sku: sku?.as_str().to_string(),
+        delta: delta?.get(),
+        reason: reason?,
+        idempotency_key: key?.as_str().to_string(),
+        reference: reference?,
+        occurred_at: occurred_at?,
+    })
+}
+
+/// Which of `skus` the tenant has no product for.
+async fn unknown_skus(state: &AppState, tenant: Uuid, skus: &[String]) -> Result<HashSet<String>> {
+    let known: HashSet<String> = sqlx::query_scalar!(
+        "SELECT sku FROM products WHERE tenant_id = $1 AND sku = ANY($2)",
+        tenant,
+        skus
+    )
+    .fetch_all(&state.db)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(skus
+        .iter()
+        .filter(|s| !known.contains(*s))
+        .cloned()
+        .collect())
+}
+
+fn new_job(job: &StockAdjustmentJob) -> NewJob {
+    NewJob::new(stock::KIND, job)
+        .tenant(job.tenant_id)
+        .max_attempts(stock::MAX_ATTEMPTS)
+        .idempotency_key(format!("{}:{}", job.tenant_id, job.idempotency_key))
+}
+
+/// The status to report for the job a repeated key maps to; once the job itself has left
+/// Redis (retention, or an admin discarded it) the ledger tells whether it moved stock.
+async fn current_status(
+    state: &AppState,
+    job: &StockAdjustmentJob,
+    job_id: &str,
+) -> Result<String> {
+    if let Some(record) = state.queues.get(job_id).await? {
+        return Ok(match record.status.as_str() {
+            "scheduled" => "queued".to_string(),
+            s => s.to_string(),
+        });
+    }
+    let applied = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM stock_movements
+                          WHERE tenant_id = $1 AND idempotency_key = $2) AS "applied!""#,
+        job.tenant_id,
+        job.idempotency_key
+    )
+    .fetch_one(&state.db)
+    .await?;
+    Ok(if applied { "succeeded" } else { "failed" }.to_string())
+}
+
+/// Queues one stock adjustment.
+#[utoipa::path(post, path = "/v1/stock-adjustments", tag = "tenant", security(("tenant_key" = [])),
+    request_body = AdjustmentInput,
+    responses((status = 202, body = Accepted),
+        (status = 200, description = "The idempotency key was seen before: the first job", body = Accepted),
+        (status = 422, body = super::error::Problem), (status = 503, body = super::error::Problem)))]
+#[tracing::instrument(skip_all)]
+pub async fn create_adjustment(
+    tenant: Tenant,
+    State(state): State<AppState>,
+    Json(body): Json<AdjustmentInput>,
+) -> Result<(StatusCode, axum::Json<Accepted>)> {
+    let mut errors = FieldErrors::default();
+    let job = parse_adjustment(&body, tenant.id, "", &mut errors);
+    errors.finish()?;
+    let job = job.expect("checked");
+    if !unknown_skus(&state, tenant.id, std::slice::from_ref(&job.sku))
+        .await?
+        .is_empty()
+    {
+        return Err(Error::invalid("sku", format!("no product '{}'", job.sku)));
+    }
+    let queue = QueueName::parse(stock::QUEUE).expect("known queue");
+    let pushed = state
+        .queues
+        .push(&queue, vec![new_job(&job)])
+        .await?
+        .remove(0);
+    if pushed.created {
+        Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(Accepted {
+                job_id: pushed.id,
+                status: "queued".into(),
+            }),
+        ))
+    } else {
+        let status = current_status(&state, &job, &pushed.id).await?;
+        Ok((
+            StatusCode::OK,
+            axum::Json(Accepted {
+                job_id: pushed.id,
+                status,
+            }),
+        ))
+    }
+}
+
+/// Queues 1..=1000 adjustments; if any is invalid, none is queued.
+#[utoipa::path(post, path = "/v1/stock-adjustments/batch", tag = "tenant",
+    security(("tenant_key" = [])), request_body = BatchInput,
+    responses((status = 202, body = BatchAccepted), (status = 422, body = super::error::Problem),
+        (status = 503, body = super::error::Problem)))]
+#[tracing::instrument(skip_all)]
+pub async fn create_batch(
+    tenant: Tenant,
+    State(state): State<AppState>,
+    Json(body): Json<BatchInput>,
+) -> Result<(StatusCode, axum::Json<BatchAccepted>)> {
+    let n = body.adjustments.len();
+    if n == 0 || n > MAX_BATCH {
+        return Err(Error::invalid(
+            "adjustments",
+            format!("must hold 1 to {MAX_BATCH} adjustments (got {n})"),
+        ));
+    }
+    // Errors are reported item by item, in order, so each item's problems stand together.
+    let mut per_item: Vec<FieldErrors> = Vec::with_capacity(n);
+    let mut jobs = Vec::with_capacity(n);
+    let mut first_index: HashMap<&str, usize> = HashMap::new();
+    for (i, input) in body.adjustments.iter().enumerate() {
+        let prefix = format!("adjustments[{i}].");
+        let mut item = FieldErrors::default();
+        jobs.push(parse_adjustment(input, tenant.id, &prefix, &mut item));
+        if let Some(&first) = first_index.get(input.idempotency_key.as_str()) {
+            item.push(
+                &format!("{prefix}idempotency_key"),
+                format!("repeats adjustments[{first}].idempotency_key"),
+            );
+        } else {
+            first_index.insert(&input.idempotency_key, i);
+        }
+        per_item.push(item);
+    }
+    let skus: Vec<String> = jobs.iter().flatten().map(|j| j.sku.clone()).collect();
+    let unknown = unknown_skus(&state, tenant.id, &skus).await?;
+    let mut errors = FieldErrors::default();
+    for (i, (job, mut item)) in jobs.iter().zip(per_item).enumerate() {
+        if let Some(job) = job
+            && unknown.contains(&job.sku)
+        {
+            item.push(
+                &format!("adjustments[{i}].sku"),
+                format!("no product '{}'", job.sku),
+            );
+        }
+        errors.extend(item);
+    }
+    errors.finish()?;
+    let jobs: Vec<StockAdjustmentJob> = jobs.into_iter().map(|j| j.expect("checked")).collect();
+    let queue = QueueName::parse(stock::QUEUE).expect("known queue");
+    // One push call for the whole batch (the push script takes up to 1,000): all or nothing.
+    let pushed = state
+        .queues
+        .push(&queue, jobs.iter().map(new_job).collect())
+        .await?;
+    let mut items = Vec::with_capacity(n);
+    for (job, p) in jobs.iter().zip(pushed) {
+        let status = if p.created {
+            "queued".to_string()
+        } else {
+            current_status(&state, job, &p.id).await?
+        };
+        items.push(BatchItem {
+            idempotency_key: job.idempotency_key.clone(),
+            job_id: p.id,
+            status,
+        });
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(BatchAccepted { jobs: items }),
+    ))
+}

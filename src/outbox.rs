@@ -1,0 +1,180 @@
+//! The transactional outbox: work decided inside a Postgres transaction (an order's invoice and
+//! emails, a low-stock alert) is written as `outbox` rows in that same transaction, and the
+//! relay moves committed rows to the Redis queues.
+//!
+//! So a committed order never misses its jobs, and a rolled-back one never runs them. The relay
+//! survives Redis being down (rows wait and flow when it returns), runs in every worker process
+//! at once (`FOR UPDATE SKIP LOCKED`: each row is taken by one relay), and pushes each row with
+//! the idempotency key `outbox:<row key>`, so a row re-sent after a crash between the push and
+//! the commit maps to the job it already created.
+
+use crate::queue::{NewJob, QueueName, Queues};
+use anyhow::Context;
+use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A job to enqueue once the surrounding transaction commits.
+#[derive(Debug, Clone)]
+pub struct OutboxJob {
+    pub queue: &'static str,
+    pub kind: &'static str,
+    pub tenant: Option<Uuid>,
+    pub payload: serde_json::Value,
+    pub max_attempts: u32,
+    /// Unique per logical job: the relay dedupes on it.
+    pub idempotency_key: String,
+}
+
+/// Writes jobs into the outbox inside the caller's transaction.
+pub async fn add(tx: &mut PgConnection, jobs: &[OutboxJob]) -> sqlx::Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let tenants: Vec<Option<Uuid>> = jobs.iter().map(|j| j.tenant).collect();
+    let queues: Vec<String> = jobs.iter().map(|j| j.queue.to_string()).collect();
+    let kinds: Vec<String> = jobs.iter().map(|j| j.kind.to_string()).collect();
+    let payloads: Vec<serde_json::Value> = jobs.iter().map(|j| j.payload.clone()).collect();
+    let attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts as i32).collect();
+    let keys: Vec<String> = jobs.iter().map(|j| j.idempotency_key.clone()).collect();
+    sqlx::query!(
+        r#"INSERT INTO outbox (tenant_id, queue, kind, payload, max_attempts, idempotency_key)
+           SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int[], $6::text[])"#,
+        &tenants as &[Option<Uuid>],
+        &queues,
+        &kinds,
+        &payloads,
+        &attempts,
+        &keys
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!("SELECT pg_notify('backroom_outbox', '')")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Moves up to `limit` committed rows to Redis; returns how many moved.
+pub async fn relay_once(db: &PgPool, queues: &Queues, limit: i64) -> anyhow::Result<usize> {
+    let mut tx = db.begin().await?;
+    let rows = sqlx::query!(
+        r#"SELECT id, tenant_id, queue, kind, payload, max_attempts, idempotency_key
+           FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"#,
+        limit
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut job_ids = Vec::with_capacity(rows.len());
+    // Rows are pushed per queue, keeping their order within each queue.
+    let mut by_queue: Vec<(String, Vec<(i64, NewJob)>)> = vec![];
+    for row in rows {
+        let Some(queue) = QueueName::parse(&row.queue) else {
+            tracing::error!(outbox_id = row.id, queue = %row.queue, "outbox row names an unknown queue; skipped");
+            continue;
+        };
+        let mut job = NewJob {
+            kind: row.kind,
+            tenant: row.tenant_id,
+            payload: serde_json::to_vec(&row.payload)?,
+            max_attempts: row.max_attempts.max(1) as u32,
+            run_at: None,
+            idempotency_key: None,
+        };
+        job = job.idempotency_key(format!("outbox:{}", row.idempotency_key));
+        match by_queue.iter_mut().find(|(q, _)| q == queue.as_str()) {
+            Some((_, jobs)) => jobs.push((row.id, job)),
+            None => by_queue.push((queue.to_string(), vec![(row.id, job)])),
+        }
+    }
+    for (queue, jobs) in by_queue {
+        let queue = QueueName::parse(&queue).expect("parsed above");
+        let (row_ids, new_jobs): (Vec<i64>, Vec<NewJob>) = jobs.into_iter().unzip();
+        let pushed = queues
+            .push(&queue, new_jobs)
+            .await
+            .context("while relaying outbox rows to Redis")?;
+        ids.extend(row_ids);
+        job_ids.extend(pushed.into_iter().map(|p| p.id));
+    }
+    sqlx::query!(
+        r#"UPDATE outbox o SET sent_at = now(), job_id = u.job_id
+           FROM UNNEST($1::bigint[], $2::text[]) AS u(id, job_id) WHERE o.id = u.id"#,
+        &ids,
+        &job_ids
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ids.len())
+}
+
+/// Relays until `stop` resolves: wakes on `NOTIFY backroom_outbox` and also polls, so a missed
+/// notification (or one sent while this relay was down) delays a row by at most `poll`.
+pub async fn run_relay(
+    db: PgPool,
+    queues: Queues,
+    poll: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut listener = None;
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match relay_once(&db, &queues, 500).await {
+            Ok(n) if n > 0 => {
+                failures = 0;
+                continue;
+            }
+            Ok(_) => failures = 0,
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "outbox relay failed; rows wait and will be retried"
+                    );
+                }
+                failures += 1;
+            }
+        }
+        if listener.is_none() {
+            listener = match sqlx::postgres::PgListener::connect_with(&db).await {
+                Ok(mut l) => l.listen("backroom_outbox").await.ok().map(|_| l),
+                Err(_) => None,
+            };
+        }
+        let backoff = if failures > 0 {
+            Duration::from_millis((100u64 << failures.min(6)).min(5_000))
+        } else {
+            poll
+        };
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(backoff) => {}
+            n = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await.map(|_| ()),
+                    None => std::future::pending().await,
+                }
+            } => if n.is_err() { listener = None },
+        }
+    }
+}
+
+/// Deletes relayed rows older than `keep` (called by the scheduler).
+pub async fn prune(db: &PgPool, keep: Duration) -> sqlx::Result<u64> {
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or_default();
+    let done = sqlx::query!(
+        "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1",
+        cutoff
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,138 @@
+//! Workers: one file per job kind (its payload, its handler, its tests), and [`run`], which runs
+//! the chosen queues' workers with the outbox relay until shutdown.
+//!
+//! Shutdown is graceful with a deadline: on the signal every worker stops fetching, hands back
+//! what it fetched but did not start, and lets running jobs finish; jobs still running when the
+//! grace period ends are handed back to the queue at once rather than waiting out their lease.
+
+pub mod stock;
+
+use crate::config::Settings;
+use crate::queue::{QueueName, Queues, RedisBackend, WorkerHandle, WorkerOptions};
+use crate::{db, outbox};
+use anyhow::Context;
+use apalis::prelude::*;
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Queues this build has workers for.
+pub const RUNNABLE: &[&str] = &["stock"];
+
+/// Which queues to work and how hard.
+#[derive(Debug, Clone)]
+pub struct WorkPlan {
+    pub queues: Vec<QueueName>,
+    /// Jobs at once per queue; `None` uses each queue's default.
+    pub concurrency: Option<usize>,
+}
+
+impl WorkPlan {
+    /// Parses `--queues` (comma-separated; empty means every runnable queue).
+    pub fn parse(queues: Option<&str>, concurrency: Option<usize>) -> anyhow::Result<Self> {
+        let names: Vec<&str> = match queues {
+            None => RUNNABLE.to_vec(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect(),
+        };
+        let mut parsed = vec![];
+        for name in names {
+            let queue = QueueName::parse(name)
+                .with_context(|| format!("--queues: '{name}' is not a queue"))?;
+            anyhow::ensure!(
+                RUNNABLE.contains(&name),
+                "--queues: no worker for '{name}' in this build (runnable: {})",
+                RUNNABLE.join(", ")
+            );
+            parsed.push(queue);
+        }
+        anyhow::ensure!(!parsed.is_empty(), "--queues: name at least one queue");
+        Ok(WorkPlan {
+            queues: parsed,
+            concurrency,
+        })
+    }
+}
+
+/// Runs the plan's workers and the outbox relay until `shutdown` resolves.
+pub async fn run(
+    settings: &Settings,
+    plan: WorkPlan,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let pool = db::pool(&settings.database_url, settings.database_max_connections)?;
+    let redis = crate::redis_conn::RedisHandle::open(&settings.redis_url)?;
+    let queues = Queues::new(redis, &settings.redis_namespace, settings.queue.clone());
+    crate::queue::metrics::handle();
+    if let Some(bind) = settings.metrics_bind {
+        crate::startup::spawn_metrics_listener(bind, queues.clone()).await?;
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut handles: Vec<WorkerHandle> = vec![];
+    let mut running = tokio::task::JoinSet::new();
+    for queue in &plan.queues {
+        let mut stopped = stop_rx.clone();
+        let signal = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+            Ok::<(), std::io::Error>(())
+        };
+        match queue.as_str() {
+            stock::QUEUE => {
+                let mut options = WorkerOptions::new(queue.clone());
+                options.concurrency = plan.concurrency.unwrap_or(512);
+                options.prefetch = options.concurrency * 2;
+                options.batch = 512;
+                options.job_timeout = Duration::from_secs(60);
+                let backend: RedisBackend<stock::StockAdjustmentJob> =
+                    RedisBackend::new(queues.clone(), options.clone());
+                handles.push(backend.handle());
+                let worker = WorkerBuilder::new(backend.consumer())
+                    .backend(backend)
+                    .data(stock::StockLedger::start(pool.clone()))
+                    .concurrency(options.concurrency)
+                    .build(stock::handle);
+                running.spawn(async move { worker.run_until(signal).await });
+            }
+            other => anyhow::bail!("no worker for queue '{other}'"),
+        }
+    }
+    running.spawn({
+        let (db, queues, stop) = (pool.clone(), queues.clone(), stop_rx.clone());
+        async move {
+            outbox::run_relay(db, queues, Duration::from_millis(500), stop).await;
+            Ok(())
+        }
+    });
+    tracing::info!(queues = ?plan.queues.iter().map(QueueName::as_str).collect::<Vec<_>>(), "workers running");
+
+    shutdown.await;
+    tracing::info!(grace = ?settings.shutdown_grace, "stopping workers");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(settings.shutdown_grace, async {
+        while let Some(joined) = running.join_next().await {
+            if let Ok(Err(e)) = joined {
+                tracing::error!(error = %e, "worker ended with an error");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        for handle in &handles {
+            match handle.hand_back_all().await {
+                Ok(n) => tracing::warn!(
+                    worker = handle.consumer(),
+                    handed_back = n,
+                    "grace period over; unfinished jobs handed back"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not hand jobs back; their leases will expire")
+                }
+            }
+        }
+    }
+    Ok(())
+}
