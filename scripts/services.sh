@@ -124,9 +124,33 @@ start_local_redis() {
   export REDIS_URL="redis://127.0.0.1:$port"
 }
 
-# Tools the test suite drives as real processes.
+# An SMTP server for the demo when SMTP_URL is not set: scripts/smtp-sink.py keeps every
+# message as a file under .data/mail/.
+ensure_smtp() {
+  if [ -n "${SMTP_URL:-}" ]; then say "SMTP: $SMTP_URL"; return; fi
+  /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || apt_install python3-aiosmtpd
+  local port
+  if [ -f "$DATA_DIR/smtp.port" ] && port_open 127.0.0.1 "$(cat "$DATA_DIR/smtp.port")"; then
+    port=$(cat "$DATA_DIR/smtp.port")
+  else
+    port=$(free_port 52525)
+    mkdir -p "$DATA_DIR/mail"
+    nohup /usr/bin/python3 "$BACKROOM_ROOT/scripts/smtp-sink.py" --port "$port" --dir "$DATA_DIR/mail" \
+      >"$DATA_DIR/smtp.log" 2>&1 &
+    for _ in $(seq 1 50); do port_open 127.0.0.1 "$port" && break; sleep 0.1; done
+    echo "$port" > "$DATA_DIR/smtp.port"
+  fi
+  export SMTP_URL="smtp://127.0.0.1:$port"
+  say "SMTP: $SMTP_URL (messages are kept in .data/mail/)"
+}
+
+# Tools the test suite drives as real processes: a private redis-server, an SMTP server
+# (aiosmtpd), and poppler/qpdf to read and check invoice PDFs.
 ensure_test_tools() {
   local missing=()
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
+  command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
+  command -v qpdf >/dev/null 2>&1 || missing+=(qpdf)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }

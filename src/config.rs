@@ -51,6 +51,13 @@ pub struct Settings {
     /// `BACKROOM_METRICS_BIND`: optional listener serving `/metrics` without credentials (for a
     /// Prometheus on a private network); `/metrics` on the API port needs the admin token.
     pub metrics_bind: Option<SocketAddr>,
+    /// `BACKROOM_MAIL_FROM`: the sender of every email (default `backroom <noreply@backroom.local>`).
+    pub mail_from: String,
+    /// `BACKROOM_EMAILS_PER_MINUTE`: each tenant's sending limit (default 120).
+    pub emails_per_minute: u32,
+    /// `BACKROOM_INVOICE_FONT_DIR`: a directory with `DejaVuSans.ttf` and `DejaVuSans-Bold.ttf`
+    /// to use instead of the fonts built into the binary.
+    pub invoice_font_dir: Option<std::path::PathBuf>,
     /// `BACKROOM_JOB_LEASE_SECS`, `BACKROOM_RETENTION_SUCCEEDED_SECS`,
     /// `BACKROOM_RETENTION_DEAD_SECS`, `BACKROOM_IDEMPOTENCY_RETENTION_SECS`.
     pub queue: QueueSettings,
@@ -164,6 +171,22 @@ impl Settings {
             ..defaults
         };
 
+        let mail_from =
+            get("BACKROOM_MAIL_FROM").unwrap_or_else(|| "backroom <noreply@backroom.local>".into());
+        if mail_from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(SettingsError {
+                var: "BACKROOM_MAIL_FROM",
+                message: format!("'{mail_from}' is not a mailbox such as Shop <shop@example.com>"),
+            });
+        }
+        let emails_per_minute: u32 = parse_or(
+            get("BACKROOM_EMAILS_PER_MINUTE"),
+            "BACKROOM_EMAILS_PER_MINUTE",
+            "120",
+            "a whole number",
+        )?;
+        let invoice_font_dir = get("BACKROOM_INVOICE_FONT_DIR").map(std::path::PathBuf::from);
+
         let redis_namespace = get("BACKROOM_REDIS_NAMESPACE").unwrap_or_else(|| "backroom".into());
         if !redis_namespace
             .chars()
@@ -208,6 +231,9 @@ impl Settings {
             log_filter,
             shutdown_grace: Duration::from_secs(shutdown_secs),
             metrics_bind,
+            mail_from,
+            emails_per_minute,
+            invoice_font_dir,
             queue,
         })
     }
@@ -314,6 +340,8 @@ mod tests {
                 "number of seconds",
             ),
             ("BACKROOM_METRICS_BIND", Some("9090"), "socket address"),
+            ("BACKROOM_MAIL_FROM", Some("not a mailbox"), "not a mailbox"),
+            ("BACKROOM_EMAILS_PER_MINUTE", Some("lots"), "whole number"),
         ];
         for (var, value, expected) in cases {
             let mut env = base();

@@ -26,3 +26,24 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .await
         .context("while applying database migrations")
 }
+
+/// Takes the next number of a tenant's counter (`name`, `period`) inside the caller's
+/// transaction. The counter row stays locked until that transaction ends, so numbers are
+/// gapless (a rollback returns the number) and strictly increasing per tenant and period.
+pub async fn next_counter(
+    tx: &mut sqlx::PgConnection,
+    tenant_id: uuid::Uuid,
+    name: &str,
+    period: i32,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"INSERT INTO counters (tenant_id, name, period, last) VALUES ($1, $2, $3, 1)
+           ON CONFLICT (tenant_id, name, period) DO UPDATE SET last = counters.last + 1
+           RETURNING last"#,
+        tenant_id,
+        name,
+        period
+    )
+    .fetch_one(tx)
+    .await
+}

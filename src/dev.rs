@@ -57,7 +57,12 @@ pub async fn run() -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let plan = workers::WorkPlan::parse(None, None)?;
+    let plan = if settings.smtp_url.is_some() {
+        workers::WorkPlan::parse(None, None)?
+    } else {
+        tracing::warn!("SMTP_URL is not set: emails stay queued until a worker with SMTP runs");
+        workers::WorkPlan::parse(Some("stock,invoices"), None)?
+    };
     let work = workers::run(&settings, plan, stopped(stop_rx.clone()));
     let serve = app.run_until(stopped(stop_rx));
     let (served, worked) = tokio::join!(serve, work);

@@ -4,12 +4,14 @@
 //!
 //! [`router`] is a plain factory (no socket) so tests can call it directly; `startup` binds it.
 
+pub mod emails;
 pub mod error;
 pub mod extract;
 mod health;
 pub mod jobs;
 pub mod metrics;
 mod middleware;
+pub mod orders;
 pub mod pagination;
 pub mod products;
 pub mod stock;
@@ -107,6 +109,12 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(products::list_movements))
         .routes(routes!(stock::create_adjustment))
         .routes(routes!(stock::create_batch))
+        .routes(routes!(orders::create_order))
+        .routes(routes!(orders::get_order))
+        .routes(routes!(orders::get_invoice))
+        .routes(routes!(orders::get_invoice_pdf))
+        .routes(routes!(emails::send_email))
+        .routes(routes!(emails::get_email))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::list_queues))
         .routes(routes!(jobs::list_jobs))

@@ -6,12 +6,14 @@
 
 mod api_key;
 mod email;
+mod order;
 mod product;
 mod stock;
 mod tenant;
 
 pub use api_key::{ApiKey, ApiKeyHash};
 pub use email::EmailAddress;
+pub use order::{Totals, parse_tax_rate, totals};
 pub use product::{Amount, Currency, ProductName, Sku, format_amount, parse_count};
 pub use stock::{Delta, IdempotencyKey, Reason};
 pub use tenant::{TenantName, TenantSlug, TimeZoneName};

@@ -5,6 +5,9 @@
 //! what it fetched but did not start, and lets running jobs finish; jobs still running when the
 //! grace period ends are handed back to the queue at once rather than waiting out their lease.
 
+pub mod emails;
+pub mod invoice_pdf;
+pub mod invoices;
 pub mod stock;
 
 use crate::config::Settings;
@@ -13,11 +16,12 @@ use crate::{db, outbox};
 use anyhow::Context;
 use apalis::prelude::*;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
 /// Queues this build has workers for.
-pub const RUNNABLE: &[&str] = &["stock"];
+pub const RUNNABLE: &[&str] = &["stock", "invoices", "emails"];
 
 /// Which queues to work and how hard.
 #[derive(Debug, Clone)]
@@ -80,10 +84,12 @@ pub async fn run(
             let _ = stopped.wait_for(|s| *s).await;
             Ok::<(), std::io::Error>(())
         };
+        let mut options = WorkerOptions::new(queue.clone());
+        let concurrency = |default: usize| plan.concurrency.unwrap_or(default);
         match queue.as_str() {
             stock::QUEUE => {
-                let mut options = WorkerOptions::new(queue.clone());
-                options.concurrency = plan.concurrency.unwrap_or(512);
+                // Stock jobs mostly wait for their batch: many run at once to fill batches.
+                options.concurrency = concurrency(512);
                 options.prefetch = options.concurrency * 2;
                 options.batch = 512;
                 options.job_timeout = Duration::from_secs(60);
@@ -95,6 +101,50 @@ pub async fn run(
                     .data(stock::StockLedger::start(pool.clone()))
                     .concurrency(options.concurrency)
                     .build(stock::handle);
+                running.spawn(async move { worker.run_until(signal).await });
+            }
+            invoices::QUEUE => {
+                options.concurrency = concurrency(4);
+                options.prefetch = options.concurrency * 2;
+                options.job_timeout = Duration::from_secs(120);
+                let deps = invoices::InvoiceDeps {
+                    db: pool.clone(),
+                    fonts: Arc::new(invoice_pdf::Fonts::new(settings.invoice_font_dir.clone())),
+                };
+                let backend: RedisBackend<invoices::RenderInvoice> =
+                    RedisBackend::new(queues.clone(), options.clone());
+                handles.push(backend.handle());
+                let worker = WorkerBuilder::new(backend.consumer())
+                    .backend(backend)
+                    .data(deps)
+                    .concurrency(options.concurrency)
+                    .build(invoices::handle);
+                running.spawn(async move { worker.run_until(signal).await });
+            }
+            emails::QUEUE => {
+                let smtp = settings.smtp_url.as_deref().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "configuration error: SMTP_URL: is not set (the emails worker needs it)"
+                    )
+                })?;
+                options.concurrency = concurrency(32);
+                options.prefetch = options.concurrency * 2;
+                options.job_timeout = Duration::from_secs(60);
+                let deps = emails::EmailDeps {
+                    db: pool.clone(),
+                    redis: queues.redis().clone(),
+                    namespace: settings.redis_namespace.clone(),
+                    mailer: Arc::new(emails::Mailer::new(smtp, &settings.mail_from)?),
+                    per_tenant_per_minute: settings.emails_per_minute,
+                };
+                let backend: RedisBackend<emails::EmailJob> =
+                    RedisBackend::new(queues.clone(), options.clone());
+                handles.push(backend.handle());
+                let worker = WorkerBuilder::new(backend.consumer())
+                    .backend(backend)
+                    .data(deps)
+                    .concurrency(options.concurrency)
+                    .build(emails::handle);
                 running.spawn(async move { worker.run_until(signal).await });
             }
             other => anyhow::bail!("no worker for queue '{other}'"),

@@ -21,6 +21,7 @@
 use crate::domain::{Delta, IdempotencyKey, Reason, Sku};
 use crate::outbox::{self, OutboxJob};
 use crate::queue::{JobError, JobMeta};
+use crate::workers::emails::{self, EmailJob};
 use anyhow::Context;
 use apalis::prelude::Data;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -93,15 +94,6 @@ pub enum Applied {
         on_hand: i64,
     },
     UnknownSku,
-}
-
-/// The low-stock alert job (sent by the emails worker to the tenant's `alert_email`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LowStockAlert {
-    pub tenant_id: Uuid,
-    pub sku: String,
-    pub on_hand: i64,
-    pub reorder_point: i64,
 }
 
 struct Pending {
@@ -333,18 +325,19 @@ pub async fn apply_batch(
         level.changed = true;
         let below = after < level.reorder_point;
         if below && !level.below_reorder {
+            let alert = EmailJob::LowStock {
+                tenant_id: a.tenant_id,
+                sku: a.sku.as_str().to_string(),
+                on_hand: after,
+                reorder_point: level.reorder_point,
+                crossing: a.idempotency_key.as_str().to_string(),
+            };
             alerts.push(OutboxJob {
-                queue: "emails",
-                kind: "low_stock_alert",
+                queue: emails::QUEUE,
+                kind: alert.kind(),
                 tenant: Some(a.tenant_id),
-                payload: serde_json::to_value(LowStockAlert {
-                    tenant_id: a.tenant_id,
-                    sku: a.sku.as_str().to_string(),
-                    on_hand: after,
-                    reorder_point: level.reorder_point,
-                })
-                .expect("serializable"),
-                max_attempts: 8,
+                payload: serde_json::to_value(&alert).expect("serializable"),
+                max_attempts: emails::MAX_ATTEMPTS,
                 idempotency_key: format!(
                     "low-stock:{}:{}:{}",
                     a.tenant_id,

@@ -3,11 +3,13 @@
 
 mod helpers;
 
+mod emails;
 mod foundation_auth;
 mod foundation_health;
 mod foundation_problems;
 mod foundation_settings;
 mod foundation_tenants;
+mod invoices;
 mod queue_api;
 mod queue_cluster;
 mod queue_engine;

@@ -1,0 +1,206 @@
+//! Tenant-requested emails and every email's delivery record. Addresses and subjects are parsed
+//! at the door: a CR or LF anywhere a header is built from is a 422, never a sent message.
+
+use super::AppState;
+use super::error::{Error, Result};
+use super::extract::{FieldErrors, Json, Tenant};
+use crate::domain::{EmailAddress, IdempotencyKey, clean_text};
+use crate::queue::{NewJob, QueueName};
+use crate::workers::emails::{self, EmailJob, EmailRecord};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+const MAX_BODY_CHARS: usize = 100_000;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailInput {
+    to: String,
+    subject: String,
+    text: String,
+    html: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EmailAccepted {
+    email_id: Uuid,
+    job_id: String,
+    status: String,
+}
+
+fn body_text(raw: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if raw.chars().count() > MAX_BODY_CHARS {
+        return Err(format!("must be at most {MAX_BODY_CHARS} characters"));
+    }
+    if raw
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err("must not contain control characters".into());
+    }
+    Ok(raw.to_string())
+}
+
+/// Queues an email to one recipient.
+#[utoipa::path(post, path = "/v1/emails", tag = "tenant", security(("tenant_key" = [])),
+    request_body = EmailInput,
+    responses((status = 202, body = EmailAccepted),
+        (status = 200, description = "The idempotency key was seen before: the first email", body = EmailAccepted),
+        (status = 422, body = super::error::Problem), (status = 503, body = super::error::Problem)))]
+#[tracing::instrument(skip_all)]
+pub async fn send_email(
+    tenant: Tenant,
+    State(state): State<AppState>,
+    Json(body): Json<EmailInput>,
+) -> Result<(StatusCode, axum::Json<EmailAccepted>)> {
+    let mut errors = FieldErrors::default();
+    let to = errors.check("to", EmailAddress::parse(&body.to));
+    let subject = errors.check("subject", clean_text(&body.subject, 200));
+    let text = errors.check("text", body_text(&body.text));
+    let html = match &body.html {
+        None => Some(None),
+        Some(h) => errors.check("html", body_text(h)).map(Some),
+    };
+    let key = match &body.idempotency_key {
+        None => Some(None),
+        Some(k) => errors
+            .check("idempotency_key", IdempotencyKey::parse(k))
+            .map(Some),
+    };
+    errors.finish()?;
+    let key = key
+        .expect("checked")
+        .map(|k| format!("api:{}", k.as_str()))
+        .unwrap_or_else(|| format!("api:{}", Uuid::new_v4()));
+
+    let email_id = Uuid::now_v7();
+    let domain = state
+        .settings
+        .mail_from
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('>').to_string())
+        .unwrap_or_else(|| "backroom.local".into());
+    let to = to.expect("checked");
+    let message_id = format!("<{email_id}@{domain}>");
+    // The row is committed before its job is queued, so a worker never looks for a row that is
+    // not there yet; if Redis refuses the job the row is removed again (nothing half-accepted).
+    let inserted = sqlx::query_scalar!(
+        r#"INSERT INTO emails (id, tenant_id, kind, idempotency_key, recipient, subject, text_body,
+                               html_body, message_id)
+           VALUES ($1, $2, 'requested_email', $3, $4, $5, $6, $7, $8)
+           ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+           RETURNING id"#,
+        email_id,
+        tenant.id,
+        key,
+        to.as_str(),
+        subject.expect("checked"),
+        text.expect("checked"),
+        html.expect("checked"),
+        message_id
+    )
+    .fetch_optional(&state.db)
+    .await?;
+    if inserted.is_none() {
+        let first = sqlx::query!(
+            "SELECT id, job_id, status FROM emails WHERE tenant_id = $1 AND idempotency_key = $2",
+            tenant.id,
+            key
+        )
+        .fetch_one(&state.db)
+        .await?;
+        // A first request that died between its row and its job: queue the job now.
+        let job_id = match first.job_id {
+            Some(job_id) => job_id,
+            None => queue_email(&state, tenant.id, first.id).await?,
+        };
+        return Ok((
+            StatusCode::OK,
+            axum::Json(EmailAccepted {
+                email_id: first.id,
+                job_id,
+                status: first.status,
+            }),
+        ));
+    }
+    let job_id = match queue_email(&state, tenant.id, email_id).await {
+        Ok(job_id) => job_id,
+        Err(e) => {
+            sqlx::query!("DELETE FROM emails WHERE id = $1", email_id)
+                .execute(&state.db)
+                .await?;
+            return Err(e);
+        }
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(EmailAccepted {
+            email_id,
+            job_id,
+            status: "queued".into(),
+        }),
+    ))
+}
+
+/// Queues the send job of a stored email (idempotently per email) and records its id.
+async fn queue_email(state: &AppState, tenant_id: Uuid, email_id: Uuid) -> Result<String> {
+    let job = EmailJob::Requested {
+        tenant_id,
+        email_id,
+    };
+    let queue = QueueName::parse(emails::QUEUE).expect("known queue");
+    let pushed = state
+        .queues
+        .push(
+            &queue,
+            vec![
+                NewJob::new(job.kind(), &job)
+                    .tenant(tenant_id)
+                    .max_attempts(emails::MAX_ATTEMPTS)
+                    .idempotency_key(format!("email:{email_id}")),
+            ],
+        )
+        .await?
+        .remove(0);
+    sqlx::query!(
+        "UPDATE emails SET job_id = $2 WHERE id = $1",
+        email_id,
+        pushed.id
+    )
+    .execute(&state.db)
+    .await?;
+    Ok(pushed.id)
+}
+
+/// An email's delivery status.
+#[utoipa::path(get, path = "/v1/emails/{id}", tag = "tenant", security(("tenant_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = EmailRecord), (status = 404, body = super::error::Problem)))]
+#[tracing::instrument(skip_all, fields(email_id = %id))]
+pub async fn get_email(
+    tenant: Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<EmailRecord>> {
+    let not_found = || Error::NotFound(format!("no email '{id}'"));
+    let email_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let record = sqlx::query_as!(
+        EmailRecord,
+        r#"SELECT id, kind, recipient AS "to", subject, status, attempts, smtp_reply, last_error,
+                  message_id, job_id, created_at, sent_at
+           FROM emails WHERE id = $1 AND tenant_id = $2"#,
+        email_id,
+        tenant.id
+    )
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or_else(not_found)?;
+    Ok(axum::Json(record))
+}

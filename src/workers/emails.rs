@@ -1,0 +1,529 @@
+//! Emails: the job payloads, the handler, the SMTP mailer and the templates.
+//!
+//! Every logical email has a row in `emails` (recipient, subject, status, SMTP reply, attempts,
+//! a stable Message-ID) written before the first send. A job delivered twice finds the row
+//! `sent` and does not send again; the rare duplicate that slips through a crash between the
+//! SMTP answer and the database update carries the same Message-ID, so receivers can drop it.
+//! Transient SMTP failures (connection refused, timeouts, 4xx) retry with backoff; permanent ones
+//! (5xx) fail at once with the server's reply. A per-tenant rate (emails per minute) keeps one
+//! tenant from flooding the relay: over it, jobs wait for the next minute.
+
+use crate::domain::{EmailAddress, format_amount};
+use crate::queue::{JobError, JobMeta};
+use crate::redis_conn::RedisHandle;
+use anyhow::Context;
+use apalis::prelude::Data;
+use chrono::{DateTime, Utc};
+use lettre::message::header::ContentType;
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::PoolConfig;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub const QUEUE: &str = "emails";
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// Every email job, tagged by type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EmailJob {
+    /// "Your invoice": the PDF attached, to the order's customer once the invoice is ready.
+    Invoice { tenant_id: Uuid, invoice_id: Uuid },
+    /// A product crossed below its reorder point; to the tenant's `alert_email`.
+    LowStock {
+        tenant_id: Uuid,
+        sku: String,
+        on_hand: i64,
+        reorder_point: i64,
+        /// Names the crossing (the adjustment that caused it): one email per crossing.
+        crossing: String,
+    },
+    /// An email a tenant asked for through `POST /v1/emails` (its row holds the content).
+    Requested { tenant_id: Uuid, email_id: Uuid },
+}
+
+impl EmailJob {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EmailJob::Invoice { .. } => "invoice_email",
+            EmailJob::LowStock { .. } => "low_stock_alert",
+            EmailJob::Requested { .. } => "requested_email",
+        }
+    }
+
+    fn tenant(&self) -> Uuid {
+        match self {
+            EmailJob::Invoice { tenant_id, .. }
+            | EmailJob::LowStock { tenant_id, .. }
+            | EmailJob::Requested { tenant_id, .. } => *tenant_id,
+        }
+    }
+}
+
+/// Sends mail over SMTP with a connection pool.
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    /// The domain of our Message-IDs.
+    domain: String,
+}
+
+impl Mailer {
+    /// `smtp://user:pass@host:port` (plain, or `?tls=required` for STARTTLS) or `smtps://…`.
+    pub fn new(smtp_url: &str, from: &str) -> anyhow::Result<Self> {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp_url)
+            .context("SMTP_URL is not a usable SMTP URL")?
+            .timeout(Some(Duration::from_secs(15)))
+            .pool_config(
+                PoolConfig::new()
+                    .max_size(16)
+                    .idle_timeout(Duration::from_secs(60)),
+            )
+            .build();
+        let from: Mailbox = from
+            .parse()
+            .context("BACKROOM_MAIL_FROM is not a mailbox")?;
+        let domain = from.email.domain().to_string();
+        Ok(Mailer {
+            transport,
+            from,
+            domain,
+        })
+    }
+
+    pub fn message_id(&self, email_id: Uuid) -> String {
+        format!("<{email_id}@{}>", self.domain)
+    }
+}
+
+/// What the email worker needs.
+#[derive(Clone)]
+pub struct EmailDeps {
+    pub db: PgPool,
+    pub redis: RedisHandle,
+    pub namespace: String,
+    pub mailer: Arc<Mailer>,
+    pub per_tenant_per_minute: u32,
+}
+
+/// An email ready to send, as stored in the log.
+struct Prepared {
+    id: Uuid,
+    recipient: String,
+    subject: String,
+    text: String,
+    html: Option<String>,
+    attachment: Option<(String, Vec<u8>)>,
+    status: String,
+    message_id: String,
+}
+
+fn templates() -> &'static minijinja::Environment<'static> {
+    static ENV: std::sync::OnceLock<minijinja::Environment<'static>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = minijinja::Environment::new();
+        // `.html.j2` templates escape every value; `.txt.j2` ones are plain text.
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".html.j2") {
+                minijinja::AutoEscape::Html
+            } else {
+                minijinja::AutoEscape::None
+            }
+        });
+        for (name, source) in [
+            (
+                "invoice.txt.j2",
+                include_str!("../../templates/emails/invoice.txt.j2"),
+            ),
+            (
+                "invoice.html.j2",
+                include_str!("../../templates/emails/invoice.html.j2"),
+            ),
+            (
+                "low_stock.txt.j2",
+                include_str!("../../templates/emails/low_stock.txt.j2"),
+            ),
+            (
+                "low_stock.html.j2",
+                include_str!("../../templates/emails/low_stock.html.j2"),
+            ),
+        ] {
+            env.add_template(name, source).expect("templates parse");
+        }
+        env
+    })
+}
+
+/// Renders `<name>.txt.j2` and `<name>.html.j2` with the same context.
+pub fn render(name: &str, context: minijinja::Value) -> anyhow::Result<(String, String)> {
+    let env = templates();
+    let text = env
+        .get_template(&format!("{name}.txt.j2"))?
+        .render(&context)?;
+    let html = env
+        .get_template(&format!("{name}.html.j2"))?
+        .render(&context)?;
+    Ok((text, html))
+}
+
+/// The `emails` queue's handler.
+pub async fn handle(
+    job: EmailJob,
+    meta: Data<JobMeta>,
+    deps: Data<EmailDeps>,
+) -> Result<serde_json::Value, JobError> {
+    if meta.tenant != Some(job.tenant()) {
+        return Err(JobError::permanent(
+            "the payload's tenant does not match the job's tenant",
+        ));
+    }
+    let Some(email) = prepare(&deps, &job).await? else {
+        return Ok(serde_json::json!({"skipped": "the tenant has no alert_email"}));
+    };
+    if email.status == "sent" {
+        return Ok(serde_json::json!({"email_id": email.id, "status": "sent", "duplicate": true}));
+    }
+    if let Err(wait) = throttle(&deps, job.tenant()).await {
+        sqlx::query!(
+            "UPDATE emails SET last_error = $2 WHERE id = $1",
+            email.id,
+            wait.to_string()
+        )
+        .execute(&deps.db)
+        .await?;
+        return Err(wait);
+    }
+    // Claim the send: a concurrent delivery of the same email (a duplicate job) finds the claim
+    // and waits, then finds the email sent. A claim outlives a crashed sender by two minutes.
+    let claimed = sqlx::query_scalar!(
+        r#"UPDATE emails SET attempts = attempts + 1, job_id = $2,
+                             sending_until = now() + interval '2 minutes'
+           WHERE id = $1 AND status <> 'sent'
+             AND (sending_until IS NULL OR sending_until < now())
+           RETURNING id"#,
+        email.id,
+        meta.id
+    )
+    .fetch_optional(&deps.db)
+    .await?;
+    if claimed.is_none() {
+        return Err(JobError::retry_after(
+            "another delivery of this email is sending it",
+            Duration::from_secs(3),
+        ));
+    }
+
+    let message = build_message(&deps.mailer, &email)
+        .map_err(|e| JobError::permanent(format!("the email cannot be built: {e}")))?;
+    match deps.mailer.transport.send(message).await {
+        Ok(response) => {
+            let reply = format!(
+                "{} {}",
+                response.code(),
+                response.message().collect::<Vec<_>>().join(" ")
+            );
+            sqlx::query!(
+                "UPDATE emails SET status = 'sent', smtp_reply = $2, sent_at = now(), last_error = NULL, sending_until = NULL WHERE id = $1",
+                email.id,
+                reply
+            )
+            .execute(&deps.db)
+            .await?;
+            Ok(serde_json::json!({"email_id": email.id, "status": "sent", "smtp_reply": reply}))
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            let permanent = e.is_permanent();
+            let give_up = permanent || meta.is_last_attempt();
+            sqlx::query!(
+                r#"UPDATE emails SET last_error = $2, sending_until = NULL,
+                       smtp_reply = COALESCE($3, smtp_reply),
+                       status = CASE WHEN $4 THEN 'failed' ELSE status END
+                   WHERE id = $1"#,
+                email.id,
+                reason,
+                e.status().map(|code| code.to_string()),
+                give_up
+            )
+            .execute(&deps.db)
+            .await?;
+            if permanent {
+                Err(JobError::permanent(format!(
+                    "SMTP refused the email: {reason}"
+                )))
+            } else {
+                Err(JobError::retry(format!("SMTP: {reason}")))
+            }
+        }
+    }
+}
+
+fn build_message(mailer: &Mailer, email: &Prepared) -> anyhow::Result<Message> {
+    let to: Mailbox = email.recipient.parse().context("recipient")?;
+    let builder = Message::builder()
+        .from(mailer.from.clone())
+        .to(to)
+        .subject(email.subject.clone())
+        .message_id(Some(email.message_id.clone()));
+    let body = match &email.html {
+        Some(html) => MultiPart::alternative_plain_html(email.text.clone(), html.clone()),
+        None => MultiPart::mixed().singlepart(SinglePart::plain(email.text.clone())),
+    };
+    let body = match &email.attachment {
+        Some((filename, bytes)) => MultiPart::mixed().multipart(body).singlepart(
+            Attachment::new(filename.clone())
+                .body(bytes.clone(), ContentType::parse("application/pdf")?),
+        ),
+        None => body,
+    };
+    Ok(builder.multipart(body)?)
+}
+
+/// Counts the tenant's sends this minute; over the limit, the job waits for the next minute.
+async fn throttle(deps: &EmailDeps, tenant: Uuid) -> Result<(), JobError> {
+    let now = Utc::now().timestamp();
+    let key = format!(
+        "{{{}:ratelimit}}:emails:{tenant}:{}",
+        deps.namespace,
+        now / 60
+    );
+    let mut conn = deps.redis.conn().await?;
+    let (count,): (u64,) = redis::pipe()
+        .cmd("INCR")
+        .arg(&key)
+        .cmd("EXPIRE")
+        .arg(&key)
+        .arg(120)
+        .ignore()
+        .query_async(&mut conn)
+        .await?;
+    if count > deps.per_tenant_per_minute as u64 {
+        let wait = Duration::from_secs((60 - now % 60) as u64 + 1);
+        return Err(JobError::retry_after(
+            format!(
+                "tenant over its limit of {} emails a minute",
+                deps.per_tenant_per_minute
+            ),
+            wait,
+        ));
+    }
+    Ok(())
+}
+
+/// Finds or creates the email's log row (with its content).
+async fn prepare(deps: &EmailDeps, job: &EmailJob) -> Result<Option<Prepared>, JobError> {
+    match job {
+        EmailJob::Requested {
+            tenant_id,
+            email_id,
+        } => load(&deps.db, *tenant_id, *email_id, None)
+            .await?
+            .map(Some)
+            .ok_or_else(|| JobError::permanent("no such email (deleted?)")),
+        EmailJob::Invoice {
+            tenant_id,
+            invoice_id,
+        } => prepare_invoice(deps, *tenant_id, *invoice_id)
+            .await
+            .map(Some),
+        EmailJob::LowStock {
+            tenant_id,
+            sku,
+            on_hand,
+            reorder_point,
+            crossing,
+        } => prepare_low_stock(deps, *tenant_id, sku, *on_hand, *reorder_point, crossing).await,
+    }
+}
+
+async fn load(
+    db: &PgPool,
+    tenant_id: Uuid,
+    email_id: Uuid,
+    attachment: Option<(String, Vec<u8>)>,
+) -> sqlx::Result<Option<Prepared>> {
+    let row = sqlx::query!(
+        r#"SELECT id, recipient, subject, text_body, html_body, status, message_id
+           FROM emails WHERE id = $1 AND tenant_id = $2"#,
+        email_id,
+        tenant_id
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| Prepared {
+        id: r.id,
+        recipient: r.recipient,
+        subject: r.subject,
+        text: r.text_body.unwrap_or_default(),
+        html: r.html_body,
+        attachment,
+        status: r.status,
+        message_id: r.message_id,
+    }))
+}
+
+/// Writes the log row for a system email (once per idempotency key) and returns it.
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    deps: &EmailDeps,
+    tenant_id: Uuid,
+    kind: &str,
+    key: &str,
+    recipient: &str,
+    subject: &str,
+    (text, html): (String, String),
+    attachment: Option<(String, Vec<u8>)>,
+) -> Result<Prepared, JobError> {
+    let id = Uuid::now_v7();
+    sqlx::query!(
+        r#"INSERT INTO emails (id, tenant_id, kind, idempotency_key, recipient, subject, text_body,
+                               html_body, message_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           ON CONFLICT (tenant_id, idempotency_key) DO NOTHING"#,
+        id,
+        tenant_id,
+        kind,
+        key,
+        recipient,
+        subject,
+        text,
+        html,
+        deps.mailer.message_id(id)
+    )
+    .execute(&deps.db)
+    .await?;
+    let existing = sqlx::query_scalar!(
+        "SELECT id FROM emails WHERE tenant_id = $1 AND idempotency_key = $2",
+        tenant_id,
+        key
+    )
+    .fetch_one(&deps.db)
+    .await?;
+    load(&deps.db, tenant_id, existing, attachment)
+        .await?
+        .ok_or_else(|| JobError::retry("the email row vanished"))
+}
+
+async fn prepare_invoice(
+    deps: &EmailDeps,
+    tenant_id: Uuid,
+    invoice_id: Uuid,
+) -> Result<Prepared, JobError> {
+    let i = sqlx::query!(
+        r#"SELECT i.number, i.status, i.pdf, i.issued_on, i.currency, i.subtotal, i.tax, i.total,
+                  o.order_number, o.customer_name, o.customer_email, t.name AS seller
+           FROM invoices i JOIN orders o ON o.id = i.order_id JOIN tenants t ON t.id = i.tenant_id
+           WHERE i.id = $1 AND i.tenant_id = $2"#,
+        invoice_id,
+        tenant_id
+    )
+    .fetch_optional(&deps.db)
+    .await?
+    .ok_or_else(|| JobError::permanent("no such invoice"))?;
+    let (Some(number), Some(pdf), "ready") = (i.number, i.pdf, i.status.as_str()) else {
+        if i.status == "failed" {
+            return Err(JobError::permanent(
+                "the invoice failed; there is nothing to send",
+            ));
+        }
+        return Err(JobError::retry_after(
+            "the invoice is not ready yet",
+            Duration::from_secs(2),
+        ));
+    };
+    let recipient = EmailAddress::parse(&i.customer_email)
+        .map_err(|e| JobError::permanent(format!("customer email {e}")))?;
+    let money = |d| format_amount(d, &i.currency);
+    let bodies = render(
+        "invoice",
+        minijinja::context! {
+            customer_name => i.customer_name,
+            order_number => i.order_number,
+            number => number,
+            issued_on => i.issued_on.map(|d| d.to_string()).unwrap_or_default(),
+            subtotal => money(i.subtotal),
+            tax => money(i.tax),
+            total => money(i.total),
+            currency => i.currency,
+            seller => i.seller,
+        },
+    )
+    .map_err(|e| JobError::permanent(format!("template: {e:#}")))?;
+    record(
+        deps,
+        tenant_id,
+        "invoice_email",
+        &format!("invoice-email:{invoice_id}"),
+        recipient.as_str(),
+        &format!("Invoice {number} from {}", i.seller),
+        bodies,
+        Some((format!("{number}.pdf"), pdf)),
+    )
+    .await
+}
+
+async fn prepare_low_stock(
+    deps: &EmailDeps,
+    tenant_id: Uuid,
+    sku: &str,
+    on_hand: i64,
+    reorder_point: i64,
+    crossing: &str,
+) -> Result<Option<Prepared>, JobError> {
+    let t = sqlx::query!(
+        r#"SELECT t.name AS seller, t.alert_email, p.name, p.reorder_quantity, p.lead_time_days
+           FROM tenants t JOIN products p ON p.tenant_id = t.id
+           WHERE t.id = $1 AND p.sku = $2"#,
+        tenant_id,
+        sku
+    )
+    .fetch_optional(&deps.db)
+    .await?
+    .ok_or_else(|| JobError::permanent("the product no longer exists"))?;
+    let Some(alert_email) = t.alert_email else {
+        return Ok(None);
+    };
+    let bodies = render(
+        "low_stock",
+        minijinja::context! {
+            seller => t.seller, sku => sku, name => t.name, on_hand => on_hand,
+            reorder_point => reorder_point, reorder_quantity => t.reorder_quantity,
+            lead_time_days => t.lead_time_days,
+        },
+    )
+    .map_err(|e| JobError::permanent(format!("template: {e:#}")))?;
+    record(
+        deps,
+        tenant_id,
+        "low_stock_alert",
+        &format!("low-stock:{sku}:{crossing}"),
+        &alert_email,
+        &format!("Low stock: {sku} at {on_hand} (reorder point {reorder_point})"),
+        bodies,
+        None,
+    )
+    .await
+    .map(Some)
+}
+
+/// An email's delivery record, for `GET /v1/emails/{id}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EmailRecord {
+    pub id: Uuid,
+    pub kind: String,
+    pub to: String,
+    pub subject: String,
+    /// queued, sent or failed.
+    pub status: String,
+    pub attempts: i32,
+    pub smtp_reply: Option<String>,
+    pub last_error: Option<String>,
+    pub message_id: String,
+    pub job_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,407 @@
+//! The invoice PDF layout (printpdf 0.12's op-based API).
+//!
+//! A4 pages: the seller and invoice facts on every page, the customer block on the first, a
+//! table of lines that flows onto further pages with its header repeated, totals on the last,
+//! and "Page i of n" at the foot. Pagination is decided before any page is drawn, so every page
+//! knows n. Text is set in DejaVu Sans, embedded (subset) into each PDF, so accented names,
+//! Polish letters and the euro sign render anywhere.
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use printpdf::{
+    Color, FontId, Line, LinePoint, Mm, Op, PaintMode, ParsedFont, PdfDocument, PdfFontHandle,
+    PdfPage, PdfSaveOptions, Point, Pt, Rect, Rgb, TextItem,
+};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+const REGULAR: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+const BOLD: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-Bold.ttf");
+
+/// An invoice's content, every figure already formatted from the stored decimals.
+#[derive(Debug, Clone)]
+pub struct InvoiceDocument {
+    pub seller: String,
+    pub number: String,
+    pub issued_on: NaiveDate,
+    pub order_number: String,
+    pub customer_name: String,
+    pub customer_email: String,
+    pub customer_address: Option<String>,
+    pub currency: String,
+    pub tax_rate_percent: String,
+    pub lines: Vec<InvoiceLine>,
+    pub subtotal: String,
+    pub tax: String,
+    pub total: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct InvoiceLine {
+    pub sku: String,
+    pub description: String,
+    pub quantity: String,
+    pub unit_price: String,
+    pub line_total: String,
+}
+
+/// The two faces, parsed once per process (from the binary, or from
+/// `BACKROOM_INVOICE_FONT_DIR`; a directory that fails to load is retried on the next job).
+pub struct Fonts {
+    dir: Option<PathBuf>,
+    parsed: OnceLock<Arc<(ParsedFont, ParsedFont)>>,
+}
+
+impl Fonts {
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Fonts {
+            dir,
+            parsed: OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> anyhow::Result<Arc<(ParsedFont, ParsedFont)>> {
+        if let Some(p) = self.parsed.get() {
+            return Ok(p.clone());
+        }
+        let (regular, bold) = match &self.dir {
+            None => (REGULAR.to_vec(), BOLD.to_vec()),
+            Some(dir) => {
+                let read = |name: &str| {
+                    let path = dir.join(name);
+                    std::fs::read(&path)
+                        .with_context(|| format!("cannot read font {}", path.display()))
+                };
+                (read("DejaVuSans.ttf")?, read("DejaVuSans-Bold.ttf")?)
+            }
+        };
+        let parse = |bytes: &[u8], which: &str| {
+            ParsedFont::from_bytes(bytes, 0, &mut vec![])
+                .with_context(|| format!("the {which} font is not a usable TrueType font"))
+        };
+        let pair = Arc::new((parse(&regular, "regular")?, parse(&bold, "bold")?));
+        Ok(self.parsed.get_or_init(|| pair).clone())
+    }
+}
+
+// Layout, in millimetres from the bottom-left corner of an A4 page.
+const PAGE_W: f32 = 210.0;
+const PAGE_H: f32 = 297.0;
+const LEFT: f32 = 18.0;
+const RIGHT: f32 = PAGE_W - 18.0;
+const ROW_H: f32 = 6.4;
+/// Where the table starts on the first page (below the customer block) and on later ones.
+const TABLE_TOP_FIRST: f32 = 200.0;
+const TABLE_TOP_NEXT: f32 = 240.0;
+/// The table never runs below this (room for the footer)...
+const TABLE_BOTTOM: f32 = 28.0;
+/// ...and the last page keeps this much under the table for the totals.
+const TOTALS_H: f32 = 30.0;
+/// Column x positions: SKU, description, then right edges of quantity, unit price, total.
+const COL_SKU: f32 = LEFT + 2.0;
+const COL_DESC: f32 = LEFT + 36.0;
+const COL_QTY_R: f32 = 128.0;
+const COL_PRICE_R: f32 = 158.0;
+const COL_TOTAL_R: f32 = RIGHT - 2.0;
+
+fn rows_fitting(top: f32, bottom: f32) -> usize {
+    // The header row takes the first slot.
+    (((top - bottom) / ROW_H).floor() as usize).saturating_sub(1)
+}
+
+/// Splits the lines into pages: (first line, line count) per page. The last page always has
+/// room for the totals (if they do not fit, they get a page of their own).
+fn paginate(n: usize) -> Vec<(usize, usize)> {
+    let mut pages = vec![];
+    let mut start = 0;
+    let mut first = true;
+    loop {
+        let top = if first {
+            TABLE_TOP_FIRST
+        } else {
+            TABLE_TOP_NEXT
+        };
+        let fits = rows_fitting(top, TABLE_BOTTOM);
+        let fits_with_totals = rows_fitting(top, TABLE_BOTTOM + TOTALS_H);
+        let left = n - start;
+        if left <= fits_with_totals {
+            pages.push((start, left));
+            return pages;
+        }
+        let take = left.min(fits);
+        pages.push((start, take));
+        start += take;
+        first = false;
+    }
+}
+
+struct Painter<'a> {
+    ops: Vec<Op>,
+    regular: &'a ParsedFont,
+    bold: &'a ParsedFont,
+    regular_id: FontId,
+    bold_id: FontId,
+}
+
+fn grey(level: f32) -> Color {
+    Color::Rgb(Rgb::new(level, level, level, None))
+}
+
+impl Painter<'_> {
+    fn width_mm(&self, text: &str, size: f32, bold: bool) -> f32 {
+        let font = if bold { self.bold } else { self.regular };
+        let units: u32 = text
+            .chars()
+            .map(|c| {
+                font.lookup_glyph_index(c as u32)
+                    .and_then(|g| font.get_glyph_width(g))
+                    .unwrap_or(font.units_per_em / 2) as u32
+            })
+            .sum();
+        let pt = units as f32 * size / font.units_per_em.max(1) as f32;
+        pt * 25.4 / 72.0
+    }
+
+    fn text(&mut self, text: &str, x: f32, y: f32, size: f32, bold: bool) {
+        let font = if bold {
+            &self.bold_id
+        } else {
+            &self.regular_id
+        };
+        self.ops.extend([
+            Op::StartTextSection,
+            Op::SetFont {
+                font: PdfFontHandle::External(font.clone()),
+                size: Pt(size),
+            },
+            Op::SetTextCursor {
+                pos: Point {
+                    x: Mm(x).into(),
+                    y: Mm(y).into(),
+                },
+            },
+            Op::ShowText {
+                items: vec![TextItem::Text(text.to_string())],
+            },
+            Op::EndTextSection,
+        ]);
+    }
+
+    fn text_right(&mut self, text: &str, right: f32, y: f32, size: f32, bold: bool) {
+        let w = self.width_mm(text, size, bold);
+        self.text(text, right - w, y, size, bold);
+    }
+
+    /// Text cut to `max` millimetres with an ellipsis.
+    fn fit(&self, text: &str, max: f32, size: f32) -> String {
+        if self.width_mm(text, size, false) <= max {
+            return text.to_string();
+        }
+        let mut cut: String = text.to_string();
+        while !cut.is_empty() && self.width_mm(&format!("{cut}…"), size, false) > max {
+            cut.pop();
+        }
+        format!("{cut}…")
+    }
+
+    fn rule(&mut self, x1: f32, x2: f32, y: f32, thickness: f32, shade: f32) {
+        let point = |x: f32| LinePoint {
+            p: Point {
+                x: Mm(x).into(),
+                y: Mm(y).into(),
+            },
+            bezier: false,
+        };
+        self.ops.extend([
+            Op::SetOutlineColor { col: grey(shade) },
+            Op::SetOutlineThickness { pt: Pt(thickness) },
+            Op::DrawLine {
+                line: Line {
+                    points: vec![point(x1), point(x2)],
+                    is_closed: false,
+                },
+            },
+        ]);
+    }
+
+    fn band(&mut self, x: f32, y: f32, w: f32, h: f32, shade: f32) {
+        self.ops.extend([
+            Op::SetFillColor { col: grey(shade) },
+            Op::DrawRectangle {
+                rectangle: Rect {
+                    x: Mm(x).into(),
+                    y: Mm(y).into(),
+                    width: Mm(w).into(),
+                    height: Mm(h).into(),
+                    mode: Some(PaintMode::Fill),
+                    winding_order: None,
+                },
+            },
+            Op::SetFillColor { col: grey(0.0) },
+        ]);
+    }
+}
+
+/// Renders the invoice to PDF bytes.
+pub fn render(doc: &InvoiceDocument, fonts: &Fonts) -> anyhow::Result<Vec<u8>> {
+    let faces = fonts.get()?;
+    let (regular, bold) = (&faces.0, &faces.1);
+    let mut pdf = PdfDocument::new(&format!("Invoice {}", doc.number));
+    let regular_id = pdf.add_font(regular);
+    let bold_id = pdf.add_font(bold);
+    let pages = paginate(doc.lines.len());
+    let page_count = pages.len();
+    let mut rendered = Vec::with_capacity(page_count);
+    for (index, &(start, count)) in pages.iter().enumerate() {
+        let mut p = Painter {
+            ops: vec![],
+            regular,
+            bold,
+            regular_id: regular_id.clone(),
+            bold_id: bold_id.clone(),
+        };
+        // Heading, on every page.
+        p.band(0.0, PAGE_H - 38.0, PAGE_W, 38.0, 0.93);
+        p.text(&doc.seller, LEFT, PAGE_H - 20.0, 16.0, true);
+        p.text_right("INVOICE", RIGHT, PAGE_H - 20.0, 16.0, true);
+        p.text_right(
+            &format!("No. {}", doc.number),
+            RIGHT,
+            PAGE_H - 27.0,
+            10.0,
+            false,
+        );
+        p.text_right(
+            &format!("Issued {}", doc.issued_on.format("%Y-%m-%d")),
+            RIGHT,
+            PAGE_H - 32.0,
+            10.0,
+            false,
+        );
+        p.text(
+            &format!("Order {}", doc.order_number),
+            LEFT,
+            PAGE_H - 27.0,
+            10.0,
+            false,
+        );
+
+        let top = if index == 0 {
+            // The customer, on the first page.
+            p.text("Bill to", LEFT, PAGE_H - 50.0, 9.0, true);
+            let mut y = PAGE_H - 56.0;
+            let mut block = vec![doc.customer_name.clone(), doc.customer_email.clone()];
+            if let Some(address) = &doc.customer_address {
+                block.extend(address.lines().take(5).map(str::to_string));
+            }
+            for line in block {
+                let line = p.fit(&line, 110.0, 10.0);
+                p.text(&line, LEFT, y, 10.0, false);
+                y -= 5.0;
+            }
+            TABLE_TOP_FIRST
+        } else {
+            TABLE_TOP_NEXT
+        };
+
+        // Table header, repeated on every page.
+        let mut y = top;
+        p.band(LEFT, y - ROW_H + 1.5, RIGHT - LEFT, ROW_H, 0.85);
+        let header_y = y - ROW_H + 3.2;
+        p.text("SKU", COL_SKU, header_y, 9.0, true);
+        p.text("Description", COL_DESC, header_y, 9.0, true);
+        p.text_right("Qty", COL_QTY_R, header_y, 9.0, true);
+        p.text_right("Unit price", COL_PRICE_R, header_y, 9.0, true);
+        p.text_right(
+            &format!("Total {}", doc.currency),
+            COL_TOTAL_R,
+            header_y,
+            9.0,
+            true,
+        );
+        y -= ROW_H;
+        for line in &doc.lines[start..start + count] {
+            let row_y = y - ROW_H + 2.2;
+            let sku = p.fit(&line.sku, COL_DESC - COL_SKU - 2.0, 9.0);
+            p.text(&sku, COL_SKU, row_y, 9.0, false);
+            let description = p.fit(&line.description, COL_QTY_R - 14.0 - COL_DESC, 9.0);
+            p.text(&description, COL_DESC, row_y, 9.0, false);
+            p.text_right(&line.quantity, COL_QTY_R, row_y, 9.0, false);
+            p.text_right(&line.unit_price, COL_PRICE_R, row_y, 9.0, false);
+            p.text_right(&line.line_total, COL_TOTAL_R, row_y, 9.0, false);
+            y -= ROW_H;
+            p.rule(LEFT, RIGHT, y + 0.5, 0.3, 0.8);
+        }
+
+        if index + 1 == page_count {
+            // Totals, on the last page.
+            let mut ty = y - 8.0;
+            for (label, value, strong) in [
+                ("Subtotal".to_string(), &doc.subtotal, false),
+                (format!("Tax ({} %)", doc.tax_rate_percent), &doc.tax, false),
+                (format!("Total {}", doc.currency), &doc.total, true),
+            ] {
+                if strong {
+                    p.rule(COL_QTY_R, RIGHT, ty + 4.6, 0.8, 0.2);
+                }
+                let size = if strong { 11.0 } else { 10.0 };
+                p.text_right(&label, COL_PRICE_R, ty, size, strong);
+                p.text_right(value, COL_TOTAL_R, ty, size, strong);
+                ty -= 6.5;
+            }
+        }
+
+        // Footer.
+        p.rule(LEFT, RIGHT, 18.0, 0.4, 0.7);
+        p.text(
+            &format!("{} · Invoice {}", doc.seller, doc.number),
+            LEFT,
+            12.0,
+            8.0,
+            false,
+        );
+        p.text_right(
+            &format!("Page {} of {page_count}", index + 1),
+            RIGHT,
+            12.0,
+            8.0,
+            false,
+        );
+        rendered.push(PdfPage::new(Mm(PAGE_W), Mm(PAGE_H), p.ops));
+    }
+    pdf.with_pages(rendered);
+    let mut warnings = vec![];
+    let bytes = pdf.save(&PdfSaveOptions::default(), &mut warnings);
+    anyhow::ensure!(!bytes.is_empty(), "printpdf produced an empty document");
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pagination_keeps_every_line_once_and_leaves_room_for_totals() {
+        for n in [0, 1, 10, 24, 25, 26, 60, 150, 500] {
+            let pages = paginate(n);
+            let covered: usize = pages.iter().map(|(_, c)| c).sum();
+            assert_eq!(covered, n, "{n} lines");
+            let mut next = 0;
+            for (start, count) in &pages {
+                assert_eq!(*start, next);
+                next += count;
+            }
+            let (_, last) = *pages.last().unwrap();
+            let top = if pages.len() == 1 {
+                TABLE_TOP_FIRST
+            } else {
+                TABLE_TOP_NEXT
+            };
+            assert!(
+                last <= rows_fitting(top, TABLE_BOTTOM + TOTALS_H),
+                "{n}: totals fit"
+            );
+        }
+        assert!(paginate(150).len() >= 4, "150 lines span several pages");
+    }
+}
