@@ -7,7 +7,7 @@
 use crate::config::Settings;
 use crate::domain::{ApiKey, TenantName, TenantSlug};
 use crate::startup::{Application, shutdown_signal};
-use crate::{api, db, telemetry, workers};
+use crate::{api, db, scheduler, telemetry, workers};
 use anyhow::Context;
 use rand::RngCore;
 
@@ -64,9 +64,10 @@ pub async fn run() -> anyhow::Result<()> {
         workers::WorkPlan::parse(Some("stock,invoices"), None)?
     };
     let work = workers::run(&settings, plan, stopped(stop_rx.clone()));
+    let schedule = scheduler::run(&settings, stopped(stop_rx.clone()));
     let serve = app.run_until(stopped(stop_rx));
-    let (served, worked) = tokio::join!(serve, work);
-    served.and(worked)
+    let (served, worked, scheduled) = tokio::join!(serve, work, schedule);
+    served.and(worked).and(scheduled)
 }
 
 /// Creates the demo tenant, or gives the existing one a new key (keys are shown only once).

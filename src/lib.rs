@@ -9,6 +9,7 @@ pub mod domain;
 pub mod outbox;
 pub mod queue;
 pub mod redis_conn;
+pub mod scheduler;
 pub mod startup;
 pub mod telemetry;
 pub mod workers;

@@ -29,6 +29,9 @@ enum Command {
         #[arg(long)]
         concurrency: Option<usize>,
     },
+    /// Run the time-driven schedules (maintenance; nightly work) until SIGTERM. Several
+    /// schedulers may run at once.
+    Schedule,
     /// Apply pending database migrations and exit (only DATABASE_URL is needed).
     Migrate,
     /// Manage tenants from the shell.
@@ -101,6 +104,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(settings.log_format, &settings.log_filter);
             let plan = backroom::workers::WorkPlan::parse(queues.as_deref(), concurrency)?;
             backroom::workers::run(&settings, plan, startup::shutdown_signal()).await
+        }
+        Command::Schedule => {
+            let settings = Settings::from_env()?;
+            telemetry::init(settings.log_format, &settings.log_filter);
+            backroom::scheduler::run(&settings, startup::shutdown_signal()).await
         }
         Command::Migrate => {
             let url = config::database_url_from_env()?;

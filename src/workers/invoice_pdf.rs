@@ -150,15 +150,20 @@ fn grey(level: f32) -> Color {
 impl Painter<'_> {
     fn width_mm(&self, text: &str, size: f32, bold: bool) -> f32 {
         let font = if bold { self.bold } else { self.regular };
-        let units: u32 = text
+        let units_per_em = font.pdf_font_metrics.units_per_em.max(1) as u32;
+        // The viewer advances by the PDF's /W widths, which printpdf writes as
+        // trunc(advance·1000/units_per_em); summing the same values lands right edges exactly.
+        let thousandths: u32 = text
             .chars()
             .map(|c| {
-                font.lookup_glyph_index(c as u32)
-                    .and_then(|g| font.get_glyph_width(g))
-                    .unwrap_or(font.units_per_em / 2) as u32
+                let advance = font
+                    .lookup_glyph_index(c as u32)
+                    .map(|g| font.get_horizontal_advance(g) as u32)
+                    .unwrap_or(units_per_em / 2);
+                advance * 1000 / units_per_em
             })
             .sum();
-        let pt = units as f32 * size / font.units_per_em.max(1) as f32;
+        let pt = thousandths as f32 * size / 1000.0;
         pt * 25.4 / 72.0
     }
 

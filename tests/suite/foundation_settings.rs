@@ -69,6 +69,8 @@ fn every_command_has_help() {
         vec!["serve", "--help"],
         vec!["migrate", "--help"],
         vec!["dev", "--help"],
+        vec!["work", "--help"],
+        vec!["schedule", "--help"],
         vec!["tenant", "create", "--help"],
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_backroom"))
