@@ -145,12 +145,15 @@ ensure_smtp() {
 }
 
 # Tools the test suite drives as real processes: a private redis-server, an SMTP server
-# (aiosmtpd), and poppler/qpdf to read and check invoice PDFs.
+# (aiosmtpd), poppler/qpdf to read and check invoice PDFs, and Chromium with its WebDriver
+# for the dashboard's browser tests.
 ensure_test_tools() {
   local missing=()
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
   command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
   command -v qpdf >/dev/null 2>&1 || missing+=(qpdf)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }

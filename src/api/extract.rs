@@ -195,10 +195,24 @@ pub fn admin_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The admin token, or a dashboard session cookie (whose unsafe requests must carry the
+/// session's CSRF token in `x-csrf-token`).
 impl FromRequestParts<AppState> for Admin {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        if parts.headers.get(header::AUTHORIZATION).is_none()
+            && let Some(session) = super::session::from_headers(state, &parts.headers).await?
+        {
+            if !parts.method.is_safe() {
+                let presented = parts
+                    .headers
+                    .get("x-csrf-token")
+                    .and_then(|v| v.to_str().ok());
+                session.check_csrf(presented)?;
+            }
+            return Ok(Admin);
+        }
         let token = bearer_token(parts)?;
         let presented = admin_digest(token);
         if bool::from(presented.ct_eq(&state.admin_token_digest)) {

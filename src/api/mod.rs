@@ -4,6 +4,8 @@
 //!
 //! [`router`] is a plain factory (no socket) so tests can call it directly; `startup` binds it.
 
+mod charts;
+mod dashboard;
 pub mod emails;
 pub mod error;
 pub mod extract;
@@ -14,6 +16,7 @@ mod middleware;
 pub mod orders;
 pub mod pagination;
 pub mod products;
+pub mod session;
 pub mod stock;
 pub mod tenants;
 
@@ -142,6 +145,7 @@ pub fn router(state: AppState) -> Router {
                 async move { axum::Json(spec.as_ref().clone()) }
             }),
         )
+        .merge(dashboard::router())
         .fallback(|| async { Error::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))

@@ -629,6 +629,77 @@ impl Queues {
         Ok(removed.into_iter().sum())
     }
 
+    /// Jobs finished today (UTC) per tenant id: (succeeded, failed/retried/dead outcomes).
+    pub async fn tenant_volume_today(
+        &self,
+        queue: &QueueName,
+    ) -> RedisResult<HashMap<String, (u64, u64)>> {
+        let day = now_ms() / 86_400_000;
+        let mut conn = self.redis.conn().await?;
+        let fields: HashMap<String, u64> = redis::cmd("HGETALL")
+            .arg(format!("{}:tenantstats:{day}", self.keys(queue).prefix()))
+            .query_async(&mut conn)
+            .await?;
+        let mut volume: HashMap<String, (u64, u64)> = HashMap::new();
+        for (field, count) in fields {
+            if let Some((tenant, outcome)) = field.rsplit_once(':') {
+                let entry = volume.entry(tenant.to_string()).or_default();
+                if outcome == "succeeded" {
+                    entry.0 += count;
+                } else {
+                    entry.1 += count;
+                }
+            }
+        }
+        Ok(volume)
+    }
+
+    /// The job an idempotency key maps to (`kind`-scoped, as pushed).
+    pub async fn find_by_idempotency_key(
+        &self,
+        queue: &QueueName,
+        kind: &str,
+        key: &str,
+    ) -> RedisResult<Option<String>> {
+        let mut conn = self.redis.conn().await?;
+        redis::cmd("GET")
+            .arg(format!("{}:idem:{kind}:{key}", self.keys(queue).prefix()))
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// Deletes every dead job of a queue, in bounded batches; returns how many.
+    pub async fn discard_all_dead(&self, queue: &QueueName) -> RedisResult<u64> {
+        let keys = self.keys(queue);
+        let mut conn = self.redis.conn().await?;
+        let mut total = 0;
+        loop {
+            let ids: Vec<String> = redis::cmd("ZRANGE")
+                .arg(keys.set(JobSet::Dead))
+                .arg(0)
+                .arg(ADMIN_CHUNK - 1)
+                .query_async(&mut conn)
+                .await?;
+            if ids.is_empty() {
+                return Ok(total);
+            }
+            for id in &ids {
+                let reply: String = scripts::DISCARD
+                    .key(keys.stream())
+                    .arg(keys.prefix())
+                    .arg(id)
+                    .invoke_async(&mut conn)
+                    .await?;
+                total += u64::from(reply == "deleted");
+            }
+            let _: () = redis::cmd("ZREM")
+                .arg(keys.set(JobSet::Dead))
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await?;
+        }
+    }
+
     /// Workers that heartbeat on this queue, most recent first.
     pub async fn workers(&self, queue: &QueueName) -> RedisResult<Vec<WorkerInfo>> {
         self.ensure_group(queue).await?;

@@ -207,13 +207,16 @@ local stream, prefix, group, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local now, ok_ttl, dead_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local minute, n = ARGV[7], tonumber(ARGV[8])
 local done, failed = 0, 0
+local per_tenant = {}
 local i = 9
 for _ = 1, n do
   local id, entry, outcome, data, retry_at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   i = i + 5
   local jk = job_key(prefix, id)
-  local h = redis.call('HMGET', jk, 'worker', 'entry', 'attempts')
+  local h = redis.call('HMGET', jk, 'worker', 'entry', 'attempts', 'tenant')
   if h[1] == consumer and h[2] == entry then
+    local field = (h[4] or '') .. (outcome == 'succeeded' and ':succeeded' or ':failed')
+    per_tenant[field] = (per_tenant[field] or 0) + 1
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
     if outcome == 'succeeded' then
@@ -238,6 +241,10 @@ if done + failed > 0 then
   if done > 0 then redis.call('HINCRBY', sk, 'succeeded', done) end
   if failed > 0 then redis.call('HINCRBY', sk, 'failed', failed) end
   redis.call('PEXPIRE', sk, 7200000)
+  -- Per tenant and UTC day, for the dashboard's tenant list (kept eight days).
+  local tk = prefix .. ':tenantstats:' .. math.floor(tonumber(minute) / 1440)
+  for field, count in pairs(per_tenant) do redis.call('HINCRBY', tk, field, count) end
+  redis.call('PEXPIRE', tk, 691200000)
 end
 return done + failed
 "#,

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod dashboard;
 mod emails;
 mod foundation_auth;
 mod foundation_health;

@@ -1,0 +1,406 @@
+//! The admin dashboard: sessions, CSRF, and a real headless Chromium driving the pages.
+
+use crate::helpers::*;
+use backroom::queue::{NewJob, QueueName};
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::redirect::Policy;
+use serde_json::json;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A client that does not follow redirects and keeps no cookies unless told.
+fn raw_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in over HTTP; returns (cookie header value, csrf token scraped from the page).
+async fn sign_in(app: &TestApp) -> (String, String) {
+    let client = raw_client();
+    let response = client
+        .post(format!("{}/admin/login", app.address))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let set_cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/admin"] {
+        assert!(set_cookie.contains(flag), "{set_cookie} lacks {flag}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let page = client
+        .get(format!("{}/admin", app.address))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page carries a CSRF token")
+        .to_string();
+    (cookie, csrf)
+}
+
+#[tokio::test]
+async fn every_admin_page_needs_a_session_and_every_action_its_csrf_token() {
+    let app = spawn_app().await;
+    let client = raw_client();
+    for path in [
+        "/admin",
+        "/admin/queues/stock",
+        "/admin/tenants",
+        "/admin/emails",
+        "/admin/jobs/stock_x",
+    ] {
+        let r = client
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "{path} redirects to sign-in");
+        assert_eq!(r.headers()["location"], "/admin/login");
+    }
+    let r = client
+        .post(format!("{}/admin/queues/stock/pause", app.address))
+        .form(&[("csrf", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "actions without a session are refused");
+    let wrong = client
+        .post(format!("{}/admin/login", app.address))
+        .form(&[("token", "not-the-token-at-all")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+
+    let (cookie, csrf) = sign_in(&app).await;
+    let post = |path: &str, form: Vec<(&str, &str)>| {
+        client
+            .post(format!("{}{path}", app.address))
+            .header("cookie", &cookie)
+            .form(&form)
+            .send()
+    };
+    let stock = QueueName::parse("stock").unwrap();
+    for (form, why) in [
+        (vec![], "a forged POST without the token"),
+        (vec![("csrf", "0000")], "a wrong token"),
+    ] {
+        let r = post("/admin/queues/stock/pause", form).await.unwrap();
+        assert_eq!(r.status(), 403, "{why}");
+        assert!(
+            !app.queues.counts(&stock).await.unwrap().paused,
+            "{why} changed nothing"
+        );
+    }
+    let r = post("/admin/queues/stock/pause", vec![("csrf", &csrf)])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(app.queues.counts(&stock).await.unwrap().paused);
+
+    // The JSON admin API accepts the session too, with the token in a header for writes.
+    let json_get = client
+        .get(format!("{}/admin/v1/queues", app.address))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_get.status(), 200);
+    let forged = client
+        .post(format!("{}/admin/v1/queues/stock/resume", app.address))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let ok = client
+        .post(format!("{}/admin/v1/queues/stock/resume", app.address))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+
+    // Behind TLS the cookie is Secure.
+    let tls = client
+        .post(format!("{}/admin/login", app.address))
+        .header("x-forwarded-proto", "https")
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tls.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Secure")
+    );
+
+    // Signing out ends the session for good.
+    let r = post("/admin/logout", vec![("csrf", &csrf)]).await.unwrap();
+    assert_eq!(r.status(), 303);
+    let after = client
+        .get(format!("{}/admin", app.address))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 303, "the old cookie no longer works");
+    // Secrets never appear in the pages.
+    let (cookie, _) = sign_in(&app).await;
+    let page = client
+        .get(format!("{}/admin/tenants", app.address))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains(ADMIN_TOKEN));
+}
+
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: std::path::PathBuf,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        // Several rustls crypto providers are linked into the test binary; pick one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is installed (scripts/test installs chromium-driver)");
+        let profile =
+            std::env::temp_dir().join(format!("backroom-chrome-{}", uuid::Uuid::new_v4().simple()));
+        let caps = json!({
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-background-networking", "--disable-component-update",
+                         "--disable-sync", "--no-first-run", "--window-size=1280,900",
+                         format!("--user-data-dir={}", profile.display())]
+            }
+        });
+        let capabilities: serde_json::Map<String, serde_json::Value> =
+            caps.as_object().unwrap().clone();
+        let url = format!("http://127.0.0.1:{port}");
+        let client = wait_for(
+            "chromedriver to accept a session",
+            Duration::from_secs(30),
+            || {
+                let (url, capabilities) = (url.clone(), capabilities.clone());
+                async move {
+                    ClientBuilder::rustls()
+                        .ok()?
+                        .capabilities(capabilities)
+                        .connect(&url)
+                        .await
+                        .ok()
+                }
+            },
+        )
+        .await;
+        Browser {
+            client,
+            driver,
+            _profile: profile,
+        }
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn wait_text(&self, css: &str, expected: &str) {
+        wait_for(&format!("{css} to read {expected:?}"), LIMIT, || async {
+            let el = self.client.find(Locator::Css(css)).await.ok()?;
+            (el.text().await.ok()?.trim() == expected).then_some(())
+        })
+        .await;
+    }
+
+    /// Submits the form holding `button`, accepting its confirmation dialog.
+    async fn confirm_click(&self, button: &str) {
+        self.client
+            .find(Locator::Css(button))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        self.client
+            .accept_alert()
+            .await
+            .expect("the action asks for confirmation");
+    }
+
+    async fn screenshot(&self, name: &str) {
+        if let Ok(dir) = std::env::var("BACKROOM_SCREENSHOTS") {
+            let png = self.client.screenshot().await.unwrap();
+            std::fs::write(format!("{dir}/{name}.png"), png).unwrap();
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[tokio::test]
+async fn an_admin_signs_in_watches_queues_live_and_repairs_a_dead_job() {
+    let port = free_port();
+    let app = spawn_app_with(move |s| s.smtp_url = Some(format!("smtp://127.0.0.1:{port}"))).await;
+    let t = app.create_tenant("clinic").await;
+    let browser = Browser::start().await;
+    let b = &browser.client;
+
+    b.goto(&format!("{}/admin", app.address)).await.unwrap();
+    assert!(
+        b.current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/admin/login")
+    );
+    b.find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN_TOKEN)
+        .await
+        .unwrap();
+    b.find(Locator::Css("form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_text("tr[data-queue=stock] td[data-field=pending]", "0")
+        .await;
+
+    // Counts change live as jobs are pushed.
+    let tenant = uuid::Uuid::parse_str(&t.id).unwrap();
+    let stock = QueueName::parse("stock").unwrap();
+    let jobs = (0..3)
+        .map(|n| NewJob::new("stock_adjustment", &json!({"n": n})).tenant(tenant))
+        .collect();
+    app.queues.push(&stock, jobs).await.unwrap();
+    browser
+        .wait_text("tr[data-queue=stock] td[data-field=pending]", "3")
+        .await;
+    browser.screenshot("dashboard-overview").await;
+
+    // An email that dies (SMTP down, one attempt allowed).
+    let emails = QueueName::parse("emails").unwrap();
+    let accepted: serde_json::Value = app
+        .post_json(
+            "/v1/emails",
+            Some(&t.key),
+            &json!({"to": "p@example.org", "subject": "Hi", "text": "Body"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let job_id = accepted["job_id"].as_str().unwrap().to_string();
+    let mut conn = app.queues.redis().conn().await.unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(app.queues.keys(&emails).job(&job_id))
+        .arg("max_attempts")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let workers = app.start_workers("emails");
+    browser
+        .wait_text("tr[data-queue=emails] td[data-field=dead]", "1")
+        .await;
+
+    // Open the dead job from the queue page and retry it once SMTP is back.
+    b.goto(&format!("{}/admin/queues/emails?status=dead", app.address))
+        .await
+        .unwrap();
+    b.find(Locator::Css(&format!("a[href='/admin/jobs/{job_id}']")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(browser.text("#job-status").await, "dead");
+    assert!(b.source().await.unwrap().contains("attempt 1 failed"));
+    browser.screenshot("dashboard-job").await;
+    let _smtp = SmtpServer::start_on(port).await;
+    browser.confirm_click("#retry").await;
+    wait_for("the retried job to succeed", LIMIT, || async {
+        b.refresh().await.ok()?;
+        let status = b
+            .find(Locator::Css("#job-status"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (status == "succeeded").then_some(())
+    })
+    .await;
+
+    // Pause and resume the queue from its page.
+    b.goto(&format!("{}/admin/queues/stock", app.address))
+        .await
+        .unwrap();
+    browser
+        .confirm_click("form[action='/admin/queues/stock/pause'] button")
+        .await;
+    browser.wait_text("h1 .badge", "paused").await;
+    assert!(app.queues.counts(&stock).await.unwrap().paused);
+    browser
+        .confirm_click("form[action='/admin/queues/stock/resume'] button")
+        .await;
+    wait_for("the queue to resume", LIMIT, || async {
+        (!app.queues.counts(&stock).await.ok()?.paused).then_some(())
+    })
+    .await;
+
+    // The overview's throughput chart is an SVG with one bar per minute.
+    b.goto(&format!("{}/admin/charts/throughput.svg", app.address))
+        .await
+        .unwrap();
+    let svg = b.source().await.unwrap();
+    assert_eq!(svg.matches("<rect x=").count(), 60, "60 minute bars");
+    workers.stop().await;
+    let _ = b.clone().close().await;
+}
