@@ -39,6 +39,7 @@ pub async fn run() -> anyhow::Result<()> {
     println!();
     println!("  backroom dev is running");
     println!("  API            {base}  (contract: GET {base}/openapi.json)");
+    println!("  dashboard      {base}/admin  (sign in with the admin token)");
     println!("  admin token    {}", settings.admin_token);
     println!("  demo tenant    '{DEMO_SLUG}', API key {}", demo_key);
     println!();
