@@ -11,6 +11,7 @@ mod foundation_problems;
 mod foundation_settings;
 mod foundation_tenants;
 mod invoices;
+mod isolation;
 mod queue_api;
 mod queue_cluster;
 mod queue_engine;
