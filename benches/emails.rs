@@ -1,0 +1,1131 @@
+//! Email throughput: tenant emails through the `emails` workers to a local SMTP sink.
+//!
+//! Prints figures, never asserts: each figure stands next to its target (from the issue) with
+//! PASS or MISS, and a summary closes the run. Target: ≥ 500 emails/s to a local SMTP sink with
+//! connection pooling (release build, 2 cores, Postgres and Redis on the same machine).
+//!
+//! For each of two sinks, a fresh tenant queues 5,000 emails through `POST /v1/emails` (16
+//! concurrent clients; no worker runs yet, so they wait in the queue), then `workers::run` with
+//! plan "emails" starts (default concurrency, lettre's pool of 16 connections, the per-tenant
+//! limit raised to 10,000,000 a minute so it never interferes) and the clock runs until every
+//! email of the tenant is `sent` in Postgres (polled every 50 ms):
+//!
+//! 1. **Python sink** — `scripts/smtp-sink.py` (aiosmtpd, `/usr/bin/python3`), as the tests
+//!    use it: it writes each message to a file. Its CPU is read from `/proc/<pid>/stat`; near
+//!    100 % of a core means the sink, not backroom, sets the pace.
+//! 2. **Rust sink** — a minimal SMTP server inside this bench (220 greeting, EHLO/HELO 250,
+//!    MAIL/RCPT/NOOP/RSET 250, DATA 354 then read up to the lone "." line, 250, QUIT 221) on
+//!    a thread and single-threaded runtime of its own, whose CPU is read from
+//!    `/proc/self/task/<tid>/stat`: a sink that cannot be the bottleneck.
+//!
+//! Tables give emails/s, what each sink received (it must be every email exactly once), CPU per
+//! email (this process without the sink, Postgres, Redis, the sink, the rest of the machine)
+//! and Postgres transactions per email (`pg_stat_database`).
+//!
+//! Run with `cargo bench --bench emails` (about a minute), or
+//! `cargo bench --bench emails -- --smoke` (or `BENCH_SMOKE=1`) for small sizes that finish in
+//! well under 30 s. Needs Postgres (the server of `DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432`; a database `backroom_bench_<uuid>` is created, migrated
+//! and dropped), Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`; every key lives under the
+//! namespace `bench-<uuid>` and is deleted with SCAN + UNLINK at the end, also after an error or
+//! Ctrl-C) and, for part 1, python3-aiosmtpd (`apt-get install python3-aiosmtpd`; part 1 is
+//! skipped with a note without it). Progress goes to stderr; `BACKROOM_LOG` sets the log filter
+//! (default `info`, as in production).
+
+use anyhow::{Context as _, bail};
+use backroom::config::{LogFormat, Settings};
+use backroom::startup::Application;
+use backroom::workers::{self, WorkPlan};
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection as _, PgPool};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+// Target from the issue.
+const TARGET: f64 = 500.0;
+
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+/// Far above any rate reached here: the per-tenant limiter must not interfere.
+const EMAILS_PER_MINUTE: u32 = 10_000_000;
+const POLL: Duration = Duration::from_millis(50);
+/// A wait that sees no progress for this long is abandoned.
+const STALL: Duration = Duration::from_secs(60);
+const PYTHON: &str = "/usr/bin/python3";
+
+struct Sizes {
+    /// Emails per sink.
+    emails: usize,
+    clients: usize,
+}
+
+impl Sizes {
+    fn full() -> Self {
+        Sizes {
+            emails: 5_000,
+            clients: 16,
+        }
+    }
+
+    fn smoke() -> Self {
+        Sizes {
+            emails: 300,
+            clients: 16,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Harness: a database, a Redis namespace, the server and the workers.
+
+/// Names of everything the run creates, known before anything exists so cleanup always works.
+struct Names {
+    pg_server: String,
+    db_name: String,
+    redis_url: String,
+    namespace: String,
+}
+
+impl Names {
+    fn new() -> Self {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        // The server part of the URL (without the database name).
+        let pg_server = match url.rsplit_once('/') {
+            Some((server, _)) if server.contains("://") && !server.ends_with('/') => {
+                server.to_string()
+            }
+            _ => url,
+        };
+        let id = Uuid::new_v4().simple().to_string();
+        Names {
+            pg_server,
+            db_name: format!("backroom_bench_{id}"),
+            redis_url: std::env::var("REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+            namespace: format!("bench-{id}"),
+        }
+    }
+
+    fn database_url(&self) -> String {
+        format!("{}/{}", self.pg_server, self.db_name)
+    }
+
+    /// Drops the database (closing whatever is still connected) and deletes the namespace's keys.
+    async fn cleanup(&self) {
+        let dropped = async {
+            let mut conn =
+                sqlx::PgConnection::connect(&format!("{}/postgres", self.pg_server)).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
+                self.db_name
+            )))
+            .execute(&mut conn)
+            .await?;
+            conn.close().await?;
+            anyhow::Ok(())
+        };
+        if let Err(e) = dropped.await {
+            eprintln!("cleanup: could not drop database {}: {e:#}", self.db_name);
+        }
+        match delete_keys(&self.redis_url, &self.namespace).await {
+            Ok(n) => eprintln!("cleanup: dropped {}, deleted {n} Redis keys", self.db_name),
+            Err(e) => eprintln!("cleanup: deleting {{{}:* failed: {e:#}", self.namespace),
+        }
+    }
+}
+
+/// SCAN MATCH `{<namespace>:*` + UNLINK; returns how many keys went.
+async fn delete_keys(redis_url: &str, namespace: &str) -> anyhow::Result<u64> {
+    let mut conn = redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let pattern = format!("{{{namespace}:*");
+    let (mut cursor, mut deleted) = (0u64, 0u64);
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(5000)
+            .query_async(&mut conn)
+            .await?;
+        for chunk in keys.chunks(1000) {
+            deleted += redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async::<u64>(&mut conn)
+                .await?;
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// The server under test, serving until stopped (or dropped).
+struct Server {
+    base: String,
+    /// The server's own Postgres pool (to settle statistics, see `Ctx::pg_transactions`).
+    db: PgPool,
+    stop: oneshot::Sender<()>,
+    join: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    async fn start(settings: &Settings) -> anyhow::Result<Self> {
+        let app = Application::build(settings.clone()).await?;
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let db = app.state().db.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let join = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Server {
+            base,
+            db,
+            stop,
+            join,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(30), self.join)
+            .await
+            .context("the server did not stop within 30 s")??
+    }
+}
+
+/// In-process workers (`workers::run`, as `backroom work` runs them); stop on `stop` or drop.
+struct Workers {
+    stop: oneshot::Sender<()>,
+    join: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Workers {
+    fn start(settings: &Settings, queues: &str) -> anyhow::Result<Self> {
+        let plan = WorkPlan::parse(Some(queues), None)?;
+        let settings = settings.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let join = tokio::spawn(async move {
+            workers::run(&settings, plan, async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Ok(Workers { stop, join })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(40), self.join)
+            .await
+            .context("the workers did not stop within 40 s")??
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU accounting from /proc.
+
+/// Where a sink's CPU time is read.
+#[derive(Clone)]
+enum SinkCpu {
+    /// A child process: `/proc/<pid>/stat`.
+    Process(u32),
+    /// A thread of this process: `/proc/self/task/<tid>/stat`.
+    Thread(String),
+}
+
+impl SinkCpu {
+    fn stat_path(&self) -> String {
+        match self {
+            SinkCpu::Process(pid) => pid.to_string(),
+            SinkCpu::Thread(tid) => format!("self/task/{tid}"),
+        }
+    }
+}
+
+/// CPU seconds used so far, by who.
+#[derive(Clone, Copy)]
+struct Cpu {
+    at: Instant,
+    /// This process (API, workers, load clients; and the Rust sink's thread).
+    process: f64,
+    postgres: f64,
+    redis: f64,
+    sink: f64,
+    /// Every CPU's non-idle time.
+    machine: f64,
+}
+
+/// CPU used between two [`Cpu`] readings.
+#[derive(Clone, Copy)]
+struct CpuUse {
+    wall: f64,
+    /// This process without the sink's thread.
+    process: f64,
+    postgres: f64,
+    redis: f64,
+    sink: f64,
+    other: f64,
+}
+
+impl Cpu {
+    fn now(clk_tck: f64, sink: &SinkCpu) -> Self {
+        let (mut postgres, mut redis) = (0.0, 0.0);
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name
+                    .to_str()
+                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                else {
+                    continue;
+                };
+                if let Some((comm, fields)) = proc_stat(pid) {
+                    // Own time plus reaped children's (ended backends count under the postmaster).
+                    let total = fields[0] + fields[1] + fields[2] + fields[3];
+                    match comm.as_str() {
+                        "postgres" => postgres += total,
+                        "redis-server" => redis += total,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let own = |pid: &str| proc_stat(pid).map(|(_, f)| f[0] + f[1]).unwrap_or(0.0);
+        Cpu {
+            at: Instant::now(),
+            process: own("self") / clk_tck,
+            postgres: postgres / clk_tck,
+            redis: redis / clk_tck,
+            sink: own(&sink.stat_path()) / clk_tck,
+            machine: machine_busy_ticks() / clk_tck,
+        }
+    }
+
+    /// `sink_in_process`: the sink's time is part of this process's (the Rust sink).
+    fn since(&self, earlier: &Cpu, sink_in_process: bool) -> CpuUse {
+        let sink = self.sink - earlier.sink;
+        let mut process = self.process - earlier.process;
+        let postgres = (self.postgres - earlier.postgres).max(0.0);
+        let redis = self.redis - earlier.redis;
+        let machine = self.machine - earlier.machine;
+        let other = machine - process - postgres - redis - if sink_in_process { 0.0 } else { sink };
+        if sink_in_process {
+            process -= sink;
+        }
+        CpuUse {
+            wall: (self.at - earlier.at).as_secs_f64(),
+            process,
+            postgres,
+            redis,
+            sink,
+            other: other.max(0.0),
+        }
+    }
+}
+
+impl CpuUse {
+    fn percents(&self) -> String {
+        let pct = |s: f64| s * 100.0 / self.wall.max(1e-9);
+        format!(
+            "bench process {:.0} %, postgres {:.0} %, redis {:.0} %, sink {:.0} %, other {:.0} % (of one core; 200 % = both)",
+            pct(self.process),
+            pct(self.postgres),
+            pct(self.redis),
+            pct(self.sink),
+            pct(self.other)
+        )
+    }
+}
+
+/// `comm` and (utime, stime, cutime, cstime) in clock ticks of `/proc/<pid>/stat`.
+fn proc_stat(pid: &str) -> Option<(String, [f64; 4])> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_string();
+    // After ")": state is field 3; utime..cstime are fields 14..17.
+    let fields: Vec<f64> = stat[close + 1..]
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    (fields.len() == 4).then(|| (comm, [fields[0], fields[1], fields[2], fields[3]]))
+}
+
+/// Non-idle ticks of all CPUs, from the first line of `/proc/stat`.
+fn machine_busy_ticks() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal.
+    ticks.iter().take(8).sum::<f64>()
+        - ticks.get(3).copied().unwrap_or(0.0)
+        - ticks.get(4).copied().unwrap_or(0.0)
+}
+
+/// `sysconf(_SC_CLK_TCK)` without libc: the `AT_CLKTCK` entry of the auxiliary vector.
+fn clock_ticks() -> f64 {
+    const AT_CLKTCK: u64 = 17;
+    let word = std::mem::size_of::<usize>();
+    std::fs::read("/proc/self/auxv")
+        .ok()
+        .and_then(|auxv| {
+            auxv.chunks_exact(2 * word).find_map(|pair| {
+                let read = |b: &[u8]| {
+                    let mut buf = [0u8; 8];
+                    buf[..word].copy_from_slice(b);
+                    u64::from_ne_bytes(buf)
+                };
+                (read(&pair[..word]) == AT_CLKTCK).then(|| read(&pair[word..]))
+            })
+        })
+        .filter(|&t| t > 0)
+        .unwrap_or(100) as f64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output.
+
+struct Verdict {
+    target: String,
+    measured: String,
+    pass: bool,
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "MISS" }
+}
+
+fn dec(v: f64, places: usize) -> String {
+    format!("{v:.places$}")
+}
+
+/// 12345.6 → "12,346".
+fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0.0 { format!("-{out}") } else { out }
+}
+
+/// Prints rows under headers: the first column left-aligned, the others right-aligned.
+fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    print_table_aligned(headers, rows, 1);
+}
+
+/// Prints rows under headers: the first `left` columns left-aligned, the others right-aligned.
+fn print_table_aligned(headers: &[&str], rows: &[Vec<String>], left: usize) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, &w))| {
+                if i < left {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect();
+        println!("  {}", parts.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sinks.
+
+/// A port nothing listens on right now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `scripts/smtp-sink.py` on a free port, storing messages in a temp dir; killed on drop.
+struct PythonSink {
+    port: u16,
+    dir: PathBuf,
+    child: std::process::Child,
+}
+
+impl PythonSink {
+    fn available() -> bool {
+        std::process::Command::new(PYTHON)
+            .args(["-c", "import aiosmtpd"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    async fn start() -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let dir =
+            std::env::temp_dir().join(format!("backroom-bench-smtp-{}", Uuid::new_v4().simple()));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/smtp-sink.py");
+        let child = std::process::Command::new(PYTHON)
+            .arg(script)
+            .args(["--port", &port.to_string()])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {script}"))?;
+        let sink = PythonSink { port, dir, child };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("the Python SMTP sink did not listen within 15 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(sink)
+    }
+
+    /// Messages stored so far.
+    fn received(&self) -> u64 {
+        std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                    .count() as u64
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for PythonSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A minimal SMTP sink on a thread and single-threaded runtime of its own; stops on drop.
+struct RustSink {
+    port: u16,
+    received: Arc<AtomicU64>,
+    tid: String,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RustSink {
+    fn start() -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let received = Arc::new(AtomicU64::new(0));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let count = received.clone();
+        let thread = std::thread::Builder::new()
+            .name("smtp-sink".into())
+            .spawn(move || {
+                // "/proc/thread-self" links to "<pid>/task/<tid>".
+                let tid = std::fs::read_link("/proc/thread-self")
+                    .ok()
+                    .and_then(|p| p.file_name().map(|t| t.to_string_lossy().into_owned()))
+                    .unwrap_or_default();
+                let _ = tid_tx.send(tid);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the sink");
+                runtime.block_on(async move {
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+                    loop {
+                        tokio::select! {
+                            accepted = listener.accept() => {
+                                if let Ok((stream, _)) = accepted {
+                                    tokio::spawn(smtp_session(stream, count.clone()));
+                                }
+                            }
+                            _ = &mut stopped => return,
+                        }
+                    }
+                });
+            })?;
+        let tid = tid_rx.recv()?;
+        Ok(RustSink {
+            port,
+            received,
+            tid,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for RustSink {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One SMTP conversation: just enough of RFC 5321 for lettre.
+async fn smtp_session(stream: tokio::net::TcpStream, received: Arc<AtomicU64>) {
+    let _ = stream.set_nodelay(true);
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::with_capacity(1024);
+    let outcome: std::io::Result<()> = async {
+        write.write_all(b"220 bench-sink ESMTP\r\n").await?;
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).await? == 0 {
+                return Ok(());
+            }
+            let verb = line
+                .get(..4)
+                .map(|v| v.to_ascii_uppercase())
+                .unwrap_or_default();
+            match verb.as_slice() {
+                b"EHLO" => {
+                    write
+                        .write_all(b"250-bench-sink\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+                        .await?
+                }
+                b"HELO" => write.write_all(b"250 bench-sink\r\n").await?,
+                b"DATA" => {
+                    write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
+                    loop {
+                        line.clear();
+                        if reader.read_until(b'\n', &mut line).await? == 0 {
+                            return Ok(());
+                        }
+                        if line == b".\r\n" || line == b".\n" {
+                            break;
+                        }
+                    }
+                    received.fetch_add(1, Ordering::Relaxed);
+                    write.write_all(b"250 2.0.0 OK queued\r\n").await?;
+                }
+                b"QUIT" => {
+                    write.write_all(b"221 2.0.0 bye\r\n").await?;
+                    return Ok(());
+                }
+                // MAIL, RCPT, NOOP, RSET and anything else.
+                _ => write.write_all(b"250 2.0.0 OK\r\n").await?,
+            }
+        }
+    }
+    .await;
+    let _ = outcome;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Set-up.
+
+/// Everything a part needs.
+struct Ctx {
+    sizes: Sizes,
+    smoke: bool,
+    names: Names,
+    settings: Settings,
+    /// The bench's own pool, for checks and statistics (not the one under test).
+    db: PgPool,
+    /// Queries the bench ran on its own pool (subtracted from Postgres' transaction counts).
+    own_tx: AtomicI64,
+    http: reqwest::Client,
+    clk_tck: f64,
+    server: Server,
+}
+
+impl Ctx {
+    /// Transactions (committed or rolled back) of the bench database so far, without the
+    /// bench's own. Backends publish their counts at most once a second, idle ones only after
+    /// 10 s, and closing ones at once: so callers stop the workers first, and this waits a
+    /// second, then runs a query reading a table on every connection of the server's pool and
+    /// of the bench's own, which makes each publish (PostgreSQL 15 publishes a backend's
+    /// transaction counts only along with table statistics: a `SELECT 1` would not do). Every
+    /// query of the bench's own is counted and subtracted.
+    async fn pg_transactions(&self) -> anyhow::Result<i64> {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        for pool in [&self.server.db, &self.db] {
+            let mut held = vec![];
+            while (held.len() as u32) < pool.size() {
+                match tokio::time::timeout(Duration::from_millis(200), pool.acquire()).await {
+                    Ok(Ok(conn)) => held.push(conn),
+                    _ => break,
+                }
+            }
+            for conn in &mut held {
+                self.own_query();
+                sqlx::query("SELECT count(*) FROM tenants")
+                    .execute(&mut **conn)
+                    .await?;
+            }
+        }
+        let own = self.own_tx.load(Ordering::Relaxed);
+        self.own_query();
+        let total: i64 = sqlx::query_scalar(
+            "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database \
+             WHERE datname = current_database()",
+        )
+        .fetch_one(&self.db)
+        .await?;
+        Ok(total - own)
+    }
+
+    /// Counts one query of the bench's own on its pool (see [`Ctx::pg_transactions`]).
+    fn own_query(&self) {
+        self.own_tx.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.base)
+    }
+
+    /// A tenant; returns (id, API key).
+    async fn tenant(&self, slug: &str) -> anyhow::Result<(Uuid, String)> {
+        let created: Value = self
+            .http
+            .post(self.url("/admin/v1/tenants"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"name": format!("Praxis am See ({slug})"), "slug": slug}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let id: Uuid = created["id"].as_str().unwrap_or_default().parse()?;
+        let key = created["api_key"]
+            .as_str()
+            .context("no api_key in the tenant response")?
+            .to_string();
+        Ok((id, key))
+    }
+
+    /// (sent, failed) emails of a tenant.
+    async fn email_counts(&self, tenant: Uuid) -> anyhow::Result<(i64, i64)> {
+        self.own_query();
+        Ok(sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE status = 'failed')
+             FROM emails WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_one(&self.db)
+        .await?)
+    }
+}
+
+async fn setup(names: Names, smoke: bool) -> anyhow::Result<Ctx> {
+    let mut conn = sqlx::PgConnection::connect(&format!("{}/postgres", names.pg_server))
+        .await
+        .with_context(|| format!("connecting to Postgres at {}", names.pg_server))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        r#"CREATE DATABASE "{}""#,
+        names.db_name
+    )))
+    .execute(&mut conn)
+    .await?;
+    conn.close().await?;
+    let db = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&names.database_url())
+        .await?;
+    backroom::db::migrate(&db).await?;
+    let env: HashMap<&str, String> = HashMap::from([
+        ("DATABASE_URL", names.database_url()),
+        ("REDIS_URL", names.redis_url.clone()),
+        ("BACKROOM_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
+        ("BACKROOM_BIND", "127.0.0.1:0".to_string()),
+        ("BACKROOM_REDIS_NAMESPACE", names.namespace.clone()),
+        ("BACKROOM_SHUTDOWN_GRACE_SECS", "10".to_string()),
+        (
+            "BACKROOM_MAIL_FROM",
+            "Praxis am See <praxis@backroom.bench>".to_string(),
+        ),
+        ("BACKROOM_EMAILS_PER_MINUTE", EMAILS_PER_MINUTE.to_string()),
+    ]);
+    let settings = Settings::from_lookup(|k| env.get(k).cloned())?;
+    let server = Server::start(&settings).await?;
+    Ok(Ctx {
+        sizes: if smoke { Sizes::smoke() } else { Sizes::full() },
+        smoke,
+        names,
+        settings,
+        db,
+        own_tx: AtomicI64::new(0),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?,
+        clk_tck: clock_ticks(),
+        server,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parts.
+
+/// Queues `n` emails for a tenant through the API with `clients` concurrent clients; returns
+/// the seconds it took and the sorted request latencies in ms.
+async fn queue_emails(
+    ctx: &Ctx,
+    key: &str,
+    label: &str,
+    n: usize,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let url = ctx.url("/v1/emails");
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..ctx.sizes.clients {
+        let (url, http, key, next, label) = (
+            url.clone(),
+            ctx.http.clone(),
+            key.to_string(),
+            next.clone(),
+            label.to_string(),
+        );
+        tasks.spawn(async move {
+            let mut latencies = vec![];
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(latencies);
+                }
+                let body = json!({
+                    "to": format!("patient{i}@example.org"),
+                    "subject": format!("Terminbestätigung Nr. {i} — Praxis am See"),
+                    "text": format!("Guten Tag,\n\nIhr Termin Nr. {i} ist bestätigt: Dienstag, 10:30.\nBitte bringen Sie Ihre Versichertenkarte mit.\n\nPraxis am See"),
+                    "html": format!("<p>Guten Tag,</p><p>Ihr Termin <b>Nr. {i}</b> ist bestätigt: Dienstag, 10:30.<br>Bitte bringen Sie Ihre Versichertenkarte mit.</p><p>Praxis am See</p>"),
+                    "idempotency_key": format!("{label}-{i}"),
+                });
+                let sent = Instant::now();
+                let response = http.post(&url).bearer_auth(&key).json(&body).send().await?;
+                let status = response.status();
+                if status != reqwest::StatusCode::ACCEPTED {
+                    bail!("email {i}: HTTP {status}: {}", response.text().await?);
+                }
+                latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+                if (i + 1).is_multiple_of(1000) {
+                    eprintln!(
+                        "  [queue {label}] {:>5.1} s  {} of {n}",
+                        started.elapsed().as_secs_f64(),
+                        i + 1
+                    );
+                }
+            }
+        });
+    }
+    let mut all = vec![];
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done??);
+    }
+    all.sort_by(f64::total_cmp);
+    Ok((started.elapsed().as_secs_f64(), all))
+}
+
+/// What one sink's part measured.
+struct Measured {
+    rate: f64,
+    received: u64,
+    cpu: CpuUse,
+}
+
+/// Queues the emails, starts the workers against `smtp_url` and waits until all are sent.
+async fn part(
+    ctx: &Ctx,
+    label: &str,
+    smtp_url: &str,
+    sink: &SinkCpu,
+    sink_in_process: bool,
+    received: impl Fn() -> u64,
+) -> anyhow::Result<Measured> {
+    let n = ctx.sizes.emails;
+    let (tenant, key) = ctx.tenant(&format!("praxis-{label}")).await?;
+    let (intake, latencies) = queue_emails(ctx, &key, label, n).await?;
+    println!(
+        "  {} emails queued in {:.2} s ({} emails/s, {} clients; p50 {:.1} ms, p99 {:.1} ms) — not part of the figure below",
+        thousands(n as f64),
+        intake,
+        dec(n as f64 / intake, 0),
+        ctx.sizes.clients,
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0)
+    );
+
+    let mut settings = ctx.settings.clone();
+    settings.smtp_url = Some(smtp_url.to_string());
+    let tx_before = ctx.pg_transactions().await?;
+    let cpu_before = Cpu::now(ctx.clk_tck, sink);
+    let started = Instant::now();
+    let workers = Workers::start(&settings, "emails")?;
+    let (mut last, mut last_change) = (0, Instant::now());
+    let mut next_report = Instant::now() + Duration::from_secs(1);
+    let mut sink_mark = (Instant::now(), Cpu::now(ctx.clk_tck, sink).sink);
+    let (sent, failed) = loop {
+        let (sent, failed) = ctx.email_counts(tenant).await?;
+        if (sent + failed) as usize >= n {
+            break (sent, failed);
+        }
+        if sent + failed != last {
+            (last, last_change) = (sent + failed, Instant::now());
+        } else if last_change.elapsed() > STALL {
+            bail!("no email finished for {STALL:?} ({sent} sent, {failed} failed of {n})");
+        }
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(1);
+            let sink_now = (Instant::now(), Cpu::now(ctx.clk_tck, sink).sink);
+            let sink_pct = (sink_now.1 - sink_mark.1) * 100.0
+                / (sink_now.0 - sink_mark.0).as_secs_f64().max(1e-9);
+            sink_mark = sink_now;
+            eprintln!(
+                "  [send {label}] {:>5.1} s  sent {sent} of {n}, failed {failed}; sink CPU {sink_pct:.0} %",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = Cpu::now(ctx.clk_tck, sink).since(&cpu_before, sink_in_process);
+    workers.stop().await?;
+    let pg_tx = ctx.pg_transactions().await? - tx_before;
+    let received = received();
+    let rate = sent as f64 / secs;
+    print_table(
+        &[
+            "sink",
+            "emails",
+            "secs",
+            "emails/s",
+            "failed",
+            "sink received",
+        ],
+        &[vec![
+            label.to_string(),
+            thousands(sent as f64),
+            dec(secs, 2),
+            dec(rate, 0),
+            failed.to_string(),
+            format!(
+                "{} {}",
+                thousands(received as f64),
+                if received == n as u64 {
+                    "(OK)"
+                } else {
+                    "(MISMATCH)"
+                }
+            ),
+        ]],
+    );
+    let per = |s: f64| dec(s * 1e6 / n as f64, 0);
+    print_table(
+        &[
+            "CPU µs per email:",
+            "bench process",
+            "postgres",
+            "redis",
+            "sink",
+            "other",
+            "pg txns/email",
+        ],
+        &[vec![
+            String::new(),
+            per(cpu.process),
+            per(cpu.postgres),
+            per(cpu.redis),
+            per(cpu.sink),
+            per(cpu.other),
+            dec(pg_tx as f64 / n as f64, 2),
+        ]],
+    );
+    println!("  {}", cpu.percents());
+    if failed > 0 {
+        ctx.own_query();
+        let reasons: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT last_error, count(*) FROM emails WHERE tenant_id = $1 AND status = 'failed'
+             GROUP BY 1 ORDER BY 2 DESC LIMIT 3",
+        )
+        .bind(tenant)
+        .fetch_all(&ctx.db)
+        .await?;
+        println!("  failures: {reasons:?}");
+    }
+    Ok(Measured {
+        rate,
+        received,
+        cpu,
+    })
+}
+
+async fn part_python(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
+    println!(
+        "\n== 1. {} emails to the Python sink (scripts/smtp-sink.py, aiosmtpd) ==",
+        thousands(ctx.sizes.emails as f64)
+    );
+    if !PythonSink::available() {
+        println!("  {PYTHON} cannot import aiosmtpd (apt-get install python3-aiosmtpd): skipped");
+        return Ok(());
+    }
+    let sink = PythonSink::start().await?;
+    let url = format!("smtp://127.0.0.1:{}", sink.port);
+    let cpu = SinkCpu::Process(sink.child.id());
+    let m = part(ctx, "python", &url, &cpu, false, || sink.received()).await?;
+    let sink_pct = m.cpu.sink * 100.0 / m.cpu.wall.max(1e-9);
+    let pass = m.rate >= TARGET && m.received == ctx.sizes.emails as u64;
+    println!(
+        "  {} emails/s to the Python sink (target ≥ {TARGET})  {}   [sink CPU {sink_pct:.0} % of one core{}]",
+        dec(m.rate, 0),
+        verdict(pass),
+        if sink_pct >= 85.0 {
+            ": the sink is saturated and limits this figure"
+        } else {
+            ""
+        }
+    );
+    verdicts.push(Verdict {
+        target: format!("≥ {TARGET} emails/s, Python aiosmtpd sink"),
+        measured: format!("{} emails/s (sink CPU {sink_pct:.0} %)", dec(m.rate, 0)),
+        pass,
+    });
+    Ok(())
+}
+
+async fn part_rust(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
+    println!(
+        "\n== 2. {} emails to the Rust sink in this bench (minimal SMTP, one thread) ==",
+        thousands(ctx.sizes.emails as f64)
+    );
+    let sink = RustSink::start()?;
+    let url = format!("smtp://127.0.0.1:{}", sink.port);
+    let cpu = SinkCpu::Thread(sink.tid.clone());
+    let received = sink.received.clone();
+    let m = part(ctx, "rust", &url, &cpu, true, || {
+        received.load(Ordering::Relaxed)
+    })
+    .await?;
+    let sink_pct = m.cpu.sink * 100.0 / m.cpu.wall.max(1e-9);
+    let pass = m.rate >= TARGET && m.received == ctx.sizes.emails as u64;
+    println!(
+        "  {} emails/s to the Rust sink (target ≥ {TARGET})  {}   [sink CPU {sink_pct:.0} % of one core]",
+        dec(m.rate, 0),
+        verdict(pass)
+    );
+    verdicts.push(Verdict {
+        target: format!("≥ {TARGET} emails/s, Rust sink (not a bottleneck)"),
+        measured: format!("{} emails/s (sink CPU {sink_pct:.0} %)", dec(m.rate, 0)),
+        pass,
+    });
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
+    let ctx = setup(names, smoke).await?;
+    println!(
+        "emails benchmark ({} mode): {} CPUs, Postgres {}, Redis {} (namespace {})",
+        if ctx.smoke { "smoke" } else { "full" },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        ctx.names.db_name,
+        ctx.names.redis_url,
+        ctx.names.namespace,
+    );
+    let mut verdicts = vec![];
+    part_python(&ctx, &mut verdicts).await?;
+    part_rust(&ctx, &mut verdicts).await?;
+    ctx.server.stop().await?;
+    ctx.db.close().await;
+    Ok(verdicts)
+}
+
+fn main() -> anyhow::Result<()> {
+    let smoke = std::env::args().any(|a| a == "--smoke")
+        || std::env::var("BENCH_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0");
+    let filter = std::env::var("BACKROOM_LOG").unwrap_or_else(|_| "info".into());
+    backroom::telemetry::init(LogFormat::Pretty, &filter);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let names = Names::new();
+        let cleanup = Names {
+            pg_server: names.pg_server.clone(),
+            db_name: names.db_name.clone(),
+            redis_url: names.redis_url.clone(),
+            namespace: names.namespace.clone(),
+        };
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            r = run(names, smoke) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        // Whatever is still running stops when its handle drops; give it a moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cleanup.cleanup().await;
+        let verdicts = outcome?;
+        println!(
+            "\n== summary (emails, {} mode, {:.0} s) ==",
+            if smoke { "smoke" } else { "full" },
+            started.elapsed().as_secs_f64()
+        );
+        let rows: Vec<Vec<String>> = verdicts
+            .iter()
+            .map(|v| vec![v.target.clone(), v.measured.clone(), verdict(v.pass).into()])
+            .collect();
+        print_table_aligned(&["target", "measured", "verdict"], &rows, 3);
+        if smoke {
+            println!("  (smoke sizes are too small to judge the targets; run the full mode)");
+        }
+        Ok(())
+    })
+}
