@@ -23,7 +23,8 @@
 //! `cargo bench --bench invoices -- --smoke` (or `BENCH_SMOKE=1`) for small sizes that finish
 //! in well under 30 s. Needs Postgres (the server of `DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432`; a database `backroom_bench_<uuid>` is created, migrated
-//! and dropped) and Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`; every key lives under
+//! and dropped; a `?host=/var/run/postgresql` query in `DATABASE_URL` makes everything use the
+//! Unix socket) and Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`; every key lives under
 //! the namespace `bench-<uuid>` and is deleted with SCAN + UNLINK at the end, also after an
 //! error or Ctrl-C). Progress goes to stderr; `BACKROOM_LOG` sets the log filter (default
 //! `info`, as in production).
@@ -83,8 +84,11 @@ impl Sizes {
 // Harness: a database, a Redis namespace, the server and the workers.
 
 /// Names of everything the run creates, known before anything exists so cleanup always works.
+#[derive(Clone)]
 struct Names {
-    pg_server: String,
+    /// `DATABASE_URL` (any database of the server; its query, e.g. `?host=/var/run/postgresql`
+    /// for the Unix socket, is kept).
+    pg: url::Url,
     db_name: String,
     redis_url: String,
     namespace: String,
@@ -94,16 +98,9 @@ impl Names {
     fn new() -> Self {
         let url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        // The server part of the URL (without the database name).
-        let pg_server = match url.rsplit_once('/') {
-            Some((server, _)) if server.contains("://") && !server.ends_with('/') => {
-                server.to_string()
-            }
-            _ => url,
-        };
         let id = Uuid::new_v4().simple().to_string();
         Names {
-            pg_server,
+            pg: url::Url::parse(&url).expect("DATABASE_URL is a URL"),
             db_name: format!("backroom_bench_{id}"),
             redis_url: std::env::var("REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
@@ -111,15 +108,21 @@ impl Names {
         }
     }
 
+    /// The URL of database `db` on the server.
+    fn url_of(&self, db: &str) -> String {
+        let mut url = self.pg.clone();
+        url.set_path(&format!("/{db}"));
+        url.into()
+    }
+
     fn database_url(&self) -> String {
-        format!("{}/{}", self.pg_server, self.db_name)
+        self.url_of(&self.db_name)
     }
 
     /// Drops the database (closing whatever is still connected) and deletes the namespace's keys.
     async fn cleanup(&self) {
         let dropped = async {
-            let mut conn =
-                sqlx::PgConnection::connect(&format!("{}/postgres", self.pg_server)).await?;
+            let mut conn = sqlx::PgConnection::connect(&self.url_of("postgres")).await?;
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
                 self.db_name
@@ -561,9 +564,9 @@ const PRODUCT_NAMES: [&str; 10] = [
 ];
 
 async fn setup(names: Names, smoke: bool) -> anyhow::Result<Ctx> {
-    let mut conn = sqlx::PgConnection::connect(&format!("{}/postgres", names.pg_server))
+    let mut conn = sqlx::PgConnection::connect(&names.url_of("postgres"))
         .await
-        .with_context(|| format!("connecting to Postgres at {}", names.pg_server))?;
+        .with_context(|| format!("connecting to Postgres at {}", names.url_of("postgres")))?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         r#"CREATE DATABASE "{}""#,
         names.db_name
@@ -1003,12 +1006,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let names = Names::new();
-        let cleanup = Names {
-            pg_server: names.pg_server.clone(),
-            db_name: names.db_name.clone(),
-            redis_url: names.redis_url.clone(),
-            namespace: names.namespace.clone(),
-        };
+        let cleanup = names.clone();
         let started = Instant::now();
         let outcome = tokio::select! {
             r = run(names, smoke) => r,

@@ -16,6 +16,11 @@
 //!    product's SUM(delta) over its movements must equal its `on_hand` (OK or MISMATCH).
 //! 2. **batch, split** — the same volume again in two halves: the intake alone (workers
 //!    stopped), then the drain of that backlog alone, to show which half limits part 1.
+//!    **2b. the ledger alone** — no queue, no HTTP, on a tenant of its own: `apply_batch` of
+//!    64, 256 and 1,000 adjustments (20 batches each), then a `StockLedger` fed by 512
+//!    concurrent callers (the stock worker's concurrency), over TCP and again over the
+//!    server's Unix socket when there is one (no Nagle algorithm there: the difference is the
+//!    cost of sqlx 0.9.0 not setting `TCP_NODELAY`).
 //! 3. **single intake** — `wrk` (2 threads, 64 connections, 10 s after a 2 s warm-up,
 //!    `--latency`) POSTs `/v1/stock-adjustments` with a unique idempotency key per request
 //!    (thread id + counter), workers stopped. Target ≥ 10,000 requests/s with p99 ≤ 20 ms. A
@@ -29,11 +34,12 @@
 //! anything else on the machine (`/proc`), plus Postgres transactions per unit
 //! (`pg_stat_database`) and Redis commands per unit (`INFO commandstats`).
 //!
-//! Run with `cargo bench --bench stock` (about two minutes), or
+//! Run with `cargo bench --bench stock` (about three minutes), or
 //! `cargo bench --bench stock -- --smoke` (or `BENCH_SMOKE=1`) for small sizes that finish in
 //! well under 30 s. Needs Postgres (the server of `DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432`; a database `backroom_bench_<uuid>` is created, migrated
-//! and dropped), Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`; every key lives under the
+//! and dropped; a `?host=/var/run/postgresql` query in `DATABASE_URL` makes everything use the
+//! Unix socket), Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`; every key lives under the
 //! namespace `bench-<uuid>` and is deleted with SCAN + UNLINK at the end, also after an error or
 //! Ctrl-C) and `wrk` for part 3 (skipped with a note when it is missing). Progress goes to
 //! stderr; `BACKROOM_LOG` sets the log filter (default `info`, as in production).
@@ -112,8 +118,11 @@ impl Sizes {
 // Harness: a database, a Redis namespace, the server and the workers.
 
 /// Names of everything the run creates, known before anything exists so cleanup always works.
+#[derive(Clone)]
 struct Names {
-    pg_server: String,
+    /// `DATABASE_URL` (any database of the server; its query, e.g. `?host=/var/run/postgresql`
+    /// for the Unix socket, is kept).
+    pg: url::Url,
     db_name: String,
     redis_url: String,
     namespace: String,
@@ -123,16 +132,9 @@ impl Names {
     fn new() -> Self {
         let url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        // The server part of the URL (without the database name).
-        let pg_server = match url.rsplit_once('/') {
-            Some((server, _)) if server.contains("://") && !server.ends_with('/') => {
-                server.to_string()
-            }
-            _ => url,
-        };
         let id = Uuid::new_v4().simple().to_string();
         Names {
-            pg_server,
+            pg: url::Url::parse(&url).expect("DATABASE_URL is a URL"),
             db_name: format!("backroom_bench_{id}"),
             redis_url: std::env::var("REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
@@ -140,15 +142,39 @@ impl Names {
         }
     }
 
+    /// The bench database over the server's Unix socket, when the server is on this machine and
+    /// its socket is in Debian's place (`/var/run/postgresql`).
+    fn unix_socket_url(&self) -> Option<String> {
+        const DIR: &str = "/var/run/postgresql";
+        let local = matches!(
+            self.pg.host_str(),
+            Some("127.0.0.1" | "localhost" | "[::1]")
+        );
+        let port = self.pg.port().unwrap_or(5432);
+        let socket = std::path::Path::new(DIR).join(format!(".s.PGSQL.{port}"));
+        (local && socket.exists()).then(|| {
+            let mut url = self.pg.clone();
+            url.set_path(&format!("/{}", self.db_name));
+            url.set_query(Some(&format!("host={DIR}")));
+            url.into()
+        })
+    }
+
+    /// The URL of database `db` on the server.
+    fn url_of(&self, db: &str) -> String {
+        let mut url = self.pg.clone();
+        url.set_path(&format!("/{db}"));
+        url.into()
+    }
+
     fn database_url(&self) -> String {
-        format!("{}/{}", self.pg_server, self.db_name)
+        self.url_of(&self.db_name)
     }
 
     /// Drops the database (closing whatever is still connected) and deletes the namespace's keys.
     async fn cleanup(&self) {
         let dropped = async {
-            let mut conn =
-                sqlx::PgConnection::connect(&format!("{}/postgres", self.pg_server)).await?;
+            let mut conn = sqlx::PgConnection::connect(&self.url_of("postgres")).await?;
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
                 self.db_name
@@ -671,9 +697,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 // Set-up and waiting.
 
 async fn setup(names: Names, smoke: bool) -> anyhow::Result<Ctx> {
-    let mut conn = sqlx::PgConnection::connect(&format!("{}/postgres", names.pg_server))
+    let mut conn = sqlx::PgConnection::connect(&names.url_of("postgres"))
         .await
-        .with_context(|| format!("connecting to Postgres at {}", names.pg_server))?;
+        .with_context(|| format!("connecting to Postgres at {}", names.url_of("postgres")))?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         r#"CREATE DATABASE "{}""#,
         names.db_name
@@ -1190,34 +1216,97 @@ async fn part_batch_split(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Res
 
 /// The ledger writer without the queue, on a tenant of its own (so the checks of the other
 /// parts are untouched): `apply_batch` by batch size, then `StockLedger` fed by as many
-/// concurrent callers as the stock worker runs jobs at once.
+/// concurrent callers as the stock worker runs jobs at once. Over TCP as configured, and again
+/// over the server's Unix socket when there is one: a socket has no Nagle algorithm, so the
+/// difference is what the missing `TCP_NODELAY` on sqlx 0.9.0's sockets costs.
 async fn part_ledger_alone(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
-    use backroom::domain::{Delta, IdempotencyKey, Reason, Sku};
-    use backroom::workers::stock::{Adjustment, StockLedger, apply_batch};
     println!(
         "\n== 2b. the ledger alone, no queue: workers::stock::apply_batch by batch size, then StockLedger with {LEDGER_CALLERS} concurrent callers =="
     );
     let (tenant_id, _) = create_tenant(&ctx.http, &ctx.server.base, "bench-ledger").await?;
+    let configured_socket = ctx
+        .names
+        .pg
+        .query_pairs()
+        .any(|(k, v)| k == "host" && v.starts_with('/'));
+    let mut transports = vec![(
+        if configured_socket {
+            "DATABASE_URL (a Unix socket)"
+        } else {
+            "TCP"
+        },
+        ctx.names.database_url(),
+    )];
+    if !configured_socket {
+        transports.extend(ctx.names.unix_socket_url().map(|url| ("Unix socket", url)));
+    }
+    let mut rows = vec![];
+    let mut rates = vec![];
+    for (transport, url) in transports {
+        rates.push((
+            transport,
+            ledger_runs(ctx, tenant_id, transport, &url, &mut rows).await?,
+        ));
+    }
+    print_table(
+        &[
+            "ledger",
+            "adjustments",
+            "ms/txn",
+            "adjustments/s",
+            "process µs/adj.",
+            "postgres µs/adj.",
+        ],
+        &rows,
+    );
+    if rates.len() == 1 && !configured_socket {
+        println!("  (no Unix socket at /var/run/postgresql for this server: TCP only)");
+    }
+    let measured: Vec<String> = rates
+        .iter()
+        .map(|(t, r)| format!("{} adjustments/s over {t}", thousands(*r)))
+        .collect();
+    verdicts.push(Verdict {
+        target: format!("(info) ledger alone, StockLedger with {LEDGER_CALLERS} callers"),
+        measured: measured.join("; "),
+        pass: rates[0].1 >= BATCH_TARGET,
+    });
+    Ok(())
+}
+
+/// Part 2b over one transport: adds its table rows, returns the `StockLedger` rate.
+async fn ledger_runs(
+    ctx: &Ctx,
+    tenant_id: Uuid,
+    transport: &str,
+    url: &str,
+    rows: &mut Vec<Vec<String>>,
+) -> anyhow::Result<f64> {
+    use backroom::domain::{Delta, IdempotencyKey, Reason, Sku};
+    use backroom::workers::stock::{Adjustment, StockLedger, apply_batch};
     // A pool like the worker's (default size).
     let pool = PgPoolOptions::new()
         .max_connections(ctx.settings.database_max_connections)
-        .connect(&ctx.names.database_url())
+        .connect(url)
         .await?;
+    let tag: String = transport
+        .chars()
+        .filter(char::is_ascii_alphabetic)
+        .collect();
     let adjustment = |prefix: &str, i: usize| -> anyhow::Result<Adjustment> {
         Ok(Adjustment {
             tenant_id,
             sku: Sku::parse(&sku(i * 7 % PRODUCTS)).map_err(anyhow::Error::msg)?,
             delta: Delta::parse(1 + (i % 5) as i64).map_err(anyhow::Error::msg)?,
             reason: Reason::Receipt,
-            idempotency_key: IdempotencyKey::parse(&format!("{prefix}-{i}"))
+            idempotency_key: IdempotencyKey::parse(&format!("{tag}-{prefix}-{i}"))
                 .map_err(anyhow::Error::msg)?,
             reference: None,
             occurred_at: chrono::Utc::now(),
         })
     };
     let batches = if ctx.smoke { 3 } else { 20 };
-    let mut rows = vec![];
-    for size in [64, 256, 512, 1000] {
+    for size in [64, 256, 1000] {
         let items = (0..size * batches)
             .map(|i| adjustment(&format!("direct{size}"), i))
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -1230,7 +1319,7 @@ async fn part_ledger_alone(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Re
         let secs = started.elapsed().as_secs_f64();
         let cpu = ctx.cpu().since(&before);
         rows.push(vec![
-            format!("apply_batch × {size}"),
+            format!("{transport}: apply_batch × {size}"),
             thousands(items.len() as f64),
             dec(secs * 1e3 / batches as f64, 2),
             thousands(items.len() as f64 / secs),
@@ -1270,20 +1359,21 @@ async fn part_ledger_alone(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Re
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu = ctx.cpu().since(&before);
-    let (_, transactions): (i64, i64) = {
-        ctx.own_query();
-        sqlx::query_as(
-            "SELECT count(*), count(DISTINCT recorded_at) FROM stock_movements
-             WHERE tenant_id = $1 AND idempotency_key LIKE 'ledger-%'",
-        )
-        .bind(tenant_id)
-        .fetch_one(&ctx.db)
-        .await?
-    };
+    drop(ledger);
+    pool.close().await;
+    ctx.own_query();
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT recorded_at) FROM stock_movements
+         WHERE tenant_id = $1 AND idempotency_key LIKE $2",
+    )
+    .bind(tenant_id)
+    .bind(format!("{tag}-ledger-%"))
+    .fetch_one(&ctx.db)
+    .await?;
     let rate = n as f64 / secs;
     rows.push(vec![
         format!(
-            "StockLedger, {LEDGER_CALLERS} callers (avg batch {:.0})",
+            "{transport}: StockLedger, {LEDGER_CALLERS} callers (avg batch {:.0})",
             n as f64 / transactions.max(1) as f64
         ),
         thousands(n as f64),
@@ -1292,25 +1382,7 @@ async fn part_ledger_alone(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Re
         dec(cpu.process * 1e6 / n as f64, 1),
         dec(cpu.postgres * 1e6 / n as f64, 1),
     ]);
-    drop(ledger);
-    pool.close().await;
-    print_table(
-        &[
-            "ledger",
-            "adjustments",
-            "ms/txn",
-            "adjustments/s",
-            "process µs/adj.",
-            "postgres µs/adj.",
-        ],
-        &rows,
-    );
-    verdicts.push(Verdict {
-        target: format!("(info) ledger alone, StockLedger with {LEDGER_CALLERS} callers"),
-        measured: format!("{} adjustments/s", thousands(rate)),
-        pass: rate >= BATCH_TARGET,
-    });
-    Ok(())
+    Ok(rate)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1661,12 +1733,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         let names = Names::new();
-        let cleanup = Names {
-            pg_server: names.pg_server.clone(),
-            db_name: names.db_name.clone(),
-            redis_url: names.redis_url.clone(),
-            namespace: names.namespace.clone(),
-        };
+        let cleanup = names.clone();
         let started = Instant::now();
         let outcome = tokio::select! {
             r = run(names, smoke) => r,

@@ -58,9 +58,28 @@ pub struct Settings {
     /// `BACKROOM_INVOICE_FONT_DIR`: a directory with `DejaVuSans.ttf` and `DejaVuSans-Bold.ttf`
     /// to use instead of the fonts built into the binary.
     pub invoice_font_dir: Option<std::path::PathBuf>,
+    /// `BACKROOM_MAX_IMPORT_BYTES`: the largest sales CSV upload (default 64 MiB).
+    pub max_import_bytes: usize,
+    /// Nightly forecasting.
+    pub forecast: ForecastSettings,
     /// `BACKROOM_JOB_LEASE_SECS`, `BACKROOM_RETENTION_SUCCEEDED_SECS`,
     /// `BACKROOM_RETENTION_DEAD_SECS`, `BACKROOM_IDEMPOTENCY_RETENTION_SECS`.
     pub queue: QueueSettings,
+}
+
+/// Nightly forecasting settings.
+#[derive(Debug, Clone)]
+pub struct ForecastSettings {
+    /// `BACKROOM_FORECAST_CRON`: when nightly runs start, a cron expression with seconds, in UTC
+    /// (default `0 0 2 * * *`, 02:00).
+    pub cron: String,
+    /// `BACKROOM_FORECAST_HORIZON_DAYS`: days a nightly run forecasts (default 28).
+    pub horizon_days: i32,
+    /// `BACKROOM_FORECAST_SERVICE_LEVEL`: the chance of not running out during a lead time that
+    /// reorder advice plans for (default 0.95).
+    pub service_level: f64,
+    /// `BACKROOM_FORECAST_KEEP_RUNS`: finished runs kept per tenant for comparison (default 30).
+    pub keep_runs: i64,
 }
 
 impl Settings {
@@ -186,6 +205,57 @@ impl Settings {
             "a whole number",
         )?;
         let invoice_font_dir = get("BACKROOM_INVOICE_FONT_DIR").map(std::path::PathBuf::from);
+        let max_import_bytes: usize = parse_or(
+            get("BACKROOM_MAX_IMPORT_BYTES"),
+            "BACKROOM_MAX_IMPORT_BYTES",
+            "67108864",
+            "a number of bytes",
+        )?;
+        let cron = get("BACKROOM_FORECAST_CRON").unwrap_or_else(|| "0 0 2 * * *".into());
+        if let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(&cron) {
+            return Err(SettingsError {
+                var: "BACKROOM_FORECAST_CRON",
+                message: format!(
+                    "'{cron}' is not a cron expression with seconds, e.g. '0 0 2 * * *' ({e})"
+                ),
+            });
+        }
+        let horizon_days: i32 = parse_or(
+            get("BACKROOM_FORECAST_HORIZON_DAYS"),
+            "BACKROOM_FORECAST_HORIZON_DAYS",
+            "28",
+            "a whole number of days",
+        )?;
+        if !(1..=365).contains(&horizon_days) {
+            return Err(SettingsError {
+                var: "BACKROOM_FORECAST_HORIZON_DAYS",
+                message: "must be between 1 and 365".into(),
+            });
+        }
+        let service_level: f64 = parse_or(
+            get("BACKROOM_FORECAST_SERVICE_LEVEL"),
+            "BACKROOM_FORECAST_SERVICE_LEVEL",
+            "0.95",
+            "a probability such as 0.95",
+        )?;
+        if !(0.5..=0.9999).contains(&service_level) {
+            return Err(SettingsError {
+                var: "BACKROOM_FORECAST_SERVICE_LEVEL",
+                message: "must be between 0.5 and 0.9999".into(),
+            });
+        }
+        let keep_runs: i64 = parse_or(
+            get("BACKROOM_FORECAST_KEEP_RUNS"),
+            "BACKROOM_FORECAST_KEEP_RUNS",
+            "30",
+            "a whole number",
+        )?;
+        if keep_runs < 1 {
+            return Err(SettingsError {
+                var: "BACKROOM_FORECAST_KEEP_RUNS",
+                message: "must be at least 1".into(),
+            });
+        }
 
         let redis_namespace = get("BACKROOM_REDIS_NAMESPACE").unwrap_or_else(|| "backroom".into());
         if !redis_namespace
@@ -234,6 +304,13 @@ impl Settings {
             mail_from,
             emails_per_minute,
             invoice_font_dir,
+            max_import_bytes,
+            forecast: ForecastSettings {
+                cron,
+                horizon_days,
+                service_level,
+                keep_runs,
+            },
             queue,
         })
     }

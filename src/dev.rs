@@ -34,6 +34,7 @@ pub async fn run() -> anyhow::Result<()> {
     let pool = app.state().db.clone();
     db::migrate(&pool).await?;
     let demo_key = demo_tenant_key(&pool).await?;
+    seed_demo_sales(&app.state().db, &app.state().queues, &settings).await?;
 
     let base = format!("http://127.0.0.1:{}", app.port());
     println!();
@@ -69,6 +70,50 @@ pub async fn run() -> anyhow::Result<()> {
     let serve = app.run_until(stopped(stop_rx));
     let (served, worked, scheduled) = tokio::join!(serve, work, schedule);
     served.and(worked).and(scheduled)
+}
+
+/// SKUs and days of generated sales history the demo tenant starts with.
+const DEMO_SKUS: usize = 300;
+const DEMO_DAYS: usize = 730;
+
+/// Gives a demo tenant without products two years of generated sales for a few hundred SKUs,
+/// and queues a forecast run so the dashboard has forecasts to show.
+async fn seed_demo_sales(
+    pool: &sqlx::PgPool,
+    queues: &crate::queue::Queues,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let tenant_id = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", DEMO_SLUG)
+        .fetch_one(pool)
+        .await?;
+    let products = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM products WHERE tenant_id = $1"#,
+        tenant_id
+    )
+    .fetch_one(pool)
+    .await?;
+    if products > 0 {
+        return Ok(());
+    }
+    let yesterday = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+    let skus = crate::forecast::demo::generate(DEMO_SKUS, DEMO_DAYS, yesterday, 2026);
+    crate::forecast::demo::load(pool, tenant_id, &skus)
+        .await
+        .context("while loading the demo sales history")?;
+    let (run_id, _) = workers::forecasts::start_run(
+        pool,
+        queues,
+        tenant_id,
+        workers::forecasts::Trigger::Api,
+        settings.forecast.horizon_days,
+        None,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("starting the demo forecast: {e}"))?;
+    println!(
+        "  demo data      {DEMO_SKUS} SKUs x {DEMO_DAYS} days of sales; forecast run {run_id} queued"
+    );
+    Ok(())
 }
 
 /// Creates the demo tenant, or gives the existing one a new key (keys are shown only once).

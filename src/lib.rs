@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod dev;
 pub mod domain;
+pub mod forecast;
 pub mod outbox;
 pub mod queue;
 pub mod redis_conn;

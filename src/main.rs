@@ -42,6 +42,40 @@ enum Command {
     /// Everything in one process for a laptop: migrate, API, workers and scheduler, plus a demo
     /// tenant whose API key is printed.
     Dev,
+    /// Demand forecasting for analysts.
+    Forecast {
+        #[command(subcommand)]
+        command: ForecastCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ForecastCommand {
+    /// Score every model and the per-series choice on a series file: the last HORIZON points of
+    /// each series are held out and models are chosen on the rest, as a nightly run would.
+    Backtest {
+        /// CSV with header `series_id,period,value` (rows in any order).
+        #[arg(long)]
+        csv: std::path::PathBuf,
+        /// Season length (7 for daily data with a weekly pattern, 12 monthly, 52 weekly).
+        #[arg(long)]
+        season: usize,
+        /// Points to forecast and hold out.
+        #[arg(long)]
+        horizon: usize,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a tenant's forecast now, in this process, and print where its results are.
+    Run {
+        /// The tenant's slug.
+        #[arg(long)]
+        tenant: String,
+        /// Days to forecast (default BACKROOM_FORECAST_HORIZON_DAYS).
+        #[arg(long)]
+        horizon: Option<i32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -75,6 +109,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A progress bar on stderr.
+fn progress_bar(what: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {bar:40} {pos}/{len} [{elapsed_precise}, eta {eta}]",
+        )
+        .expect("a valid template"),
+    );
+    bar.set_message(what);
+    bar
 }
 
 fn log_from_env() {
@@ -141,5 +188,68 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev => backroom::dev::run().await,
+        Command::Forecast {
+            command:
+                ForecastCommand::Backtest {
+                    csv,
+                    season,
+                    horizon,
+                    json,
+                },
+        } => {
+            anyhow::ensure!(season >= 1, "--season must be at least 1");
+            anyhow::ensure!(horizon >= 1, "--horizon must be at least 1");
+            let series = backroom::forecast::evaluate::read_series_file(&csv)?;
+            let bar = progress_bar("backtesting series");
+            let report = tokio::task::spawn_blocking(move || {
+                backroom::forecast::evaluate::backtest(series, season, horizon, &|done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                })
+            })
+            .await??;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", backroom::forecast::evaluate::render_table(&report));
+            }
+            Ok(())
+        }
+        Command::Forecast {
+            command: ForecastCommand::Run { tenant, horizon },
+        } => {
+            let settings = Settings::from_env()?;
+            log_from_env();
+            let pool = db::pool(&settings.database_url, 4)?;
+            let tenant_id = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", tenant)
+                .fetch_optional(&pool)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no tenant '{tenant}'"))?;
+            use backroom::workers::forecasts;
+            let horizon = horizon.unwrap_or(settings.forecast.horizon_days);
+            anyhow::ensure!(
+                (1..=365).contains(&horizon),
+                "--horizon must be between 1 and 365"
+            );
+            let run_id =
+                forecasts::create_run(&pool, tenant_id, forecasts::Trigger::Cli, horizon, None)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("creating the run: {e}"))?;
+            let bar = progress_bar("forecasting SKUs");
+            forecasts::run_in_process(
+                &pool,
+                settings.forecast.service_level,
+                tenant_id,
+                run_id,
+                |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            )
+            .await?;
+            bar.finish();
+            println!("forecast run {run_id} finished; GET /v1/forecasts/runs/{run_id}");
+            Ok(())
+        }
     }
 }

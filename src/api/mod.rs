@@ -9,6 +9,7 @@ mod dashboard;
 pub mod emails;
 pub mod error;
 pub mod extract;
+pub mod forecasts;
 mod health;
 pub mod jobs;
 pub mod metrics;
@@ -118,6 +119,11 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(orders::get_invoice_pdf))
         .routes(routes!(emails::send_email))
         .routes(routes!(emails::get_email))
+        .routes(routes!(forecasts::import_sales))
+        .routes(routes!(forecasts::get_import))
+        .routes(routes!(forecasts::create_run))
+        .routes(routes!(forecasts::get_run))
+        .routes(routes!(forecasts::get_product_forecast))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::list_queues))
         .routes(routes!(jobs::list_jobs))

@@ -44,6 +44,8 @@ pub enum EmailJob {
     },
     /// An email a tenant asked for through `POST /v1/emails` (its row holds the content).
     Requested { tenant_id: Uuid, email_id: Uuid },
+    /// After a nightly forecast run: the SKUs due to reorder, to the tenant's `alert_email`.
+    ReorderDigest { tenant_id: Uuid, run_id: Uuid },
 }
 
 impl EmailJob {
@@ -52,6 +54,7 @@ impl EmailJob {
             EmailJob::Invoice { .. } => "invoice_email",
             EmailJob::LowStock { .. } => "low_stock_alert",
             EmailJob::Requested { .. } => "requested_email",
+            EmailJob::ReorderDigest { .. } => "reorder_digest",
         }
     }
 
@@ -59,7 +62,8 @@ impl EmailJob {
         match self {
             EmailJob::Invoice { tenant_id, .. }
             | EmailJob::LowStock { tenant_id, .. }
-            | EmailJob::Requested { tenant_id, .. } => *tenant_id,
+            | EmailJob::Requested { tenant_id, .. }
+            | EmailJob::ReorderDigest { tenant_id, .. } => *tenant_id,
         }
     }
 }
@@ -150,6 +154,14 @@ fn templates() -> &'static minijinja::Environment<'static> {
             (
                 "low_stock.html.j2",
                 include_str!("../../templates/emails/low_stock.html.j2"),
+            ),
+            (
+                "reorder_digest.txt.j2",
+                include_str!("../../templates/emails/reorder_digest.txt.j2"),
+            ),
+            (
+                "reorder_digest.html.j2",
+                include_str!("../../templates/emails/reorder_digest.html.j2"),
             ),
         ] {
             env.add_template(name, source).expect("templates parse");
@@ -337,6 +349,9 @@ async fn prepare(deps: &EmailDeps, job: &EmailJob) -> Result<Option<Prepared>, J
             reorder_point,
             crossing,
         } => prepare_low_stock(deps, *tenant_id, sku, *on_hand, *reorder_point, crossing).await,
+        EmailJob::ReorderDigest { tenant_id, run_id } => {
+            prepare_reorder_digest(deps, *tenant_id, *run_id).await
+        }
     }
 }
 
@@ -503,6 +518,65 @@ async fn prepare_low_stock(
         &format!("low-stock:{sku}:{crossing}"),
         &alert_email,
         &format!("Low stock: {sku} at {on_hand} (reorder point {reorder_point})"),
+        bodies,
+        None,
+    )
+    .await
+    .map(Some)
+}
+
+/// The digest of a forecast run's SKUs due to reorder (none due: no email).
+async fn prepare_reorder_digest(
+    deps: &EmailDeps,
+    tenant_id: Uuid,
+    run_id: Uuid,
+) -> Result<Option<Prepared>, JobError> {
+    let tenant = sqlx::query!(
+        "SELECT name, alert_email FROM tenants WHERE id = $1",
+        tenant_id
+    )
+    .fetch_optional(&deps.db)
+    .await?
+    .ok_or_else(|| JobError::permanent("the tenant no longer exists"))?;
+    let Some(alert_email) = tenant.alert_email else {
+        return Ok(None);
+    };
+    let due = sqlx::query!(
+        r#"SELECT r.sku, p.name, r.on_hand, r.reorder_point, r.order_quantity, r.stockout_date, r.model
+           FROM forecast_results r JOIN products p ON p.tenant_id = r.tenant_id AND p.sku = r.sku
+           WHERE r.run_id = $1 AND r.tenant_id = $2 AND r.on_hand <= r.reorder_point
+           ORDER BY r.stockout_date NULLS LAST, r.sku"#,
+        run_id,
+        tenant_id
+    )
+    .fetch_all(&deps.db)
+    .await?;
+    if due.is_empty() {
+        return Ok(None);
+    }
+    let rows: Vec<minijinja::Value> = due
+        .iter()
+        .map(|r| {
+            minijinja::context! {
+                sku => r.sku, name => r.name, on_hand => r.on_hand,
+                reorder_point => r.reorder_point, order_quantity => r.order_quantity,
+                stockout_date => r.stockout_date.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+                model => r.model,
+            }
+        })
+        .collect();
+    let bodies = render(
+        "reorder_digest",
+        minijinja::context! { seller => tenant.name, count => due.len(), rows => rows },
+    )
+    .map_err(|e| JobError::permanent(format!("template: {e:#}")))?;
+    record(
+        deps,
+        tenant_id,
+        "reorder_digest",
+        &format!("reorder-digest:{run_id}"),
+        &alert_email,
+        &format!("{} SKUs due to reorder at {}", due.len(), tenant.name),
         bodies,
         None,
     )

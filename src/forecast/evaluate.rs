@@ -1,0 +1,298 @@
+//! `backroom forecast backtest`: scores the models and the per-series choice on any regular
+//! series file (`series_id,period,value`), holding out the last `horizon` points of every series
+//! and choosing on the data before them exactly as a nightly run would ([`pipeline`]).
+//!
+//! Periods may be integers or dates (sorted as such) or any text (sorted as text); the rows may
+//! come in any order. Each series' points are ranked by period across the whole file, so series
+//! that share a calendar share the phase of their season.
+
+use super::features::{self, Series};
+use super::metrics;
+use super::models::ModelKind;
+use super::pipeline::{self, Described, RunSettings};
+use polars::prelude::*;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Mean scores over the series where each is defined.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct MeanScores {
+    pub mase: Option<f64>,
+    pub smape: Option<f64>,
+    pub rmsse: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChosenScores {
+    pub mase: Option<f64>,
+    pub smape: Option<f64>,
+    pub rmsse: Option<f64>,
+    /// How many series chose each model.
+    pub models: BTreeMap<String, usize>,
+}
+
+/// The report `--json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub series: usize,
+    /// Series left out because they are not longer than the horizon.
+    pub skipped: usize,
+    pub seconds: f64,
+    pub models: BTreeMap<String, MeanScores>,
+    pub chosen: ChosenScores,
+}
+
+#[derive(Default)]
+struct Sums {
+    mase: (f64, usize),
+    smape: (f64, usize),
+    rmsse: (f64, usize),
+}
+
+impl Sums {
+    fn add(&mut self, s: &metrics::Scores) {
+        let push = |slot: &mut (f64, usize), v: Option<f64>| {
+            if let Some(v) = v.filter(|v| v.is_finite()) {
+                slot.0 += v;
+                slot.1 += 1;
+            }
+        };
+        push(&mut self.mase, s.mase);
+        push(&mut self.smape, Some(s.smape));
+        push(&mut self.rmsse, s.rmsse);
+    }
+
+    fn mean(&self) -> MeanScores {
+        let m = |(s, n): (f64, usize)| (n > 0).then(|| s / n as f64);
+        MeanScores {
+            mase: m(self.mase),
+            smape: m(self.smape),
+            rmsse: m(self.rmsse),
+        }
+    }
+}
+
+/// Reads a `series_id,period,value` file into series ordered by period.
+pub fn read_series_file(path: &std::path::Path) -> anyhow::Result<Vec<Series>> {
+    let frame = CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(Some(0))
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))?
+        .finish()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for needed in ["series_id", "period", "value"] {
+        anyhow::ensure!(
+            frame
+                .get_column_names()
+                .iter()
+                .any(|c| c.as_str() == needed),
+            "{}: missing column `{needed}` (expected `series_id,period,value`)",
+            path.display()
+        );
+    }
+    let period = col("period");
+    let as_int = period.clone().cast(DataType::Int64);
+    let as_date = period
+        .clone()
+        .str()
+        .to_date(StrptimeOptions {
+            format: Some("%Y-%m-%d".into()),
+            strict: false,
+            exact: true,
+            cache: true,
+        })
+        .cast(DataType::Int64);
+    let lazy = frame.lazy().with_columns([
+        as_int.alias("period_int"),
+        as_date.alias("period_date"),
+        col("value").cast(DataType::Float64).alias(features::Y),
+    ]);
+    let probe = lazy
+        .clone()
+        .select([
+            col("period_int").null_count().alias("int_nulls"),
+            col("period_date").null_count().alias("date_nulls"),
+            col(features::Y).null_count().alias("value_nulls"),
+        ])
+        .collect()?;
+    let nulls = |name: &str| -> anyhow::Result<u64> {
+        Ok(probe
+            .column(name)?
+            .cast(&DataType::UInt64)?
+            .u64()?
+            .get(0)
+            .unwrap_or(0))
+    };
+    anyhow::ensure!(
+        nulls("value_nulls")? == 0,
+        "{}: {} values are not numbers",
+        path.display(),
+        nulls("value_nulls")?
+    );
+    let key = if nulls("int_nulls")? == 0 {
+        col("period_int")
+    } else if nulls("date_nulls")? == 0 {
+        col("period_date")
+    } else {
+        col("period")
+    };
+    let ranked = lazy
+        .with_column(
+            (key.rank(
+                RankOptions {
+                    method: RankMethod::Dense,
+                    descending: false,
+                },
+                None,
+            )
+            .cast(DataType::Int32)
+                - lit(1))
+            .alias(features::T),
+        )
+        .select([
+            col("series_id").alias(features::SERIES),
+            col(features::T),
+            col(features::Y),
+        ])
+        .sort(
+            [features::SERIES, features::T],
+            SortMultipleOptions::default(),
+        );
+    Ok(features::collect_series(ranked)?)
+}
+
+/// Runs the backtest over `series`; `progress(done, total)` is called as series finish.
+pub fn backtest(
+    series: Vec<Series>,
+    season: usize,
+    horizon: usize,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let settings = RunSettings::new(season, horizon);
+    let total = series.len();
+    let (kept, skipped): (Vec<Series>, Vec<Series>) =
+        series.into_iter().partition(|s| s.values.len() > horizon);
+    // The training part of each series, described exactly as a run describes its panel.
+    let mut ids = vec![];
+    let mut ts = vec![];
+    let mut ys = vec![];
+    for s in &kept {
+        for (i, v) in s.values[..s.values.len() - horizon].iter().enumerate() {
+            ids.push(s.id.clone());
+            ts.push(s.start + i as i32);
+            ys.push(*v);
+        }
+    }
+    let described = pipeline::describe(features::panel_from_rows(ids, ts, ys)?, season)?;
+    let actual: BTreeMap<&str, &[f64]> = kept
+        .iter()
+        .map(|s| (s.id.as_str(), &s.values[s.values.len() - horizon..]))
+        .collect();
+    let ids: Vec<String> = described.iter().map(|d| d.series.id.clone()).collect();
+    let sample_ids: std::collections::HashSet<String> =
+        pipeline::training_sample(&ids).into_iter().collect();
+    let sample: Vec<Described> = described
+        .iter()
+        .filter(|d| sample_ids.contains(&d.series.id))
+        .cloned()
+        .collect();
+    let artifacts = pipeline::train(
+        &sample,
+        &settings,
+        described.len() > pipeline::BACKTEST_ALL_UP_TO,
+    );
+
+    let kinds: Vec<ModelKind> = ModelKind::ALL
+        .into_iter()
+        .filter(|k| k.is_local() || settings.global)
+        .collect();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    progress(0, described.len());
+    let per_series: Vec<(Vec<metrics::Scores>, metrics::Scores, ModelKind)> = {
+        use rayon::prelude::*;
+        described
+            .par_iter()
+            .map(|d| {
+                let truth = actual[d.series.id.as_str()];
+                let train = &d.series.values;
+                let each = kinds
+                    .iter()
+                    .map(|&k| {
+                        let (f, _) = pipeline::forecast_with(k, d, &artifacts, &settings);
+                        metrics::score(train, truth, &f.point, season)
+                    })
+                    .collect();
+                let outcome = pipeline::forecast_one(d, &artifacts, &settings);
+                let chosen = metrics::score(train, truth, &outcome.forecast.point, season);
+                progress(
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                    described.len(),
+                );
+                (each, chosen, outcome.model)
+            })
+            .collect()
+    };
+    let mut model_sums: Vec<Sums> = kinds.iter().map(|_| Sums::default()).collect();
+    let mut chosen_sums = Sums::default();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (each, chosen, model) in &per_series {
+        for (sums, s) in model_sums.iter_mut().zip(each) {
+            sums.add(s);
+        }
+        chosen_sums.add(chosen);
+        *counts.entry(model.name().to_string()).or_default() += 1;
+    }
+    let chosen = chosen_sums.mean();
+    Ok(Report {
+        series: per_series.len(),
+        skipped: skipped.len() + (total - skipped.len() - kept.len()),
+        seconds: started.elapsed().as_secs_f64(),
+        models: kinds
+            .iter()
+            .zip(&model_sums)
+            .map(|(k, s)| (k.name().to_string(), s.mean()))
+            .collect(),
+        chosen: ChosenScores {
+            mase: chosen.mase,
+            smape: chosen.smape,
+            rmsse: chosen.rmsse,
+            models: counts,
+        },
+    })
+}
+
+/// The report as a table for people.
+pub fn render_table(report: &Report) -> String {
+    let cell = |v: Option<f64>| {
+        v.map(|v| format!("{v:>8.3}"))
+            .unwrap_or_else(|| "       -".into())
+    };
+    let mut out = format!(
+        "{} series ({} skipped), {:.1} s\n{:<16} {:>8} {:>8} {:>8}\n",
+        report.series, report.skipped, report.seconds, "model", "MASE", "sMAPE", "RMSSE"
+    );
+    for (name, s) in &report.models {
+        out.push_str(&format!(
+            "{name:<16} {} {} {}\n",
+            cell(s.mase),
+            cell(s.smape),
+            cell(s.rmsse)
+        ));
+    }
+    let c = &report.chosen;
+    out.push_str(&format!(
+        "{:<16} {} {} {}\nchosen models: {}\n",
+        "chosen mix",
+        cell(c.mase),
+        cell(c.smape),
+        cell(c.rmsse),
+        c.models
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    out
+}

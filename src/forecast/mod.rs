@@ -1,0 +1,18 @@
+//! Demand forecasting: sales history in ([`history`], the imports worker), features in polars
+//! ([`features`]), per-series models ([`models`]) and a global model across SKUs ([`global`]),
+//! choice by rolling-origin backtest ([`backtest`], [`metrics`]) or, in big runs, by a decision
+//! tree trained on backtests ([`chooser`]), all tied together by [`pipeline`]; reorder advice
+//! from the forecasts ([`reorder`]) and the analysts' backtest CLI ([`evaluate`]). The queue
+//! jobs that run it per tenant live in `workers::forecasts`.
+
+pub mod backtest;
+pub mod chooser;
+pub mod demo;
+pub mod evaluate;
+pub mod features;
+pub mod global;
+pub mod history;
+pub mod metrics;
+pub mod models;
+pub mod pipeline;
+pub mod reorder;

@@ -1,0 +1,517 @@
+//! The forecasting pipeline that nightly runs, API runs and the analysts' CLI share, so that
+//! `backroom forecast backtest` chooses models exactly as a nightly run would.
+//!
+//! 1. **Describe** a panel (polars): each series with its descriptors.
+//! 2. **Train** what the whole run shares, on a sample of series: the global Tweedie model (one
+//!    fit per backtest origin, so its backtest never sees the data it is scored on, plus one on
+//!    all the data), and, for runs too big to backtest every SKU, a decision tree that learns
+//!    from the sample's backtests which model wins given the descriptors.
+//! 3. **Forecast** each series: a rolling-origin backtest over the last `folds` horizons picks
+//!    the model by MASE (RMSSE for intermittent series) among every model — or, in big runs,
+//!    between the tree's pick and the seasonal-naive baseline — and the chosen model forecasts
+//!    the horizon. A model that fails or panics falls back to the baseline for that series.
+
+use super::backtest::{self, ModelScore};
+use super::chooser::{self, Chooser};
+use super::features::{self, Series};
+use super::global::{self, GlobalModel};
+use super::metrics;
+use super::models::{self, Forecast, ModelKind};
+use polars::prelude::*;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+/// Level of the prediction intervals stored with every forecast.
+pub const INTERVAL_LEVEL: f64 = 0.95;
+/// Backtest origins per series: the last two horizons.
+pub const FOLDS: usize = 2;
+/// Series backtested in full to train the shared models.
+pub const TRAINING_SAMPLE: usize = 400;
+/// Runs with at most this many series backtest every model on every series; bigger runs let
+/// the decision tree shortlist each series' model.
+pub const BACKTEST_ALL_UP_TO: usize = 1000;
+
+/// The parameters of one run.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub season: usize,
+    pub horizon: usize,
+    pub folds: usize,
+    /// Whether the global model takes part (its weekday features need a 7-period season).
+    pub global: bool,
+}
+
+impl RunSettings {
+    pub fn new(season: usize, horizon: usize) -> Self {
+        RunSettings {
+            season: season.max(1),
+            horizon: horizon.max(1),
+            folds: FOLDS,
+            global: season == 7,
+        }
+    }
+}
+
+/// A series and its descriptors (in [`chooser::DESCRIPTORS`] order).
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub series: Series,
+    pub descriptors: [f64; 6],
+}
+
+/// Collects a panel into described series (series without values are skipped).
+pub fn describe(panel: LazyFrame, season: usize) -> PolarsResult<Vec<Described>> {
+    let panel = panel.cache();
+    let table = features::descriptors(panel.clone(), season)?.collect()?;
+    let ids = table.column(features::SERIES)?.str()?;
+    let mut by_id = std::collections::HashMap::new();
+    let columns: Vec<&Float64Chunked> = chooser::DESCRIPTORS
+        .iter()
+        .map(|name| table.column(name).and_then(|c| c.f64()))
+        .collect::<PolarsResult<_>>()?;
+    for (row, id) in ids.iter().enumerate() {
+        let mut d = [0.0; 6];
+        for (slot, column) in d.iter_mut().zip(&columns) {
+            *slot = column.get(row).unwrap_or(0.0);
+        }
+        if let Some(id) = id {
+            by_id.insert(id.to_string(), d);
+        }
+    }
+    Ok(features::collect_series(panel)?
+        .into_iter()
+        .filter(|s| !s.values.is_empty())
+        .map(|series| Described {
+            descriptors: by_id.get(&series.id).copied().unwrap_or([0.0; 6]),
+            series,
+        })
+        .collect())
+}
+
+/// An evenly spread sample of at most [`TRAINING_SAMPLE`] ids, deterministic for a given list.
+pub fn training_sample(ids: &[String]) -> Vec<String> {
+    if ids.len() <= TRAINING_SAMPLE {
+        return ids.to_vec();
+    }
+    (0..TRAINING_SAMPLE)
+        .map(|i| ids[i * ids.len() / TRAINING_SAMPLE].clone())
+        .collect()
+}
+
+/// What every chunk of a run shares.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Artifacts {
+    /// `global_backtest[i]` was fitted with the last `folds − i` horizons of every series cut
+    /// off: the model that backtest origin `i` may use.
+    pub global_backtest: Vec<Option<GlobalModel>>,
+    /// Fitted on all the history: the one that forecasts.
+    pub global_final: Option<GlobalModel>,
+    pub chooser: Option<Chooser>,
+    /// Share of the sample whose winner the tree predicts (on the sample it learnt from).
+    pub chooser_accuracy: Option<f64>,
+    pub sample_size: usize,
+}
+
+/// Fits the global model on `sample` with the last `cut` periods of each series removed.
+fn fit_global(sample: &[Described], settings: &RunSettings, cut: usize) -> Option<GlobalModel> {
+    let mut ids = vec![];
+    let mut ts = vec![];
+    let mut ys = vec![];
+    for d in sample {
+        let n = d.series.values.len().saturating_sub(cut);
+        for (i, v) in d.series.values[..n].iter().enumerate() {
+            ids.push(d.series.id.clone());
+            ts.push(d.series.start + i as i32);
+            ys.push(*v);
+        }
+    }
+    let panel = features::panel_from_rows(ids, ts, ys).ok()?;
+    let (x, y) = features::global_training_rows(panel, settings.horizon).ok()?;
+    match catch_unwind(AssertUnwindSafe(|| {
+        global::fit(&x, &y, settings.horizon, 1.5)
+    })) {
+        Ok(Ok(model)) => Some(model),
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, cut, "no global model for this cut");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(cut, "the global model's fit panicked; running without it");
+            None
+        }
+    }
+}
+
+/// Trains the run's shared models on `sample`; `use_chooser` when the run is too big to
+/// backtest every model on every series.
+pub fn train(sample: &[Described], settings: &RunSettings, use_chooser: bool) -> Artifacts {
+    let mut artifacts = Artifacts {
+        sample_size: sample.len(),
+        ..Default::default()
+    };
+    if settings.global {
+        artifacts.global_backtest = (1..=settings.folds)
+            .rev()
+            .map(|k| fit_global(sample, settings, k * settings.horizon))
+            .collect();
+        artifacts.global_final = fit_global(sample, settings, 0);
+    }
+    if use_chooser {
+        let labelled: Vec<([f64; 6], usize)> = sample
+            .par_iter()
+            .filter_map(|d| {
+                let scores = all_scores(d, &artifacts, settings);
+                (!scores.is_empty()).then(|| {
+                    let winner = backtest::choose(&scores, is_intermittent(d));
+                    (d.descriptors, winner.index())
+                })
+            })
+            .collect();
+        let (x, winners): (Vec<[f64; 6]>, Vec<usize>) = labelled.into_iter().unzip();
+        match chooser::train(&x, &winners, ModelKind::ALL.len()) {
+            Ok(tree) => {
+                artifacts.chooser_accuracy = tree.accuracy(&x, &winners).ok();
+                artifacts.chooser = Some(tree);
+            }
+            Err(e) => tracing::info!(error = %e, "no model chooser; every series is backtested"),
+        }
+    }
+    artifacts
+}
+
+fn is_intermittent(d: &Described) -> bool {
+    backtest::is_intermittent(&d.series.values)
+}
+
+fn first_weekday(series: &Series) -> u32 {
+    (series.start + 3).rem_euclid(7) as u32
+}
+
+/// The global model's forecast of `steps` periods after `y` (a prefix of `series`).
+fn global_forecast(
+    model: &GlobalModel,
+    series: &Series,
+    y: &[f64],
+    steps: usize,
+) -> Result<Forecast, String> {
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        global::forecast_series(model, y, steps, first_weekday(series), INTERVAL_LEVEL)
+    }));
+    match run {
+        Ok(Ok(f)) => Ok(Forecast {
+            point: f.point,
+            lower: f.lower,
+            upper: f.upper,
+        }),
+        Ok(Err(e)) => Err(format!("global_tweedie: {e}")),
+        Err(_) => Err("global_tweedie panicked".into()),
+    }
+}
+
+/// The global model's backtest score on one series (None when it cannot take part).
+fn global_score(
+    d: &Described,
+    artifacts: &Artifacts,
+    settings: &RunSettings,
+) -> Option<ModelScore> {
+    let y = &d.series.values;
+    let cuts = backtest::origins(
+        y.len(),
+        settings.horizon,
+        settings.folds,
+        backtest::min_train(settings.season),
+    );
+    if cuts.is_empty() || artifacts.global_backtest.is_empty() {
+        return None;
+    }
+    let (mut mase, mut rmsse, mut smape) = (vec![], vec![], vec![]);
+    let mut failures = 0;
+    for &t in &cuts {
+        // Origin t cut k = (n − t) / horizon horizons off; its model is global_backtest[folds − k].
+        let k = (y.len() - t) / settings.horizon;
+        let model = artifacts
+            .global_backtest
+            .get(settings.folds.checked_sub(k)?)?
+            .as_ref()?;
+        let (train, actual) = (&y[..t], &y[t..t + settings.horizon]);
+        let point = match global_forecast(model, &d.series, train, settings.horizon) {
+            Ok(f) => f.point,
+            Err(_) => {
+                failures += 1;
+                models::forecast_or_baseline(
+                    ModelKind::SeasonalNaive,
+                    train,
+                    settings.season,
+                    settings.horizon,
+                    INTERVAL_LEVEL,
+                )
+                .0
+                .point
+            }
+        };
+        let s = metrics::score(train, actual, &point, settings.season);
+        mase.extend(s.mase);
+        rmsse.extend(s.rmsse);
+        smape.push(s.smape);
+    }
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    Some(ModelScore {
+        model: ModelKind::GlobalTweedie,
+        mase: mean(&mase),
+        rmsse: mean(&rmsse),
+        smape: mean(&smape).unwrap_or(200.0),
+        failures,
+    })
+}
+
+/// Backtest scores of `kinds` on one series (the global model scored from the artifacts).
+fn scores_of(
+    d: &Described,
+    kinds: &[ModelKind],
+    artifacts: &Artifacts,
+    settings: &RunSettings,
+) -> Vec<ModelScore> {
+    let local: Vec<ModelKind> = kinds.iter().copied().filter(|k| k.is_local()).collect();
+    let mut scores = backtest::backtest_local(
+        &d.series.values,
+        settings.season,
+        settings.horizon,
+        settings.folds,
+        &local,
+    );
+    if kinds.contains(&ModelKind::GlobalTweedie)
+        && let Some(s) = global_score(d, artifacts, settings)
+    {
+        scores.push(s);
+    }
+    scores
+}
+
+fn all_scores(d: &Described, artifacts: &Artifacts, settings: &RunSettings) -> Vec<ModelScore> {
+    scores_of(d, &ModelKind::ALL, artifacts, settings)
+}
+
+/// One series' outcome.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub id: String,
+    pub model: ModelKind,
+    /// `backtest`, `classifier` or `fallback`.
+    pub chosen_by: &'static str,
+    pub fallback_reason: Option<String>,
+    pub scores: Vec<ModelScore>,
+    /// The backtest score of the model that forecast.
+    pub chosen: ModelScore,
+    pub forecast: Forecast,
+    pub history_len: usize,
+}
+
+impl Outcome {
+    /// Every model's backtest scores, by model name.
+    pub fn scores_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for s in &self.scores {
+            map.insert(
+                s.model.name().to_string(),
+                serde_json::json!({"mase": s.mase, "rmsse": s.rmsse, "smape": s.smape, "failures": s.failures}),
+            );
+        }
+        serde_json::Value::Object(map)
+    }
+}
+
+/// The forecast of `kind` for the whole series, or the baseline and the reason it was needed.
+pub fn forecast_with(
+    kind: ModelKind,
+    d: &Described,
+    artifacts: &Artifacts,
+    settings: &RunSettings,
+) -> (Forecast, Option<String>) {
+    let y = &d.series.values;
+    if kind == ModelKind::GlobalTweedie {
+        let attempt = match &artifacts.global_final {
+            Some(model) => global_forecast(model, &d.series, y, settings.horizon),
+            None => Err("global_tweedie: no global model in this run".into()),
+        };
+        return match attempt {
+            Ok(f) => (f, None),
+            Err(reason) => {
+                let (f, _) = models::forecast_or_baseline(
+                    ModelKind::SeasonalNaive,
+                    y,
+                    settings.season,
+                    settings.horizon,
+                    INTERVAL_LEVEL,
+                );
+                (f, Some(reason))
+            }
+        };
+    }
+    models::forecast_or_baseline(kind, y, settings.season, settings.horizon, INTERVAL_LEVEL)
+}
+
+/// Chooses one series' model and forecasts with it.
+pub fn forecast_one(d: &Described, artifacts: &Artifacts, settings: &RunSettings) -> Outcome {
+    let intermittent = is_intermittent(d);
+    let (scores, chosen_by) = match &artifacts.chooser {
+        Some(tree) => {
+            let pick = ModelKind::from_index(tree.predict(&d.descriptors))
+                .unwrap_or(ModelKind::SeasonalNaive);
+            let mut kinds = vec![ModelKind::SeasonalNaive];
+            if pick != ModelKind::SeasonalNaive {
+                kinds.push(pick);
+            }
+            (scores_of(d, &kinds, artifacts, settings), "classifier")
+        }
+        None => (all_scores(d, artifacts, settings), "backtest"),
+    };
+    let mut fallback_reason = None;
+    let chosen = if scores.is_empty() {
+        fallback_reason = Some(format!(
+            "{} periods of history are too few to backtest a {}-period horizon",
+            d.series.values.len(),
+            settings.horizon
+        ));
+        ModelKind::SeasonalNaive
+    } else {
+        backtest::choose(&scores, intermittent)
+    };
+    let (forecast, failure) = forecast_with(chosen, d, artifacts, settings);
+    let (model, chosen_by) = match failure {
+        Some(reason) => {
+            fallback_reason = Some(reason);
+            (ModelKind::SeasonalNaive, "fallback")
+        }
+        None if fallback_reason.is_some() => (chosen, "fallback"),
+        None => (chosen, chosen_by),
+    };
+    let chosen_score = scores
+        .iter()
+        .find(|s| s.model == model)
+        .copied()
+        .unwrap_or(ModelScore {
+            model,
+            mase: None,
+            smape: 200.0,
+            rmsse: None,
+            failures: 0,
+        });
+    Outcome {
+        id: d.series.id.clone(),
+        model,
+        chosen_by,
+        fallback_reason,
+        scores,
+        chosen: chosen_score,
+        forecast,
+        history_len: d.series.values.len(),
+    }
+}
+
+/// Forecasts many series in parallel (rayon), calling `progress(done)` as they finish.
+pub fn forecast_all(
+    described: &[Described],
+    artifacts: &Artifacts,
+    settings: &RunSettings,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Vec<Outcome> {
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    described
+        .par_iter()
+        .map(|d| {
+            let outcome = forecast_one(d, artifacts, settings);
+            progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+            outcome
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Daily series with a weekly shape, a trend and noise (a seeded LCG).
+    fn seasonal_set(n_series: usize, len: usize) -> Vec<Described> {
+        let mut state: u64 = 42;
+        let mut noise = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 11) as f64 / (1u64 << 53) as f64) - 0.5
+        };
+        let shape = [1.0, 0.8, 0.9, 1.1, 1.5, 2.2, 0.5];
+        let mut ids = vec![];
+        let mut ts = vec![];
+        let mut ys = vec![];
+        for s in 0..n_series {
+            let level = 5.0 + s as f64;
+            for i in 0..len {
+                let trend = 1.0 + 0.002 * i as f64;
+                let v = level * trend * shape[i % 7] + noise() * level * 0.3;
+                ids.push(format!("sku-{s:03}"));
+                ts.push(20_000 + i as i32);
+                ys.push(v.max(0.0).round());
+            }
+        }
+        let panel = features::panel_from_rows(ids, ts, ys).unwrap();
+        describe(panel, 7).unwrap()
+    }
+
+    #[test]
+    fn the_chosen_model_beats_the_baseline_on_a_seasonal_set() {
+        let settings = RunSettings::new(7, 14);
+        let full = seasonal_set(24, 200);
+        // Hold out the last horizon; choose on the rest exactly as a run would.
+        let cut: Vec<Described> = full
+            .iter()
+            .map(|d| {
+                let mut d = d.clone();
+                d.series
+                    .values
+                    .truncate(d.series.values.len() - settings.horizon);
+                d
+            })
+            .collect();
+        let artifacts = train(&cut, &settings, false);
+        let outcomes = forecast_all(&cut, &artifacts, &settings, &|_| {});
+        let (mut chosen, mut baseline) = (0.0, 0.0);
+        for ((o, train), whole) in outcomes.iter().zip(&cut).zip(&full) {
+            let actual = &whole.series.values[train.series.values.len()..];
+            let naive = models::forecast_or_baseline(
+                ModelKind::SeasonalNaive,
+                &train.series.values,
+                7,
+                settings.horizon,
+                INTERVAL_LEVEL,
+            )
+            .0;
+            chosen += metrics::mase(&train.series.values, actual, &o.forecast.point, 7).unwrap();
+            baseline += metrics::mase(&train.series.values, actual, &naive.point, 7).unwrap();
+            assert_eq!(o.forecast.point.len(), settings.horizon);
+            assert!(o.scores.len() >= 5, "every model was backtested");
+        }
+        assert!(
+            chosen < baseline,
+            "chosen mix MASE {chosen} vs seasonal naive {baseline}"
+        );
+    }
+
+    #[test]
+    fn a_series_too_short_to_backtest_falls_back_with_a_reason() {
+        let settings = RunSettings::new(7, 28);
+        let d = Described {
+            series: Series {
+                id: "new".into(),
+                start: 20_000,
+                values: vec![1.0, 0.0, 2.0],
+            },
+            descriptors: [3.0, 1.5, 0.0, 0.33, 0.0, 0.0],
+        };
+        let o = forecast_one(&d, &Artifacts::default(), &settings);
+        assert_eq!(o.model, ModelKind::SeasonalNaive);
+        assert_eq!(o.chosen_by, "fallback");
+        assert!(o.fallback_reason.unwrap().contains("too few"));
+        assert_eq!(o.forecast.point.len(), 28);
+    }
+}

@@ -1,0 +1,376 @@
+//! Sales imports and forecast runs end to end: the imports and forecasts workers on real Redis
+//! and Postgres, the API that starts and reports runs, the nightly start from several
+//! schedulers at once, and the analysts' `backroom forecast backtest` command.
+
+use crate::helpers::*;
+use backroom::forecast::demo;
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+async fn product(app: &TestApp, key: &str, sku: &str) {
+    let r = app
+        .send_json(
+            Method::PUT,
+            &format!("/v1/products/{sku}"),
+            Some(key),
+            &json!({"name": format!("Product {sku}"), "unit_price": "5.00", "currency": "EUR",
+                    "reorder_point": 5, "reorder_quantity": 10, "lead_time_days": 4}),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+async fn upload(app: &TestApp, key: &str, csv: &str) -> Value {
+    let r = app
+        .request(Method::POST, "/v1/sales/import", Some(key))
+        .header("content-type", "text/csv")
+        .body(csv.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json().await.unwrap()
+}
+
+async fn wait_job(app: &TestApp, key: &str, job_id: &str, status: &str) -> Value {
+    wait_for(&format!("job {job_id} to be {status}"), LIMIT, || async {
+        let j: Value = app
+            .get(&format!("/v1/jobs/{job_id}"), Some(key))
+            .await
+            .json()
+            .await
+            .ok()?;
+        (j["status"] == status).then_some(j)
+    })
+    .await
+}
+
+async fn imported_total(app: &TestApp, tenant: &str) -> (i64, i64) {
+    let tenant: uuid::Uuid = tenant.parse().unwrap();
+    sqlx::query_as::<_, (i64, i64)>(
+        "SELECT count(*), coalesce(sum(quantity), 0)::bigint FROM daily_sales WHERE tenant_id = $1 AND source = 'import'",
+    )
+    .bind(tenant)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_import_loads_good_rows_reports_bad_ones_and_is_idempotent() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant("importer").await;
+    product(&app, &tenant.key, "MUG-1").await;
+    product(&app, &tenant.key, "TEE-2").await;
+    let _workers = app.start_workers("imports");
+    let csv = "date,sku,quantity,store\n\
+               2026-10-01,MUG-1,3,north\n\
+               2026-10-01,MUG-1,2,south\n\
+               2026-10-02,TEE-2,7,north\n\
+               2026-02-30,MUG-1,1,north\n\
+               2026-10-03,GHOST,1,north\n\
+               2026-10-03,TEE-2,-2,north\n\
+               2026-10-04,TEE-2,many,north\n";
+    let accepted = upload(&app, &tenant.key, csv).await;
+    let job = wait_job(
+        &app,
+        &tenant.key,
+        accepted["job_id"].as_str().unwrap(),
+        "succeeded",
+    )
+    .await;
+    let report = &job["result"];
+    assert_eq!(report["rows"], 7);
+    assert_eq!(report["rows_loaded"], 3);
+    assert_eq!(report["rows_rejected"], 4);
+    assert_eq!(report["days_written"], 2);
+    let errors: Vec<(u64, String)> = report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["line"].as_u64().unwrap(),
+                e["field"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (5, "date".to_string()),
+            (6, "sku".to_string()),
+            (7, "quantity".to_string()),
+            (8, "quantity".to_string())
+        ]
+    );
+    // The import's own record carries the same report.
+    let view: Value = app
+        .get(
+            &format!(
+                "/v1/sales/imports/{}",
+                accepted["import_id"].as_str().unwrap()
+            ),
+            Some(&tenant.key),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["status"], "loaded");
+    assert_eq!(view["report"]["rows_rejected"], 4);
+    assert_eq!(imported_total(&app, &tenant.id).await, (2, 12));
+
+    // The same file again: the history does not double.
+    let again = upload(&app, &tenant.key, csv).await;
+    wait_job(
+        &app,
+        &tenant.key,
+        again["job_id"].as_str().unwrap(),
+        "succeeded",
+    )
+    .await;
+    assert_eq!(imported_total(&app, &tenant.id).await, (2, 12));
+}
+
+#[tokio::test]
+async fn an_unreadable_import_fails_with_the_reason_and_bad_requests_are_refused() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant("badimports").await;
+    let _workers = app.start_workers("imports");
+    let accepted = upload(&app, &tenant.key, "day,item,qty\n2026-10-01,A,1\n").await;
+    let job = wait_job(
+        &app,
+        &tenant.key,
+        accepted["job_id"].as_str().unwrap(),
+        "failed",
+    )
+    .await;
+    assert!(
+        job["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("missing column `date`"),
+        "{job}"
+    );
+    let r = app
+        .request(Method::POST, "/v1/sales/import", Some(&tenant.key))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 415, "CSV only").await;
+    let r = app
+        .post_json(
+            "/v1/forecasts/runs",
+            Some(&tenant.key),
+            &json!({"horizon_days": 0, "skus": ["NOPE"]}),
+        )
+        .await;
+    let body = assert_problem(r, 422, "bad horizon and unknown SKU").await;
+    assert_eq!(problem_fields(&body), ["horizon_days", "skus[0]"]);
+}
+
+/// A tenant with generated history for `n` SKUs.
+async fn tenant_with_history(app: &TestApp, slug: &str, n: usize, days: usize) -> TestTenant {
+    let tenant = app.create_tenant(slug).await;
+    let yesterday = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+    let skus = demo::generate(n, days, yesterday, 11);
+    demo::load(&app.db, tenant.id.parse().unwrap(), &skus)
+        .await
+        .unwrap();
+    tenant
+}
+
+#[tokio::test]
+async fn a_forecast_run_fans_out_and_serves_forecasts_with_reorder_advice() {
+    let app = spawn_app().await;
+    let tenant = tenant_with_history(&app, "forecaster", 40, 240).await;
+    let _workers = app.start_workers("forecasts");
+    let r = app
+        .post_json(
+            "/v1/forecasts/runs",
+            Some(&tenant.key),
+            &json!({"horizon_days": 14}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let accepted: Value = r.json().await.unwrap();
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    let run = wait_for("the run to succeed", LIMIT, || async {
+        let run: Value = app
+            .get(&format!("/v1/forecasts/runs/{run_id}"), Some(&tenant.key))
+            .await
+            .json()
+            .await
+            .ok()?;
+        assert_ne!(run["status"], "failed", "{run}");
+        (run["status"] == "succeeded").then_some(run)
+    })
+    .await;
+    assert_eq!(run["skus_total"], 40);
+    assert_eq!(run["skus_done"], 40);
+    let counted: i64 = run["models"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(counted, 40, "{run}");
+    assert!(run["backtest"]["mase"].as_f64().unwrap() > 0.0);
+
+    let f: Value = app
+        .get("/v1/products/SKU-00002/forecast", Some(&tenant.key))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(f["run_id"], run_id.as_str());
+    let points = f["points"].as_array().unwrap();
+    assert_eq!(points.len(), 14);
+    let tomorrow = chrono::Utc::now().date_naive();
+    assert_eq!(points[0]["date"], tomorrow.to_string());
+    for p in points {
+        let (lo, y, hi) = (
+            p["lower"].as_f64().unwrap(),
+            p["yhat"].as_f64().unwrap(),
+            p["upper"].as_f64().unwrap(),
+        );
+        assert!(lo <= y && y <= hi && lo >= 0.0, "{p}");
+    }
+    assert!(f["scores"].as_object().unwrap().len() >= 5, "{f}");
+    assert!(f["reorder"]["reorder_point"].as_i64().unwrap() >= 0);
+    assert!(f["reorder"].get("stockout_date").is_some());
+    // Another tenant sees none of it.
+    let other = app.create_tenant("nosy").await;
+    let r = app
+        .get(&format!("/v1/forecasts/runs/{run_id}"), Some(&other.key))
+        .await;
+    assert_eq!(r.status(), 404);
+    let r = app
+        .get("/v1/products/SKU-00002/forecast", Some(&other.key))
+        .await;
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn several_schedulers_start_one_nightly_run_per_tenant_and_it_emails_a_digest() {
+    let app = spawn_app().await;
+    let a = tenant_with_history(&app, "night-a", 12, 120).await;
+    let _b = tenant_with_history(&app, "night-b", 12, 120).await;
+    let _quiet = app.create_tenant("night-quiet").await;
+    sqlx::query("UPDATE tenants SET alert_email = 'buyer@night-a.example' WHERE slug = 'night-a'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let night = chrono::NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
+    let starts = (0..4).map(|_| {
+        let (db, queues) = (app.db.clone(), app.queues.clone());
+        tokio::spawn(async move {
+            backroom::workers::forecasts::start_nightly(&db, &queues, night, 7)
+                .await
+                .unwrap()
+        })
+    });
+    let mut started = 0;
+    for s in starts {
+        started += s.await.unwrap();
+    }
+    assert_eq!(started, 2, "one run for each tenant with history");
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM forecast_runs WHERE night = $1")
+        .bind(night)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(runs, 2);
+
+    let _workers = app.start_workers("forecasts");
+    let tenant_a: uuid::Uuid = a.id.parse().unwrap();
+    wait_for("night-a's run to finish", LIMIT, || async {
+        let status: String = sqlx::query_scalar(
+            "SELECT status FROM forecast_runs WHERE tenant_id = $1 AND night = $2",
+        )
+        .bind(tenant_a)
+        .bind(night)
+        .fetch_one(&app.db)
+        .await
+        .ok()?;
+        (status == "succeeded").then_some(())
+    })
+    .await;
+    // The finished nightly run queued the tenant's reorder digest through the outbox.
+    let digests: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE tenant_id = $1 AND kind = 'reorder_digest'",
+    )
+    .bind(tenant_a)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(digests, 1);
+}
+
+#[tokio::test]
+async fn the_backtest_command_scores_models_and_the_chosen_mix() {
+    let yesterday = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+    let skus = demo::generate(30, 300, yesterday, 5);
+    let mut csv = String::from("series_id,period,value\n");
+    // Rows in reverse order: the command sorts them.
+    for s in skus.iter().rev() {
+        for (t, q) in s.daily.iter().enumerate().rev() {
+            let day = s.first_day + chrono::Duration::days(t as i64);
+            csv.push_str(&format!("{},{day},{q}\n", s.sku));
+        }
+    }
+    let path = std::env::temp_dir().join(format!("backtest-{}.csv", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, csv).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_backroom"))
+        .args(["forecast", "backtest", "--csv"])
+        .arg(&path)
+        .args(["--season", "7", "--horizon", "28", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["series"], 30);
+    assert!(report["seconds"].as_f64().unwrap() > 0.0);
+    for model in [
+        "seasonal_naive",
+        "theta",
+        "mstl_ets",
+        "croston_sba",
+        "tsb",
+        "global_tweedie",
+    ] {
+        assert!(
+            report["models"][model]["mase"].as_f64().is_some(),
+            "{model}: {report}"
+        );
+        assert!(
+            report["models"][model]["smape"].as_f64().is_some(),
+            "{model}: {report}"
+        );
+    }
+    let chosen = report["chosen"]["mase"].as_f64().unwrap();
+    let naive = report["models"]["seasonal_naive"]["mase"].as_f64().unwrap();
+    assert!(
+        chosen < naive,
+        "chosen mix {chosen} vs seasonal naive {naive}"
+    );
+    let counted: u64 = report["chosen"]["models"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 30);
+}
