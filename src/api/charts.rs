@@ -70,6 +70,106 @@ pub fn bars(values: &[u64], x_labels: [&str; 3], title: &str) -> String {
     svg
 }
 
+/// One day of a forecast: the point and its interval.
+pub struct ForecastDay {
+    pub day: chrono::NaiveDate,
+    pub yhat: f64,
+    pub lower: f64,
+    pub upper: f64,
+}
+
+/// Recent history (a line), then the forecast (a dashed line) inside its interval band, on one
+/// time axis with the first history day, the first forecast day and the last day labelled.
+pub fn forecast(history: &[(chrono::NaiveDate, f64)], days: &[ForecastDay], title: &str) -> String {
+    let (w, h) = (760.0_f64, 260.0_f64);
+    let (left, right, top, bottom) = (48.0, 12.0, 16.0, 28.0);
+    let plot_w = w - left - right;
+    let plot_h = h - top - bottom;
+    let Some(first) = history
+        .first()
+        .map(|(d, _)| *d)
+        .or(days.first().map(|d| d.day))
+    else {
+        return String::new();
+    };
+    let last = days
+        .last()
+        .map(|d| d.day)
+        .or(history.last().map(|(d, _)| *d))
+        .unwrap_or(first);
+    let span = ((last - first).num_days().max(1)) as f64;
+    let max = history
+        .iter()
+        .map(|(_, v)| *v)
+        .chain(days.iter().map(|d| d.upper))
+        .fold(1.0_f64, f64::max);
+    let x = |d: chrono::NaiveDate| left + plot_w * (d - first).num_days() as f64 / span;
+    let y = |v: f64| top + plot_h * (1.0 - v.max(0.0) / max);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{t}"><title>{t}</title><rect width="{w}" height="{h}" fill="#fff"/>"##,
+        t = escape(title)
+    );
+    for frac in [0.0, 0.5, 1.0] {
+        let gy = top + plot_h * (1.0 - frac);
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" x2="{x2}" y1="{gy:.1}" y2="{gy:.1}" stroke="#e3e6ea"/><text x="{tx}" y="{ty:.1}" font-size="11" text-anchor="end" fill="#6b7480">{v:.0}</text>"##,
+            x2 = w - right,
+            tx = left - 6.0,
+            ty = gy + 4.0,
+            v = max * frac
+        );
+    }
+    if !days.is_empty() {
+        let mut band = String::new();
+        for d in days {
+            let _ = write!(band, "{:.1},{:.1} ", x(d.day), y(d.upper));
+        }
+        for d in days.iter().rev() {
+            let _ = write!(band, "{:.1},{:.1} ", x(d.day), y(d.lower));
+        }
+        let _ = write!(
+            svg,
+            r##"<polygon class="band" points="{}" fill="#2458a6" fill-opacity="0.15"><title>prediction interval</title></polygon>"##,
+            band.trim_end()
+        );
+    }
+    let line = |points: &mut dyn Iterator<Item = (f64, f64)>| -> String {
+        points
+            .map(|(px, py)| format!("{px:.1},{py:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let _ = write!(
+        svg,
+        r##"<polyline class="series history" points="{}" fill="none" stroke="#3a3f45" stroke-width="1.5"><title>sales</title></polyline>"##,
+        line(&mut history.iter().map(|(d, v)| (x(*d), y(*v))))
+    );
+    let _ = write!(
+        svg,
+        r##"<polyline class="series forecast" points="{}" fill="none" stroke="#2458a6" stroke-width="2" stroke-dasharray="5 3"><title>forecast</title></polyline>"##,
+        line(&mut days.iter().map(|d| (x(d.day), y(d.yhat))))
+    );
+    let mut labels = vec![(first, "start")];
+    if let Some(d) = days.first() {
+        // Ends where the forecast starts, so it never runs into the last label.
+        labels.push((d.day, "end"));
+    }
+    labels.push((last, "end"));
+    for (d, anchor) in labels {
+        let _ = write!(
+            svg,
+            r##"<text x="{:.1}" y="{}" font-size="11" text-anchor="{anchor}" fill="#6b7480">{d}</text>"##,
+            x(d),
+            h - 8.0
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +184,29 @@ mod tests {
             svg.contains(">10</text>"),
             "the axis tops out at the maximum"
         );
+    }
+
+    #[test]
+    fn the_forecast_chart_draws_history_forecast_and_band() {
+        let day = |d: u32| chrono::NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+        let history: Vec<_> = (1..=10).map(|d| (day(d), d as f64)).collect();
+        let days: Vec<ForecastDay> = (11..=14)
+            .map(|d| ForecastDay {
+                day: day(d),
+                yhat: 10.0,
+                lower: 8.0,
+                upper: 20.0,
+            })
+            .collect();
+        let svg = forecast(&history, &days, "SKU <1>");
+        assert!(
+            svg.contains(r#"class="series history""#) && svg.contains(r#"class="series forecast""#)
+        );
+        assert!(svg.contains(r#"class="band""#));
+        assert!(svg.contains("SKU &lt;1&gt;"));
+        // The band's top is the highest value: the axis tops out at 20.
+        assert!(svg.contains(">20</text>"));
+        assert_eq!(svg.matches("2026-11-").count(), 3, "three date labels");
+        assert_eq!(forecast(&[], &[], "empty"), "");
     }
 }

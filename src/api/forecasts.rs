@@ -200,26 +200,28 @@ pub async fn create_run(
         if list.len() > 100_000 {
             errors.push("skus", "may name at most 100000 SKUs");
         }
-        let mut parsed = vec![];
+        let mut parsed: Vec<(usize, String)> = vec![];
         for (i, raw) in list.iter().enumerate().take(100_000) {
             if let Some(sku) = errors.check(&format!("skus[{i}]"), Sku::parse(raw)) {
-                parsed.push(sku.as_str().to_string());
+                parsed.push((i, sku.as_str().to_string()));
             }
         }
-        if errors.is_empty() && !parsed.is_empty() {
+        if !parsed.is_empty() {
+            let names: Vec<String> = parsed.iter().map(|(_, s)| s.clone()).collect();
             let known: Vec<String> = sqlx::query_scalar!(
                 "SELECT sku FROM products WHERE tenant_id = $1 AND sku = ANY($2)",
                 tenant.id,
-                &parsed
+                &names
             )
             .fetch_all(&state.db)
             .await?;
-            for (i, sku) in parsed.iter().enumerate() {
+            for (i, sku) in &parsed {
                 if !known.contains(sku) {
                     errors.push(&format!("skus[{i}]"), format!("no product '{sku}'"));
                 }
             }
         }
+        let mut parsed: Vec<String> = parsed.into_iter().map(|(_, s)| s).collect();
         parsed.sort();
         parsed.dedup();
         skus = Some(parsed);

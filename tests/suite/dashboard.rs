@@ -63,6 +63,9 @@ async fn every_admin_page_needs_a_session_and_every_action_its_csrf_token() {
         "/admin/queues/stock",
         "/admin/tenants",
         "/admin/emails",
+        "/admin/forecasts",
+        "/admin/forecasts/00000000-0000-0000-0000-000000000000",
+        "/admin/forecasts/00000000-0000-0000-0000-000000000000/SKU-1",
         "/admin/jobs/stock_x",
     ] {
         let r = client
@@ -250,6 +253,14 @@ impl Browser {
         .await;
     }
 
+    /// The element matching `css`, once the page shows it.
+    async fn wait_find(&self, css: &str) -> fantoccini::elements::Element {
+        wait_for(&format!("{css} to appear"), LIMIT, || async {
+            self.client.find(Locator::Css(css)).await.ok()
+        })
+        .await
+    }
+
     /// Submits the form holding `button`, accepting its confirmation dialog.
     async fn confirm_click(&self, button: &str) {
         self.client
@@ -403,4 +414,107 @@ async fn an_admin_signs_in_watches_queues_live_and_repairs_a_dead_job() {
     assert_eq!(svg.matches("<rect x=").count(), 60, "60 minute bars");
     workers.stop().await;
     let _ = b.clone().close().await;
+}
+
+#[tokio::test]
+async fn an_admin_opens_a_forecast_run_and_its_sku_chart() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("outdoor").await;
+    let yesterday = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+    let skus = backroom::forecast::demo::generate(12, 200, yesterday, 3);
+    backroom::forecast::demo::load(&app.db, t.id.parse().unwrap(), &skus)
+        .await
+        .unwrap();
+    let run_id = backroom::workers::forecasts::create_run(
+        &app.db,
+        t.id.parse().unwrap(),
+        backroom::workers::forecasts::Trigger::Cli,
+        14,
+        None,
+    )
+    .await
+    .unwrap();
+    backroom::workers::forecasts::run_in_process(
+        &app.db,
+        0.95,
+        t.id.parse().unwrap(),
+        run_id,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    b.goto(&format!("{}/admin/login", app.address))
+        .await
+        .unwrap();
+    b.find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN_TOKEN)
+        .await
+        .unwrap();
+    b.find(Locator::Css("form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_text("tr[data-queue=stock] td[data-field=pending]", "0")
+        .await;
+    b.goto(&format!("{}/admin/forecasts", app.address))
+        .await
+        .unwrap();
+    let row = browser.text("table tbody tr").await;
+    assert!(
+        row.contains("outdoor") && row.contains("succeeded") && row.contains("12/12"),
+        "{row}"
+    );
+    b.find(Locator::Css("table tbody tr a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // The run page: the model mix chart and every SKU.
+    browser.wait_find("#model-mix svg .series rect").await;
+    assert_eq!(
+        b.find_all(Locator::Css("#skus tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        12
+    );
+    b.find(Locator::Css("#skus tbody tr a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // The SKU page: history, forecast and band in one SVG.
+    let forecast = browser
+        .wait_find("#forecast-chart svg polyline.series.forecast")
+        .await;
+    let points = forecast.attr("points").await.unwrap().unwrap();
+    assert_eq!(points.split(' ').count(), 14, "one vertex per forecast day");
+    let history = b
+        .find(Locator::Css("#forecast-chart svg polyline.series.history"))
+        .await
+        .unwrap();
+    assert_eq!(
+        history
+            .attr("points")
+            .await
+            .unwrap()
+            .unwrap()
+            .split(' ')
+            .count(),
+        90
+    );
+    b.find(Locator::Css("#forecast-chart svg polygon.band"))
+        .await
+        .unwrap();
+    browser.screenshot("dashboard-forecast").await;
 }
