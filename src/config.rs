@@ -80,6 +80,9 @@ pub struct ForecastSettings {
     pub service_level: f64,
     /// `BACKROOM_FORECAST_KEEP_RUNS`: finished runs kept per tenant for comparison (default 30).
     pub keep_runs: i64,
+    /// `BACKROOM_FORECAST_FULL_BACKTEST_MAX_SKUS`: runs over more SKUs than this backtest only
+    /// the model chooser's pick against the baseline instead of every model (default 20000).
+    pub full_backtest_max_skus: usize,
 }
 
 impl Settings {
@@ -250,6 +253,12 @@ impl Settings {
             "30",
             "a whole number",
         )?;
+        let full_backtest_max_skus: usize = parse_or(
+            get("BACKROOM_FORECAST_FULL_BACKTEST_MAX_SKUS"),
+            "BACKROOM_FORECAST_FULL_BACKTEST_MAX_SKUS",
+            "20000",
+            "a whole number",
+        )?;
         if keep_runs < 1 {
             return Err(SettingsError {
                 var: "BACKROOM_FORECAST_KEEP_RUNS",
@@ -310,6 +319,7 @@ impl Settings {
                 horizon_days,
                 service_level,
                 keep_runs,
+                full_backtest_max_skus,
             },
             queue,
         })

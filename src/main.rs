@@ -238,7 +238,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bar = progress_bar("forecasting SKUs");
             forecasts::run_in_process(
                 &pool,
-                settings.forecast.service_level,
+                &forecasts::RunOptions {
+                    service_level: settings.forecast.service_level,
+                    full_backtest_max_skus: settings.forecast.full_backtest_max_skus,
+                },
                 tenant_id,
                 run_id,
                 |done, total| {

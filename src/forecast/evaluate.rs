@@ -201,7 +201,7 @@ pub fn backtest(
     let artifacts = pipeline::train(
         &sample,
         &settings,
-        described.len() > pipeline::BACKTEST_ALL_UP_TO,
+        described.len() > pipeline::FULL_BACKTEST_MAX_SKUS,
     );
 
     let kinds: Vec<ModelKind> = ModelKind::ALL

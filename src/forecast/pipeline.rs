@@ -28,9 +28,10 @@ pub const INTERVAL_LEVEL: f64 = 0.95;
 pub const FOLDS: usize = 2;
 /// Series backtested in full to train the shared models.
 pub const TRAINING_SAMPLE: usize = 400;
-/// Runs with at most this many series backtest every model on every series; bigger runs let
-/// the decision tree shortlist each series' model.
-pub const BACKTEST_ALL_UP_TO: usize = 1000;
+/// By default, runs with at most this many series backtest every model on every series;
+/// bigger runs let the decision tree shortlist each series' model
+/// (`BACKROOM_FORECAST_FULL_BACKTEST_MAX_SKUS`).
+pub const FULL_BACKTEST_MAX_SKUS: usize = 20_000;
 
 /// The parameters of one run.
 #[derive(Debug, Clone)]

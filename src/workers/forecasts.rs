@@ -174,13 +174,31 @@ pub async fn create_run(
     created.ok_or(StartError::AlreadyRan)
 }
 
+/// How runs are made (from the forecast settings).
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Service level of reorder advice (e.g. 0.95).
+    pub service_level: f64,
+    /// Runs over more SKUs let the model chooser shortlist each SKU's model instead of
+    /// backtesting every model.
+    pub full_backtest_max_skus: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            service_level: 0.95,
+            full_backtest_max_skus: pipeline::FULL_BACKTEST_MAX_SKUS,
+        }
+    }
+}
+
 /// What forecast jobs need.
 #[derive(Clone)]
 pub struct ForecastDeps {
     pub db: PgPool,
     pub queues: Queues,
-    /// Service level of reorder advice (e.g. 0.95).
-    pub service_level: f64,
+    pub options: RunOptions,
 }
 
 /// The `forecasts` queue's handler.
@@ -196,7 +214,7 @@ pub async fn handle(
     }
     let result = match &job {
         ForecastJob::Plan { tenant_id, run_id } => {
-            let chunks = plan(&deps.db, *tenant_id, *run_id).await?;
+            let chunks = plan(&deps.db, &deps.options, *tenant_id, *run_id).await?;
             push_chunks(&deps.queues, *tenant_id, *run_id, &chunks).await?;
             Ok(serde_json::json!({"chunks": chunks.len()}))
         }
@@ -207,7 +225,7 @@ pub async fn handle(
             skus,
         } => run_chunk(
             &deps.db,
-            deps.service_level,
+            &deps.options,
             *tenant_id,
             *run_id,
             *chunk_no,
@@ -264,7 +282,12 @@ async fn load_run(db: &PgPool, tenant: Uuid, run_id: Uuid) -> Result<Run, JobErr
 
 /// Plans a run: its SKUs, its shared artifacts; returns the chunks to push. Re-running the plan
 /// of a planned run returns the same chunks.
-pub async fn plan(db: &PgPool, tenant: Uuid, run_id: Uuid) -> Result<Vec<Vec<String>>, JobError> {
+pub async fn plan(
+    db: &PgPool,
+    options: &RunOptions,
+    tenant: Uuid,
+    run_id: Uuid,
+) -> Result<Vec<Vec<String>>, JobError> {
     let run = load_run(db, tenant, run_id).await?;
     if run.status == "succeeded" || run.status == "failed" {
         return Ok(vec![]);
@@ -282,7 +305,7 @@ pub async fn plan(db: &PgPool, tenant: Uuid, run_id: Uuid) -> Result<Vec<Vec<Str
     .await?;
     let chunks: Vec<Vec<String>> = skus.chunks(CHUNK_SKUS).map(<[String]>::to_vec).collect();
     if run.artifacts.is_none() {
-        let use_chooser = skus.len() > pipeline::BACKTEST_ALL_UP_TO;
+        let use_chooser = skus.len() > options.full_backtest_max_skus;
         let sample = pipeline::training_sample(&skus);
         let panel = history::daily_demand(db, tenant, &sample, run.history_end).await?;
         let settings = run.settings.clone();
@@ -352,7 +375,7 @@ async fn push_chunks(
 /// Forecasts one chunk and records it; returns how many SKUs it wrote (0 if already done).
 pub async fn run_chunk(
     db: &PgPool,
-    service_level: f64,
+    options: &RunOptions,
     tenant: Uuid,
     run_id: Uuid,
     chunk_no: i32,
@@ -411,7 +434,7 @@ pub async fn run_chunk(
             lower: &outcome.forecast.lower,
             upper: &outcome.forecast.upper,
             interval_level: pipeline::INTERVAL_LEVEL,
-            service_level,
+            service_level: options.service_level,
         });
         rows.push((outcome, product.on_hand, advice));
     }
@@ -549,19 +572,19 @@ fn csv_quoted(value: &str) -> String {
 /// as `(skus_done, skus_total)`; used by `backroom forecast run`.
 pub async fn run_in_process(
     db: &PgPool,
-    service_level: f64,
+    options: &RunOptions,
     tenant: Uuid,
     run_id: Uuid,
     mut progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<()> {
-    let chunks = plan(db, tenant, run_id)
+    let chunks = plan(db, options, tenant, run_id)
         .await
         .map_err(|e| anyhow::anyhow!("planning: {e}"))?;
     let total: usize = chunks.iter().map(Vec::len).sum();
     let mut done = 0;
     progress(done, total);
     for (n, skus) in chunks.iter().enumerate() {
-        run_chunk(db, service_level, tenant, run_id, n as i32, skus)
+        run_chunk(db, options, tenant, run_id, n as i32, skus)
             .await
             .map_err(|e| anyhow::anyhow!("chunk {n}: {e}"))?;
         done += skus.len();

@@ -158,7 +158,10 @@ pub async fn run(
                 let deps = forecasts::ForecastDeps {
                     db: pool.clone(),
                     queues: queues.clone(),
-                    service_level: settings.forecast.service_level,
+                    options: forecasts::RunOptions {
+                        service_level: settings.forecast.service_level,
+                        full_backtest_max_skus: settings.forecast.full_backtest_max_skus,
+                    },
                 };
                 let backend: RedisBackend<forecasts::ForecastJob> =
                     RedisBackend::new(queues.clone(), options.clone());

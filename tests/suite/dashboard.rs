@@ -436,7 +436,7 @@ async fn an_admin_opens_a_forecast_run_and_its_sku_chart() {
     .unwrap();
     backroom::workers::forecasts::run_in_process(
         &app.db,
-        0.95,
+        &Default::default(),
         t.id.parse().unwrap(),
         run_id,
         |_, _| {},

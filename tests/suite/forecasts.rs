@@ -374,3 +374,95 @@ async fn the_backtest_command_scores_models_and_the_chosen_mix() {
         .sum();
     assert_eq!(counted, 30);
 }
+
+#[tokio::test]
+async fn two_scheduler_processes_start_one_run_per_tenant_and_night() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncBufReadExt;
+    let app = spawn_app().await;
+    tenant_with_history(&app, "twice", 5, 60).await;
+    // Both schedulers tick every second; each tick tries to start the night's runs.
+    let spawn = |ticks: Arc<AtomicUsize>| {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_backroom"))
+            .arg("schedule")
+            .envs(app.child_env())
+            .env("BACKROOM_LOG", "info")
+            .env("BACKROOM_FORECAST_CRON", "* * * * * *")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("backroom schedule starts");
+        let stderr = child.stderr.take().unwrap();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("nightly forecast runs started") {
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        child
+    };
+    let (a, b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let _first = spawn(a.clone());
+    let _second = spawn(b.clone());
+    wait_for("both schedulers to tick three times", LIMIT, || async {
+        (a.load(Ordering::SeqCst) >= 3 && b.load(Ordering::SeqCst) >= 3).then_some(())
+    })
+    .await;
+    let per_night: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM forecast_runs WHERE trigger = 'schedule' GROUP BY tenant_id, night",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert!(!per_night.is_empty(), "the schedulers started a run");
+    assert!(per_night.iter().all(|n| *n == 1), "{per_night:?}");
+}
+
+#[tokio::test]
+async fn old_runs_are_pruned_beyond_the_retention() {
+    let app = spawn_app().await;
+    let t = tenant_with_history(&app, "keeper", 3, 60).await;
+    let tenant: uuid::Uuid = t.id.parse().unwrap();
+    let mut runs = vec![];
+    for _ in 0..3 {
+        let run = backroom::workers::forecasts::create_run(
+            &app.db,
+            tenant,
+            backroom::workers::forecasts::Trigger::Cli,
+            7,
+            None,
+        )
+        .await
+        .unwrap();
+        backroom::workers::forecasts::run_in_process(
+            &app.db,
+            &Default::default(),
+            tenant,
+            run,
+            |_, _| {},
+        )
+        .await
+        .unwrap();
+        runs.push(run);
+    }
+    let pruned = backroom::workers::forecasts::prune_runs(&app.db, 2)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    let left: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM forecast_runs ORDER BY created_at")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(left, runs[1..], "the oldest run went, with its results");
+    let orphans: i64 = sqlx::query_scalar("SELECT count(*) FROM forecast_points WHERE run_id = $1")
+        .bind(runs[0])
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(orphans, 0);
+}
