@@ -82,7 +82,7 @@ async fn run(jobs: usize) -> anyhow::Result<()> {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(format!("{namespace}*"))
+                .arg(format!("{{{namespace}:*"))
                 .arg("COUNT")
                 .arg(10_000)
                 .query_async(&mut conn)

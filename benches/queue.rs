@@ -29,6 +29,11 @@
 //! other clients of the same Redis add to them. The queue engine's Prometheus recorder is
 //! installed, as in the server.
 //!
+//! 6. **memory** — the steady-state load of part 4 for 40 s with succeeded jobs kept 2 s and
+//!    the queue trimmed every second (as the scheduler does, compressed in time): Redis
+//!    `used_memory` each second. Target: flat (the mean of the last third within 0.8–1.25× of
+//!    the first third's, after a warm-up of the retention plus 2 s).
+//!
 //! Run with `cargo bench --bench queue` (full sizes: 200,000 jobs for enqueue and drain, 200
 //! pickups, 10 s of steady state, a 1,000,000 backlog; a few minutes), or
 //! `cargo bench --bench queue -- --smoke` (or `QUEUE_BENCH_SMOKE=1`) for tiny sizes that finish
@@ -86,6 +91,7 @@ struct Sizes {
     steady: Duration,
     backlog: usize,
     slice: usize,
+    memory: Duration,
 }
 
 impl Sizes {
@@ -98,6 +104,7 @@ impl Sizes {
             steady: Duration::from_secs(10),
             backlog: 1_000_000,
             slice: 100_000,
+            memory: Duration::from_secs(40),
         }
     }
 
@@ -110,6 +117,7 @@ impl Sizes {
             steady: Duration::from_secs(2),
             backlog: 20_000,
             slice: 5_000,
+            memory: Duration::from_secs(10),
         }
     }
 }
@@ -477,12 +485,28 @@ impl Workers {
         count: usize,
         recorder: Recorder,
     ) -> anyhow::Result<Self> {
+        Self::start_with(env, QueueSettings::default(), options, count, recorder)
+    }
+
+    /// Like [`Workers::start`], with the queue settings (retention, lease) given.
+    fn start_with(
+        env: &Env,
+        settings: QueueSettings,
+        options: &WorkerOptions,
+        count: usize,
+        recorder: Recorder,
+    ) -> anyhow::Result<Self> {
         let mut workers = Workers {
             stops: vec![],
             joins: vec![],
         };
         for _ in 0..count {
-            let backend: RedisBackend<Payload> = RedisBackend::new(env.queues()?, options.clone());
+            let queues = Queues::new(
+                RedisHandle::open(&env.url)?,
+                &env.namespace,
+                settings.clone(),
+            );
+            let backend: RedisBackend<Payload> = RedisBackend::new(queues, options.clone());
             let worker = WorkerBuilder::new(backend.consumer())
                 .backend(backend)
                 .data(recorder.clone())
@@ -1334,7 +1358,96 @@ async fn scenario_backlog(env: &Env, config: &DrainConfig) -> anyhow::Result<Ver
 
 // ---------------------------------------------------------------------------------------------
 
-const SCENARIOS: [&str; 5] = ["enqueue", "drain", "idle", "steady", "backlog"];
+// ---------------------------------------------------------------------------------------------
+// 6. memory
+
+async fn scenario_memory(env: &Env) -> anyhow::Result<Verdict> {
+    let duration = env.sizes.memory;
+    let retention = Duration::from_secs(2);
+    let rate = STEADY_PER_TICK as f64 / STEADY_TICK.as_secs_f64();
+    println!(
+        "\n== 6. memory: {} jobs/s for {} s, succeeded jobs kept {} s, trimmed every second ==",
+        thousands(rate),
+        duration.as_secs(),
+        retention.as_secs()
+    );
+    let settings = QueueSettings {
+        succeeded_retention: retention,
+        ..QueueSettings::default()
+    };
+    let queue = env.queue("memory");
+    let queues = Queues::new(
+        RedisHandle::open(&env.url)?,
+        &env.namespace,
+        settings.clone(),
+    );
+    queues.ensure_group(&queue).await?;
+    let workers = Workers::start_with(
+        env,
+        settings,
+        &WorkerOptions::new(queue.clone()),
+        1,
+        Recorder(None),
+    )?;
+    let empty = env.snapshot().await?.redis_memory;
+    let mut tick = tokio::time::interval(STEADY_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let mut next_sample = Duration::from_secs(1);
+    let mut samples: Vec<f64> = vec![];
+    let mut pushed = 0usize;
+    let outcome: anyhow::Result<()> = async {
+        while start.elapsed() < duration {
+            tick.tick().await;
+            let jobs: Vec<NewJob> = (0..STEADY_PER_TICK).map(|_| env.payload()).collect();
+            pushed += queues.push(&queue, jobs).await?.len();
+            if start.elapsed() >= next_sample {
+                queues.trim(&queue).await?;
+                samples.push(env.snapshot().await?.redis_memory - empty);
+                next_sample += Duration::from_secs(1);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    workers.stop().await?;
+    outcome?;
+    env.delete_keys(Some(&queue)).await?;
+
+    let mb: Vec<f64> = samples.iter().map(|b| b / 1e6).collect();
+    let top = mb.iter().copied().fold(f64::MIN, f64::max).max(0.001);
+    let bars = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let line: String = mb
+        .iter()
+        .map(|v| bars[((v.max(0.0) / top) * 7.0).round() as usize])
+        .collect();
+    println!(
+        "  {} jobs pushed; Redis memory above the empty queue, MB per second (max {top:.1} MB):",
+        thousands(pushed as f64)
+    );
+    println!("  {line}");
+    let warm = (retention.as_secs() + 2) as usize;
+    let steady = &mb[warm.min(mb.len())..];
+    let third = (steady.len() / 3).max(1);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (first, last) = (
+        mean(&steady[..third.min(steady.len())]),
+        mean(&steady[steady.len().saturating_sub(third)..]),
+    );
+    let ratio = last / first.max(1e-9);
+    let pass = steady.len() >= 3 && (0.8..=1.25).contains(&ratio);
+    println!(
+        "  after warm-up: first third {first:.1} MB, last third {last:.1} MB (×{ratio:.2})  {}",
+        verdict(pass)
+    );
+    Ok(Verdict {
+        target: "memory flat under steady load".into(),
+        measured: format!("{first:.1} MB → {last:.1} MB (×{ratio:.2})"),
+        pass,
+    })
+}
+
+const SCENARIOS: [&str; 6] = ["enqueue", "drain", "idle", "steady", "backlog", "memory"];
 
 /// Runs the selected scenarios in order. Without the drain scenario, the backlog is drained
 /// with the default options.
@@ -1357,6 +1470,9 @@ async fn run_all(env: &Env) -> anyhow::Result<Vec<Verdict>> {
     }
     if env.selected("backlog") {
         verdicts.push(scenario_backlog(env, &best).await?);
+    }
+    if env.selected("memory") {
+        verdicts.push(scenario_memory(env).await?);
     }
     Ok(verdicts)
 }

@@ -608,25 +608,35 @@ impl Queues {
         }
     }
 
-    /// Drops finished jobs older than their retention from the status sets (their hashes expire
-    /// on their own). O(log n + removed).
+    /// Drops finished jobs older than their retention from the finished sets and deletes their
+    /// hashes, in bounded batches. O(log n + removed).
     pub async fn trim(&self, queue: &QueueName) -> RedisResult<u64> {
+        const BATCH: u64 = 500;
         let keys = self.keys(queue);
         let now = now_ms();
-        let mut pipe = redis::pipe();
+        let mut conn = self.redis.conn().await?;
+        let mut total = 0;
         for (set, keep) in [
             (JobSet::Succeeded, self.settings.succeeded_retention),
             (JobSet::Failed, self.settings.dead_retention),
             (JobSet::Dead, self.settings.dead_retention),
         ] {
-            pipe.cmd("ZREMRANGEBYSCORE")
-                .arg(keys.set(set))
-                .arg("-inf")
-                .arg(now - keep.as_millis() as i64);
+            loop {
+                let removed: u64 = scripts::TRIM
+                    .key(keys.stream())
+                    .arg(keys.prefix())
+                    .arg(set.suffix())
+                    .arg(now - keep.as_millis() as i64)
+                    .arg(BATCH)
+                    .invoke_async(&mut conn)
+                    .await?;
+                total += removed;
+                if removed < BATCH {
+                    break;
+                }
+            }
         }
-        let mut conn = self.redis.conn().await?;
-        let removed: Vec<u64> = pipe.query_async(&mut conn).await?;
-        Ok(removed.into_iter().sum())
+        Ok(total)
     }
 
     /// Jobs finished today (UTC) per tenant id: (succeeded, failed/retried/dead outcomes).

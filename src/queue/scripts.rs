@@ -384,3 +384,22 @@ return 'cancelled'
 "#,
     )
 });
+
+/// Drops up to `limit` finished jobs older than `cutoff` from one finished set, deleting their
+/// hashes too: memory then does not wait for Redis to notice expired keys, which it finds by
+/// sampling and can be slow to do among many long-lived keys. ARGV: prefix, set name, cutoff,
+/// limit. Returns how many were dropped.
+pub static TRIM: LazyLock<Script> = LazyLock::new(|| {
+    with_common(
+        r#"
+local prefix, set, cutoff, limit = ARGV[1], ARGV[1] .. ':' .. ARGV[2], ARGV[3], tonumber(ARGV[4])
+local ids = redis.call('ZRANGEBYSCORE', set, '-inf', cutoff, 'LIMIT', 0, limit)
+if #ids == 0 then return 0 end
+local keys = {}
+for k, id in ipairs(ids) do keys[k] = job_key(prefix, id) end
+redis.call('UNLINK', unpack(keys))
+redis.call('ZREM', set, unpack(ids))
+return #ids
+"#,
+    )
+});
