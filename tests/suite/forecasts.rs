@@ -466,3 +466,62 @@ async fn old_runs_are_pruned_beyond_the_retention() {
         .unwrap();
     assert_eq!(orphans, 0);
 }
+
+#[tokio::test]
+async fn a_nightly_run_emails_the_tenant_its_reorder_digest() {
+    let smtp = SmtpServer::start().await;
+    let url = smtp.url();
+    let app = spawn_app_with(move |s| s.smtp_url = Some(url)).await;
+    let t = tenant_with_history(&app, "digest", 20, 120).await;
+    sqlx::query("UPDATE tenants SET alert_email = 'buyer@digest.example' WHERE slug = 'digest'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let _workers = app.start_workers("forecasts,emails");
+    let night = chrono::Utc::now().date_naive();
+    let started = backroom::workers::forecasts::start_nightly(&app.db, &app.queues, night, 14)
+        .await
+        .unwrap();
+    assert_eq!(started, 1);
+    let message = wait_for("the reorder digest to arrive", LIMIT, || async {
+        smtp.messages().into_iter().next()
+    })
+    .await;
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&message)
+        .unwrap();
+    let to = parsed
+        .to()
+        .unwrap()
+        .first()
+        .unwrap()
+        .address()
+        .unwrap()
+        .to_string();
+    assert_eq!(to, "buyer@digest.example");
+    let subject = parsed.subject().unwrap().to_string();
+    let text = parsed.body_text(0).unwrap().to_string();
+    let html = parsed.body_html(0).unwrap().to_string();
+    // Every SKU due to reorder in the run is listed, with its order quantity.
+    let tenant: uuid::Uuid = t.id.parse().unwrap();
+    let due: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT sku, order_quantity FROM forecast_results WHERE tenant_id = $1 AND on_hand <= reorder_point",
+    )
+    .bind(tenant)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert!(!due.is_empty(), "the generated stock leaves some SKUs due");
+    assert!(
+        subject.starts_with(&format!("{} SKUs due to reorder", due.len())),
+        "{subject}"
+    );
+    for (sku, quantity) in &due {
+        assert!(text.contains(&format!("{sku} (")), "{sku} in the text body");
+        assert!(
+            text.contains(&format!("order {quantity},")),
+            "{sku}'s order in the text body"
+        );
+        assert!(html.contains(sku.as_str()), "{sku} in the HTML body");
+    }
+}
