@@ -63,7 +63,7 @@ pub async fn run() -> anyhow::Result<()> {
         workers::WorkPlan::parse(None, None)?
     } else {
         tracing::warn!("SMTP_URL is not set: emails stay queued until a worker with SMTP runs");
-        workers::WorkPlan::parse(Some("stock,invoices"), None)?
+        workers::WorkPlan::parse(Some("stock,invoices,forecasts,imports"), None)?
     };
     let work = workers::run(&settings, plan, stopped(stop_rx.clone()));
     let schedule = scheduler::run(&settings, stopped(stop_rx.clone()));
