@@ -29,11 +29,12 @@
 //! error or Ctrl-C). Progress goes to stderr; `BACKROOM_LOG` sets the log filter (default
 //! `info`, as in production).
 
+mod common;
+
 use anyhow::{Context as _, bail};
 use backroom::config::{LogFormat, Settings};
-use backroom::startup::Application;
 use backroom::workers::invoice_pdf::{self, Fonts, InvoiceDocument, InvoiceLine};
-use backroom::workers::{self, WorkPlan};
+use common::*;
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection as _, PgPool};
@@ -41,8 +42,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 // Target from the issue.
@@ -77,159 +76,6 @@ impl Sizes {
             orders: 60,
             order_clients: 8,
         }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Harness: a database, a Redis namespace, the server and the workers.
-
-/// Names of everything the run creates, known before anything exists so cleanup always works.
-#[derive(Clone)]
-struct Names {
-    /// `DATABASE_URL` (any database of the server; its query, e.g. `?host=/var/run/postgresql`
-    /// for the Unix socket, is kept).
-    pg: url::Url,
-    db_name: String,
-    redis_url: String,
-    namespace: String,
-}
-
-impl Names {
-    fn new() -> Self {
-        let url = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let id = Uuid::new_v4().simple().to_string();
-        Names {
-            pg: url::Url::parse(&url).expect("DATABASE_URL is a URL"),
-            db_name: format!("backroom_bench_{id}"),
-            redis_url: std::env::var("REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-            namespace: format!("bench-{id}"),
-        }
-    }
-
-    /// The URL of database `db` on the server.
-    fn url_of(&self, db: &str) -> String {
-        let mut url = self.pg.clone();
-        url.set_path(&format!("/{db}"));
-        url.into()
-    }
-
-    fn database_url(&self) -> String {
-        self.url_of(&self.db_name)
-    }
-
-    /// Drops the database (closing whatever is still connected) and deletes the namespace's keys.
-    async fn cleanup(&self) {
-        let dropped = async {
-            let mut conn = sqlx::PgConnection::connect(&self.url_of("postgres")).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
-                self.db_name
-            )))
-            .execute(&mut conn)
-            .await?;
-            conn.close().await?;
-            anyhow::Ok(())
-        };
-        if let Err(e) = dropped.await {
-            eprintln!("cleanup: could not drop database {}: {e:#}", self.db_name);
-        }
-        match delete_keys(&self.redis_url, &self.namespace).await {
-            Ok(n) => eprintln!("cleanup: dropped {}, deleted {n} Redis keys", self.db_name),
-            Err(e) => eprintln!("cleanup: deleting {{{}:* failed: {e:#}", self.namespace),
-        }
-    }
-}
-
-/// SCAN MATCH `{<namespace>:*` + UNLINK; returns how many keys went.
-async fn delete_keys(redis_url: &str, namespace: &str) -> anyhow::Result<u64> {
-    let mut conn = redis::Client::open(redis_url)?
-        .get_multiplexed_async_connection()
-        .await?;
-    let pattern = format!("{{{namespace}:*");
-    let (mut cursor, mut deleted) = (0u64, 0u64);
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(5000)
-            .query_async(&mut conn)
-            .await?;
-        for chunk in keys.chunks(1000) {
-            deleted += redis::cmd("UNLINK")
-                .arg(chunk)
-                .query_async::<u64>(&mut conn)
-                .await?;
-        }
-        cursor = next;
-        if cursor == 0 {
-            return Ok(deleted);
-        }
-    }
-}
-
-/// The server under test, serving until stopped (or dropped).
-struct Server {
-    base: String,
-    /// The server's own Postgres pool (to settle statistics, see `Ctx::pg_transactions`).
-    db: PgPool,
-    stop: oneshot::Sender<()>,
-    join: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Server {
-    async fn start(settings: &Settings) -> anyhow::Result<Self> {
-        let app = Application::build(settings.clone()).await?;
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let db = app.state().db.clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let join = tokio::spawn(app.run_until(async move {
-            let _ = stopped.await;
-        }));
-        Ok(Server {
-            base,
-            db,
-            stop,
-            join,
-        })
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(30), self.join)
-            .await
-            .context("the server did not stop within 30 s")??
-    }
-}
-
-/// In-process workers (`workers::run`, as `backroom work` runs them); stop on `stop` or drop.
-struct Workers {
-    stop: oneshot::Sender<()>,
-    join: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Workers {
-    fn start(settings: &Settings, queues: &str) -> anyhow::Result<Self> {
-        let plan = WorkPlan::parse(Some(queues), None)?;
-        let settings = settings.clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let join = tokio::spawn(async move {
-            workers::run(&settings, plan, async move {
-                let _ = stopped.await;
-            })
-            .await
-        });
-        Ok(Workers { stop, join })
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(40), self.join)
-            .await
-            .context("the workers did not stop within 40 s")??
     }
 }
 
@@ -319,133 +165,6 @@ impl CpuUse {
             pct(self.other)
         )
     }
-}
-
-/// `comm` and (utime, stime, cutime, cstime) in clock ticks of `/proc/<pid>/stat`.
-fn proc_stat(pid: &str) -> Option<(String, [f64; 4])> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat[open + 1..close].to_string();
-    // After ")": state is field 3; utime..cstime are fields 14..17.
-    let fields: Vec<f64> = stat[close + 1..]
-        .split_whitespace()
-        .skip(11)
-        .take(4)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    (fields.len() == 4).then(|| (comm, [fields[0], fields[1], fields[2], fields[3]]))
-}
-
-/// Non-idle ticks of all CPUs, from the first line of `/proc/stat`.
-fn machine_busy_ticks() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0.0;
-    };
-    let ticks: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal.
-    ticks.iter().take(8).sum::<f64>()
-        - ticks.get(3).copied().unwrap_or(0.0)
-        - ticks.get(4).copied().unwrap_or(0.0)
-}
-
-/// `sysconf(_SC_CLK_TCK)` without libc: the `AT_CLKTCK` entry of the auxiliary vector.
-fn clock_ticks() -> f64 {
-    const AT_CLKTCK: u64 = 17;
-    let word = std::mem::size_of::<usize>();
-    std::fs::read("/proc/self/auxv")
-        .ok()
-        .and_then(|auxv| {
-            auxv.chunks_exact(2 * word).find_map(|pair| {
-                let read = |b: &[u8]| {
-                    let mut buf = [0u8; 8];
-                    buf[..word].copy_from_slice(b);
-                    u64::from_ne_bytes(buf)
-                };
-                (read(&pair[..word]) == AT_CLKTCK).then(|| read(&pair[word..]))
-            })
-        })
-        .filter(|&t| t > 0)
-        .unwrap_or(100) as f64
-}
-
-// ---------------------------------------------------------------------------------------------
-// Output.
-
-struct Verdict {
-    target: String,
-    measured: String,
-    pass: bool,
-}
-
-fn verdict(pass: bool) -> &'static str {
-    if pass { "PASS" } else { "MISS" }
-}
-
-fn dec(v: f64, places: usize) -> String {
-    format!("{v:.places$}")
-}
-
-/// 12345.6 → "12,346".
-fn thousands(v: f64) -> String {
-    let digits = format!("{:.0}", v.abs());
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if v < 0.0 { format!("-{out}") } else { out }
-}
-
-/// Prints rows under headers: the first column left-aligned, the others right-aligned.
-fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    print_table_aligned(headers, rows, 1);
-}
-
-/// Prints rows under headers: the first `left` columns left-aligned, the others right-aligned.
-fn print_table_aligned(headers: &[&str], rows: &[Vec<String>], left: usize) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (c, &w))| {
-                if i < left {
-                    format!("{c:<w$}")
-                } else {
-                    format!("{c:>w$}")
-                }
-            })
-            .collect();
-        println!("  {}", parts.join("  ").trim_end());
-    };
-    line(headers.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -871,7 +590,7 @@ async fn part_e2e(
         .fetch_one(&ctx.db)
         .await?;
     let started = Instant::now();
-    let workers = Workers::start(&ctx.settings, "invoices")?;
+    let workers = Workers::start(&ctx.settings, "invoices", None)?;
     let (mut last, mut last_change) = (0, Instant::now());
     let mut next_report = Instant::now() + Duration::from_secs(1);
     let (mut waiting_sum, mut samples) = (0i64, 0i64);
