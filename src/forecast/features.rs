@@ -344,8 +344,7 @@ mod tests {
     use super::*;
 
     fn day(s: &str) -> i32 {
-        let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
-        (d - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()).num_days() as i32
+        super::super::history::day_number(chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap())
     }
 
     #[test]

@@ -644,8 +644,8 @@ const MSTL_ETS_DAMPED: bool = false;
 /// augurs. Falls back to the non-seasonal AutoETS alone when m == 1 or n < 2m
 /// (MSTL needs two full periods).
 ///
-/// augurs' seasonal AutoETS is deliberately never used: its interval code hits
-/// `todo!()`/`unimplemented!()` for several seasonal model classes.
+/// augurs' seasonal AutoETS is deliberately never used: its interval code is unfinished
+/// for several seasonal model classes and panics there.
 fn mstl_ets(y: &[f64], m: usize, horizon: usize, level: f64) -> Result<Forecast, ModelError> {
     let ets = AutoETS::new(1, MSTL_ETS_SPEC)
         .and_then(|a| a.damped(MSTL_ETS_DAMPED))

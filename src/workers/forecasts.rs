@@ -12,8 +12,9 @@
 //!   itself done and does nothing; the chunk that completes the run finishes it and, for a
 //!   nightly run, queues the tenant's reorder digest through the outbox.
 
+use crate::forecast::history::{self, csv_quoted};
 use crate::forecast::pipeline::{self, Artifacts, Outcome, RunSettings};
-use crate::forecast::{history, reorder};
+use crate::forecast::reorder;
 use crate::outbox::{self, OutboxJob};
 use crate::queue::{JobError, JobMeta, NewJob, QueueName, Queues};
 use crate::workers::emails::{self, EmailJob};
@@ -562,10 +563,6 @@ async fn write_results(
     copy.send(points.as_bytes()).await?;
     copy.finish().await?;
     Ok(())
-}
-
-fn csv_quoted(value: &str) -> String {
-    format!("\"{}\"", value.replace('"', "\"\""))
 }
 
 /// Runs a whole forecast in this process (plan, then every chunk in turn), reporting progress
