@@ -19,8 +19,8 @@
 //!    **2b. the ledger alone** — no queue, no HTTP, on a tenant of its own: `apply_batch` of
 //!    64, 256 and 1,000 adjustments (20 batches each), then a `StockLedger` fed by 512
 //!    concurrent callers (the stock worker's concurrency), over TCP and again over the
-//!    server's Unix socket when there is one (no Nagle algorithm there: the difference is the
-//!    cost of sqlx 0.9.0 not setting `TCP_NODELAY`).
+//!    server's Unix socket when there is one. sqlx 0.9.0 does not set `TCP_NODELAY`;
+//!    `db::pool` sets it, and this pair shows what TCP still costs after that.
 //! 3. **single intake** — `wrk` (2 threads, 64 connections, 10 s after a 2 s warm-up,
 //!    `--latency`) POSTs `/v1/stock-adjustments` with a unique idempotency key per request
 //!    (thread id + counter), workers stopped. Target ≥ 10,000 requests/s with p99 ≤ 20 ms. A
@@ -419,6 +419,9 @@ async fn setup(names: Names, smoke: bool) -> anyhow::Result<Ctx> {
         ("BACKROOM_BIND", "127.0.0.1:0".to_string()),
         ("BACKROOM_REDIS_NAMESPACE", names.namespace.clone()),
         ("BACKROOM_SHUTDOWN_GRACE_SECS", "10".to_string()),
+        // The per-tenant rate limiter runs on every request but never refuses one here.
+        ("BACKROOM_TENANT_RATE_PER_SECOND", "1000000".to_string()),
+        ("BACKROOM_TENANT_RATE_BURST", "1000000".to_string()),
     ]);
     let settings = Settings::from_lookup(|k| env.get(k).cloned())?;
     let redis = redis::Client::open(names.redis_url.as_str())?
@@ -983,11 +986,8 @@ async fn ledger_runs(
 ) -> anyhow::Result<f64> {
     use backroom::domain::{Delta, IdempotencyKey, Reason, Sku};
     use backroom::workers::stock::{Adjustment, StockLedger, apply_batch};
-    // A pool like the worker's (default size).
-    let pool = PgPoolOptions::new()
-        .max_connections(ctx.settings.database_max_connections)
-        .connect(url)
-        .await?;
+    // The worker's own pool (default size, with its TCP_NODELAY fix).
+    let pool = backroom::db::pool(url, ctx.settings.database_max_connections)?;
     let tag: String = transport
         .chars()
         .filter(char::is_ascii_alphabetic)

@@ -6,19 +6,83 @@
 
 use anyhow::Context;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::str::FromStr;
 use std::time::Duration;
 
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub fn pool(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
+    let options = PgConnectOptions::from_str(database_url)
+        .context("while configuring the Postgres pool (DATABASE_URL)")?;
+    let tcp_port = tcp_port(&options);
+    Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
-        .connect_lazy(database_url)
-        .context("while configuring the Postgres pool (DATABASE_URL)")
+        .after_connect(move |_conn, _meta| {
+            Box::pin(async move {
+                if let Some(port) = tcp_port {
+                    set_nodelay_on_sockets_to(port);
+                }
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options))
 }
+
+/// The server port when the connection goes over TCP (not a Unix socket).
+fn tcp_port(options: &PgConnectOptions) -> Option<u16> {
+    let host = options.get_host();
+    (options.get_socket().is_none() && !host.starts_with('/')).then(|| options.get_port())
+}
+
+/// Turns Nagle's algorithm off on this process's TCP sockets to `port`.
+///
+/// sqlx 0.9.0 opens TCP connections without `TCP_NODELAY` (transact-rs/sqlx#4335; the fix,
+/// #4336, is merged but not released). A message longer than one segment then ends in a small
+/// segment that waits for the server's delayed ACK, about 40 ms. Measured here: the stock
+/// ledger's 1,000-row transactions ran at 5,600 adjustments/s over TCP and 48,000/s over the Unix
+/// socket. sqlx gives no handle on its socket, so each new connection sets the option on every
+/// socket of the process whose peer is the database port (setting it twice is harmless).
+/// Remove once sqlx releases the fix.
+#[cfg(target_os = "linux")]
+pub fn set_nodelay_on_sockets_to(port: u16) {
+    use std::os::fd::{BorrowedFd, RawFd};
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<RawFd>().ok())
+        else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: the descriptor is borrowed for two socket calls only. If another thread closed
+        // it since the listing, the calls fail; if the number was reused, the peer check below
+        // decides again, and at worst another connection to the database gets the same option.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&fd);
+        let to_port = socket
+            .peer_addr()
+            .ok()
+            .and_then(|addr| addr.as_socket())
+            .is_some_and(|addr| addr.port() == port);
+        if to_port && socket.r#type().is_ok_and(|t| t == socket2::Type::STREAM) {
+            let _ = socket.set_tcp_nodelay(true);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn set_nodelay_on_sockets_to(_port: u16) {}
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR

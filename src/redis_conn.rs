@@ -12,10 +12,16 @@ use redis::aio::{
 };
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::io::tcp::TcpSettings;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
+
+/// Commands and their replies are small and latency-bound: send each at once (no Nagle).
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +59,7 @@ impl RedisHandle {
                     .map(|r| format!("rediss://{r}"))
             }) {
             let client = ClusterClient::builder(vec![rest])
+                .tcp_settings(tcp_settings())
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(RESPONSE_TIMEOUT)
                 .retries(3)
@@ -60,8 +67,12 @@ impl RedisHandle {
                 .context("while configuring the Redis Cluster client (REDIS_URL)")?;
             Topology::Cluster(Box::new(client))
         } else {
+            let info = url
+                .into_connection_info()
+                .context("while configuring the Redis client (REDIS_URL)")?
+                .set_tcp_settings(tcp_settings());
             Topology::Single(
-                redis::Client::open(url)
+                redis::Client::open(info)
                     .context("while configuring the Redis client (REDIS_URL)")?,
             )
         };
