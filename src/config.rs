@@ -60,6 +60,10 @@ pub struct Settings {
     pub invoice_font_dir: Option<std::path::PathBuf>,
     /// `BACKROOM_MAX_IMPORT_BYTES`: the largest sales CSV upload (default 64 MiB).
     pub max_import_bytes: usize,
+    /// `BACKROOM_TENANT_RATE_PER_SECOND` (default 1,000; 0 turns the limit off) and
+    /// `BACKROOM_TENANT_RATE_BURST` (default 2,000): each tenant's API request rate, shared by
+    /// every API process; over it a request gets 429 with `Retry-After`.
+    pub tenant_rate: crate::api::rate_limit::RateLimit,
     /// Nightly forecasting.
     pub forecast: ForecastSettings,
     /// `BACKROOM_JOB_LEASE_SECS`, `BACKROOM_RETENTION_SUCCEEDED_SECS`,
@@ -214,6 +218,26 @@ impl Settings {
             "67108864",
             "a number of bytes",
         )?;
+        let tenant_rate = crate::api::rate_limit::RateLimit {
+            per_second: parse_or(
+                get("BACKROOM_TENANT_RATE_PER_SECOND"),
+                "BACKROOM_TENANT_RATE_PER_SECOND",
+                "1000",
+                "a whole number of requests (0 for no limit)",
+            )?,
+            burst: parse_or(
+                get("BACKROOM_TENANT_RATE_BURST"),
+                "BACKROOM_TENANT_RATE_BURST",
+                "2000",
+                "a whole number of requests",
+            )?,
+        };
+        if tenant_rate.burst == 0 {
+            return Err(SettingsError {
+                var: "BACKROOM_TENANT_RATE_BURST",
+                message: "must be at least 1".into(),
+            });
+        }
         let cron = get("BACKROOM_FORECAST_CRON").unwrap_or_else(|| "0 0 2 * * *".into());
         if let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(&cron) {
             return Err(SettingsError {
@@ -314,6 +338,7 @@ impl Settings {
             emails_per_minute,
             invoice_font_dir,
             max_import_bytes,
+            tenant_rate,
             forecast: ForecastSettings {
                 cron,
                 horizon_days,

@@ -48,6 +48,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(port = self.port, "HTTP API listening");
+        tokio::spawn(self.state.lookups.clone().listen(self.state.db.clone()));
         if let Some(bind) = self.state.settings.metrics_bind {
             spawn_metrics_listener(bind, self.state.queues.clone()).await?;
         }

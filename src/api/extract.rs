@@ -7,6 +7,7 @@
 
 use super::AppState;
 use super::error::{Error, FieldError};
+use super::lookups::KeyOwner;
 use crate::domain::ApiKeyHash;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -165,22 +166,51 @@ impl FromRequestParts<AppState> for Tenant {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
         let token = bearer_token(parts)?;
         let hash = ApiKeyHash::of(token);
-        let row = sqlx::query!(
-            r#"SELECT t.id, t.slug, t.active
-               FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-               WHERE k.key_hash = $1 AND k.revoked_at IS NULL"#,
-            hash.as_bytes()
-        )
-        .fetch_optional(&state.db)
-        .await?
-        .ok_or_else(|| Error::Unauthorized("the API key is not valid".into()))?;
-        if !row.active {
+        let owner = match state.lookups.key(hash.as_bytes()) {
+            Some(owner) => owner,
+            None => {
+                let generation = state.lookups.generation();
+                let row = sqlx::query!(
+                    r#"SELECT t.id, t.slug, t.active
+                       FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+                       WHERE k.key_hash = $1 AND k.revoked_at IS NULL"#,
+                    hash.as_bytes()
+                )
+                .fetch_optional(&state.db)
+                .await?
+                .ok_or_else(|| Error::Unauthorized("the API key is not valid".into()))?;
+                let owner = KeyOwner {
+                    tenant_id: row.id,
+                    slug: row.slug,
+                    active: row.active,
+                };
+                state
+                    .lookups
+                    .remember_key(generation, hash.as_bytes().to_vec(), owner.clone());
+                owner
+            }
+        };
+        if !owner.active {
             return Err(Error::Forbidden("this tenant is deactivated".into()));
         }
-        tracing::Span::current().record("tenant_id", tracing::field::display(row.id));
+        if let Some(wait) = state
+            .settings
+            .tenant_rate
+            .check(
+                &state.redis,
+                &state.settings.redis_namespace,
+                owner.tenant_id,
+            )
+            .await
+        {
+            return Err(Error::RateLimited {
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            });
+        }
+        tracing::Span::current().record("tenant_id", tracing::field::display(owner.tenant_id));
         Ok(Tenant {
-            id: row.id,
-            slug: row.slug,
+            id: owner.tenant_id,
+            slug: owner.slug,
         })
     }
 }

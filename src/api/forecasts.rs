@@ -124,7 +124,7 @@ pub struct ImportView {
     status: String,
     job_id: Option<String>,
     /// The validation report once loaded: rows, rows loaded and rejected, and each error.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     report: Option<serde_json::Value>,
     created_at: DateTime<Utc>,
     loaded_at: Option<DateTime<Utc>>,

@@ -12,11 +12,13 @@ pub mod extract;
 pub mod forecasts;
 mod health;
 pub mod jobs;
+pub mod lookups;
 pub mod metrics;
 mod middleware;
 pub mod orders;
 pub mod pagination;
 pub mod products;
+pub mod rate_limit;
 pub mod session;
 pub mod stock;
 pub mod tenants;
@@ -44,12 +46,14 @@ pub struct AppState {
     pub queues: Queues,
     pub settings: Arc<Settings>,
     pub admin_token_digest: [u8; 32],
+    pub lookups: lookups::Lookups,
 }
 
 impl AppState {
     pub fn new(db: PgPool, redis: RedisHandle, settings: Settings) -> Self {
         Self {
             admin_token_digest: extract::admin_digest(&settings.admin_token),
+            lookups: lookups::Lookups::default(),
             queues: Queues::new(
                 redis.clone(),
                 &settings.redis_namespace,
@@ -137,12 +141,101 @@ fn routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document, as served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+    let mut spec = routes().split_for_parts().1;
+    document_problems(&mut spec);
+    spec
+}
+
+/// Problems are `application/problem+json`, and some can come from any operation of a kind
+/// (they are raised by extractors and middleware, not by the handler): 401 and 503 on every
+/// secured call, 429 on tenant calls, 400/413/415/422 on calls with a body, 422 on calls with
+/// query parameters and 404 on calls with path parameters. This documents them all in one place.
+fn document_problems(spec: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{Operation, ParameterIn};
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    const PROBLEM: &str = "application/problem+json";
+    let problem = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    PROBLEM,
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    let fix = |op: &mut Operation| {
+        for response in op.responses.responses.values_mut() {
+            if let RefOr::T(response) = response
+                && let Some(content) = response.content.shift_remove("application/json")
+            {
+                let is_problem = matches!(&content.schema,
+                    Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem"));
+                let key = if is_problem {
+                    PROBLEM
+                } else {
+                    "application/json"
+                };
+                response.content.insert(key.to_string(), content);
+            }
+        }
+        let tags = op.tags.clone().unwrap_or_default();
+        let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+        let params = op.parameters.clone().unwrap_or_default();
+        let mut add = |status: &str, description: &str| {
+            op.responses
+                .responses
+                .entry(status.to_string())
+                .or_insert_with(|| problem(description));
+        };
+        if secured {
+            add("401", "Missing or invalid credentials");
+            add(
+                "503",
+                "Postgres or Redis is unavailable; retry after `Retry-After`",
+            );
+        }
+        if tags.iter().any(|t| t == "tenant") {
+            add(
+                "429",
+                "Over the tenant's request rate; retry after `Retry-After`",
+            );
+        }
+        if op.request_body.is_some() {
+            add("400", "The body is not well-formed");
+            add("413", "The body is too large");
+            add("415", "The body's content type is not the one expected");
+            add("422", "A field is invalid (named in `errors`)");
+        }
+        if params.iter().any(|p| p.parameter_in == ParameterIn::Query) {
+            add("422", "A query parameter is invalid (named in `errors`)");
+        }
+        if params.iter().any(|p| p.parameter_in == ParameterIn::Path) {
+            add("404", "No such resource for this caller");
+        }
+    };
+    for item in spec.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(op);
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
-    let (router, spec) = routes().split_for_parts();
-    let spec = Arc::new(spec);
+    let spec = Arc::new(openapi());
+    let router = routes().split_for_parts().0;
     router
         .route(
             "/openapi.json",

@@ -126,19 +126,28 @@ fn parse_adjustment(
 
 /// Which of `skus` the tenant has no product for.
 async fn unknown_skus(state: &AppState, tenant: Uuid, skus: &[String]) -> Result<HashSet<String>> {
+    let to_check: Vec<String> = skus
+        .iter()
+        .filter(|s| !state.lookups.has_sku(tenant, s))
+        .cloned()
+        .collect();
+    if to_check.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let generation = state.lookups.generation();
     let known: HashSet<String> = sqlx::query_scalar!(
         "SELECT sku FROM products WHERE tenant_id = $1 AND sku = ANY($2)",
         tenant,
-        skus
+        &to_check
     )
     .fetch_all(&state.db)
     .await?
     .into_iter()
     .collect();
-    Ok(skus
-        .iter()
-        .filter(|s| !known.contains(*s))
-        .cloned()
+    state.lookups.remember_skus(generation, tenant, &known);
+    Ok(to_check
+        .into_iter()
+        .filter(|s| !known.contains(s))
         .collect())
 }
 

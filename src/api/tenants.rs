@@ -258,6 +258,7 @@ pub async fn update_tenant(
     .fetch_optional(&state.db)
     .await?
     .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
+    state.lookups.clear();
     Ok(axum::Json(row))
 }
 
@@ -330,6 +331,8 @@ pub async fn revoke_api_key(
     )
     .fetch_optional(&state.db)
     .await?;
+    // Other processes hear of it from the trigger's NOTIFY; this one forgets at once.
+    state.lookups.clear();
     found.map(|_| StatusCode::NO_CONTENT).ok_or_else(not_found)
 }
 

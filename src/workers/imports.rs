@@ -299,6 +299,23 @@ pub struct ImportDeps {
     pub db: PgPool,
 }
 
+/// Postgres `jsonb` cannot hold U+0000, and a report quotes the cells it rejects: a NUL byte
+/// from the upload is shown as U+FFFD instead, so the report is always storable.
+fn storable(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{FFFD}")),
+        Value::Array(items) => Value::Array(items.into_iter().map(storable).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k.replace('\0', "\u{FFFD}"), storable(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// The `imports` queue's handler.
 pub async fn handle(
     job: SalesImport,
@@ -332,7 +349,7 @@ pub async fn handle(
     let (rows, report) = match validated {
         Ok(done) => done,
         Err(unreadable) => {
-            let report = serde_json::json!({"error": unreadable.0});
+            let report = storable(serde_json::json!({"error": unreadable.0}));
             sqlx::query!(
                 "UPDATE sales_imports SET status = 'failed', report = $3 WHERE id = $1 AND tenant_id = $2",
                 job.import_id,
@@ -349,7 +366,7 @@ pub async fn handle(
         .await
         .context("while loading the imported rows")
         .map_err(|e| JobError::retry(format!("{e:#}")))?;
-    let report_json = serde_json::to_value(&report).expect("reports serialize");
+    let report_json = storable(serde_json::to_value(&report).expect("reports serialize"));
     sqlx::query!(
         "UPDATE sales_imports SET status = 'loaded', report = $3, loaded_at = now() WHERE id = $1 AND tenant_id = $2",
         job.import_id,

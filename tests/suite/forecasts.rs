@@ -525,3 +525,43 @@ async fn a_nightly_run_emails_the_tenant_its_reorder_digest() {
         assert!(html.contains(sku.as_str()), "{sku} in the HTML body");
     }
 }
+
+/// Postgres `jsonb` cannot store U+0000; a NUL byte in an upload used to make the import job
+/// retry until it died (found by scripts/fuzz-api). Now the bad cell is reported like any other.
+#[tokio::test]
+async fn an_upload_with_nul_bytes_is_reported_not_retried() {
+    let app = spawn_app().await;
+    let tenant = app.create_tenant("nul").await;
+    product(&app, &tenant.key, "MUG-1").await;
+    let _workers = app.start_workers("imports");
+    let csv = "date,sku,quantity\n2026-10-01,MUG-1,3\n2026-10-01,A\0B,3\n";
+    let accepted = upload(&app, &tenant.key, csv).await;
+    let job = wait_job(
+        &app,
+        &tenant.key,
+        accepted["job_id"].as_str().unwrap(),
+        "succeeded",
+    )
+    .await;
+    assert_eq!(job["attempts"], 1, "no retry: {job}");
+    let view: Value = app
+        .get(
+            &format!(
+                "/v1/sales/imports/{}",
+                accepted["import_id"].as_str().unwrap()
+            ),
+            Some(&tenant.key),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["status"], "loaded", "{view}");
+    assert_eq!(view["report"]["rows_loaded"], 1);
+    let error = &view["report"]["errors"][0];
+    assert_eq!(
+        (error["line"].as_u64(), error["field"].as_str()),
+        (Some(3), Some("sku"))
+    );
+    assert_eq!(error["value"], "A\u{FFFD}B");
+}
