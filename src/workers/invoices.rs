@@ -1,11 +1,19 @@
 //! Invoices: the job that numbers an order's invoice and renders its PDF.
 //!
-//! Numbering and storing happen in one transaction with the invoice row locked: the number
-//! comes from the tenant's yearly counter (gapless and strictly increasing — a failed render
-//! rolls the number back), and a job delivered twice finds the invoice ready and does nothing, so
-//! an invoice is numbered once. PDFs are stored in Postgres (`bytea`): they commit atomically with
-//! the invoice's status, are backed up and scoped by tenant like every other row, and at
-//! ~30–60 KB each need no separate object store.
+//! Two short transactions around the render, so that one tenant's invoices are not serialised
+//! behind each other's rendering:
+//! 1. **number** — with the invoice row locked, an invoice without a number takes the next one
+//!    from the tenant's yearly counter and its issue date, committed together. The counter row
+//!    is locked only for that moment; numbers stay gapless and strictly increasing, because a
+//!    number is only ever committed on its invoice. A job delivered twice finds the number (or
+//!    the finished invoice) and reuses it, so an invoice is numbered once.
+//! 2. **render** — outside any transaction, from the numbered invoice.
+//! 3. **store** — the PDF and `ready`, unless another delivery got there first.
+//!
+//! An invoice whose render fails for good is `failed` but keeps its number and date, so a retry
+//! from the dashboard renders the same document. PDFs are stored in Postgres (`bytea`): they
+//! commit atomically with the invoice's status, are backed up and scoped by tenant like every
+//! other row, and at ~30–60 KB each need no separate object store.
 
 use super::invoice_pdf::{self, Fonts, InvoiceDocument, InvoiceLine};
 use crate::domain::format_amount;
@@ -82,8 +90,8 @@ async fn render_and_store(
 ) -> Result<serde_json::Value, JobError> {
     let mut tx = deps.db.begin().await?;
     let invoice = sqlx::query!(
-        r#"SELECT i.number, i.status, i.order_id, i.currency, i.subtotal, i.tax, i.total,
-                  o.order_number, o.customer_name, o.customer_email, o.customer_address,
+        r#"SELECT i.number, i.issued_on, i.status, i.order_id, i.currency, i.subtotal, i.tax,
+                  i.total, o.order_number, o.customer_name, o.customer_email, o.customer_address,
                   o.tax_rate, o.created_at, t.name AS tenant_name
            FROM invoices i
            JOIN orders o ON o.id = i.order_id
@@ -99,29 +107,41 @@ async fn render_and_store(
     if invoice.status == "ready" {
         return Ok(serde_json::json!({"number": invoice.number, "rendered": false}));
     }
-    let today = Utc::now().date_naive();
-    let number = match invoice.number {
-        Some(n) => n,
-        None => {
+    let (number, issued_on) = match (invoice.number, invoice.issued_on) {
+        (Some(number), Some(issued_on)) => (number, issued_on),
+        _ => {
+            let today = Utc::now().date_naive();
             let n =
                 crate::db::next_counter(&mut tx, job.tenant_id, "invoice", today.year()).await?;
-            format!("INV-{}-{n:06}", today.year())
+            let number = format!("INV-{}-{n:06}", today.year());
+            sqlx::query!(
+                "UPDATE invoices SET number = $3, issued_on = $4 WHERE id = $1 AND tenant_id = $2",
+                job.invoice_id,
+                job.tenant_id,
+                number,
+                today
+            )
+            .execute(&mut *tx)
+            .await?;
+            (number, today)
         }
     };
+    tx.commit().await?;
+
     let lines = sqlx::query!(
         r#"SELECT sku, description, quantity, unit_price, line_total
            FROM order_lines WHERE order_id = $1 AND tenant_id = $2 ORDER BY line_no"#,
         invoice.order_id,
         job.tenant_id
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(&deps.db)
     .await?;
     let currency = invoice.currency.clone();
     let money = |d| format_amount(d, &currency);
     let document = InvoiceDocument {
         seller: invoice.tenant_name,
         number: number.clone(),
-        issued_on: today,
+        issued_on,
         order_number: invoice.order_number,
         customer_name: invoice.customer_name,
         customer_email: invoice.customer_email,
@@ -151,18 +171,17 @@ async fn render_and_store(
         .and_then(|r| r)
         .map_err(|e| JobError::retry(format!("rendering the PDF: {e:#}")))?;
     let size = pdf.len();
-    sqlx::query!(
-        r#"UPDATE invoices SET number = $3, status = 'ready', issued_on = $4, pdf = $5,
-                               ready_at = now(), failure_reason = NULL
-           WHERE id = $1 AND tenant_id = $2"#,
+    let stored = sqlx::query!(
+        r#"UPDATE invoices SET status = 'ready', pdf = $3, ready_at = now(), failure_reason = NULL
+           WHERE id = $1 AND tenant_id = $2 AND status <> 'ready'"#,
         job.invoice_id,
         job.tenant_id,
-        number,
-        today,
         pdf
     )
-    .execute(&mut *tx)
+    .execute(&deps.db)
     .await?;
-    tx.commit().await?;
+    if stored.rows_affected() == 0 {
+        return Ok(serde_json::json!({"number": number, "rendered": false}));
+    }
     Ok(serde_json::json!({"number": number, "rendered": true, "pdf_bytes": size}))
 }
