@@ -480,3 +480,334 @@ impl Drop for SmtpServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A directory under the system temp dir, removed with everything in it on drop.
+pub struct ScratchDir {
+    pub path: std::path::PathBuf,
+}
+
+impl ScratchDir {
+    pub fn new(what: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("backroom-{what}-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).expect("create a scratch directory");
+        ScratchDir { path }
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Sends `signal` (`KILL`, `STOP`, `CONT`, …) to process `pid`; false if it is gone.
+pub fn send_signal(signal: &str, pid: u32) -> bool {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Polls `url` with `PING` until a Redis server answers (also while it loads its data).
+async fn wait_until_redis_answers(url: &str) {
+    wait_for("redis-server to answer", Duration::from_secs(15), || {
+        let url = url.to_string();
+        async move {
+            let client = redis::Client::open(url).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .ok()
+        }
+    })
+    .await;
+}
+
+impl RedisServer {
+    /// Starts with every write fsynced to an append-only file in `dir` before it is answered, so
+    /// a server SIGKILLed and started again on the same port and `dir` has lost nothing.
+    pub async fn start_durable(port: u16, dir: &std::path::Path) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        let server = RedisServer { port, child };
+        wait_until_redis_answers(&server.url()).await;
+        server
+    }
+}
+
+impl SmtpServer {
+    /// Freezes the server (SIGSTOP): connections are accepted by the kernel but nothing is
+    /// answered, as when a mail relay hangs mid-conversation.
+    pub fn freeze(&self) {
+        if let Some(child) = &self.child {
+            assert!(send_signal("STOP", child.id()), "SIGSTOP the SMTP server");
+        }
+    }
+
+    /// Lets a frozen server go on where it stopped (SIGCONT).
+    pub fn thaw(&self) {
+        if let Some(child) = &self.child {
+            assert!(send_signal("CONT", child.id()), "SIGCONT the SMTP server");
+        }
+    }
+}
+
+/// A fresh database with the migrations applied on the Postgres server at `server_url`
+/// (`postgres://user@host:port`, no database); returns its URL.
+pub async fn fresh_database_on(server_url: &str) -> String {
+    let name = format!("backroom_test_{}", Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&format!("{server_url}/postgres"))
+        .await
+        .expect("the Postgres server answers");
+    sqlx::query(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let url = format!("{server_url}/{name}");
+    let pool = PgPool::connect(&url).await.expect("connect test database");
+    backroom::db::migrate(&pool)
+        .await
+        .expect("migrations apply");
+    pool.close().await;
+    url
+}
+
+/// Like [`spawn_app_with`], with the app's database on the Postgres server at
+/// `database_server_url` (e.g. a [`PostgresServer`] the test crashes and restarts).
+pub async fn spawn_app_on(
+    database_server_url: &str,
+    customize: impl FnOnce(&mut Settings),
+) -> TestApp {
+    init_logging();
+    let database_url = fresh_database_on(database_server_url).await;
+    let mut settings = test_settings(&database_url);
+    customize(&mut settings);
+    let app = Application::build(settings.clone())
+        .await
+        .expect("application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let db = app.state().db.clone();
+    let queues = app.state().queues.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address,
+        db,
+        settings,
+        queues,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        _shutdown: tx,
+    }
+}
+
+/// A real, private Postgres cluster (the distribution's `initdb` and `postgres`) with trust
+/// authentication on a free port, its data in a temp dir. Tests crash it (SIGKILL to the
+/// postmaster and every backend at once) and start it again on the same port and data, so it
+/// comes back through crash recovery. Killed and removed on drop.
+///
+/// Postgres refuses to run as root; when the tests do, the server runs as the `postgres` user.
+pub struct PostgresServer {
+    pub port: u16,
+    dir: ScratchDir,
+    postmaster: Option<Child>,
+}
+
+impl PostgresServer {
+    pub async fn start() -> Self {
+        let dir = ScratchDir::new("postgres");
+        if running_as_root() {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&dir.path)
+                .status()
+                .expect("chown runs");
+            assert!(status.success(), "chown the data directory to postgres");
+        }
+        let initdb = Self::command("initdb")
+            .arg("-D")
+            .arg(dir.path.join("data"))
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
+            .arg("--no-sync")
+            .output()
+            .expect("initdb runs (apt-get install postgresql)");
+        assert!(
+            initdb.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&initdb.stderr)
+        );
+        let mut server = PostgresServer {
+            port: free_port(),
+            dir,
+            postmaster: None,
+        };
+        server.start_again().await;
+        server
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>`, without a database.
+    pub fn server_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server on its port and data (after [`Self::crash`]), and waits until it
+    /// accepts connections, crash recovery included.
+    pub async fn start_again(&mut self) {
+        assert!(self.postmaster.is_none(), "the server is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path.join("postgres.log"))
+            .expect("open the server log");
+        let mut postgres = Self::command("postgres");
+        postgres
+            .arg("-D")
+            .arg(self.dir.path.join("data"))
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.dir.path.display()
+            ))
+            // A process crash loses nothing without fsync (the kernel keeps the WAL); only a
+            // machine crash would, and the tests do not crash machines.
+            .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.postmaster = Some(postgres.spawn().expect("postgres starts"));
+        let url = format!("{}/postgres", self.server_url());
+        wait_for(
+            "the private Postgres to accept connections",
+            Duration::from_secs(30),
+            || {
+                let url = url.clone();
+                async move { sqlx::PgConnection::connect(&url).await.ok().map(|_| ()) }
+            },
+        )
+        .await;
+    }
+
+    /// Kills the postmaster and all its backends with SIGKILL, as a crash would, and waits until
+    /// none of them runs any more.
+    pub fn crash(&mut self) {
+        let Some(mut postmaster) = self.postmaster.take() else {
+            return;
+        };
+        let pid = postmaster.id();
+        // Frozen first, so it forks no backend between the listing and the kill. Backends lead
+        // process groups of their own, so they are found as the postmaster's children.
+        send_signal("STOP", pid);
+        let backends = children_of(pid);
+        for backend in &backends {
+            send_signal("KILL", *backend);
+        }
+        let _ = postmaster.kill();
+        let _ = postmaster.wait();
+        let started = Instant::now();
+        while backends.iter().any(|&b| is_alive(b)) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "Postgres backends outlived SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path.join("postgres.log")).unwrap_or_default()
+    }
+
+    /// A command for one of the server's binaries, run as `postgres` when the tests run as root.
+    fn command(binary: &str) -> Command {
+        let path = postgres_bin_dir().join(binary);
+        if running_as_root() {
+            let mut command = Command::new("setpriv");
+            command
+                .args([
+                    "--reuid=postgres",
+                    "--regid=postgres",
+                    "--init-groups",
+                    "--",
+                ])
+                .arg(path);
+            command
+        } else {
+            Command::new(path)
+        }
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Debian's server binaries (`/usr/lib/postgresql/<newest>/bin`), or `BACKROOM_PG_BIN`.
+fn postgres_bin_dir() -> std::path::PathBuf {
+    if let Ok(dir) = std::env::var("BACKROOM_PG_BIN") {
+        return dir.into();
+    }
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|v| std::path::Path::new(&format!("/usr/lib/postgresql/{v}/bin/initdb")).exists())
+        .max()
+        .expect("a Postgres server is installed under /usr/lib/postgresql");
+    format!("/usr/lib/postgresql/{newest}/bin").into()
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name: state, ppid, pgrp, …
+fn proc_stat(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// The processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let parent = parent.to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| proc_stat(&pid.to_string()).is_some_and(|f| f.get(1) == Some(&parent)))
+        .collect()
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn is_alive(pid: u32) -> bool {
+    proc_stat(&pid.to_string()).is_some_and(|f| f.first().is_some_and(|s| s != "Z"))
+}

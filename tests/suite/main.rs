@@ -5,6 +5,7 @@ mod helpers;
 
 mod dashboard;
 mod emails;
+mod faults;
 mod forecasts;
 mod foundation_auth;
 mod foundation_health;
@@ -18,4 +19,5 @@ mod queue_cluster;
 mod queue_engine;
 mod queue_faults;
 mod queue_support;
+mod secrets;
 mod stock;
