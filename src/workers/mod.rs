@@ -106,7 +106,11 @@ pub async fn run(
                 running.spawn(async move { worker.run_until(signal).await });
             }
             invoices::QUEUE => {
-                options.concurrency = concurrency(4);
+                // Rendering is CPU work (on the blocking pool); the rest waits on Postgres and
+                // Redis. Four jobs per core keep the cores busier through those waits (measured
+                // on 2 cores, end to end: 4 jobs in all 258 invoices/s, 8 jobs 284–339/s).
+                let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+                options.concurrency = concurrency(4 * cores);
                 options.prefetch = options.concurrency * 2;
                 options.job_timeout = Duration::from_secs(120);
                 let deps = invoices::InvoiceDeps {
