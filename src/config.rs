@@ -60,6 +60,8 @@ pub struct Settings {
     pub invoice_font_dir: Option<std::path::PathBuf>,
     /// `BACKROOM_MAX_IMPORT_BYTES`: the largest sales CSV upload (default 64 MiB).
     pub max_import_bytes: usize,
+    /// `BACKROOM_MAX_IMPORT_ROWS`: the most rows a sales CSV may hold (default 2,000,000).
+    pub max_import_rows: usize,
     /// `BACKROOM_TENANT_RATE_PER_SECOND` (default 1,000; 0 turns the limit off) and
     /// `BACKROOM_TENANT_RATE_BURST` (default 2,000): each tenant's API request rate, shared by
     /// every API process; over it a request gets 429 with `Retry-After`.
@@ -218,6 +220,12 @@ impl Settings {
             "67108864",
             "a number of bytes",
         )?;
+        let max_import_rows: usize = parse_or(
+            get("BACKROOM_MAX_IMPORT_ROWS"),
+            "BACKROOM_MAX_IMPORT_ROWS",
+            "2000000",
+            "a number of rows",
+        )?;
         let tenant_rate = crate::api::rate_limit::RateLimit {
             per_second: parse_or(
                 get("BACKROOM_TENANT_RATE_PER_SECOND"),
@@ -338,6 +346,7 @@ impl Settings {
             emails_per_minute,
             invoice_font_dir,
             max_import_bytes,
+            max_import_rows,
             tenant_rate,
             forecast: ForecastSettings {
                 cron,

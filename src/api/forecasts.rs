@@ -59,6 +59,19 @@ pub async fn import_sales(
             "a sales import may be at most {limit} bytes (BACKROOM_MAX_IMPORT_BYTES)"
         ))
     })?;
+    // Lines, not bytes, bound the validator's work and the report: refuse a file with too many
+    // rows at the door (the header is not a row; a last line without a newline is).
+    let rows = bytes.iter().filter(|&&b| b == b'\n').count() + usize::from(!bytes.ends_with(b"\n"));
+    let max_rows = state.settings.max_import_rows;
+    if rows.saturating_sub(1) > max_rows {
+        return Err(Error::invalid(
+            "body",
+            format!(
+                "a sales import may hold at most {max_rows} rows (BACKROOM_MAX_IMPORT_ROWS); this one has {}",
+                rows - 1
+            ),
+        ));
+    }
     let import_id = Uuid::now_v7();
     let digest = hex::encode(sha2::Sha256::digest(&bytes));
     sqlx::query!(

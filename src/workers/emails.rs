@@ -209,10 +209,11 @@ pub async fn handle(
         .await?;
         return Err(wait);
     }
-    // Claim the send: a concurrent delivery of the same email (a duplicate job) finds the claim
-    // and waits for it to end, then finds the email sent. A claim outlives a crashed sender by
-    // two minutes, except for the crashed job itself: the queue re-delivers a job only once its
-    // previous owner's lease has lapsed, so the same job may take its own claim back at once.
+    // Claim the send. The job holding the claim owns the email until it is sent or fails: a
+    // duplicate delivery (another job for the same email) finds the claim and is done, since the
+    // owner finishes the work. The owner itself may take its claim back at once: the queue
+    // re-delivers a job only after its previous lease lapsed (its sender died mid-send). A claim
+    // whose owner is gone for good expires after two minutes and any delivery may take it.
     let claimed = sqlx::query_scalar!(
         r#"UPDATE emails SET attempts = attempts + 1, job_id = $2,
                              sending_until = now() + interval '2 minutes'
@@ -225,26 +226,9 @@ pub async fn handle(
     .fetch_optional(&deps.db)
     .await?;
     if claimed.is_none() {
-        let reason = "another delivery of this email is sending it";
-        if meta.is_last_attempt() {
-            sqlx::query!(
-                "UPDATE emails SET status = 'failed', last_error = $2 WHERE id = $1 AND status <> 'sent'",
-                email.id,
-                reason
-            )
-            .execute(&deps.db)
-            .await?;
-            return Err(JobError::permanent(reason));
-        }
-        // Wait for the other claim to end rather than spending attempts on it.
-        let claim_left: Option<f64> = sqlx::query_scalar!(
-            r#"SELECT EXTRACT(EPOCH FROM sending_until - now())::float8 FROM emails WHERE id = $1"#,
-            email.id
-        )
-        .fetch_one(&deps.db)
-        .await?;
-        let wait = claim_left.unwrap_or(0.0).clamp(1.0, 130.0);
-        return Err(JobError::retry_after(reason, Duration::from_secs_f64(wait)));
+        return Ok(serde_json::json!({
+            "email_id": email.id, "status": "sending", "duplicate": true,
+        }));
     }
 
     let message = build_message(&deps.mailer, &email)

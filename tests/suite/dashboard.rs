@@ -184,7 +184,7 @@ async fn every_admin_page_needs_a_session_and_every_action_its_csrf_token() {
 struct Browser {
     client: Client,
     driver: Child,
-    _profile: std::path::PathBuf,
+    profile: std::path::PathBuf,
 }
 
 impl Browser {
@@ -231,7 +231,7 @@ impl Browser {
         Browser {
             client,
             driver,
-            _profile: profile,
+            profile,
         }
     }
 
@@ -288,6 +288,12 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // Chromium outlives a killed chromedriver; its processes are the ones with our profile.
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(format!("--user-data-dir={}", self.profile.display()))
+            .status();
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
@@ -517,4 +523,6 @@ async fn an_admin_opens_a_forecast_run_and_its_sku_chart() {
         .await
         .unwrap();
     browser.screenshot("dashboard-forecast").await;
+    // Ending the session quits Chromium; killing only chromedriver would orphan it.
+    let _ = browser.client.clone().close().await;
 }

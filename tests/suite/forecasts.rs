@@ -565,3 +565,46 @@ async fn an_upload_with_nul_bytes_is_reported_not_retried() {
     );
     assert_eq!(error["value"], "A\u{FFFD}B");
 }
+
+#[tokio::test]
+async fn imports_and_batches_over_their_limits_are_refused_at_the_door() {
+    let app = spawn_app_with(|s| {
+        s.max_import_rows = 3;
+        s.max_import_bytes = 200;
+    })
+    .await;
+    let tenant = app.create_tenant("limits").await;
+    product(&app, &tenant.key, "MUG-1").await;
+    let send = |csv: String| {
+        app.request(Method::POST, "/v1/sales/import", Some(&tenant.key))
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+    };
+    // Three rows (the last without a newline) pass; four are one too many.
+    let three = "date,sku,quantity\n2026-10-01,MUG-1,1\n2026-10-02,MUG-1,1\n2026-10-03,MUG-1,1";
+    assert_eq!(send(three.to_string()).await.unwrap().status(), 202);
+    let four = format!("{three}\n2026-10-04,MUG-1,1\n");
+    let refused = assert_problem(send(four).await.unwrap(), 422, "too many rows").await;
+    assert_eq!(refused["errors"][0]["field"], "body", "{refused}");
+    let big = format!("date,sku,quantity\n{}", "x".repeat(300));
+    assert_problem(send(big).await.unwrap(), 413, "too many bytes").await;
+    // A stock batch holds at most 1,000 adjustments.
+    let batch: Vec<Value> = (0..1001)
+        .map(|i| json!({"sku": "MUG-1", "delta": 1, "reason": "receipt", "idempotency_key": format!("k{i}")}))
+        .collect();
+    let r = app
+        .post_json(
+            "/v1/stock-adjustments/batch",
+            Some(&tenant.key),
+            &json!({ "adjustments": batch }),
+        )
+        .await;
+    let problem = assert_problem(r, 422, "a batch of 1,001").await;
+    assert_eq!(problem["errors"][0]["field"], "adjustments");
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM sales_imports")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(queued, 1, "only the import within the limits was stored");
+}
