@@ -321,3 +321,342 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
+
+// ---------------------------------------------------------------------------------------------
+// Child processes, their memory, and an SMTP sink for them (benches that run the real binary).
+
+/// A TCP port nothing listens on right now (for a child process to bind).
+pub fn unused_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Resident set size of a process in KiB (`VmRSS` of `/proc/<pid>/status`); `None` once it is
+/// gone.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A child process that is SIGKILLed and reaped when dropped (an error or Ctrl-C in the bench),
+/// and stopped with SIGTERM and a grace period by [`ChildProcess::stop`]. It runs in a process
+/// group of its own, so a Ctrl-C in the terminal reaches only the bench, which then ends it.
+pub struct ChildProcess {
+    pub name: String,
+    child: std::process::Child,
+    reaped: bool,
+}
+
+impl ChildProcess {
+    /// Starts `program args` with `env` added to this process's environment, stdout and stderr
+    /// appended to `log`.
+    pub fn spawn(
+        name: &str,
+        program: &std::path::Path,
+        args: &[&str],
+        env: &[(String, String)],
+        log: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let child = std::process::Command::new(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {} {}", program.display(), args.join(" ")))?;
+        Ok(ChildProcess {
+            name: name.to_string(),
+            child,
+            reaped: false,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `Some(status)` once the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.try_wait().ok().flatten();
+        if status.is_some() {
+            self.reaped = true;
+        }
+        status
+    }
+
+    /// SIGTERM, then up to `grace` for the process to exit, then SIGKILL. Returns the exit
+    /// status and whether it exited within the grace period.
+    pub async fn stop(
+        mut self,
+        grace: Duration,
+    ) -> anyhow::Result<(std::process::ExitStatus, bool)> {
+        if let Some(status) = self.exited() {
+            return Ok((status, true));
+        }
+        // No libc here: kill(1) sends the signal.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return Ok((status, true));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        let status = self.child.wait()?;
+        self.reaped = true;
+        Ok((status, false))
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if !self.reaped && self.exited().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A minimal SMTP sink (just enough of RFC 5321 for lettre: 220 greeting, EHLO/HELO 250,
+/// MAIL/RCPT/NOOP/RSET 250, DATA 354 then up to the lone "." line, 250, QUIT 221) on a thread
+/// and single-threaded runtime of its own, counting messages and connections; stops on drop.
+/// (`benches/emails.rs` has a variant that also times each conversation.)
+pub struct SmtpSink {
+    pub port: u16,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SmtpSink {
+    pub fn start() -> anyhow::Result<Self> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let received = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let (count, conns) = (received.clone(), connections.clone());
+        let thread = std::thread::Builder::new()
+            .name("smtp-sink".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the sink");
+                runtime.block_on(async move {
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+                    loop {
+                        tokio::select! {
+                            accepted = listener.accept() => {
+                                if let Ok((stream, _)) = accepted {
+                                    conns.fetch_add(1, Ordering::Relaxed);
+                                    tokio::spawn(smtp_sink_session(stream, count.clone()));
+                                }
+                            }
+                            _ = &mut stopped => return,
+                        }
+                    }
+                });
+            })?;
+        Ok(SmtpSink {
+            port,
+            received,
+            connections,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// `SMTP_URL` for backroom.
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Messages accepted so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// SMTP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn smtp_sink_session(
+    stream: tokio::net::TcpStream,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let _ = stream.set_nodelay(true);
+    let (read, mut write) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(read);
+    let mut line = Vec::with_capacity(1024);
+    let outcome: std::io::Result<()> = async {
+        write.write_all(b"220 bench-sink ESMTP\r\n").await?;
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).await? == 0 {
+                return Ok(());
+            }
+            let verb = line
+                .get(..4)
+                .map(|v| v.to_ascii_uppercase())
+                .unwrap_or_default();
+            match verb.as_slice() {
+                b"EHLO" => {
+                    write
+                        .write_all(b"250-bench-sink\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+                        .await?
+                }
+                b"HELO" => write.write_all(b"250 bench-sink\r\n").await?,
+                b"DATA" => {
+                    write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
+                    loop {
+                        line.clear();
+                        if reader.read_until(b'\n', &mut line).await? == 0 {
+                            return Ok(());
+                        }
+                        if line == b".\r\n" || line == b".\n" {
+                            break;
+                        }
+                    }
+                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    write.write_all(b"250 2.0.0 OK queued\r\n").await?;
+                }
+                b"QUIT" => {
+                    write.write_all(b"221 2.0.0 bye\r\n").await?;
+                    return Ok(());
+                }
+                // MAIL, RCPT, NOOP, RSET and anything else.
+                _ => write.write_all(b"250 2.0.0 OK\r\n").await?,
+            }
+        }
+    }
+    .await;
+    let _ = outcome;
+}
+
+/// `used_memory` of Redis's `INFO memory` (the whole server, in bytes).
+pub async fn redis_used_memory(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no used_memory in INFO memory")
+}
+
+/// How many keys match `{<namespace>:*` and the bytes they take (`MEMORY USAGE`, which samples
+/// 5 elements of each aggregate), for one run's share of a Redis that others use too. SCAN, so
+/// it costs a pass over the whole keyspace plus a call per key of the namespace.
+pub async fn namespace_memory(
+    conn: &mut redis::aio::MultiplexedConnection,
+    namespace: &str,
+) -> anyhow::Result<(u64, u64)> {
+    let pattern = format!("{{{namespace}:*");
+    let (mut cursor, mut keys, mut bytes) = (0u64, 0u64, 0u64);
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(5000)
+            .query_async(conn)
+            .await?;
+        if !batch.is_empty() {
+            let mut pipe = redis::pipe();
+            for key in &batch {
+                pipe.cmd("MEMORY").arg("USAGE").arg(key);
+            }
+            // A key that expired between SCAN and MEMORY USAGE answers nil.
+            let sizes: Vec<Option<u64>> = pipe.query_async(conn).await?;
+            keys += sizes.iter().flatten().count() as u64;
+            bytes += sizes.iter().flatten().sum::<u64>();
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok((keys, bytes));
+        }
+    }
+}
+
+/// `redis_url` pointing at a logical database of its own on a single-node Redis: the
+/// highest-numbered one without keys. A Redis that others use may hold millions of keys in
+/// database 0, and SCANning those to find one run's keys would cost seconds per pass; in a
+/// database of its own SCAN visits only the run's keys. The URL stays as it is (and `None` is
+/// returned) for Redis Cluster, a URL that already names a database, or when every database
+/// holds keys.
+pub async fn own_redis_database(redis_url: &str) -> anyhow::Result<(String, Option<u32>)> {
+    let url = url::Url::parse(redis_url).context("REDIS_URL is not a URL")?;
+    if !matches!(url.scheme(), "redis" | "rediss") || !matches!(url.path(), "" | "/") {
+        return Ok((redis_url.to_string(), None));
+    }
+    let mut conn = redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("connecting to Redis at {redis_url}"))?;
+    // CONFIG may be disabled on a managed Redis; 16 is the default.
+    let databases: u32 = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("databases")
+        .query_async::<Vec<String>>(&mut conn)
+        .await
+        .ok()
+        .and_then(|reply| reply.get(1).and_then(|n| n.parse().ok()))
+        .unwrap_or(16);
+    let keyspace: String = redis::cmd("INFO")
+        .arg("keyspace")
+        .query_async(&mut conn)
+        .await?;
+    // Lines such as "db0:keys=12,expires=0,avg_ttl=0".
+    let used: Vec<u32> = keyspace
+        .lines()
+        .filter_map(|l| l.strip_prefix("db")?.split_once(':')?.0.parse().ok())
+        .collect();
+    match (1..databases).rev().find(|db| !used.contains(db)) {
+        Some(db) => {
+            let mut own = url.clone();
+            own.set_path(&format!("/{db}"));
+            Ok((own.into(), Some(db)))
+        }
+        None => Ok((redis_url.to_string(), None)),
+    }
+}

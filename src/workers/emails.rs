@@ -193,7 +193,7 @@ pub async fn handle(
             "the payload's tenant does not match the job's tenant",
         ));
     }
-    let Some(email) = prepare(&deps, &job).await? else {
+    let Some(email) = prepare(&deps, &job, meta.attempt).await? else {
         return Ok(serde_json::json!({"skipped": "the tenant has no alert_email"}));
     };
     if email.status == "sent" {
@@ -329,7 +329,11 @@ async fn throttle(deps: &EmailDeps, tenant: Uuid) -> Result<(), JobError> {
 }
 
 /// Finds or creates the email's log row (with its content).
-async fn prepare(deps: &EmailDeps, job: &EmailJob) -> Result<Option<Prepared>, JobError> {
+async fn prepare(
+    deps: &EmailDeps,
+    job: &EmailJob,
+    attempt: u32,
+) -> Result<Option<Prepared>, JobError> {
     match job {
         EmailJob::Requested {
             tenant_id,
@@ -341,7 +345,7 @@ async fn prepare(deps: &EmailDeps, job: &EmailJob) -> Result<Option<Prepared>, J
         EmailJob::Invoice {
             tenant_id,
             invoice_id,
-        } => prepare_invoice(deps, *tenant_id, *invoice_id)
+        } => prepare_invoice(deps, *tenant_id, *invoice_id, attempt)
             .await
             .map(Some),
         EmailJob::LowStock {
@@ -425,10 +429,14 @@ async fn record(
         .ok_or_else(|| JobError::retry("the email row vanished"))
 }
 
+/// The longest an invoice email waits between looks at its invoice.
+const MAX_INVOICE_WAIT: Duration = Duration::from_secs(60);
+
 async fn prepare_invoice(
     deps: &EmailDeps,
     tenant_id: Uuid,
     invoice_id: Uuid,
+    attempt: u32,
 ) -> Result<Prepared, JobError> {
     let i = sqlx::query!(
         r#"SELECT i.number, i.status, i.pdf, i.issued_on, i.currency, i.subtotal, i.tax, i.total,
@@ -447,10 +455,11 @@ async fn prepare_invoice(
                 "the invoice failed; there is nothing to send",
             ));
         }
-        return Err(JobError::retry_after(
-            "the invoice is not ready yet",
-            Duration::from_secs(2),
-        ));
+        // The email is queued with the invoice, so under a backlog it waits for the render:
+        // 2 s, doubling per attempt up to a minute, so the attempts cover minutes of backlog.
+        let wait =
+            Duration::from_secs(2u64 << attempt.saturating_sub(1).min(5)).min(MAX_INVOICE_WAIT);
+        return Err(JobError::retry_after("the invoice is not ready yet", wait));
     };
     let recipient = EmailAddress::parse(&i.customer_email)
         .map_err(|e| JobError::permanent(format!("customer email {e}")))?;
