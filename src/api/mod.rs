@@ -148,7 +148,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// Problems are `application/problem+json`, and some can come from any operation of a kind
 /// (they are raised by extractors and middleware, not by the handler): 401 and 503 on every
-/// secured call, 429 on tenant calls, 400/413/415/422 on calls with a body, 422 on calls with
+/// secured call, 429 on tenant calls, 400/413/415/422 on calls with a body, 400/422 on calls with
 /// query parameters and 404 on calls with path parameters. This documents them all in one place.
 fn document_problems(spec: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::{Operation, ParameterIn};
@@ -211,6 +211,7 @@ fn document_problems(spec: &mut utoipa::openapi::OpenApi) {
             add("422", "A field is invalid (named in `errors`)");
         }
         if params.iter().any(|p| p.parameter_in == ParameterIn::Query) {
+            add("400", "The query string is malformed");
             add("422", "A query parameter is invalid (named in `errors`)");
         }
         if params.iter().any(|p| p.parameter_in == ParameterIn::Path) {
