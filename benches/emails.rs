@@ -43,24 +43,20 @@
 mod common;
 
 use anyhow::{Context as _, bail};
-use backroom::config::{LogFormat, Settings};
+use backroom::config::Settings;
 use common::*;
-use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection as _, PgPool};
+use serde_json::json;
+use sqlx::PgPool;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 // Target from the issue.
 const TARGET: f64 = 500.0;
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 /// Far above any rate reached here: the per-tenant limiter must not interfere.
 const EMAILS_PER_MINUTE: u32 = 10_000_000;
 const POLL: Duration = Duration::from_millis(50);
@@ -283,166 +279,6 @@ impl Drop for PythonSink {
     }
 }
 
-/// What the Rust sink saw.
-#[derive(Default)]
-struct SinkStats {
-    received: AtomicU64,
-    /// SMTP connections accepted.
-    connections: AtomicU64,
-    /// Per message, µs from the first line of the body to the lone "." that ends it. The
-    /// client writes the body and then the terminator "\r\n.\r\n" back to back: anything
-    /// beyond a fraction of a ms is the client's TCP stack holding the 5-byte terminator back
-    /// (Nagle) until the body is acknowledged. (The body's last line is not a fair start: it
-    /// may lack its CRLF, which comes with the terminator.)
-    terminator_wait_us: std::sync::Mutex<Vec<u64>>,
-    /// Per message, µs from its first command (NOOP, RSET, EHLO or MAIL) to the final 250.
-    conversation_us: std::sync::Mutex<Vec<u64>>,
-    /// Per message after the first on a connection, µs from the previous message's final 250
-    /// to this message's first command: time the client spent elsewhere.
-    between_us: std::sync::Mutex<Vec<u64>>,
-}
-
-/// A minimal SMTP sink on a thread and single-threaded runtime of its own; stops on drop.
-struct RustSink {
-    port: u16,
-    stats: Arc<SinkStats>,
-    tid: String,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RustSink {
-    fn start() -> anyhow::Result<Self> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let port = listener.local_addr()?.port();
-        let stats = Arc::new(SinkStats::default());
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let shared = stats.clone();
-        let thread = std::thread::Builder::new()
-            .name("smtp-sink".into())
-            .spawn(move || {
-                // "/proc/thread-self" links to "<pid>/task/<tid>".
-                let tid = std::fs::read_link("/proc/thread-self")
-                    .ok()
-                    .and_then(|p| p.file_name().map(|t| t.to_string_lossy().into_owned()))
-                    .unwrap_or_default();
-                let _ = tid_tx.send(tid);
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a runtime for the sink");
-                runtime.block_on(async move {
-                    let listener =
-                        tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-                    loop {
-                        tokio::select! {
-                            accepted = listener.accept() => {
-                                if let Ok((stream, _)) = accepted {
-                                    shared.connections.fetch_add(1, Ordering::Relaxed);
-                                    tokio::spawn(smtp_session(stream, shared.clone()));
-                                }
-                            }
-                            _ = &mut stopped => return,
-                        }
-                    }
-                });
-            })?;
-        let tid = tid_rx.recv()?;
-        Ok(RustSink {
-            port,
-            stats,
-            tid,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for RustSink {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// One SMTP conversation: just enough of RFC 5321 for lettre.
-async fn smtp_session(stream: tokio::net::TcpStream, stats: Arc<SinkStats>) {
-    let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut line = Vec::with_capacity(1024);
-    // When the current message's first command came, and when the previous message ended.
-    let mut first_command: Option<Instant> = None;
-    let mut previous_end: Option<Instant> = None;
-    let outcome: std::io::Result<()> = async {
-        write.write_all(b"220 bench-sink ESMTP\r\n").await?;
-        loop {
-            line.clear();
-            if reader.read_until(b'\n', &mut line).await? == 0 {
-                return Ok(());
-            }
-            if first_command.is_none() {
-                let now = Instant::now();
-                first_command = Some(now);
-                if let Some(end) = previous_end {
-                    let gap = (now - end).as_micros() as u64;
-                    stats.between_us.lock().unwrap().push(gap);
-                }
-            }
-            let verb = line
-                .get(..4)
-                .map(|v| v.to_ascii_uppercase())
-                .unwrap_or_default();
-            match verb.as_slice() {
-                b"EHLO" => {
-                    write
-                        .write_all(b"250-bench-sink\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
-                        .await?
-                }
-                b"HELO" => write.write_all(b"250 bench-sink\r\n").await?,
-                b"DATA" => {
-                    write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
-                    let mut first_line = None;
-                    loop {
-                        line.clear();
-                        if reader.read_until(b'\n', &mut line).await? == 0 {
-                            return Ok(());
-                        }
-                        if line == b".\r\n" || line == b".\n" {
-                            break;
-                        }
-                        first_line.get_or_insert_with(Instant::now);
-                    }
-                    let waited = first_line.map_or(0, |t| t.elapsed().as_micros() as u64);
-                    stats.terminator_wait_us.lock().unwrap().push(waited);
-                    stats.received.fetch_add(1, Ordering::Relaxed);
-                    write.write_all(b"250 2.0.0 OK queued\r\n").await?;
-                    let end = Instant::now();
-                    if let Some(start) = first_command.take() {
-                        let took = (end - start).as_micros() as u64;
-                        stats.conversation_us.lock().unwrap().push(took);
-                    }
-                    previous_end = Some(end);
-                }
-                b"QUIT" => {
-                    write.write_all(b"221 2.0.0 bye\r\n").await?;
-                    return Ok(());
-                }
-                // MAIL, RCPT, NOOP, RSET and anything else.
-                _ => write.write_all(b"250 2.0.0 OK\r\n").await?,
-            }
-        }
-    }
-    .await;
-    let _ = outcome;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Set-up.
 
@@ -508,22 +344,8 @@ impl Ctx {
 
     /// A tenant; returns (id, API key).
     async fn tenant(&self, slug: &str) -> anyhow::Result<(Uuid, String)> {
-        let created: Value = self
-            .http
-            .post(self.url("/admin/v1/tenants"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"name": format!("Praxis am See ({slug})"), "slug": slug}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let id: Uuid = created["id"].as_str().unwrap_or_default().parse()?;
-        let key = created["api_key"]
-            .as_str()
-            .context("no api_key in the tenant response")?
-            .to_string();
-        Ok((id, key))
+        let name = format!("Praxis am See ({slug})");
+        create_tenant(&self.http, &self.server.base, slug, &name).await
     }
 
     /// (sent, failed) emails of a tenant.
@@ -540,21 +362,7 @@ impl Ctx {
 }
 
 async fn setup(names: Names, smoke: bool) -> anyhow::Result<Ctx> {
-    let mut conn = sqlx::PgConnection::connect(&names.url_of("postgres"))
-        .await
-        .with_context(|| format!("connecting to Postgres at {}", names.url_of("postgres")))?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        r#"CREATE DATABASE "{}""#,
-        names.db_name
-    )))
-    .execute(&mut conn)
-    .await?;
-    conn.close().await?;
-    let db = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&names.database_url())
-        .await?;
-    backroom::db::migrate(&db).await?;
+    let db = names.create_database().await?;
     let env: HashMap<&str, String> = HashMap::from([
         ("DATABASE_URL", names.database_url()),
         ("REDIS_URL", names.redis_url.clone()),
@@ -824,8 +632,8 @@ async fn rust_run(
     label: &str,
     concurrency: Option<usize>,
 ) -> anyhow::Result<(f64, u64, f64, Vec<f64>)> {
-    let sink = RustSink::start()?;
-    let url = format!("smtp://127.0.0.1:{}", sink.port);
+    let sink = SmtpSink::start()?;
+    let url = sink.url();
     let cpu = SinkCpu::Thread(sink.tid.clone());
     let stats = sink.stats.clone();
     let m = part(ctx, label, &url, &cpu, true, concurrency, || {
@@ -963,38 +771,5 @@ async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let smoke = std::env::args().any(|a| a == "--smoke")
-        || std::env::var("BENCH_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0");
-    let filter = std::env::var("BACKROOM_LOG").unwrap_or_else(|_| "info".into());
-    backroom::telemetry::init(LogFormat::Pretty, &filter);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let names = Names::new();
-        let cleanup = names.clone();
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            r = run(names, smoke) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        };
-        // Whatever is still running stops when its handle drops; give it a moment.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        cleanup.cleanup().await;
-        let verdicts = outcome?;
-        println!(
-            "\n== summary (emails, {} mode, {:.0} s) ==",
-            if smoke { "smoke" } else { "full" },
-            started.elapsed().as_secs_f64()
-        );
-        let rows: Vec<Vec<String>> = verdicts
-            .iter()
-            .map(|v| vec![v.target.clone(), v.measured.clone(), verdict(v.pass).into()])
-            .collect();
-        print_table_aligned(&["target", "measured", "verdict"], &rows, 3);
-        if smoke {
-            println!("  (smoke sizes are too small to judge the targets; run the full mode)");
-        }
-        Ok(())
-    })
+    bench_main("emails", SMOKE_NOTE, as_given, run)
 }

@@ -31,13 +31,12 @@
 
 mod common;
 
-use anyhow::{Context as _, bail};
-use backroom::config::{LogFormat, Settings};
+use anyhow::bail;
+use backroom::config::Settings;
 use backroom::workers::invoice_pdf::{self, Fonts, InvoiceDocument, InvoiceLine};
 use common::*;
 use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection as _, PgPool};
+use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -47,7 +46,6 @@ use uuid::Uuid;
 // Target from the issue.
 const TARGET: f64 = 300.0;
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 /// Lines per invoice.
 const LINES: usize = 10;
 const POLL: Duration = Duration::from_millis(50);
@@ -236,21 +234,8 @@ impl Ctx {
 
     /// A tenant with `LINES` products; returns (id, API key).
     async fn tenant(&self, slug: &str) -> anyhow::Result<(Uuid, String)> {
-        let created: Value = self
-            .http
-            .post(self.url("/admin/v1/tenants"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"name": format!("Bergsport Łódź & Zürich ({slug})"), "slug": slug}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let id: Uuid = created["id"].as_str().unwrap_or_default().parse()?;
-        let key = created["api_key"]
-            .as_str()
-            .context("no api_key in the tenant response")?
-            .to_string();
+        let name = format!("Bergsport Łódź & Zürich ({slug})");
+        let (id, key) = create_tenant(&self.http, &self.server.base, slug, &name).await?;
         for i in 0..LINES {
             self.http
                 .put(self.url(&format!("/v1/products/P-{i:02}")))
@@ -283,21 +268,7 @@ const PRODUCT_NAMES: [&str; 10] = [
 ];
 
 async fn setup(names: Names, smoke: bool) -> anyhow::Result<Ctx> {
-    let mut conn = sqlx::PgConnection::connect(&names.url_of("postgres"))
-        .await
-        .with_context(|| format!("connecting to Postgres at {}", names.url_of("postgres")))?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        r#"CREATE DATABASE "{}""#,
-        names.db_name
-    )))
-    .execute(&mut conn)
-    .await?;
-    conn.close().await?;
-    let db = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&names.database_url())
-        .await?;
-    backroom::db::migrate(&db).await?;
+    let db = names.create_database().await?;
     let env: HashMap<&str, String> = HashMap::from([
         ("DATABASE_URL", names.database_url()),
         ("REDIS_URL", names.redis_url.clone()),
@@ -719,38 +690,5 @@ async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let smoke = std::env::args().any(|a| a == "--smoke")
-        || std::env::var("BENCH_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0");
-    let filter = std::env::var("BACKROOM_LOG").unwrap_or_else(|_| "info".into());
-    backroom::telemetry::init(LogFormat::Pretty, &filter);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let names = Names::new();
-        let cleanup = names.clone();
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            r = run(names, smoke) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        };
-        // Whatever is still running stops when its handle drops; give it a moment.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        cleanup.cleanup().await;
-        let verdicts = outcome?;
-        println!(
-            "\n== summary (invoices, {} mode, {:.0} s) ==",
-            if smoke { "smoke" } else { "full" },
-            started.elapsed().as_secs_f64()
-        );
-        let rows: Vec<Vec<String>> = verdicts
-            .iter()
-            .map(|v| vec![v.target.clone(), v.measured.clone(), verdict(v.pass).into()])
-            .collect();
-        print_table_aligned(&["target", "measured", "verdict"], &rows, 3);
-        if smoke {
-            println!("  (smoke sizes are too small to judge the targets; run the full mode)");
-        }
-        Ok(())
-    })
+    bench_main("invoices", SMOKE_NOTE, as_given, run)
 }

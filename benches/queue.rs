@@ -45,12 +45,15 @@
 //! of `{bench-<uuid>:*`) after each scenario and at the end, also after an error or Ctrl-C.
 //! Progress of long phases goes to stderr.
 
+mod common;
+
 use anyhow::{Context as _, bail};
 use apalis::prelude::*;
 use backroom::queue::{
     JobError, NewJob, QueueCounts, QueueName, QueueSettings, Queues, RedisBackend, WorkerOptions,
 };
 use backroom::redis_conn::RedisHandle;
+use common::{Verdict, clock_ticks, machine_busy_ticks, thousands, verdict};
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -317,7 +320,7 @@ impl Env {
         Ok(Snapshot {
             at: Instant::now(),
             process_s: process_cpu_seconds(self.clk_tck),
-            machine_s: machine_busy_seconds(self.clk_tck),
+            machine_s: machine_busy_ticks() / self.clk_tck,
             redis_s,
             redis_memory: field(&memory, "used_memory"),
             commands,
@@ -430,46 +433,6 @@ fn process_cpu_seconds(clk_tck: f64) -> f64 {
             .unwrap_or(0.0)
     };
     (ticks(11) + ticks(12)) / clk_tck
-}
-
-/// CPU time all processes used (every CPU's non-idle time), from the first line of `/proc/stat`.
-fn machine_busy_seconds(clk_tck: f64) -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0.0;
-    };
-    let ticks: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let busy: f64 = ticks.iter().take(8).sum::<f64>()
-        - ticks.get(3).copied().unwrap_or(0.0)
-        - ticks.get(4).copied().unwrap_or(0.0);
-    busy / clk_tck
-}
-
-/// `sysconf(_SC_CLK_TCK)` without libc: the `AT_CLKTCK` entry of the process's auxiliary vector.
-fn clock_ticks() -> f64 {
-    const AT_CLKTCK: u64 = 17;
-    let word = std::mem::size_of::<usize>();
-    std::fs::read("/proc/self/auxv")
-        .ok()
-        .and_then(|auxv| {
-            auxv.chunks_exact(2 * word).find_map(|pair| {
-                let read = |b: &[u8]| {
-                    let mut buf = [0u8; 8];
-                    buf[..word].copy_from_slice(b);
-                    u64::from_ne_bytes(buf)
-                };
-                (read(&pair[..word]) == AT_CLKTCK).then(|| read(&pair[word..]))
-            })
-        })
-        .filter(|&t| t > 0)
-        .unwrap_or(100) as f64
 }
 
 /// Running in-process workers, each a `WorkerBuilder` + [`RedisBackend`] in a task of its own.
@@ -703,23 +666,6 @@ async fn wait_finished(
     }
 }
 
-/// Formats with thousands separators, no decimals.
-fn thousands(x: f64) -> String {
-    let digits = format!("{:.0}", x.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn verdict(pass: bool) -> &'static str {
-    if pass { "PASS" } else { "MISS" }
-}
-
 /// A plain-text table printed with two spaces of indent: the first `left` columns
 /// left-aligned (text), the others right-aligned (figures), every column as wide as its widest
 /// cell.
@@ -808,13 +754,6 @@ impl Latencies {
         ]);
         table.print();
     }
-}
-
-/// One line of the closing summary.
-struct Verdict {
-    target: String,
-    measured: String,
-    pass: bool,
 }
 
 // ---------------------------------------------------------------------------------------------

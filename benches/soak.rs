@@ -63,13 +63,11 @@
 mod common;
 
 use anyhow::{Context as _, bail};
-use backroom::config::LogFormat;
 use backroom::queue::{QUEUE_NAMES, QueueCounts, QueueName, QueueSettings, Queues};
 use backroom::redis_conn::RedisHandle;
 use common::*;
 use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection as _, PgPool};
+use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -78,7 +76,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use uuid::Uuid;
 
 // Targets from the issue.
 /// RSS after warm-up may grow at most this much (last quarter's mean vs. the warm-up's end).
@@ -88,7 +85,6 @@ const REDIS_BOUND_FACTOR: f64 = 1.1;
 /// The warm-up: this share of the run at its start.
 const WARMUP_SHARE: f64 = 0.2;
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 /// Products of the load tenant.
 const PRODUCTS: usize = 50;
 /// Stock each product starts with, so that no sale of the run is refused.
@@ -495,25 +491,6 @@ impl Running {
     }
 }
 
-async fn create_database(names: &Names) -> anyhow::Result<PgPool> {
-    let mut conn = sqlx::PgConnection::connect(&names.url_of("postgres"))
-        .await
-        .with_context(|| format!("connecting to Postgres at {}", names.url_of("postgres")))?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        r#"CREATE DATABASE "{}""#,
-        names.db_name
-    )))
-    .execute(&mut conn)
-    .await?;
-    conn.close().await?;
-    let db = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&names.database_url())
-        .await?;
-    backroom::db::migrate(&db).await?;
-    Ok(db)
-}
-
 /// Polls `check` every 100 ms until it yields, for at most `limit`.
 async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
 where
@@ -603,26 +580,10 @@ async fn start_processes(config: &Config, names: &Names) -> anyhow::Result<(Runn
 
 /// The load tenant with its products and stock, and the forecast tenant with its history.
 async fn create_tenants(ctx: &mut Ctx) -> anyhow::Result<()> {
-    let (http, url) = (ctx.http.clone(), ctx.url("/admin/v1/tenants"));
+    let (_http, _url) = (ctx.http.clone(), ctx.url("/admin/v1/tenants"));
     let create = |slug: &'static str| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let created: Value = http
-                .post(url)
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&json!({"name": format!("Soak {slug}"), "slug": slug}))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            let id: Uuid = created["id"].as_str().unwrap_or_default().parse()?;
-            let key = created["api_key"]
-                .as_str()
-                .context("no api_key in the tenant response")?
-                .to_string();
-            anyhow::Ok((id, key))
-        }
+        let (http, base) = (ctx.http.clone(), ctx.base.clone());
+        async move { create_tenant(&http, &base, slug, &format!("Soak {slug}")).await }
     };
     let (_, key) = create("soak-shop").await?;
     ctx.key = key;
@@ -1295,7 +1256,7 @@ async fn run(names: Names, config: Config) -> anyhow::Result<Vec<Verdict>> {
         .await
         .with_context(|| format!("connecting to Redis at {}", names.redis_url))?;
     let redis_before = redis_used_memory(&mut redis.clone()).await?;
-    let db = create_database(&names).await?;
+    let db = names.create_database().await?;
     let queues = Queues::new(
         RedisHandle::open(&names.redis_url)?,
         &names.namespace,
@@ -1811,46 +1772,16 @@ fn report(config: &Config, o: &Outcome) -> Vec<Verdict> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let smoke = std::env::args().any(|a| a == "--smoke")
-        || std::env::var("BENCH_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0");
-    let config = Config::from_env(smoke)?;
-    let filter = std::env::var("BACKROOM_LOG").unwrap_or_else(|_| "info".into());
-    backroom::telemetry::init(LogFormat::Pretty, &filter);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let mut names = Names::new();
+    bench_main(
+        "soak",
+        "a 60 s smoke run shows the shape, not the verdicts: the warm-up and the forecast fill \
+         the first part, and the workers trim the finished-job sets once a minute, so this run's \
+         Redis keys cannot level off within 60 s; run the full mode",
         // A logical database of its own, so that sampling this run's keys stays cheap.
-        (names.redis_url, _) = own_redis_database(&names.redis_url).await?;
-        let cleanup = names.clone();
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            r = run(names, config) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        };
-        // The child processes were stopped (or killed, when `run` ended early); give the
-        // database a moment to see their connections close.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        cleanup.cleanup().await;
-        let verdicts = outcome?;
-        println!(
-            "\n== summary (soak, {} mode, {:.0} s) ==",
-            if smoke { "smoke" } else { "full" },
-            started.elapsed().as_secs_f64()
-        );
-        let rows: Vec<Vec<String>> = verdicts
-            .iter()
-            .map(|v| vec![v.target.clone(), v.measured.clone(), verdict(v.pass).into()])
-            .collect();
-        print_table_aligned(&["target", "measured", "verdict"], &rows, 3);
-        if smoke {
-            println!(
-                "  (a 60 s smoke run shows the shape, not the verdicts: the warm-up and the \
-                 forecast fill the first part, and the workers trim the finished-job sets once a \
-                 minute, so this run's Redis keys cannot level off within 60 s; run the full mode)"
-            );
-        }
-        Ok(())
-    })
+        |mut names| async move {
+            (names.redis_url, _) = own_redis_database(&names.redis_url).await?;
+            Ok(names)
+        },
+        |names, smoke| async move { run(names, Config::from_env(smoke)?).await },
+    )
 }

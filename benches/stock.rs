@@ -47,12 +47,11 @@
 mod common;
 
 use anyhow::{Context as _, bail};
-use backroom::config::{LogFormat, Settings};
+use backroom::config::Settings;
 use backroom::queue::{QueueCounts, QueueName};
 use common::*;
 use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection as _, PgPool};
+use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,7 +64,6 @@ const BATCH_TARGET: f64 = 10_000.0;
 const SINGLE_TARGET_RPS: f64 = 10_000.0;
 const SINGLE_P99_TARGET_MS: f64 = 20.0;
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 const PRODUCTS: usize = 50;
 /// Adjustments per batch request (the API's maximum).
 const BATCH: usize = 1000;
@@ -396,21 +394,7 @@ impl CpuUse {
 // Set-up and waiting.
 
 async fn setup(names: Names, smoke: bool) -> anyhow::Result<Ctx> {
-    let mut conn = sqlx::PgConnection::connect(&names.url_of("postgres"))
-        .await
-        .with_context(|| format!("connecting to Postgres at {}", names.url_of("postgres")))?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        r#"CREATE DATABASE "{}""#,
-        names.db_name
-    )))
-    .execute(&mut conn)
-    .await?;
-    conn.close().await?;
-    let db = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&names.database_url())
-        .await?;
-    backroom::db::migrate(&db).await?;
+    let db = names.create_database().await?;
 
     let env: HashMap<&str, String> = HashMap::from([
         ("DATABASE_URL", names.database_url()),
@@ -433,7 +417,8 @@ async fn setup(names: Names, smoke: bool) -> anyhow::Result<Ctx> {
         .build()?;
     let server = Server::start(&settings).await?;
 
-    let (tenant_id, key) = create_tenant(&http, &server.base, "bench-outdoor").await?;
+    let (tenant_id, key) =
+        create_tenant_with_products(&http, &server.base, "bench-outdoor").await?;
     Ok(Ctx {
         sizes: if smoke { Sizes::smoke() } else { Sizes::full() },
         smoke,
@@ -452,25 +437,13 @@ async fn setup(names: Names, smoke: bool) -> anyhow::Result<Ctx> {
 }
 
 /// A tenant and its products, over HTTP as a client would create them; returns (id, API key).
-async fn create_tenant(
+async fn create_tenant_with_products(
     http: &reqwest::Client,
     base: &str,
     slug: &str,
 ) -> anyhow::Result<(Uuid, String)> {
-    let created: Value = http
-        .post(format!("{base}/admin/v1/tenants"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": format!("Bench Outdoor ({slug})"), "slug": slug}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let tenant_id: Uuid = created["id"].as_str().unwrap_or_default().parse()?;
-    let key = created["api_key"]
-        .as_str()
-        .context("no api_key in the tenant response")?
-        .to_string();
+    let name = format!("Bench Outdoor ({slug})");
+    let (tenant_id, key) = create_tenant(http, base, slug, &name).await?;
     for i in 0..PRODUCTS {
         http.put(format!("{base}/v1/products/{}", sku(i)))
             .bearer_auth(&key)
@@ -925,7 +898,8 @@ async fn part_ledger_alone(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Re
     println!(
         "\n== 2b. the ledger alone, no queue: workers::stock::apply_batch by batch size, then StockLedger with {LEDGER_CALLERS} concurrent callers =="
     );
-    let (tenant_id, _) = create_tenant(&ctx.http, &ctx.server.base, "bench-ledger").await?;
+    let (tenant_id, _) =
+        create_tenant_with_products(&ctx.http, &ctx.server.base, "bench-ledger").await?;
     let configured_socket = ctx
         .names
         .pg
@@ -1423,38 +1397,5 @@ async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let smoke = std::env::args().any(|a| a == "--smoke")
-        || std::env::var("BENCH_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0");
-    let filter = std::env::var("BACKROOM_LOG").unwrap_or_else(|_| "info".into());
-    backroom::telemetry::init(LogFormat::Pretty, &filter);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let names = Names::new();
-        let cleanup = names.clone();
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            r = run(names, smoke) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        };
-        // Whatever is still running stops when its handle drops; give it a moment.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        cleanup.cleanup().await;
-        let verdicts = outcome?;
-        println!(
-            "\n== summary (stock, {} mode, {:.0} s) ==",
-            if smoke { "smoke" } else { "full" },
-            started.elapsed().as_secs_f64()
-        );
-        let rows: Vec<Vec<String>> = verdicts
-            .iter()
-            .map(|v| vec![v.target.clone(), v.measured.clone(), verdict(v.pass).into()])
-            .collect();
-        print_table_aligned(&["target", "measured", "verdict"], &rows, 3);
-        if smoke {
-            println!("  (smoke sizes are too small to judge the targets; run the full mode)");
-        }
-        Ok(())
-    })
+    bench_main("stock", SMOKE_NOTE, as_given, run)
 }

@@ -47,7 +47,7 @@ fn tcp_port(options: &PgConnectOptions) -> Option<u16> {
 /// socket of the process whose peer is the database port (setting it twice is harmless).
 /// Remove once sqlx releases the fix.
 #[cfg(target_os = "linux")]
-pub fn set_nodelay_on_sockets_to(port: u16) {
+fn set_nodelay_on_sockets_to(port: u16) {
     use std::os::fd::{BorrowedFd, RawFd};
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
@@ -82,7 +82,7 @@ pub fn set_nodelay_on_sockets_to(port: u16) {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn set_nodelay_on_sockets_to(_port: u16) {}
+fn set_nodelay_on_sockets_to(_port: u16) {}
 
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR

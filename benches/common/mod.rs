@@ -11,7 +11,10 @@ use backroom::queue::Queues;
 use backroom::startup::Application;
 use backroom::workers::{self, WorkPlan};
 use sqlx::{Connection as _, PgPool};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -71,6 +74,27 @@ impl Names {
 
     pub fn database_url(&self) -> String {
         self.url_of(&self.db_name)
+    }
+
+    /// Creates the run's database, applies the migrations and returns a small pool on it.
+    pub async fn create_database(&self) -> anyhow::Result<PgPool> {
+        let server = self.url_of("postgres");
+        let mut conn = sqlx::PgConnection::connect(&server)
+            .await
+            .with_context(|| format!("connecting to Postgres at {server}"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            r#"CREATE DATABASE "{}""#,
+            self.db_name
+        )))
+        .execute(&mut conn)
+        .await?;
+        conn.close().await?;
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.database_url())
+            .await?;
+        backroom::db::migrate(&db).await?;
+        Ok(db)
     }
 
     /// Drops the database (closing whatever is still connected) and deletes the namespace's keys.
@@ -248,6 +272,98 @@ pub fn clock_ticks() -> f64 {
         })
         .filter(|&t| t > 0)
         .unwrap_or(100) as f64
+}
+
+/// `--smoke` on the command line, or `BENCH_SMOKE` set to anything but empty or `0`.
+pub fn smoke_mode() -> bool {
+    std::env::args().any(|a| a == "--smoke")
+        || std::env::var("BENCH_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The `main` of a bench that ends in a verdict table: logging (`BACKROOM_LOG`, default `info`),
+/// a runtime, Ctrl-C, cleanup of the run's database and Redis keys (also after an error) and the
+/// summary. `prepare` may change the run's names before anything is created ([`as_given`] if
+/// not); `smoke_note` closes the summary of a smoke run.
+pub fn bench_main<P, PF, R, RF>(
+    bench: &str,
+    smoke_note: &str,
+    prepare: P,
+    run: R,
+) -> anyhow::Result<()>
+where
+    P: FnOnce(Names) -> PF,
+    PF: std::future::Future<Output = anyhow::Result<Names>>,
+    R: FnOnce(Names, bool) -> RF,
+    RF: std::future::Future<Output = anyhow::Result<Vec<Verdict>>>,
+{
+    let smoke = smoke_mode();
+    let filter = std::env::var("BACKROOM_LOG").unwrap_or_else(|_| "info".into());
+    backroom::telemetry::init(backroom::config::LogFormat::Pretty, &filter);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let names = prepare(Names::new()).await?;
+        let cleanup = names.clone();
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            r = run(names, smoke) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        // Whatever is still running stops when its handle drops; give it a moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cleanup.cleanup().await;
+        let verdicts = outcome?;
+        println!(
+            "\n== summary ({bench}, {} mode, {:.0} s) ==",
+            if smoke { "smoke" } else { "full" },
+            started.elapsed().as_secs_f64()
+        );
+        let rows: Vec<Vec<String>> = verdicts
+            .iter()
+            .map(|v| vec![v.target.clone(), v.measured.clone(), verdict(v.pass).into()])
+            .collect();
+        print_table_aligned(&["target", "measured", "verdict"], &rows, 3);
+        if smoke {
+            println!("  ({smoke_note})");
+        }
+        Ok(())
+    })
+}
+
+/// For [`bench_main`]: the run's names as [`Names::new`] made them.
+pub async fn as_given(names: Names) -> anyhow::Result<Names> {
+    Ok(names)
+}
+
+/// What most benches say under a smoke run's summary.
+pub const SMOKE_NOTE: &str = "smoke sizes are too small to judge the targets; run the full mode";
+
+/// The admin token every bench's server runs with.
+pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+
+/// Creates a tenant over the admin API of the server at `base`; returns (id, API key).
+pub async fn create_tenant(
+    http: &reqwest::Client,
+    base: &str,
+    slug: &str,
+    name: &str,
+) -> anyhow::Result<(Uuid, String)> {
+    let created: serde_json::Value = http
+        .post(format!("{base}/admin/v1/tenants"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"name": name, "slug": slug}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id: Uuid = created["id"].as_str().unwrap_or_default().parse()?;
+    let key = created["api_key"]
+        .as_str()
+        .context("no api_key in the tenant response")?
+        .to_string();
+    Ok((id, key))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -436,32 +552,55 @@ impl Drop for ChildProcess {
     }
 }
 
+/// What the Rust sink saw.
+#[derive(Default)]
+pub struct SinkStats {
+    pub received: AtomicU64,
+    /// SMTP connections accepted.
+    pub connections: AtomicU64,
+    /// Per message, µs from the first line of the body to the lone "." that ends it. The
+    /// client writes the body and then the terminator "\r\n.\r\n" back to back: anything
+    /// beyond a fraction of a ms is the client's TCP stack holding the 5-byte terminator back
+    /// (Nagle) until the body is acknowledged. (The body's last line is not a fair start: it
+    /// may lack its CRLF, which comes with the terminator.)
+    pub terminator_wait_us: std::sync::Mutex<Vec<u64>>,
+    /// Per message, µs from its first command (NOOP, RSET, EHLO or MAIL) to the final 250.
+    pub conversation_us: std::sync::Mutex<Vec<u64>>,
+    /// Per message after the first on a connection, µs from the previous message's final 250
+    /// to this message's first command: time the client spent elsewhere.
+    pub between_us: std::sync::Mutex<Vec<u64>>,
+}
+
 /// A minimal SMTP sink (just enough of RFC 5321 for lettre: 220 greeting, EHLO/HELO 250,
 /// MAIL/RCPT/NOOP/RSET 250, DATA 354 then up to the lone "." line, 250, QUIT 221) on a thread
-/// and single-threaded runtime of its own, counting messages and connections; stops on drop.
-/// (`benches/emails.rs` has a variant that also times each conversation.)
+/// and single-threaded runtime of its own, timing each conversation; stops on drop.
 pub struct SmtpSink {
     pub port: u16,
-    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub stats: Arc<SinkStats>,
+    /// The sink thread's id, for its CPU time in `/proc/self/task/<tid>`.
+    pub tid: String,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SmtpSink {
     pub fn start() -> anyhow::Result<Self> {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicU64, Ordering};
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
-        let received = Arc::new(AtomicU64::new(0));
-        let connections = Arc::new(AtomicU64::new(0));
+        let stats = Arc::new(SinkStats::default());
         let (stop, mut stopped) = oneshot::channel::<()>();
-        let (count, conns) = (received.clone(), connections.clone());
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let shared = stats.clone();
         let thread = std::thread::Builder::new()
             .name("smtp-sink".into())
             .spawn(move || {
+                // "/proc/thread-self" links to "<pid>/task/<tid>".
+                let tid = std::fs::read_link("/proc/thread-self")
+                    .ok()
+                    .and_then(|p| p.file_name().map(|t| t.to_string_lossy().into_owned()))
+                    .unwrap_or_default();
+                let _ = tid_tx.send(tid);
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -473,8 +612,8 @@ impl SmtpSink {
                         tokio::select! {
                             accepted = listener.accept() => {
                                 if let Ok((stream, _)) = accepted {
-                                    conns.fetch_add(1, Ordering::Relaxed);
-                                    tokio::spawn(smtp_sink_session(stream, count.clone()));
+                                    shared.connections.fetch_add(1, Ordering::Relaxed);
+                                    tokio::spawn(smtp_session(stream, shared.clone()));
                                 }
                             }
                             _ = &mut stopped => return,
@@ -482,15 +621,18 @@ impl SmtpSink {
                     }
                 });
             })?;
+        let tid = tid_rx.recv()?;
         Ok(SmtpSink {
             port,
-            received,
-            connections,
+            stats,
+            tid,
             stop: Some(stop),
             thread: Some(thread),
         })
     }
+}
 
+impl SmtpSink {
     /// `SMTP_URL` for backroom.
     pub fn url(&self) -> String {
         format!("smtp://127.0.0.1:{}", self.port)
@@ -498,12 +640,12 @@ impl SmtpSink {
 
     /// Messages accepted so far.
     pub fn received(&self) -> u64 {
-        self.received.load(std::sync::atomic::Ordering::Relaxed)
+        self.stats.received.load(Ordering::Relaxed)
     }
 
     /// SMTP connections accepted so far.
     pub fn connections(&self) -> u64 {
-        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+        self.stats.connections.load(Ordering::Relaxed)
     }
 }
 
@@ -518,21 +660,29 @@ impl Drop for SmtpSink {
     }
 }
 
-async fn smtp_sink_session(
-    stream: tokio::net::TcpStream,
-    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
-) {
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+/// One SMTP conversation: just enough of RFC 5321 for lettre.
+async fn smtp_session(stream: tokio::net::TcpStream, stats: Arc<SinkStats>) {
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
-    let mut reader = tokio::io::BufReader::new(read);
+    let mut reader = BufReader::new(read);
     let mut line = Vec::with_capacity(1024);
+    // When the current message's first command came, and when the previous message ended.
+    let mut first_command: Option<Instant> = None;
+    let mut previous_end: Option<Instant> = None;
     let outcome: std::io::Result<()> = async {
         write.write_all(b"220 bench-sink ESMTP\r\n").await?;
         loop {
             line.clear();
             if reader.read_until(b'\n', &mut line).await? == 0 {
                 return Ok(());
+            }
+            if first_command.is_none() {
+                let now = Instant::now();
+                first_command = Some(now);
+                if let Some(end) = previous_end {
+                    let gap = (now - end).as_micros() as u64;
+                    stats.between_us.lock().unwrap().push(gap);
+                }
             }
             let verb = line
                 .get(..4)
@@ -547,6 +697,7 @@ async fn smtp_sink_session(
                 b"HELO" => write.write_all(b"250 bench-sink\r\n").await?,
                 b"DATA" => {
                     write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
+                    let mut first_line = None;
                     loop {
                         line.clear();
                         if reader.read_until(b'\n', &mut line).await? == 0 {
@@ -555,9 +706,18 @@ async fn smtp_sink_session(
                         if line == b".\r\n" || line == b".\n" {
                             break;
                         }
+                        first_line.get_or_insert_with(Instant::now);
                     }
-                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let waited = first_line.map_or(0, |t| t.elapsed().as_micros() as u64);
+                    stats.terminator_wait_us.lock().unwrap().push(waited);
+                    stats.received.fetch_add(1, Ordering::Relaxed);
                     write.write_all(b"250 2.0.0 OK queued\r\n").await?;
+                    let end = Instant::now();
+                    if let Some(start) = first_command.take() {
+                        let took = (end - start).as_micros() as u64;
+                        stats.conversation_us.lock().unwrap().push(took);
+                    }
+                    previous_end = Some(end);
                 }
                 b"QUIT" => {
                     write.write_all(b"221 2.0.0 bye\r\n").await?;

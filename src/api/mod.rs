@@ -141,9 +141,13 @@ fn routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document, as served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut spec = routes().split_for_parts().1;
+    routes_and_spec().1
+}
+
+fn routes_and_spec() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut spec) = routes().split_for_parts();
     document_problems(&mut spec);
-    spec
+    (router, spec)
 }
 
 /// Problems are `application/problem+json`, and some can come from any operation of a kind
@@ -182,9 +186,16 @@ fn document_problems(spec: &mut utoipa::openapi::OpenApi) {
                 response.content.insert(key.to_string(), content);
             }
         }
-        let tags = op.tags.clone().unwrap_or_default();
+        let tenant = op.tags.iter().flatten().any(|t| t == "tenant");
         let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
-        let params = op.parameters.clone().unwrap_or_default();
+        let with_body = op.request_body.is_some();
+        let params_in = |place: ParameterIn| {
+            op.parameters
+                .iter()
+                .flatten()
+                .any(|p| p.parameter_in == place)
+        };
+        let (with_query, with_path) = (params_in(ParameterIn::Query), params_in(ParameterIn::Path));
         let mut add = |status: &str, description: &str| {
             op.responses
                 .responses
@@ -198,23 +209,23 @@ fn document_problems(spec: &mut utoipa::openapi::OpenApi) {
                 "Postgres or Redis is unavailable; retry after `Retry-After`",
             );
         }
-        if tags.iter().any(|t| t == "tenant") {
+        if tenant {
             add(
                 "429",
                 "Over the tenant's request rate; retry after `Retry-After`",
             );
         }
-        if op.request_body.is_some() {
+        if with_body {
             add("400", "The body is not well-formed");
             add("413", "The body is too large");
             add("415", "The body's content type is not the one expected");
             add("422", "A field is invalid (named in `errors`)");
         }
-        if params.iter().any(|p| p.parameter_in == ParameterIn::Query) {
+        if with_query {
             add("400", "The query string is malformed");
             add("422", "A query parameter is invalid (named in `errors`)");
         }
-        if params.iter().any(|p| p.parameter_in == ParameterIn::Path) {
+        if with_path {
             add("404", "No such resource for this caller");
         }
     };
@@ -235,8 +246,8 @@ fn document_problems(spec: &mut utoipa::openapi::OpenApi) {
 }
 
 pub fn router(state: AppState) -> Router {
-    let spec = Arc::new(openapi());
-    let router = routes().split_for_parts().0;
+    let (router, spec) = routes_and_spec();
+    let spec = Arc::new(spec);
     router
         .route(
             "/openapi.json",

@@ -2,8 +2,9 @@
 //!
 //! Every logical email has a row in `emails` (recipient, subject, status, SMTP reply, attempts,
 //! a stable Message-ID) written before the first send. A job delivered twice finds the row
-//! `sent` and does not send again; the rare duplicate that slips through a crash between the
-//! SMTP answer and the database update carries the same Message-ID, so receivers can drop it.
+//! `sent` and does not send again, and a duplicate job finds another job's claim on the send and
+//! leaves the email to it; the rare duplicate that slips through a crash between the SMTP answer
+//! and the database update carries the same Message-ID, so receivers can drop it.
 //! Transient SMTP failures (connection refused, timeouts, 4xx) retry with backoff; permanent ones
 //! (5xx) fail at once with the server's reply. A per-tenant rate (emails per minute) keeps one
 //! tenant from flooding the relay: over it, jobs wait for the next minute.

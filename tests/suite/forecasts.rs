@@ -35,6 +35,16 @@ async fn upload(app: &TestApp, key: &str, csv: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// `GET /v1/sales/imports/{id}` of an accepted upload.
+async fn import_view(app: &TestApp, key: &str, accepted: &Value) -> Value {
+    let id = accepted["import_id"].as_str().unwrap();
+    app.get(&format!("/v1/sales/imports/{id}"), Some(key))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn wait_job(app: &TestApp, key: &str, job_id: &str, status: &str) -> Value {
     wait_for(&format!("job {job_id} to be {status}"), LIMIT, || async {
         let j: Value = app
@@ -108,18 +118,7 @@ async fn an_import_loads_good_rows_reports_bad_ones_and_is_idempotent() {
         ]
     );
     // The import's own record carries the same report.
-    let view: Value = app
-        .get(
-            &format!(
-                "/v1/sales/imports/{}",
-                accepted["import_id"].as_str().unwrap()
-            ),
-            Some(&tenant.key),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let view = import_view(&app, &tenant.key, &accepted).await;
     assert_eq!(view["status"], "loaded");
     assert_eq!(view["report"]["rows_rejected"], 4);
     assert_eq!(imported_total(&app, &tenant.id).await, (2, 12));
@@ -544,18 +543,7 @@ async fn an_upload_with_nul_bytes_is_reported_not_retried() {
     )
     .await;
     assert_eq!(job["attempts"], 1, "no retry: {job}");
-    let view: Value = app
-        .get(
-            &format!(
-                "/v1/sales/imports/{}",
-                accepted["import_id"].as_str().unwrap()
-            ),
-            Some(&tenant.key),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let view = import_view(&app, &tenant.key, &accepted).await;
     assert_eq!(view["status"], "loaded", "{view}");
     assert_eq!(view["report"]["rows_loaded"], 1);
     let error = &view["report"]["errors"][0];

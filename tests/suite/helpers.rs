@@ -40,18 +40,18 @@ fn init_logging() {
     });
 }
 
-/// A fresh database with the migrations applied; returns its URL.
-pub async fn fresh_database() -> String {
-    let server = database_server_url();
+/// A fresh database with the migrations applied on the Postgres server at `server_url`
+/// (`postgres://user@host:port`, no database); returns its URL.
+pub async fn fresh_database_on(server_url: &str) -> String {
     let name = format!("backroom_test_{}", Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+    let mut conn = sqlx::PgConnection::connect(&format!("{server_url}/postgres"))
         .await
         .expect("Postgres must be reachable for the tests (run scripts/test)");
     sqlx::query(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
         .execute(&mut conn)
         .await
         .expect("create test database");
-    let url = format!("{server}/{name}");
+    let url = format!("{server_url}/{name}");
     let pool = PgPool::connect(&url).await.expect("connect test database");
     backroom::db::migrate(&pool)
         .await
@@ -89,8 +89,17 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_on(&database_server_url(), customize).await
+}
+
+/// Like [`spawn_app_with`], with the app's database on the Postgres server at
+/// `database_server_url` (e.g. a [`PostgresServer`] the test crashes and restarts).
+pub async fn spawn_app_on(
+    database_server_url: &str,
+    customize: impl FnOnce(&mut Settings),
+) -> TestApp {
     init_logging();
-    let database_url = fresh_database().await;
+    let database_url = fresh_database_on(database_server_url).await;
     let mut settings = test_settings(&database_url);
     customize(&mut settings);
     let app = Application::build(settings.clone())
@@ -364,23 +373,7 @@ impl RedisServer {
             .spawn()
             .expect("redis-server is installed (scripts/test installs it)");
         let server = RedisServer { port, child };
-        let url = server.url();
-        wait_for(
-            "the private redis-server to answer",
-            Duration::from_secs(10),
-            || {
-                let url = url.clone();
-                async move {
-                    let client = redis::Client::open(url).ok()?;
-                    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-                    redis::cmd("PING")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .ok()
-                }
-            },
-        )
-        .await;
+        wait_until_redis_answers(&server.url()).await;
         server
     }
 
@@ -567,59 +560,6 @@ impl SmtpServer {
         if let Some(child) = &self.child {
             assert!(send_signal("CONT", child.id()), "SIGCONT the SMTP server");
         }
-    }
-}
-
-/// A fresh database with the migrations applied on the Postgres server at `server_url`
-/// (`postgres://user@host:port`, no database); returns its URL.
-pub async fn fresh_database_on(server_url: &str) -> String {
-    let name = format!("backroom_test_{}", Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&format!("{server_url}/postgres"))
-        .await
-        .expect("the Postgres server answers");
-    sqlx::query(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-    let url = format!("{server_url}/{name}");
-    let pool = PgPool::connect(&url).await.expect("connect test database");
-    backroom::db::migrate(&pool)
-        .await
-        .expect("migrations apply");
-    pool.close().await;
-    url
-}
-
-/// Like [`spawn_app_with`], with the app's database on the Postgres server at
-/// `database_server_url` (e.g. a [`PostgresServer`] the test crashes and restarts).
-pub async fn spawn_app_on(
-    database_server_url: &str,
-    customize: impl FnOnce(&mut Settings),
-) -> TestApp {
-    init_logging();
-    let database_url = fresh_database_on(database_server_url).await;
-    let mut settings = test_settings(&database_url);
-    customize(&mut settings);
-    let app = Application::build(settings.clone())
-        .await
-        .expect("application builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let db = app.state().db.clone();
-    let queues = app.state().queues.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async move {
-        let _ = rx.await;
-    }));
-    TestApp {
-        address,
-        db,
-        settings,
-        queues,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-        _shutdown: tx,
     }
 }
 
