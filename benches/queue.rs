@@ -33,6 +33,11 @@
 //!    the queue trimmed every second (as the scheduler does, compressed in time): Redis
 //!    `used_memory` each second. Target: flat (the mean of the last third within 0.8–1.25× of
 //!    the first third's, after a warm-up of the retention plus 2 s).
+//! 7. **fairness** — a busy tenant floods the queue with N jobs (each sleeps 1 ms, as an I/O-bound
+//!    job would), then a quiet tenant pushes one job every 50 ms while the flood drains through
+//!    one worker (defaults). The quiet tenant's enqueue-to-start latency is set against how long
+//!    the flood takes to drain, which is what a first-in-first-out queue would have made it
+//!    wait. Target: quiet p99 ≤ 250 ms while the flood drains for several seconds.
 //!
 //! Run with `cargo bench --bench queue` (full sizes: 200,000 jobs for enqueue and drain, 200
 //! pickups, 10 s of steady state, a 1,000,000 backlog; a few minutes), or
@@ -75,6 +80,9 @@ const STEADY_PER_TICK: usize = 50;
 const STEADY_TICK: Duration = Duration::from_millis(10);
 /// Backlog flatness: the second half of the slices may run at 0.8–1.25× the first half's rate.
 const FLAT_RATIO: (f64, f64) = (0.8, 1.25);
+const FAIR_P99_TARGET_MS: f64 = 250.0;
+/// The quiet tenant's pace in the fairness scenario.
+const QUIET_GAP: Duration = Duration::from_millis(50);
 
 /// Approximate size of each job's JSON payload.
 const PAYLOAD_BYTES: usize = 1024;
@@ -95,6 +103,9 @@ struct Sizes {
     backlog: usize,
     slice: usize,
     memory: Duration,
+    /// The busy tenant's flood in the fairness scenario, and the quiet tenant's jobs.
+    flood: usize,
+    quiet: usize,
 }
 
 impl Sizes {
@@ -108,6 +119,8 @@ impl Sizes {
             backlog: 1_000_000,
             slice: 100_000,
             memory: Duration::from_secs(40),
+            flood: 50_000,
+            quiet: 100,
         }
     }
 
@@ -121,6 +134,8 @@ impl Sizes {
             backlog: 20_000,
             slice: 5_000,
             memory: Duration::from_secs(10),
+            flood: 3_000,
+            quiet: 10,
         }
     }
 }
@@ -179,6 +194,12 @@ const DRAIN_CONFIGS: &[DrainConfig] = &[
 struct Payload {
     pushed_us: u64,
     pad: String,
+    /// Milliseconds the handler sleeps (a stand-in for I/O).
+    #[serde(default)]
+    work_ms: u64,
+    /// Not reported to the recorder (the busy tenant's jobs in the fairness scenario).
+    #[serde(default)]
+    unrecorded: bool,
 }
 
 /// Where the handler reports enqueue-to-start latencies (µs); `None` in throughput runs.
@@ -187,8 +208,13 @@ struct Recorder(Option<mpsc::UnboundedSender<u64>>);
 
 /// The job handler: nothing but (in latency scenarios) reporting when it started.
 async fn handle(job: Payload, recorder: Data<Recorder>) -> Result<(), JobError> {
-    if let Recorder(Some(tx)) = &*recorder {
+    if let Recorder(Some(tx)) = &*recorder
+        && !job.unrecorded
+    {
         let _ = tx.send(now_us().saturating_sub(job.pushed_us));
+    }
+    if job.work_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(job.work_ms)).await;
     }
     Ok(())
 }
@@ -239,6 +265,8 @@ impl Env {
             &Payload {
                 pushed_us: now_us(),
                 pad: self.pad.clone(),
+                work_ms: 0,
+                unrecorded: false,
             },
         )
     }
@@ -1386,7 +1414,119 @@ async fn scenario_memory(env: &Env) -> anyhow::Result<Verdict> {
     })
 }
 
-const SCENARIOS: [&str; 6] = ["enqueue", "drain", "idle", "steady", "backlog", "memory"];
+// ---------------------------------------------------------------------------------------------
+// 7. fairness
+
+async fn scenario_fairness(env: &Env) -> anyhow::Result<Verdict> {
+    let (flood, quiet) = (env.sizes.flood, env.sizes.quiet);
+    println!(
+        "\n== 7. fairness: a busy tenant's {} jobs (1 ms each) queued, then a quiet tenant's {quiet} \
+         jobs {} ms apart, one worker (defaults) ==",
+        thousands(flood as f64),
+        QUIET_GAP.as_millis()
+    );
+    let queue = env.queue("fairness");
+    let queues = env.queues()?;
+    queues.ensure_group(&queue).await?;
+    let (busy, calm) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let job = |tenant, unrecorded| {
+        NewJob::new(
+            "bench",
+            &Payload {
+                pushed_us: now_us(),
+                pad: String::new(),
+                work_ms: 1,
+                unrecorded,
+            },
+        )
+        .tenant(tenant)
+    };
+    for start in (0..flood).step_by(PUSH_CALL) {
+        let n = PUSH_CALL.min(flood - start);
+        queues.push(&queue, vec![job(busy, true); n]).await?;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let workers = Workers::start(
+        env,
+        &WorkerOptions::new(queue.clone()),
+        1,
+        Recorder(Some(tx)),
+    )?;
+    let mut samples = vec![];
+    let mut progress = Progress::new("quiet jobs", quiet as u64);
+    let outcome: anyhow::Result<(Duration, u64)> = async {
+        let mut busy_left_at_last_push = 0;
+        for i in 0..quiet {
+            tokio::time::sleep(QUIET_GAP).await;
+            queues.push(&queue, vec![job(calm, false)]).await?;
+            busy_left_at_last_push = queues.counts(&queue).await?.pending;
+            while let Ok(us) = rx.try_recv() {
+                samples.push(us);
+            }
+            progress.update(i as u64 + 1);
+        }
+        drop(progress);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while samples.len() < quiet {
+            match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+                Ok(Some(us)) => samples.push(us),
+                _ => break,
+            }
+        }
+        let counts = wait_finished(
+            &queues,
+            &queue,
+            (flood + quiet) as u64,
+            "flood",
+            async |_| Ok(()),
+        )
+        .await?;
+        if counts.succeeded != (flood + quiet) as u64 {
+            bail!("not every job succeeded: {counts:?}");
+        }
+        Ok((started.elapsed(), busy_left_at_last_push))
+    }
+    .await;
+    workers.stop().await?;
+    let (drained_in, busy_left) = outcome?;
+    env.delete_keys(Some(&queue)).await?;
+    let missing = quiet.saturating_sub(samples.len());
+    let lat = Latencies::new(samples);
+    println!("  the quiet tenant's jobs, enqueue to start:");
+    lat.print();
+    let rate = flood as f64 / drained_in.as_secs_f64();
+    println!(
+        "  the flood drained in {:.1} s ({} jobs/s); at the quiet tenant's last push {} jobs were \
+         still waiting, about {:.1} s of work that first-in-first-out would have put first",
+        drained_in.as_secs_f64(),
+        thousands(rate),
+        thousands(busy_left as f64),
+        busy_left as f64 / rate
+    );
+    if missing > 0 {
+        println!("  {missing} quiet jobs did not start within 30 s");
+    }
+    let p99 = lat.ms(0.99);
+    let pass = missing == 0 && p99 <= FAIR_P99_TARGET_MS;
+    println!(
+        "  target quiet tenant p99 ≤ {FAIR_P99_TARGET_MS} ms behind a flood: {p99:.2} ms  {}",
+        verdict(pass)
+    );
+    Ok(Verdict {
+        target: format!("quiet tenant p99 ≤ {FAIR_P99_TARGET_MS} ms behind another's flood"),
+        measured: format!(
+            "p99 {p99:.2} ms while {} flood jobs drained in {:.1} s",
+            thousands(flood as f64),
+            drained_in.as_secs_f64()
+        ),
+        pass,
+    })
+}
+
+const SCENARIOS: [&str; 7] = [
+    "enqueue", "drain", "idle", "steady", "backlog", "memory", "fairness",
+];
 
 /// Runs the selected scenarios in order. Without the drain scenario, the backlog is drained
 /// with the default options.
@@ -1412,6 +1552,9 @@ async fn run_all(env: &Env) -> anyhow::Result<Vec<Verdict>> {
     }
     if env.selected("memory") {
         verdicts.push(scenario_memory(env).await?);
+    }
+    if env.selected("fairness") {
+        verdicts.push(scenario_fairness(env).await?);
     }
     Ok(verdicts)
 }
@@ -1442,6 +1585,8 @@ fn main() -> anyhow::Result<()> {
         let bare = serde_json::to_vec(&Payload {
             pushed_us: now_us(),
             pad: String::new(),
+            work_ms: 0,
+            unrecorded: false,
         })?
         .len();
         let pad: String = "abcdefghijklmnopqrstuvwxyz0123456789"

@@ -4,7 +4,7 @@
 //! that talks to Redis runs in three background tasks per worker, so a slow or failing Redis
 //! call never blocks a running job and a job never blocks a heartbeat:
 //! - the **fetcher** takes batches (`FETCH`) as room frees up in the prefetch buffer, and when
-//!   the stream is empty waits in `XREAD BLOCK` on a connection of its own;
+//!   nothing is waiting blocks in `XREAD` on the wake-up stream, on a connection of its own;
 //! - the **acker** records outcomes (`COMPLETE`) in batches of whatever finished meanwhile, and
 //!   retries a batch until Redis takes it (outcomes are never dropped);
 //! - the **keeper** refreshes the leases of every held job (`HEARTBEAT`), takes over expired
@@ -485,7 +485,11 @@ async fn deregister(shared: &Shared) {
 
 enum Fetched {
     Jobs(Vec<RawJob>),
-    Empty { last_delivered: String },
+    /// Nothing waiting: the last ids of the wake-up stream and of the stream, to block on.
+    Empty {
+        wake: String,
+        last_delivered: String,
+    },
     Paused,
 }
 
@@ -503,12 +507,18 @@ async fn fetch_once(shared: &Shared, count: usize) -> redis::RedisResult<Fetched
         .await?;
     Ok(match reply.first().and_then(string).as_deref() {
         Some("paused") => Fetched::Paused,
-        Some("empty") => Fetched::Empty {
-            last_delivered: reply
-                .get(1)
-                .and_then(string)
-                .unwrap_or_else(|| "0-0".into()),
-        },
+        Some("empty") => {
+            let id = |i: usize| {
+                reply
+                    .get(i)
+                    .and_then(string)
+                    .unwrap_or_else(|| "0-0".into())
+            };
+            Fetched::Empty {
+                wake: id(1),
+                last_delivered: id(2),
+            }
+        }
         _ => Fetched::Jobs(raw_jobs(&reply[1..])),
     })
 }
@@ -554,9 +564,13 @@ async fn fetch_loop<Args: DeserializeOwned + Send + 'static>(
                     _ = stop.changed() => return,
                 }
             }
-            Ok(Fetched::Empty { last_delivered }) => {
+            Ok(Fetched::Empty {
+                wake,
+                last_delivered,
+            }) => {
                 backoff.ok();
-                // Block until anything newer than what the group has seen is added.
+                // Block until a job is made ready (every push, promotion, retry or hand-back
+                // adds to the wake-up stream) or anything is added to the stream itself.
                 if blocking.is_none() {
                     match shared.queues.redis().dedicated(shared.options.block).await {
                         Ok(c) => blocking = Some(c),
@@ -575,7 +589,9 @@ async fn fetch_loop<Args: DeserializeOwned + Send + 'static>(
                     .arg("COUNT")
                     .arg(1)
                     .arg("STREAMS")
+                    .arg(shared.keys.wake())
                     .arg(shared.keys.stream())
+                    .arg(&wake)
                     .arg(&last_delivered);
                 let wait = xread.query_async::<Value>(conn);
                 tokio::select! {

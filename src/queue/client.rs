@@ -17,6 +17,8 @@ pub(crate) const GROUP: &str = "workers";
 /// Jobs per push script call: bounds the script's run time and argument count, and makes a
 /// push of up to this many jobs atomic (all or none).
 const PUSH_CHUNK: usize = 1000;
+/// Tenants with jobs waiting that a listing of queued jobs goes through.
+const MAX_LISTED_TENANTS: usize = 1000;
 /// Jobs per admin batch call (bulk retry, promote).
 const ADMIN_CHUNK: usize = 1000;
 
@@ -346,13 +348,18 @@ impl Queues {
             pipe.cmd("ZCARD").arg(keys.set(set));
         }
         pipe.cmd("EXISTS").arg(keys.paused());
+        pipe.cmd("GET").arg(keys.waiting());
         let mut conn = self.redis.conn().await?;
         let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
         let n = |i: usize| int(&replies[i]).unwrap_or(0).max(0) as u64;
         let stream_len = n(0);
         let running = array(&replies[1]).first().and_then(int).unwrap_or(0).max(0) as u64;
+        let waiting = string(&replies[8])
+            .and_then(|w| w.parse::<u64>().ok())
+            .unwrap_or(0);
         Ok(QueueCounts {
-            pending: stream_len.saturating_sub(running),
+            // Waiting in the tenants' ready lists, plus any delivered-to-nobody stream entries.
+            pending: waiting + stream_len.saturating_sub(running),
             running,
             scheduled: n(2),
             retrying: n(3),
@@ -415,21 +422,40 @@ impl Queues {
                 page(ids, limit, |_, n| (offset + n as isize).to_string())
             }
             None if status == JobStatus::Queued => {
-                let start = match cursor {
-                    Some(c) => c.to_string(),
-                    None => self.last_delivered(queue).await?,
-                };
-                let entries: Vec<Value> = redis::cmd("XRANGE")
-                    .arg(keys.stream())
-                    .arg(format!("({start}"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(limit + 1)
+                // Tenant by tenant in ring order (the order the next fetches take them in,
+                // roughly), each tenant's jobs oldest first. Cursor: "<ring index>.<offset>".
+                let (mut tenant_at, mut offset) = cursor
+                    .and_then(|c| c.split_once('.'))
+                    .and_then(|(t, o)| Some((t.parse::<usize>().ok()?, o.parse::<usize>().ok()?)))
+                    .unwrap_or((0, 0));
+                let ring: Vec<String> = redis::cmd("LRANGE")
+                    .arg(keys.ring())
+                    .arg(0)
+                    .arg(MAX_LISTED_TENANTS - 1)
                     .query_async(&mut conn)
                     .await?;
-                let pairs: Vec<(String, String)> = entries.iter().filter_map(entry_pair).collect();
-                let ids = pairs.iter().map(|(_, id)| id.clone()).collect();
-                page(ids, limit, |i, _| pairs[i].0.clone())
+                let mut ids = vec![];
+                let mut positions = vec![];
+                while ids.len() <= limit && tenant_at < ring.len() {
+                    let want = limit + 1 - ids.len();
+                    let got: Vec<String> = redis::cmd("LRANGE")
+                        .arg(keys.ready(&ring[tenant_at]))
+                        .arg(offset)
+                        .arg(offset + want - 1)
+                        .query_async(&mut conn)
+                        .await?;
+                    for (k, id) in got.iter().enumerate() {
+                        positions.push(format!("{tenant_at}.{}", offset + k + 1));
+                        ids.push(id.clone());
+                    }
+                    if got.len() < want {
+                        tenant_at += 1;
+                        offset = 0;
+                    } else {
+                        offset += got.len();
+                    }
+                }
+                page(ids, limit, |i, _| positions[i].clone())
             }
             None => {
                 let start = cursor
@@ -467,25 +493,6 @@ impl Queues {
         let mut items = self.get_many(queue, &ids).await?;
         items.retain(|r| r.status == status);
         Ok(ListedJobs { items, next_cursor })
-    }
-
-    async fn last_delivered(&self, queue: &QueueName) -> RedisResult<String> {
-        let mut conn = self.redis.conn().await?;
-        let groups: Vec<Value> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(self.keys(queue).stream())
-            .query_async(&mut conn)
-            .await?;
-        for g in &groups {
-            let fields = flat_map(g);
-            if fields.get("name").map(String::as_str) == Some(GROUP) {
-                return Ok(fields
-                    .get("last-delivered-id")
-                    .cloned()
-                    .unwrap_or_else(|| "0-0".into()));
-            }
-        }
-        Ok("0-0".into())
     }
 
     /// Re-queues a dead or failed job with a fresh attempt budget.
@@ -868,18 +875,4 @@ fn entry_pair(v: &Value) -> Option<(String, String)> {
     let fields = array(parts.get(1)?);
     let job = string(fields.get(1)?)?;
     Some((entry, job))
-}
-
-/// A flat `[k, v, k, v]` reply (or a RESP3 map) as a map of strings.
-fn flat_map(v: &Value) -> HashMap<String, String> {
-    match v {
-        Value::Map(pairs) => pairs
-            .iter()
-            .filter_map(|(k, v)| Some((string(k)?, string(v)?)))
-            .collect(),
-        other => array(other)
-            .chunks(2)
-            .filter_map(|kv| Some((string(kv.first()?)?, string(kv.get(1)?)?)))
-            .collect(),
-    }
 }

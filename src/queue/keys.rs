@@ -26,6 +26,27 @@ impl QueueKeys {
         format!("{}:stream", self.prefix)
     }
 
+    /// The jobs of one tenant that are ready to run, oldest first (`''` for jobs without one).
+    pub fn ready(&self, tenant: &str) -> String {
+        format!("{}:ready:{tenant}", self.prefix)
+    }
+
+    /// The tenants with jobs waiting in their ready list, in round-robin order.
+    pub fn ring(&self) -> String {
+        format!("{}:ring", self.prefix)
+    }
+
+    /// How many jobs wait in the ready lists (kept by the scripts; O(1) to read).
+    pub fn waiting(&self) -> String {
+        format!("{}:waiting", self.prefix)
+    }
+
+    /// A one-entry stream that every script making jobs ready appends to, so an idle fetcher
+    /// blocked on it wakes at once.
+    pub fn wake(&self) -> String {
+        format!("{}:wake", self.prefix)
+    }
+
     pub fn job(&self, id: &str) -> String {
         format!("{}:job:{id}", self.prefix)
     }
@@ -109,6 +130,11 @@ mod tests {
         let keys = [
             k.stream(),
             k.job("stock_0193"),
+            k.ready("0193a2b4-0000-7000-8000-000000000000"),
+            k.ready(""),
+            k.ring(),
+            k.waiting(),
+            k.wake(),
             k.paused(),
             k.set(JobSet::Scheduled),
             k.set(JobSet::Retrying),

@@ -7,9 +7,13 @@
 //! role and replace its data layout.
 //!
 //! # Layout (per queue, every key under the hash tag `{<namespace>:<queue>}`)
-//! - `…:stream` — a Redis Stream of ready jobs (entries carry only the job id) with one consumer
-//!   group, `workers`. `XREADGROUP COUNT n` hands out batches; the group's pending entries list
-//!   (PEL) is the set of leased jobs, with each entry's owner and idle time.
+//! - `…:ready:<tenant>` — a list per tenant of its jobs that are due, oldest first; `…:ring` —
+//!   the tenants with jobs waiting, in round-robin order; `…:waiting` — how many wait in all.
+//! - `…:stream` — a Redis Stream of delivered jobs (entries carry only the job id) with one
+//!   consumer group, `workers`. Each fetch moves a fair share of every waiting tenant's jobs into
+//!   it and takes them with `XREADGROUP`; the group's pending entries list (PEL) is the set of
+//!   leased jobs, with each entry's owner and idle time.
+//! - `…:wake` — a one-entry stream appended to whenever jobs become ready, for idle fetchers.
 //! - `…:job:<id>` — a hash per job: payload, kind, tenant, status, attempts, max_attempts,
 //!   timestamps, result, last error and the error history, the owning worker and its entry.
 //! - `…:scheduled`, `…:retry` — sorted sets by due time; a bounded Lua call moves due jobs into the
@@ -31,11 +35,16 @@
 //!   live worker's jobs are never idle long enough to be reclaimed, however long the job. Outcomes
 //!   are recorded only by the job's current owner; a worker that stalled past its lease finds its
 //!   report ignored and the job with its new owner.
-//! - **Fast idle pickup.** When the stream is empty the fetcher blocks in `XREAD BLOCK` on its own
-//!   connection, starting from the group's last delivered id, so it wakes the moment a job is
-//!   added (no polling, no missed wake-up between the empty fetch and the wait).
-//! - **Backlog-proof.** A fetch is one Lua call doing `XREADGROUP COUNT n` plus O(1) work per job;
-//!   an ack is `XACK` + `XDEL`. Nothing is O(backlog).
+//! - **Fair across tenants.** One tenant's flood cannot starve another's jobs: a fetch of `n`
+//!   jobs goes round the tenants that have jobs waiting and gives each an equal share of `n`
+//!   (one tenant alone gets all of it), so a job of a quiet tenant waits for at most about one
+//!   prefetch buffer of the busy tenant's jobs, not for its whole backlog.
+//! - **Fast idle pickup.** When nothing is waiting the fetcher blocks in `XREAD BLOCK` on the
+//!   wake-up stream, on its own connection, from the id the empty fetch saw, so it wakes the
+//!   moment a job is made ready (no polling, no missed wake-up between the fetch and the wait).
+//! - **Backlog-proof.** A fetch is one Lua call doing O(1) work per job and per waiting tenant
+//!   it visits; an ack is `XACK` + `XDEL`. Nothing is O(backlog). (Cancelling or discarding one
+//!   queued job is O(its tenant's list): an admin action on one job.)
 //! - **Batching is the lever.** Fetches, acks (`COMPLETE`) and pushes each move many jobs per
 //!   round trip; acks are coalesced from all finished jobs while the previous call runs.
 //!

@@ -30,6 +30,63 @@ local function finish(prefix, jk, id, status, now, ttl)
   redis.call('PEXPIRE', jk, ttl)
 end
 
+-- Puts a job in its tenant's ready list (at the front for a job handed back unstarted) and the
+-- tenant in the round-robin ring when its list was empty: a tenant is in the ring exactly while
+-- it has jobs waiting. The caller sets the job's status and calls `readied` once at the end.
+local function make_ready(prefix, id, tenant, front)
+  local list = prefix .. ':ready:' .. tenant
+  local len
+  if front then len = redis.call('LPUSH', list, id) else len = redis.call('RPUSH', list, id) end
+  if len == 1 then redis.call('RPUSH', prefix .. ':ring', tenant) end
+end
+
+-- Counts `n` jobs made ready and wakes fetchers blocked on the wake-up stream.
+local function readied(prefix, n)
+  if n > 0 then
+    redis.call('INCRBY', prefix .. ':waiting', n)
+    redis.call('XADD', prefix .. ':wake', 'MAXLEN', '1', '*', 'n', n)
+  end
+end
+
+-- Takes a waiting job out of its tenant's ready list (cancel, discard). O(list) but only for one
+-- admin action; a job already moved into the stream is deleted from it instead.
+local function unready(prefix, stream, id, tenant, entry)
+  if entry then
+    redis.call('XDEL', stream, entry)
+    return
+  end
+  local list = prefix .. ':ready:' .. (tenant or '')
+  if redis.call('LREM', list, 1, id) == 1 then
+    redis.call('DECR', prefix .. ':waiting')
+    if redis.call('LLEN', list) == 0 then redis.call('LREM', prefix .. ':ring', 1, tenant or '') end
+  end
+end
+
+-- Moves up to `count` waiting jobs into the stream, round robin over the tenants that have
+-- jobs waiting: each turn gives the next tenant in the ring an equal share of what is left,
+-- and a tenant with more waiting goes to the back of the ring. A tenant with a flood of jobs
+-- therefore takes its share of each fetch, never the whole of it.
+local function fill(prefix, stream, count)
+  local ring = prefix .. ':ring'
+  local moved = 0
+  local active = redis.call('LLEN', ring)
+  while moved < count and active > 0 do
+    local tenant = redis.call('LPOP', ring)
+    local list = prefix .. ':ready:' .. tenant
+    local ids = redis.call('LPOP', list, math.ceil((count - moved) / active))
+    if ids then
+      for _, id in ipairs(ids) do
+        local entry = redis.call('XADD', stream, '*', 'id', id)
+        redis.call('HSET', job_key(prefix, id), 'entry', entry)
+      end
+      moved = moved + #ids
+    end
+    if redis.call('LLEN', list) > 0 then redis.call('RPUSH', ring, tenant) end
+    active = redis.call('LLEN', ring)
+  end
+  if moved > 0 then redis.call('DECRBY', prefix .. ':waiting', moved) end
+end
+
 -- Hands the job behind a freshly delivered stream entry to `consumer`, appending its fields to
 -- `out` (8 per job). Entries of cancelled, deleted or finished jobs are dropped; a job that has
 -- already started `max_attempts` times without finishing (its workers died each time) is dead.
@@ -73,11 +130,12 @@ fn with_common(body: &str) -> Script {
 /// id, kind, tenant, payload, max_attempts, run_at (0 = now), idempotency key ('' = none).
 /// Returns 2 per job: the job id (the earlier one for a repeated key) and 1 if new, 0 if not.
 pub static PUSH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_common(
         r#"
 local stream, prefix = KEYS[1], ARGV[1]
 local now, idem_ttl, n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
+local ready = 0
 local i = 5
 for _ = 1, n do
   local id, kind, tenant, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -94,34 +152,39 @@ for _ = 1, n do
     out[#out + 1] = 0
   else
     local jk = prefix .. ':job:' .. id
-    -- One HSET per job: the stream entry is added first so its id goes in with the rest.
+    -- One HSET per job. A job due now waits in its tenant's ready list; the fetch moves it into
+    -- the stream (see `fill`).
     if run_at > now then
       redis.call('HSET', jk, 'kind', kind, 'tenant', tenant, 'payload', payload, 'attempts', 0,
         'max_attempts', max, 'created_at', now, 'idem', idem, 'status', 'scheduled', 'run_at', run_at)
       redis.call('ZADD', prefix .. ':scheduled', run_at, id)
     else
-      local entry = redis.call('XADD', stream, '*', 'id', id)
       redis.call('HSET', jk, 'kind', kind, 'tenant', tenant, 'payload', payload, 'attempts', 0,
-        'max_attempts', max, 'created_at', now, 'idem', idem, 'status', 'queued', 'entry', entry)
+        'max_attempts', max, 'created_at', now, 'idem', idem, 'status', 'queued')
+      make_ready(prefix, id, tenant, false)
+      ready = ready + 1
     end
     out[#out + 1] = id
     out[#out + 1] = 1
   end
 end
+readied(prefix, ready)
 return out
 "#,
     )
 });
 
-/// Takes up to `count` new jobs for a consumer. ARGV: prefix, group, consumer, count, now,
-/// dead_ttl. Returns `{'paused'}`, `{'empty', last_delivered_id}` (for a blocking wait that
-/// cannot miss an entry added meanwhile), or `{'ok', ...8 per job}`.
+/// Takes up to `count` new jobs for a consumer, a fair share from each tenant with jobs waiting
+/// (`fill`). ARGV: prefix, group, consumer, count, now, dead_ttl. Returns `{'paused'}`,
+/// `{'empty', last_wake_id, last_delivered_id}` (for a blocking wait on the wake-up stream and
+/// the stream that cannot miss a job added meanwhile), or `{'ok', ...8 per job}`.
 pub static FETCH: LazyLock<Script> = LazyLock::new(|| {
     with_common(
         r#"
 local stream, prefix, group, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local count, now, dead_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 if redis.call('EXISTS', prefix .. ':paused') == 1 then return {'paused'} end
+fill(prefix, stream, count)
 local res = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
 if res then
   local out = {'ok'}
@@ -130,14 +193,17 @@ if res then
   end
   return out
 end
+local woken = redis.call('XREVRANGE', prefix .. ':wake', '+', '-', 'COUNT', 1)
+local wake = '0-0'
+if woken[1] then wake = woken[1][1] end
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
   local name, last
   for k = 1, #g, 2 do
     if g[k] == 'name' then name = g[k + 1] elseif g[k] == 'last-delivered-id' then last = g[k + 1] end
   end
-  if name == group then return {'empty', last} end
+  if name == group then return {'empty', wake, last} end
 end
-return {'empty', '0-0'}
+return {'empty', wake, '0-0'}
 "#,
     )
 });
@@ -266,26 +332,28 @@ return done + failed
     )
 });
 
-/// Hands jobs a stopping worker fetched but never started back to the queue, unchanged.
-/// ARGV: prefix, group, consumer, then 2 per job: id, entry.
+/// Hands jobs a stopping worker fetched but never started back to the queue, unchanged: each
+/// goes back to the front of its tenant's ready list, in the order given. ARGV: prefix, group,
+/// consumer, then 2 per job: id, entry.
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_common(
         r#"
 local stream, prefix, group, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local released = 0
-for i = 4, #ARGV, 2 do
+for i = #ARGV - 1, 4, -2 do
   local id, entry = ARGV[i], ARGV[i + 1]
-  local jk = prefix .. ':job:' .. id
-  local h = redis.call('HMGET', jk, 'worker', 'entry', 'attempts')
+  local jk = job_key(prefix, id)
+  local h = redis.call('HMGET', jk, 'worker', 'entry', 'attempts', 'tenant')
   if h[1] == consumer and h[2] == entry then
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
-    local fresh = redis.call('XADD', stream, '*', 'id', id)
-    redis.call('HSET', jk, 'status', 'queued', 'entry', fresh, 'attempts', math.max(0, tonumber(h[3]) - 1))
-    redis.call('HDEL', jk, 'worker', 'started_at')
+    redis.call('HSET', jk, 'status', 'queued', 'attempts', math.max(0, tonumber(h[3]) - 1))
+    redis.call('HDEL', jk, 'worker', 'started_at', 'entry')
+    make_ready(prefix, id, h[4] or '', true)
     released = released + 1
   end
 end
+readied(prefix, released)
 return released
 "#,
     )
@@ -294,23 +362,25 @@ return released
 /// Moves due scheduled and retrying jobs into the stream. ARGV: prefix, now, limit.
 /// Returns how many moved (call again while it returns `limit`).
 pub static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_common(
         r#"
 local stream, prefix, now, limit = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
-local moved = 0
+local moved, ready = 0, 0
 for _, set in ipairs({'scheduled', 'retry'}) do
   local key = prefix .. ':' .. set
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit)) do
-    local jk = prefix .. ':job:' .. id
-    local status = redis.call('HGET', jk, 'status')
-    if status == 'scheduled' or status == 'retrying' then
-      local entry = redis.call('XADD', stream, '*', 'id', id)
-      redis.call('HSET', jk, 'status', 'queued', 'entry', entry)
+    local jk = job_key(prefix, id)
+    local h = redis.call('HMGET', jk, 'status', 'tenant')
+    if h[1] == 'scheduled' or h[1] == 'retrying' then
+      redis.call('HSET', jk, 'status', 'queued')
+      make_ready(prefix, id, h[2] or '', false)
+      ready = ready + 1
     end
     redis.call('ZREM', key, id)
     moved = moved + 1
   end
 end
+readied(prefix, ready)
 return moved
 "#,
     )
@@ -320,25 +390,29 @@ return moved
 /// ARGV: prefix, now, then job ids. Returns one status per id: 'retried' when re-queued,
 /// otherwise the job's status ('missing' if it does not exist).
 pub static RETRY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_common(
         r#"
 local stream, prefix = KEYS[1], ARGV[1]
 local out = {}
+local ready = 0
 for i = 3, #ARGV do
   local id = ARGV[i]
-  local jk = prefix .. ':job:' .. id
-  local status = redis.call('HGET', jk, 'status')
+  local jk = job_key(prefix, id)
+  local h = redis.call('HMGET', jk, 'status', 'tenant')
+  local status = h[1]
   if status == 'dead' or status == 'failed' then
     redis.call('ZREM', prefix .. ':' .. status, id)
     redis.call('PERSIST', jk)
-    local entry = redis.call('XADD', stream, '*', 'id', id)
-    redis.call('HSET', jk, 'status', 'queued', 'entry', entry, 'attempts', 0)
-    redis.call('HDEL', jk, 'finished_at', 'run_at')
+    redis.call('HSET', jk, 'status', 'queued', 'attempts', 0)
+    redis.call('HDEL', jk, 'finished_at', 'run_at', 'entry')
+    make_ready(prefix, id, h[2] or '', false)
+    ready = ready + 1
     out[#out + 1] = 'retried'
   else
     out[#out + 1] = status or 'missing'
   end
 end
+readied(prefix, ready)
 return out
 "#,
     )
@@ -347,14 +421,14 @@ return out
 /// Deletes a job that is not running. ARGV: prefix, id. Returns 'deleted', 'running' (refused)
 /// or 'missing'.
 pub static DISCARD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_common(
         r#"
 local stream, prefix, id = KEYS[1], ARGV[1], ARGV[2]
-local jk = prefix .. ':job:' .. id
-local h = redis.call('HMGET', jk, 'status', 'entry')
+local jk = job_key(prefix, id)
+local h = redis.call('HMGET', jk, 'status', 'entry', 'tenant')
 if not h[1] then return 'missing' end
 if h[1] == 'running' then return 'running' end
-if h[1] == 'queued' and h[2] then redis.call('XDEL', stream, h[2]) end
+if h[1] == 'queued' then unready(prefix, stream, id, h[3], h[2]) end
 for _, set in ipairs({'scheduled', 'retry', 'succeeded', 'failed', 'dead'}) do
   redis.call('ZREM', prefix .. ':' .. set, id)
 end
@@ -372,10 +446,10 @@ pub static CANCEL: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local stream, prefix, id, now, reason, ttl = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local jk = job_key(prefix, id)
-local h = redis.call('HMGET', jk, 'status', 'entry', 'attempts')
+local h = redis.call('HMGET', jk, 'status', 'entry', 'attempts', 'tenant')
 if not h[1] then return 'missing' end
 if h[1] ~= 'queued' and h[1] ~= 'scheduled' and h[1] ~= 'retrying' then return h[1] end
-if h[1] == 'queued' and h[2] then redis.call('XDEL', stream, h[2]) end
+if h[1] == 'queued' then unready(prefix, stream, id, h[4], h[2]) end
 redis.call('ZREM', prefix .. ':scheduled', id)
 redis.call('ZREM', prefix .. ':retry', id)
 add_error(jk, tonumber(h[3] or '0'), now, reason)

@@ -3,9 +3,11 @@
 
 use crate::helpers::wait_for;
 use crate::queue_support::*;
-use backroom::queue::{ActionOutcome, JobStatus, NewJob};
+use backroom::queue::{ActionOutcome, JobSet, JobStatus, NewJob};
 use chrono::Utc;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -451,5 +453,91 @@ async fn an_idle_worker_picks_up_a_new_job_without_waiting_for_a_poll() {
             pushed_at.elapsed()
         );
     }
+    worker.stop().await;
+}
+
+fn tenant_probes(tenant: Uuid, ns: std::ops::Range<u64>) -> Vec<NewJob> {
+    ns.map(|n| {
+        NewJob::new("probe", &Probe::new(n))
+            .tenant(tenant)
+            .max_attempts(3)
+    })
+    .collect()
+}
+
+/// Fair scheduling: 20 jobs of a quiet tenant pushed behind 3,000 of a busy tenant's run within
+/// the worker's first fetches, not after the flood. Also: queued jobs are counted, listed and
+/// cancelled across the tenants' ready lists.
+#[tokio::test]
+async fn a_tenants_flood_does_not_starve_another_tenants_jobs() {
+    let tq = TestQueue::new();
+    let (busy, quiet) = (Uuid::new_v4(), Uuid::new_v4());
+    let flood = tq.push(tenant_probes(busy, 0..3000)).await;
+    let quiet_ids = tq.push(tenant_probes(quiet, 10_000..10_020)).await;
+
+    // Every queued job is counted and listed once, page by page.
+    assert_eq!(tq.queues.counts(&tq.queue).await.unwrap().pending, 3020);
+    let mut listed = HashSet::new();
+    let mut cursor = None;
+    loop {
+        let page = tq
+            .queues
+            .list(&tq.queue, JobStatus::Queued, 500, cursor.as_deref())
+            .await
+            .unwrap();
+        for job in &page.items {
+            assert!(listed.insert(job.id.clone()), "{} listed twice", job.id);
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(listed.len(), 3020);
+    // A queued job of either tenant can be cancelled or discarded while it waits.
+    assert_eq!(
+        tq.queues.cancel(&flood[5], "not wanted").await.unwrap(),
+        ActionOutcome::Done
+    );
+    assert_eq!(
+        tq.queues.discard(&quiet_ids[19]).await.unwrap(),
+        ActionOutcome::Done
+    );
+    assert_eq!(tq.queues.counts(&tq.queue).await.unwrap().pending, 3018);
+    let quiet_ids = &quiet_ids[..19];
+
+    let mut options = tq.options();
+    options.concurrency = 4;
+    options.prefetch = 32;
+    options.batch = 32;
+    let worker = spawn_worker(&tq, options).await;
+    tq.wait_all(quiet_ids, JobStatus::Succeeded, LIMIT).await;
+    let mut last_quiet = 0;
+    for id in quiet_ids {
+        let finished = tq.job(id).await.finished_at.unwrap().timestamp_millis();
+        last_quiet = last_quiet.max(finished);
+    }
+    // Every job that finished by then, from the succeeded set (scored by finish time).
+    let finished_by_then: u64 = redis::cmd("ZCOUNT")
+        .arg(tq.queues.keys(&tq.queue).set(JobSet::Succeeded))
+        .arg("-inf")
+        .arg(last_quiet)
+        .query_async(&mut tq.redis().await)
+        .await
+        .unwrap();
+    let busy_before = finished_by_then - quiet_ids.len() as u64;
+    // First-in-first-out would have run all 2,999 of the busy tenant's jobs first; a fair share
+    // of each 32-job fetch gives the quiet tenant its 19 within the first two or three fetches.
+    assert!(
+        busy_before < 300,
+        "{busy_before} of the busy tenant's jobs ran before the quiet tenant's 19"
+    );
+    tq.wait_all(&flood[6..], JobStatus::Succeeded, LIMIT).await;
+    let runs = tq.counts("runs").await;
+    assert!(!runs.contains_key(&5), "the cancelled job never ran");
+    assert!(!runs.contains_key(&10_019), "the discarded job never ran");
+    assert_eq!(runs.len(), 2999 + 19);
+    let counts = tq.queues.counts(&tq.queue).await.unwrap();
+    assert_eq!((counts.pending, counts.running), (0, 0));
     worker.stop().await;
 }
