@@ -684,6 +684,17 @@ async fn keep_loop<Args: DeserializeOwned + Send + 'static>(
     }
     let mut cursor = "0-0".to_string();
     let mut backoff = Backoff::new();
+    // Reclaiming and heartbeats need the consumer group; on a fresh queue the fetcher may not
+    // have created it yet, so make sure of it first (without this the first upkeep warned
+    // `NOGROUP`).
+    while let Err(e) = shared.queues.ensure_group(&shared.queue).await {
+        let wait = backoff.delay("creating the consumer group", &e);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+    backoff.ok();
     loop {
         let result = tokio::select! {
             _ = stop.changed() => return,

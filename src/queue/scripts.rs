@@ -185,7 +185,18 @@ local stream, prefix, group, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local count, now, dead_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 if redis.call('EXISTS', prefix .. ':paused') == 1 then return {'paused'} end
 fill(prefix, stream, count)
-local res = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
+local function read()
+  return redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
+end
+local res = read()
+if type(res) == 'table' and res.err then
+  -- A Redis that lost its data (restarted without persistence, flushed) lost the group too:
+  -- create it again rather than fail every fetch.
+  if not string.find(res.err, 'NOGROUP', 1, true) then return redis.error_reply(res.err) end
+  redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+  res = read()
+  if type(res) == 'table' and res.err then return redis.error_reply(res.err) end
+end
 if res then
   local out = {'ok'}
   for _, e in ipairs(res[1][2]) do

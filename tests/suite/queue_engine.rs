@@ -541,3 +541,30 @@ async fn a_tenants_flood_does_not_starve_another_tenants_jobs() {
     assert_eq!((counts.pending, counts.running), (0, 0));
     worker.stop().await;
 }
+
+/// A Redis that lost its data (restarted without persistence) lost the consumer group too: the
+/// running worker creates it again and takes the jobs pushed afterwards.
+#[tokio::test]
+async fn a_worker_recovers_when_redis_loses_the_queue() {
+    let tq = TestQueue::new();
+    let worker = spawn_worker(&tq, tq.options()).await;
+    let first = tq.push_probes([Probe::new(1)]).await;
+    tq.wait_all(&first, JobStatus::Succeeded, LIMIT).await;
+
+    let mut conn = tq.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{}:*", tq.namespace))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let second = tq.push_probes([Probe::new(2), Probe::new(3)]).await;
+    tq.wait_all(&second, JobStatus::Succeeded, LIMIT).await;
+    worker.stop().await;
+}
