@@ -33,7 +33,7 @@
 //!    the queue trimmed every second (as the scheduler does, compressed in time): Redis
 //!    `used_memory` each second. Target: flat (the mean of the last third within 0.8–1.25× of
 //!    the first third's, after a warm-up of the retention plus 2 s).
-//! 7. **fairness** — a busy tenant floods the queue with N jobs (each sleeps 1 ms, as an I/O-bound
+//! 7. **fairness** — a busy tenant floods the queue with N jobs (each sleeps 5 ms, as an I/O-bound
 //!    job would), then a quiet tenant pushes one job every 50 ms while the flood drains through
 //!    one worker (defaults). The quiet tenant's enqueue-to-start latency is set against how long
 //!    the flood takes to drain, which is what a first-in-first-out queue would have made it
@@ -81,8 +81,9 @@ const STEADY_TICK: Duration = Duration::from_millis(10);
 /// Backlog flatness: the second half of the slices may run at 0.8–1.25× the first half's rate.
 const FLAT_RATIO: (f64, f64) = (0.8, 1.25);
 const FAIR_P99_TARGET_MS: f64 = 250.0;
-/// The quiet tenant's pace in the fairness scenario.
+/// The quiet tenant's pace in the fairness scenario, and how long every job there takes.
 const QUIET_GAP: Duration = Duration::from_millis(50);
+const FAIR_WORK_MS: u64 = 5;
 
 /// Approximate size of each job's JSON payload.
 const PAYLOAD_BYTES: usize = 1024;
@@ -933,7 +934,7 @@ async fn scenario_drain(env: &Env) -> anyhow::Result<(Verdict, DrainConfig)> {
         "client µs/job",
         "redis µs/job",
         "script µs/job",
-        "jobs/fetch",
+        "jobs/read",
         "jobs/ack",
         "errors",
         "other CPU %",
@@ -941,7 +942,8 @@ async fn scenario_drain(env: &Env) -> anyhow::Result<(Verdict, DrainConfig)> {
     for r in &rows {
         let c = &r.config;
         let (_, script_us) = r.usage.command("evalsha");
-        // Every FETCH runs one XREADGROUP; every COMPLETE that records successes one HINCRBY.
+        // A FETCH runs one XREADGROUP, or two when it moves jobs from the ready lists; every
+        // COMPLETE that records successes runs one HINCRBY.
         let (fetches, _) = r.usage.command("xreadgroup");
         let (acks, _) = r.usage.command("hincrby");
         table.row(vec![
@@ -1420,7 +1422,7 @@ async fn scenario_memory(env: &Env) -> anyhow::Result<Verdict> {
 async fn scenario_fairness(env: &Env) -> anyhow::Result<Verdict> {
     let (flood, quiet) = (env.sizes.flood, env.sizes.quiet);
     println!(
-        "\n== 7. fairness: a busy tenant's {} jobs (1 ms each) queued, then a quiet tenant's {quiet} \
+        "\n== 7. fairness: a busy tenant's {} jobs ({FAIR_WORK_MS} ms each) queued, then a quiet tenant's {quiet} \
          jobs {} ms apart, one worker (defaults) ==",
         thousands(flood as f64),
         QUIET_GAP.as_millis()
@@ -1435,7 +1437,7 @@ async fn scenario_fairness(env: &Env) -> anyhow::Result<Verdict> {
             &Payload {
                 pushed_us: now_us(),
                 pad: String::new(),
-                work_ms: 1,
+                work_ms: FAIR_WORK_MS,
                 unrecorded,
             },
         )

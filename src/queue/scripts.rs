@@ -75,16 +75,15 @@ local function fill(prefix, stream, count)
     local list = prefix .. ':ready:' .. tenant
     local ids = redis.call('LPOP', list, math.ceil((count - moved) / active))
     if ids then
-      for _, id in ipairs(ids) do
-        local entry = redis.call('XADD', stream, '*', 'id', id)
-        redis.call('HSET', job_key(prefix, id), 'entry', entry)
-      end
+      -- The fetch delivers these entries in the same call, and `take` records each entry.
+      for _, id in ipairs(ids) do redis.call('XADD', stream, '*', 'id', id) end
       moved = moved + #ids
     end
     if redis.call('LLEN', list) > 0 then redis.call('RPUSH', ring, tenant) end
     active = redis.call('LLEN', ring)
   end
   if moved > 0 then redis.call('DECRBY', prefix .. ':waiting', moved) end
+  return moved
 end
 
 -- Hands the job behind a freshly delivered stream entry to `consumer`, appending its fields to
@@ -184,26 +183,35 @@ pub static FETCH: LazyLock<Script> = LazyLock::new(|| {
 local stream, prefix, group, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local count, now, dead_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 if redis.call('EXISTS', prefix .. ':paused') == 1 then return {'paused'} end
-fill(prefix, stream, count)
-local function read()
-  return redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
-end
-local res = read()
-if type(res) == 'table' and res.err then
-  -- A Redis that lost its data (restarted without persistence, flushed) lost the group too:
-  -- create it again rather than fail every fetch.
-  if not string.find(res.err, 'NOGROUP', 1, true) then return redis.error_reply(res.err) end
-  redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
-  res = read()
-  if type(res) == 'table' and res.err then return redis.error_reply(res.err) end
-end
-if res then
-  local out = {'ok'}
+local out = {'ok'}
+-- Delivers up to n undelivered stream entries to the consumer; returns how many it read.
+local function deliver(n)
+  local function read()
+    return redis.pcall('XREADGROUP', 'GROUP', group, consumer, 'COUNT', n, 'STREAMS', stream, '>')
+  end
+  local res = read()
+  if type(res) == 'table' and res.err then
+    -- A Redis that lost its data (restarted without persistence, flushed) lost the group too:
+    -- create it again rather than fail every fetch.
+    if not string.find(res.err, 'NOGROUP', 1, true) then error(res.err) end
+    redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+    res = read()
+  end
+  if not res then return 0 end
   for _, e in ipairs(res[1][2]) do
     take(prefix, stream, group, consumer, now, dead_ttl, e[1], e[2][2], out)
   end
-  return out
+  return #res[1][2]
 end
+-- Entries already in the stream come first (none, unless an older version pushed them), then
+-- a fair share of each waiting tenant's jobs, moved into the stream and delivered at once.
+local got = deliver(count)
+if got < count then
+  local moved = fill(prefix, stream, count - got)
+  if moved > 0 then got = got + deliver(moved) end
+end
+-- Even if every entry read was dropped (cancelled jobs), there may be more: fetch again.
+if got > 0 then return out end
 local woken = redis.call('XREVRANGE', prefix .. ':wake', '+', '-', 'COUNT', 1)
 local wake = '0-0'
 if woken[1] then wake = woken[1][1] end
