@@ -58,7 +58,10 @@ use backroom::queue::{
     JobError, NewJob, QueueCounts, QueueName, QueueSettings, Queues, RedisBackend, WorkerOptions,
 };
 use backroom::redis_conn::RedisHandle;
-use common::{Verdict, clock_ticks, machine_busy_ticks, thousands, verdict};
+use common::{
+    Verdict, clock_ticks, dec, delete_matching, machine_busy_ticks, percentile, print_table,
+    print_table_aligned, thousands, verdict,
+};
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -284,30 +287,7 @@ impl Env {
             Some(q) => format!("{{{}:{}}}:*", self.namespace, q),
             None => format!("{{{}:*", self.namespace),
         };
-        let mut conn = self.admin.clone();
-        let mut cursor: u64 = 0;
-        let mut deleted = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(5000)
-                .query_async(&mut conn)
-                .await?;
-            for batch in keys.chunks(1000) {
-                let n: u64 = redis::cmd("UNLINK")
-                    .arg(batch)
-                    .query_async(&mut conn)
-                    .await?;
-                deleted += n;
-            }
-            cursor = next;
-            if cursor == 0 {
-                return Ok(deleted);
-            }
-        }
+        delete_matching(&mut self.admin.clone(), &pattern).await
     }
 
     async fn snapshot(&self) -> anyhow::Result<Snapshot> {
@@ -427,16 +407,17 @@ impl Usage {
     /// Prints Redis time by command, per job.
     fn print_commands(&self, jobs: u64, top: usize) {
         let jobs = jobs.max(1) as f64;
-        let mut table = Table::new(&["command", "calls/job", "µs/job", "µs/call"]);
+        let headers = ["command", "calls/job", "µs/job", "µs/call"];
+        let mut table: Vec<Vec<String>> = vec![];
         for (name, calls, usec) in self.commands.iter().take(top) {
-            table.row(vec![
+            table.push(vec![
                 name.clone(),
                 dec(*calls as f64 / jobs, 3),
                 dec(*usec as f64 / jobs, 2),
                 dec(*usec as f64 / (*calls).max(1) as f64, 2),
             ]);
         }
-        table.print();
+        print_table(&headers, &table);
         println!(
             "  (Redis CPU {:.2} µs/job overall; evalsha includes the commands its scripts run)",
             self.redis_s * 1e6 / jobs
@@ -695,93 +676,34 @@ async fn wait_finished(
     }
 }
 
-/// A plain-text table printed with two spaces of indent: the first `left` columns
-/// left-aligned (text), the others right-aligned (figures), every column as wide as its widest
-/// cell.
-struct Table {
-    rows: Vec<Vec<String>>,
-    left: usize,
-}
-
-impl Table {
-    fn new(header: &[&str]) -> Self {
-        Table {
-            rows: vec![header.iter().map(|h| h.to_string()).collect()],
-            left: 1,
-        }
-    }
-
-    fn text_columns(mut self, left: usize) -> Self {
-        self.left = left;
-        self
-    }
-
-    fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    fn print(&self) {
-        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
-        let widths: Vec<usize> = (0..columns)
-            .map(|c| {
-                self.rows
-                    .iter()
-                    .filter_map(|r| r.get(c))
-                    .map(|cell| cell.chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        for row in &self.rows {
-            let mut line = String::new();
-            for (c, cell) in row.iter().enumerate() {
-                let pad = " ".repeat(widths[c] - cell.chars().count());
-                if c < self.left {
-                    line.push_str(&format!("  {cell}{pad}"));
-                } else {
-                    line.push_str(&format!("  {pad}{cell}"));
-                }
-            }
-            println!("{}", line.trim_end());
-        }
-    }
-}
-
-/// `x` with `d` decimals.
-fn dec(x: f64, d: usize) -> String {
-    format!("{x:.d$}")
-}
-
 /// Latencies in µs, summarised.
 struct Latencies {
-    sorted: Vec<u64>,
+    sorted: Vec<f64>,
 }
 
 impl Latencies {
-    fn new(mut us: Vec<u64>) -> Self {
-        us.sort_unstable();
-        Latencies { sorted: us }
+    fn new(us: Vec<u64>) -> Self {
+        let mut sorted: Vec<f64> = us.into_iter().map(|u| u as f64).collect();
+        sorted.sort_by(f64::total_cmp);
+        Latencies { sorted }
     }
 
     /// The q-quantile (nearest rank), in ms.
     fn ms(&self, q: f64) -> f64 {
-        if self.sorted.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * self.sorted.len() as f64).ceil() as usize).clamp(1, self.sorted.len());
-        self.sorted[rank - 1] as f64 / 1000.0
+        percentile(&self.sorted, q * 100.0) / 1000.0
     }
 
     fn print(&self) {
-        let mut table = Table::new(&["samples", "p50 ms", "p90 ms", "p99 ms", "max ms"]);
-        table.row(vec![
-            self.sorted.len().to_string(),
-            dec(self.ms(0.5), 2),
-            dec(self.ms(0.9), 2),
-            dec(self.ms(0.99), 2),
-            dec(self.ms(1.0), 2),
-        ]);
-        table.print();
+        print_table(
+            &["samples", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+            &[vec![
+                self.sorted.len().to_string(),
+                dec(self.ms(0.5), 2),
+                dec(self.ms(0.9), 2),
+                dec(self.ms(0.99), 2),
+                dec(self.ms(1.0), 2),
+            ]],
+        );
     }
 }
 
@@ -819,7 +741,7 @@ async fn scenario_enqueue(env: &Env) -> anyhow::Result<Verdict> {
         env.delete_keys(Some(&queue)).await?;
         rows.push((pushers, run));
     }
-    let mut table = Table::new(&[
+    let headers = [
         "pushers",
         "jobs/s",
         "wall s",
@@ -827,9 +749,10 @@ async fn scenario_enqueue(env: &Env) -> anyhow::Result<Verdict> {
         "redis µs/job",
         "jobs/call",
         "other CPU %",
-    ]);
+    ];
+    let mut table: Vec<Vec<String>> = vec![];
     for (pushers, usage) in &rows {
-        table.row(vec![
+        table.push(vec![
             pushers.to_string(),
             thousands(n as f64 / usage.wall_s),
             dec(usage.wall_s, 2),
@@ -839,7 +762,7 @@ async fn scenario_enqueue(env: &Env) -> anyhow::Result<Verdict> {
             dec(usage.other_pct(), 0),
         ]);
     }
-    table.print();
+    print_table(&headers, &table);
     println!("  Redis time by command (1 pusher):");
     rows[0].1.print_commands(n as u64, 6);
     let best = rows
@@ -923,7 +846,7 @@ async fn scenario_drain(env: &Env) -> anyhow::Result<(Verdict, DrainConfig)> {
     for config in DRAIN_CONFIGS {
         rows.push(drain_once(env, config, n).await?);
     }
-    let mut table = Table::new(&[
+    let headers = [
         "config",
         "workers",
         "conc",
@@ -938,7 +861,8 @@ async fn scenario_drain(env: &Env) -> anyhow::Result<(Verdict, DrainConfig)> {
         "jobs/ack",
         "errors",
         "other CPU %",
-    ]);
+    ];
+    let mut table: Vec<Vec<String>> = vec![];
     for r in &rows {
         let c = &r.config;
         let (_, script_us) = r.usage.command("evalsha");
@@ -946,7 +870,7 @@ async fn scenario_drain(env: &Env) -> anyhow::Result<(Verdict, DrainConfig)> {
         // COMPLETE that records successes runs one HINCRBY.
         let (fetches, _) = r.usage.command("xreadgroup");
         let (acks, _) = r.usage.command("hincrby");
-        table.row(vec![
+        table.push(vec![
             c.label.to_string(),
             c.workers.to_string(),
             c.concurrency.to_string(),
@@ -963,7 +887,7 @@ async fn scenario_drain(env: &Env) -> anyhow::Result<(Verdict, DrainConfig)> {
             dec(r.usage.other_pct(), 0),
         ]);
     }
-    table.print();
+    print_table(&headers, &table);
     let best = rows
         .iter()
         .max_by(|a, b| a.rate.total_cmp(&b.rate))
@@ -971,7 +895,7 @@ async fn scenario_drain(env: &Env) -> anyhow::Result<(Verdict, DrainConfig)> {
     println!(
         "  client = this process's CPU, redis = Redis CPU, script = wall time inside EVALSHA \
          (grows when Redis is preempted),\n  \
-         jobs/fetch and jobs/ack = mean jobs per FETCH and per COMPLETE script call,\n  \
+         jobs/read and jobs/ack = mean jobs per XREADGROUP and per COMPLETE script call,\n  \
          other CPU = CPU used by other processes on the machine meanwhile (% of one core)"
     );
     // What the CPU cost per job allows, whatever else the machine is doing.
@@ -1242,7 +1166,7 @@ async fn scenario_backlog(env: &Env, config: &DrainConfig) -> anyhow::Result<Ver
     let drained = env.snapshot().await?;
     env.delete_keys(Some(&queue)).await?;
 
-    let mut table = Table::new(&[
+    let headers = [
         "jobs",
         "queued at start",
         "secs",
@@ -1252,10 +1176,11 @@ async fn scenario_backlog(env: &Env, config: &DrainConfig) -> anyhow::Result<Ver
         "script µs/job",
         "XREADGROUP µs/job",
         "other CPU %",
-    ]);
+    ];
+    let mut table: Vec<Vec<String>> = vec![];
     for s in &slices {
         let jobs = (s.to - s.from).max(1) as f64;
-        table.row(vec![
+        table.push(vec![
             format!("{}–{}", thousands(s.from as f64), thousands(s.to as f64)),
             thousands(s.queued_at_start as f64),
             dec(s.usage.wall_s, 2),
@@ -1267,7 +1192,7 @@ async fn scenario_backlog(env: &Env, config: &DrainConfig) -> anyhow::Result<Ver
             dec(s.usage.other_pct(), 0),
         ]);
     }
-    table.print();
+    print_table(&headers, &table);
     let per_job = |bytes: f64| bytes / n as f64;
     println!(
         "  Redis memory: {:.0} B/job while queued, {:.0} B/job once succeeded (kept for the \
@@ -1631,15 +1556,16 @@ fn main() -> anyhow::Result<()> {
             if env.smoke { "smoke" } else { "full" },
             started.elapsed().as_secs_f64()
         );
-        let mut table = Table::new(&["target", "measured", "verdict"]).text_columns(3);
+        let headers = ["target", "measured", "verdict"];
+        let mut table: Vec<Vec<String>> = vec![];
         for v in &verdicts {
-            table.row(vec![
+            table.push(vec![
                 v.target.clone(),
                 v.measured.clone(),
                 verdict(v.pass).to_string(),
             ]);
         }
-        table.print();
+        print_table_aligned(&headers, &table, 3);
         if env.smoke {
             println!("  (smoke sizes are too small to judge the targets; run the full mode)");
         }

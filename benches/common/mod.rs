@@ -125,21 +125,28 @@ pub async fn delete_keys(redis_url: &str, namespace: &str) -> anyhow::Result<u64
     let mut conn = redis::Client::open(redis_url)?
         .get_multiplexed_async_connection()
         .await?;
-    let pattern = format!("{{{namespace}:*");
+    delete_matching(&mut conn, &format!("{{{namespace}:*")).await
+}
+
+/// SCAN MATCH `pattern` + UNLINK in batches; returns how many keys went.
+pub async fn delete_matching(
+    conn: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> anyhow::Result<u64> {
     let (mut cursor, mut deleted) = (0u64, 0u64);
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(&pattern)
+            .arg(pattern)
             .arg("COUNT")
             .arg(5000)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await?;
         for chunk in keys.chunks(1000) {
             deleted += redis::cmd("UNLINK")
                 .arg(chunk)
-                .query_async::<u64>(&mut conn)
+                .query_async::<u64>(conn)
                 .await?;
         }
         cursor = next;

@@ -485,10 +485,9 @@ async fn deregister(shared: &Shared) {
 
 enum Fetched {
     Jobs(Vec<RawJob>),
-    /// Nothing waiting: the last ids of the wake-up stream and of the stream, to block on.
+    /// Nothing waiting: the last id of the wake-up stream, to block on.
     Empty {
         wake: String,
-        last_delivered: String,
     },
     Paused,
 }
@@ -507,18 +506,12 @@ async fn fetch_once(shared: &Shared, count: usize) -> redis::RedisResult<Fetched
         .await?;
     Ok(match reply.first().and_then(string).as_deref() {
         Some("paused") => Fetched::Paused,
-        Some("empty") => {
-            let id = |i: usize| {
-                reply
-                    .get(i)
-                    .and_then(string)
-                    .unwrap_or_else(|| "0-0".into())
-            };
-            Fetched::Empty {
-                wake: id(1),
-                last_delivered: id(2),
-            }
-        }
+        Some("empty") => Fetched::Empty {
+            wake: reply
+                .get(1)
+                .and_then(string)
+                .unwrap_or_else(|| "0-0".into()),
+        },
         _ => Fetched::Jobs(raw_jobs(&reply[1..])),
     })
 }
@@ -564,13 +557,10 @@ async fn fetch_loop<Args: DeserializeOwned + Send + 'static>(
                     _ = stop.changed() => return,
                 }
             }
-            Ok(Fetched::Empty {
-                wake,
-                last_delivered,
-            }) => {
+            Ok(Fetched::Empty { wake }) => {
                 backoff.ok();
-                // Block until a job is made ready (every push, promotion, retry or hand-back
-                // adds to the wake-up stream) or anything is added to the stream itself.
+                // Block until a job is made ready: every push, promotion, retry or hand-back
+                // adds to the wake-up stream.
                 if blocking.is_none() {
                     match shared.queues.redis().dedicated(shared.options.block).await {
                         Ok(c) => blocking = Some(c),
@@ -590,9 +580,7 @@ async fn fetch_loop<Args: DeserializeOwned + Send + 'static>(
                     .arg(1)
                     .arg("STREAMS")
                     .arg(shared.keys.wake())
-                    .arg(shared.keys.stream())
-                    .arg(&wake)
-                    .arg(&last_delivered);
+                    .arg(&wake);
                 let wait = xread.query_async::<Value>(conn);
                 tokio::select! {
                     r = wait => if let Err(e) = r {

@@ -175,8 +175,8 @@ return out
 
 /// Takes up to `count` new jobs for a consumer, a fair share from each tenant with jobs waiting
 /// (`fill`). ARGV: prefix, group, consumer, count, now, dead_ttl. Returns `{'paused'}`,
-/// `{'empty', last_wake_id, last_delivered_id}` (for a blocking wait on the wake-up stream and
-/// the stream that cannot miss a job added meanwhile), or `{'ok', ...8 per job}`.
+/// `{'empty', last_wake_id}` (for a blocking wait on the wake-up stream that cannot miss a job
+/// made ready meanwhile), or `{'ok', ...8 per job}`.
 pub static FETCH: LazyLock<Script> = LazyLock::new(|| {
     with_common(
         r#"
@@ -203,8 +203,9 @@ local function deliver(n)
   end
   return #res[1][2]
 end
--- Entries already in the stream come first (none, unless an older version pushed them), then
--- a fair share of each waiting tenant's jobs, moved into the stream and delivered at once.
+-- Entries already in the stream come first (none, unless an older version pushed them or a
+-- fetch failed halfway), then a fair share of each waiting tenant's jobs, moved into the stream
+-- and delivered at once.
 local got = deliver(count)
 if got < count then
   local moved = fill(prefix, stream, count - got)
@@ -213,16 +214,8 @@ end
 -- Even if every entry read was dropped (cancelled jobs), there may be more: fetch again.
 if got > 0 then return out end
 local woken = redis.call('XREVRANGE', prefix .. ':wake', '+', '-', 'COUNT', 1)
-local wake = '0-0'
-if woken[1] then wake = woken[1][1] end
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
-  local name, last
-  for k = 1, #g, 2 do
-    if g[k] == 'name' then name = g[k + 1] elseif g[k] == 'last-delivered-id' then last = g[k + 1] end
-  end
-  if name == group then return {'empty', wake, last} end
-end
-return {'empty', wake, '0-0'}
+if woken[1] then return {'empty', woken[1][1]} end
+return {'empty', '0-0'}
 "#,
     )
 });

@@ -45,6 +45,11 @@ async fn import_view(app: &TestApp, key: &str, accepted: &Value) -> Value {
         .unwrap()
 }
 
+/// Waits until the import job of an accepted upload has `status`; returns the job.
+async fn wait_import(app: &TestApp, key: &str, accepted: &Value, status: &str) -> Value {
+    wait_job(app, key, accepted["job_id"].as_str().unwrap(), status).await
+}
+
 async fn wait_job(app: &TestApp, key: &str, job_id: &str, status: &str) -> Value {
     wait_for(&format!("job {job_id} to be {status}"), LIMIT, || async {
         let j: Value = app
@@ -85,13 +90,7 @@ async fn an_import_loads_good_rows_reports_bad_ones_and_is_idempotent() {
                2026-10-03,TEE-2,-2,north\n\
                2026-10-04,TEE-2,many,north\n";
     let accepted = upload(&app, &tenant.key, csv).await;
-    let job = wait_job(
-        &app,
-        &tenant.key,
-        accepted["job_id"].as_str().unwrap(),
-        "succeeded",
-    )
-    .await;
+    let job = wait_import(&app, &tenant.key, &accepted, "succeeded").await;
     let report = &job["result"];
     assert_eq!(report["rows"], 7);
     assert_eq!(report["rows_loaded"], 3);
@@ -141,13 +140,7 @@ async fn an_unreadable_import_fails_with_the_reason_and_bad_requests_are_refused
     let tenant = app.create_tenant("badimports").await;
     let _workers = app.start_workers("imports");
     let accepted = upload(&app, &tenant.key, "day,item,qty\n2026-10-01,A,1\n").await;
-    let job = wait_job(
-        &app,
-        &tenant.key,
-        accepted["job_id"].as_str().unwrap(),
-        "failed",
-    )
-    .await;
+    let job = wait_import(&app, &tenant.key, &accepted, "failed").await;
     assert!(
         job["last_error"]
             .as_str()
@@ -535,13 +528,7 @@ async fn an_upload_with_nul_bytes_is_reported_not_retried() {
     let _workers = app.start_workers("imports");
     let csv = "date,sku,quantity\n2026-10-01,MUG-1,3\n2026-10-01,A\0B,3\n";
     let accepted = upload(&app, &tenant.key, csv).await;
-    let job = wait_job(
-        &app,
-        &tenant.key,
-        accepted["job_id"].as_str().unwrap(),
-        "succeeded",
-    )
-    .await;
+    let job = wait_import(&app, &tenant.key, &accepted, "succeeded").await;
     assert_eq!(job["attempts"], 1, "no retry: {job}");
     let view = import_view(&app, &tenant.key, &accepted).await;
     assert_eq!(view["status"], "loaded", "{view}");

@@ -365,9 +365,29 @@ impl RedisServer {
 
     /// Starts on a chosen port (to bring a stopped server back where clients expect it).
     pub async fn start_on(port: u16) -> Self {
+        Self::spawn(port, &["--save", "", "--appendonly", "no"]).await
+    }
+
+    /// Starts with every write fsynced to an append-only file in `dir` before it is answered, so
+    /// a server SIGKILLed and started again on the same port and `dir` has lost nothing.
+    pub async fn start_durable(port: u16, dir: &std::path::Path) -> Self {
+        let dir = dir.to_str().expect("a UTF-8 directory");
+        let persistence = [
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ];
+        Self::spawn(port, &[&persistence[..], &["--dir", dir]].concat()).await
+    }
+
+    /// Runs `redis-server` on `port` with `args` and waits until it answers.
+    async fn spawn(port: u16, args: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -518,32 +538,6 @@ async fn wait_until_redis_answers(url: &str) {
         }
     })
     .await;
-}
-
-impl RedisServer {
-    /// Starts with every write fsynced to an append-only file in `dir` before it is answered, so
-    /// a server SIGKILLed and started again on the same port and `dir` has lost nothing.
-    pub async fn start_durable(port: u16, dir: &std::path::Path) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test installs it)");
-        let server = RedisServer { port, child };
-        wait_until_redis_answers(&server.url()).await;
-        server
-    }
 }
 
 impl SmtpServer {
