@@ -91,6 +91,7 @@ async fn nightly_run(skus: usize) -> anyhow::Result<(f64, f64, f64)> {
             let options = forecasts::RunOptions {
                 service_level: 0.95,
                 full_backtest_max_skus,
+                ..Default::default()
             };
             let run_id =
                 forecasts::create_run(&db, tenant, forecasts::Trigger::Cli, 28, None).await?;

@@ -62,6 +62,16 @@ pub struct Settings {
     pub max_import_bytes: usize,
     /// `BACKROOM_MAX_IMPORT_ROWS`: the most rows a sales CSV may hold (default 2,000,000).
     pub max_import_rows: usize,
+    /// `BACKROOM_MAX_PAST_DAYS`: how far back a date may go at any entry point (stock
+    /// adjustments' `occurred_at`, sales import rows; default 3650, ten years): older is 422.
+    pub dates: crate::domain::DateWindow,
+    /// `BACKROOM_MAX_QUEUED_IMPORTS`: how many of one tenant's sales imports may wait to be
+    /// loaded at once (default 3); another upload is 409 until one finishes.
+    pub max_queued_imports: u32,
+    /// `BACKROOM_TENANT_CONCURRENCY`: each queue's default limit on one tenant's jobs running at
+    /// once across every worker, as `queue=n` pairs (default `forecasts=2,imports=1`; a queue
+    /// not named has no default limit). Per-tenant overrides: `PATCH /admin/v1/tenants/{slug}`.
+    pub tenant_concurrency: std::collections::BTreeMap<String, u32>,
     /// `BACKROOM_TENANT_RATE_PER_SECOND` (default 1,000; 0 turns the limit off) and
     /// `BACKROOM_TENANT_RATE_BURST` (default 2,000): each tenant's API request rate, shared by
     /// every API process; over it a request gets 429 with `Retry-After`.
@@ -89,6 +99,9 @@ pub struct ForecastSettings {
     /// `BACKROOM_FORECAST_FULL_BACKTEST_MAX_SKUS`: runs over more SKUs than this backtest only
     /// the model chooser's pick against the baseline instead of every model (default 20000).
     pub full_backtest_max_skus: usize,
+    /// `BACKROOM_FORECAST_HISTORY_DAYS`: the most days of history a forecast reads per SKU
+    /// (default 1096, three years: two yearly seasons and a backtest), whatever the database holds.
+    pub history_days: i32,
 }
 
 impl Settings {
@@ -226,6 +239,33 @@ impl Settings {
             "2000000",
             "a number of rows",
         )?;
+        let past_days: u32 = parse_or(
+            get("BACKROOM_MAX_PAST_DAYS"),
+            "BACKROOM_MAX_PAST_DAYS",
+            "3650",
+            "a whole number of days",
+        )?;
+        if !(1..=36_500).contains(&past_days) {
+            return Err(SettingsError {
+                var: "BACKROOM_MAX_PAST_DAYS",
+                message: "must be between 1 and 36500".into(),
+            });
+        }
+        let max_queued_imports: u32 = parse_or(
+            get("BACKROOM_MAX_QUEUED_IMPORTS"),
+            "BACKROOM_MAX_QUEUED_IMPORTS",
+            "3",
+            "a whole number",
+        )?;
+        if max_queued_imports == 0 {
+            return Err(SettingsError {
+                var: "BACKROOM_MAX_QUEUED_IMPORTS",
+                message: "must be at least 1".into(),
+            });
+        }
+        let tenant_concurrency = parse_concurrency(
+            &get("BACKROOM_TENANT_CONCURRENCY").unwrap_or_else(|| "forecasts=2,imports=1".into()),
+        )?;
         let tenant_rate = crate::api::rate_limit::RateLimit {
             per_second: parse_or(
                 get("BACKROOM_TENANT_RATE_PER_SECOND"),
@@ -291,6 +331,18 @@ impl Settings {
             "20000",
             "a whole number",
         )?;
+        let history_days: i32 = parse_or(
+            get("BACKROOM_FORECAST_HISTORY_DAYS"),
+            "BACKROOM_FORECAST_HISTORY_DAYS",
+            "1096",
+            "a whole number of days",
+        )?;
+        if !(56..=3660).contains(&history_days) {
+            return Err(SettingsError {
+                var: "BACKROOM_FORECAST_HISTORY_DAYS",
+                message: "must be between 56 and 3660".into(),
+            });
+        }
         if keep_runs < 1 {
             return Err(SettingsError {
                 var: "BACKROOM_FORECAST_KEEP_RUNS",
@@ -347,6 +399,9 @@ impl Settings {
             invoice_font_dir,
             max_import_bytes,
             max_import_rows,
+            dates: crate::domain::DateWindow { past_days },
+            max_queued_imports,
+            tenant_concurrency,
             tenant_rate,
             forecast: ForecastSettings {
                 cron,
@@ -354,10 +409,34 @@ impl Settings {
                 service_level,
                 keep_runs,
                 full_backtest_max_skus,
+                history_days,
             },
             queue,
         })
     }
+}
+
+fn parse_concurrency(raw: &str) -> Result<std::collections::BTreeMap<String, u32>, SettingsError> {
+    let fail = |message: String| SettingsError {
+        var: "BACKROOM_TENANT_CONCURRENCY",
+        message,
+    };
+    let mut limits = std::collections::BTreeMap::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (queue, n) = pair
+            .split_once('=')
+            .ok_or_else(|| fail(format!("'{pair}' is not queue=n")))?;
+        let queue = queue.trim();
+        if !crate::queue::QUEUE_NAMES.contains(&queue) {
+            return Err(fail(format!("'{queue}' is not a queue")));
+        }
+        let n: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| fail(format!("'{pair}': the limit is not a whole number")))?;
+        limits.insert(queue.to_string(), n);
+    }
+    Ok(limits)
 }
 
 fn check_url(var: &'static str, value: &str, schemes: &[&str]) -> Result<(), SettingsError> {
@@ -436,6 +515,13 @@ mod tests {
         assert_eq!(s.queue.succeeded_retention, Duration::from_secs(24 * 3600));
         assert_eq!(s.queue.dead_retention, Duration::from_secs(7 * 24 * 3600));
         assert!(s.metrics_bind.is_none());
+        assert_eq!(s.dates.past_days, 3650);
+        assert_eq!(s.forecast.history_days, 1096);
+        assert_eq!(s.max_queued_imports, 3);
+        assert_eq!(
+            s.tenant_concurrency,
+            [("forecasts".to_string(), 2), ("imports".to_string(), 1)].into()
+        );
     }
 
     #[test]
@@ -463,6 +549,28 @@ mod tests {
             ("BACKROOM_METRICS_BIND", Some("9090"), "socket address"),
             ("BACKROOM_MAIL_FROM", Some("not a mailbox"), "not a mailbox"),
             ("BACKROOM_EMAILS_PER_MINUTE", Some("lots"), "whole number"),
+            ("BACKROOM_MAX_PAST_DAYS", Some("0"), "between 1 and 36500"),
+            ("BACKROOM_MAX_QUEUED_IMPORTS", Some("0"), "at least 1"),
+            (
+                "BACKROOM_TENANT_CONCURRENCY",
+                Some("nope=1"),
+                "is not a queue",
+            ),
+            (
+                "BACKROOM_TENANT_CONCURRENCY",
+                Some("invoices"),
+                "is not queue=n",
+            ),
+            (
+                "BACKROOM_TENANT_CONCURRENCY",
+                Some("invoices=x"),
+                "not a whole number",
+            ),
+            (
+                "BACKROOM_FORECAST_HISTORY_DAYS",
+                Some("7"),
+                "between 56 and 3660",
+            ),
         ];
         for (var, value, expected) in cases {
             let mut env = base();

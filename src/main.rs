@@ -241,6 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &forecasts::RunOptions {
                     service_level: settings.forecast.service_level,
                     full_backtest_max_skus: settings.forecast.full_backtest_max_skus,
+                    history_days: settings.forecast.history_days,
                 },
                 tenant_id,
                 run_id,

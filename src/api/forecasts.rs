@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -34,7 +34,10 @@ pub struct ImportAccepted {
 #[utoipa::path(post, path = "/v1/sales/import", tag = "tenant", security(("tenant_key" = [])),
     request_body(content = String, content_type = "text/csv"),
     responses((status = 202, body = ImportAccepted),
+        (status = 409, description = "Too many of this tenant's imports wait to be loaded", body = super::error::Problem),
         (status = 413, body = super::error::Problem), (status = 415, body = super::error::Problem),
+        (status = 422, body = super::error::Problem),
+        (status = 429, description = "This tenant's uploads already being read", body = super::error::Problem),
         (status = 503, body = super::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn import_sales(
@@ -53,6 +56,11 @@ pub async fn import_sales(
             "expected `Content-Type: text/csv`, got `{content_type}`"
         )));
     }
+    // At most this many of one tenant's uploads are read at once per API process: an upload is
+    // held in memory while it is read, and one tenant's parallel uploads must not exhaust it.
+    let _reading = state.uploads.start(tenant.id).ok_or(Error::RateLimited {
+        retry_after_secs: 1,
+    })?;
     let limit = state.settings.max_import_bytes;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         Error::PayloadTooLarge(format!(
@@ -74,6 +82,31 @@ pub async fn import_sales(
     }
     let import_id = Uuid::now_v7();
     let digest = hex::encode(sha2::Sha256::digest(&bytes));
+    let mut tx = state.db.begin().await?;
+    // A cap on a tenant's imports waiting to be loaded (`BACKROOM_MAX_QUEUED_IMPORTS`): the
+    // imports queue is shared, so one tenant's hundred uploads must not stand in front of
+    // everyone's. The lock makes the count and the insert one step for concurrent uploads.
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended('sales-import:' || $1::uuid::text, 0))",
+        tenant.id
+    )
+    .execute(&mut *tx)
+    .await?;
+    let queued = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM sales_imports WHERE tenant_id = $1 AND status = 'queued' AND created_at > now() - interval '6 hours'"#,
+        tenant.id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let max_queued = state.settings.max_queued_imports;
+    if queued >= i64::from(max_queued) {
+        return Err(Error::Conflict {
+            detail: format!(
+                "{queued} imports of this tenant are still waiting to be loaded (at most {max_queued}, BACKROOM_MAX_QUEUED_IMPORTS); upload again when one has finished"
+            ),
+            field: None,
+        });
+    }
     sqlx::query!(
         "INSERT INTO sales_imports (id, tenant_id, body, body_sha256) VALUES ($1, $2, $3, $4)",
         import_id,
@@ -81,8 +114,10 @@ pub async fn import_sales(
         bytes.as_ref(),
         digest
     )
-    .execute(&state.db)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
+    drop(bytes);
     let job = imports::SalesImport {
         tenant_id: tenant.id,
         import_id,
@@ -192,8 +227,9 @@ pub struct RunAccepted {
 /// Start a forecast run for the calling tenant now.
 #[utoipa::path(post, path = "/v1/forecasts/runs", tag = "tenant", security(("tenant_key" = [])),
     request_body = RunInput,
-    responses((status = 202, body = RunAccepted), (status = 422, body = super::error::Problem),
-        (status = 503, body = super::error::Problem)))]
+    responses((status = 202, body = RunAccepted),
+        (status = 409, description = "A run of this tenant is still queued or running", body = super::error::Problem),
+        (status = 422, body = super::error::Problem), (status = 503, body = super::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn create_run(
     tenant: Tenant,
@@ -221,13 +257,15 @@ pub async fn create_run(
         }
         if !parsed.is_empty() {
             let names: Vec<String> = parsed.iter().map(|(_, s)| s.clone()).collect();
-            let known: Vec<String> = sqlx::query_scalar!(
+            let known: HashSet<String> = sqlx::query_scalar!(
                 "SELECT sku FROM products WHERE tenant_id = $1 AND sku = ANY($2)",
                 tenant.id,
                 &names
             )
             .fetch_all(&state.db)
-            .await?;
+            .await?
+            .into_iter()
+            .collect();
             for (i, sku) in &parsed {
                 if !known.contains(sku) {
                     errors.push(&format!("skus[{i}]"), format!("no product '{sku}'"));
@@ -255,6 +293,12 @@ pub async fn create_run(
         forecasts::StartError::AlreadyRan => {
             Error::Internal(anyhow::anyhow!("an API run cannot collide with a night"))
         }
+        forecasts::StartError::Busy(active) => Error::Conflict {
+            detail: format!(
+                "forecast run {active} is still queued or running; start another when it has finished"
+            ),
+            field: None,
+        },
     })?;
     Ok((
         StatusCode::ACCEPTED,

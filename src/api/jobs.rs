@@ -19,7 +19,8 @@ use uuid::Uuid;
 pub struct JobView {
     id: String,
     kind: String,
-    /// queued, running, succeeded, retrying, failed or dead.
+    /// queued, paused (queued while an admin has paused this tenant on the job's queue),
+    /// running, succeeded, retrying, failed or dead.
     status: &'static str,
     attempts: u32,
     max_attempts: u32,
@@ -183,7 +184,17 @@ pub async fn get_job(
         .await?
         .filter(|j| j.tenant == Some(tenant.id))
         .ok_or_else(|| Error::NotFound(format!("no job '{id}'")))?;
-    Ok(axum::Json(job.into()))
+    let paused = match (job.status, QueueName::parse(&job.queue)) {
+        (JobStatus::Queued, Some(queue)) => {
+            state.queues.tenant_state(&queue, tenant.id).await?.paused
+        }
+        _ => false,
+    };
+    let mut view = JobView::from(job);
+    if paused {
+        view.status = "paused";
+    }
+    Ok(axum::Json(view))
 }
 
 /// Every queue's counts and its last hour of throughput.

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod forecasts;
 mod health;
+mod inflight;
 pub mod jobs;
 pub mod lookups;
 pub mod metrics;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub admin_token_digest: [u8; 32],
     pub lookups: lookups::Lookups,
+    /// Sales uploads being read, per tenant (each is held in memory while it is read).
+    pub uploads: Arc<inflight::PerTenant>,
 }
 
 impl AppState {
@@ -54,6 +57,7 @@ impl AppState {
         Self {
             admin_token_digest: extract::admin_digest(&settings.admin_token),
             lookups: lookups::Lookups::default(),
+            uploads: Arc::new(inflight::PerTenant::new(inflight::UPLOADS_PER_TENANT)),
             queues: Queues::new(
                 redis.clone(),
                 &settings.redis_namespace,
@@ -110,6 +114,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tenants::me))
         .routes(routes!(tenants::create_tenant, tenants::list_tenants))
         .routes(routes!(tenants::update_tenant))
+        .routes(routes!(tenants::tenant_queues))
         .routes(routes!(tenants::create_api_key, tenants::list_api_keys))
         .routes(routes!(tenants::revoke_api_key))
         .routes(routes!(products::put_product, products::get_product))

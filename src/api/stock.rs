@@ -5,7 +5,7 @@
 use super::AppState;
 use super::error::{Error, Result};
 use super::extract::{FieldErrors, Json, Tenant};
-use crate::domain::{Delta, IdempotencyKey, Reason, Sku};
+use crate::domain::{DateWindow, Delta, IdempotencyKey, Reason, Sku};
 use crate::queue::{NewJob, QueueName};
 use crate::workers::stock::{self, StockAdjustmentJob};
 use axum::extract::State;
@@ -60,6 +60,7 @@ pub struct BatchAccepted {
 /// Checks one adjustment, recording errors under `prefix` (e.g. `adjustments[3].`).
 fn parse_adjustment(
     input: &AdjustmentInput,
+    dates: DateWindow,
     tenant_id: Uuid,
     prefix: &str,
     errors: &mut FieldErrors,
@@ -104,13 +105,7 @@ fn parse_adjustment(
             DateTime::parse_from_rfc3339(raw)
                 .map(|t| t.with_timezone(&Utc))
                 .map_err(|_| "must be an RFC 3339 timestamp".to_string())
-                .and_then(|t| {
-                    if t > now + chrono::Duration::days(1) {
-                        Err("must not be in the future".to_string())
-                    } else {
-                        Ok(t)
-                    }
-                }),
+                .and_then(|t| dates.check_time(t, now)),
         ),
     };
     Some(StockAdjustmentJob {
@@ -195,7 +190,7 @@ pub async fn create_adjustment(
     Json(body): Json<AdjustmentInput>,
 ) -> Result<(StatusCode, axum::Json<Accepted>)> {
     let mut errors = FieldErrors::default();
-    let job = parse_adjustment(&body, tenant.id, "", &mut errors);
+    let job = parse_adjustment(&body, state.settings.dates, tenant.id, "", &mut errors);
     errors.finish()?;
     let job = job.expect("checked");
     if !unknown_skus(&state, tenant.id, std::slice::from_ref(&job.sku))
@@ -255,7 +250,13 @@ pub async fn create_batch(
     for (i, input) in body.adjustments.iter().enumerate() {
         let prefix = format!("adjustments[{i}].");
         let mut item = FieldErrors::default();
-        jobs.push(parse_adjustment(input, tenant.id, &prefix, &mut item));
+        jobs.push(parse_adjustment(
+            input,
+            state.settings.dates,
+            tenant.id,
+            &prefix,
+            &mut item,
+        ));
         if let Some(&first) = first_index.get(input.idempotency_key.as_str()) {
             item.push(
                 &format!("{prefix}idempotency_key"),

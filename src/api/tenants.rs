@@ -9,10 +9,12 @@ use super::error::{Error, Result, on_constraint};
 use super::extract::{Admin, FieldErrors, Json, Query, Tenant};
 use super::pagination::{Page, PageParams};
 use crate::domain::{ApiKey, EmailAddress, TenantName, TenantSlug, TimeZoneName};
+use crate::queue::{QUEUE_NAMES, QueueName, TenantQueueState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -55,7 +57,18 @@ pub struct TenantPatch {
     alert_email: Option<Option<String>>,
     timezone: Option<String>,
     active: Option<bool>,
+    /// Per queue, the most of this tenant's jobs that run at once across every worker (0: no
+    /// limit; `null`: back to the queue's default, `BACKROOM_TENANT_CONCURRENCY`). Queues not
+    /// named keep their current rule.
+    #[schema(value_type = Option<Object>, example = json!({"invoices": 2, "forecasts": null}))]
+    queue_limits: Option<BTreeMap<String, Option<u32>>>,
+    /// The queues this tenant is paused on (the whole list; `[]` resumes every queue). Paused
+    /// jobs stay queued and show as `paused`; other tenants' jobs flow.
+    paused_queues: Option<Vec<String>>,
 }
+
+/// The most a per-tenant queue limit may be.
+const MAX_QUEUE_LIMIT: u32 = 100_000;
 
 /// Tells "absent" (`None`) from "null" (`Some(None)`).
 fn double_option<'de, D, T>(de: D) -> std::result::Result<Option<Option<T>>, D::Error>
@@ -212,6 +225,7 @@ pub async fn list_tenants(
         (status = 200, body = TenantView),
         (status = 404, body = super::error::Problem),
         (status = 422, body = super::error::Problem),
+        (status = 503, body = super::error::Problem),
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn update_tenant(
@@ -236,8 +250,30 @@ pub async fn update_tenant(
         .timezone
         .as_deref()
         .and_then(|t| errors.check("timezone", TimeZoneName::parse(t)));
+    for (queue, limit) in body.queue_limits.iter().flatten() {
+        if !QUEUE_NAMES.contains(&queue.as_str()) {
+            errors.push(
+                &format!("queue_limits.{queue}"),
+                format!("is not a queue (one of: {})", QUEUE_NAMES.join(", ")),
+            );
+        } else if limit.is_some_and(|n| n > MAX_QUEUE_LIMIT) {
+            errors.push(
+                &format!("queue_limits.{queue}"),
+                format!("must be at most {MAX_QUEUE_LIMIT}"),
+            );
+        }
+    }
+    for (i, queue) in body.paused_queues.iter().flatten().enumerate() {
+        if !QUEUE_NAMES.contains(&queue.as_str()) {
+            errors.push(
+                &format!("paused_queues[{i}]"),
+                format!("is not a queue (one of: {})", QUEUE_NAMES.join(", ")),
+            );
+        }
+    }
     errors.finish()?;
     let new_alert_email = alert_email.clone().flatten();
+    let mut tx = state.db.begin().await?;
     let row = sqlx::query_as!(
         TenantView,
         r#"UPDATE tenants SET
@@ -255,11 +291,66 @@ pub async fn update_tenant(
         timezone.as_ref().map(TimeZoneName::as_str),
         body.active
     )
-    .fetch_optional(&state.db)
+    .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
+    if body.queue_limits.is_some() || body.paused_queues.is_some() {
+        let current = sqlx::query!(
+            "SELECT queue_limits, paused_queues FROM tenants WHERE id = $1 FOR UPDATE",
+            row.id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut limits: BTreeMap<String, u32> =
+            serde_json::from_value(current.queue_limits).unwrap_or_default();
+        for (queue, limit) in body.queue_limits.iter().flatten() {
+            match limit {
+                Some(n) => limits.insert(queue.clone(), *n),
+                None => limits.remove(queue),
+            };
+        }
+        let mut paused = body.paused_queues.clone().unwrap_or(current.paused_queues);
+        paused.sort();
+        paused.dedup();
+        sqlx::query!(
+            "UPDATE tenants SET queue_limits = $2, paused_queues = $3 WHERE id = $1",
+            row.id,
+            serde_json::to_value(&limits).expect("limits serialize"),
+            &paused
+        )
+        .execute(&mut *tx)
+        .await?;
+        // Redis before the commit: if it cannot be told, nothing changes (503).
+        state
+            .queues
+            .apply_tenant_rules(row.id, &limits, &paused)
+            .await?;
+    }
+    tx.commit().await?;
     state.lookups.clear();
     Ok(axum::Json(row))
+}
+
+/// A tenant's concurrency limit, pause and load on every queue.
+#[utoipa::path(get, path = "/admin/v1/tenants/{slug}/queues", tag = "admin",
+    security(("admin_token" = [])), params(("slug" = String, Path)),
+    responses((status = 200, body = Vec<TenantQueueState>), (status = 404, body = super::error::Problem)))]
+#[tracing::instrument(skip_all)]
+pub async fn tenant_queues(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<axum::Json<Vec<TenantQueueState>>> {
+    let tenant = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", slug)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
+    let mut states = vec![];
+    for name in QUEUE_NAMES {
+        let queue = QueueName::parse(name).expect("a known queue");
+        states.push(state.queues.tenant_state(&queue, tenant).await?);
+    }
+    Ok(axum::Json(states))
 }
 
 /// Adds an API key to a tenant (rotation: older keys stay valid until revoked).

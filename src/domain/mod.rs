@@ -5,6 +5,7 @@
 //! returns a message a caller can act on; the API attaches the field name.
 
 mod api_key;
+mod dates;
 mod email;
 mod order;
 mod product;
@@ -12,6 +13,7 @@ mod stock;
 mod tenant;
 
 pub use api_key::{ApiKey, ApiKeyHash};
+pub use dates::DateWindow;
 pub use email::EmailAddress;
 pub use order::{Totals, parse_tax_rate, totals};
 pub use product::{Amount, Currency, ProductName, Sku, format_amount, parse_count};

@@ -73,21 +73,27 @@ pub async fn load_imported(
     Ok(written)
 }
 
-/// The daily demand of a tenant's SKUs up to `end` (inclusive), as a panel without gaps.
+/// The daily demand of a tenant's SKUs over the `days` days up to `end` (inclusive), as a panel
+/// without gaps. The window bounds the panel whatever the table holds: the panel starts at a
+/// series' first sale, and a sale dated centuries back once made it hundreds of thousands of
+/// days long per SKU.
 pub async fn daily_demand(
     db: &PgPool,
     tenant: Uuid,
     skus: &[String],
     end: NaiveDate,
+    days: i32,
 ) -> anyhow::Result<LazyFrame> {
+    let start = end - chrono::Duration::days(i64::from(days.max(1)) - 1);
     let rows = sqlx::query!(
         r#"SELECT DISTINCT ON (sku, day) sku, day, quantity
            FROM daily_sales
-           WHERE tenant_id = $1 AND sku = ANY($2) AND day <= $3
+           WHERE tenant_id = $1 AND sku = ANY($2) AND day <= $3 AND day >= $4
            ORDER BY sku, day, (source = 'import') DESC"#,
         tenant,
         skus,
-        end
+        end,
+        start
     )
     .fetch_all(db)
     .await?;

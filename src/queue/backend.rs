@@ -865,6 +865,11 @@ impl AckLayer {
         } else {
             (kind, data)
         };
+        let data = if kind == "succeeded" {
+            capped_result(data)
+        } else {
+            capped_error(data)
+        };
         let retry_at_ms = if kind == "retry" {
             let wait = retry_after.unwrap_or_else(|| self.backoff(meta.attempt));
             now_ms() + wait.as_millis() as i64
@@ -936,5 +941,63 @@ where
                 .map_err(|_| "the acker stopped".into())
         }
         .boxed()
+    }
+}
+
+/// The most bytes of error text kept per attempt. An error quotes what caused it (a CSV header,
+/// a server's reply) and is stored twice (last error and history) for days in the Redis that
+/// every tenant shares, so one tenant's input must not decide its size.
+pub const MAX_ERROR_BYTES: usize = 4096;
+/// The most bytes of a job's result kept in Redis; a larger result is replaced by a note (the
+/// kinds with big results, such as an import report, keep the whole of it in Postgres).
+pub const MAX_RESULT_BYTES: usize = 64 * 1024;
+
+/// The start of `text`, at most `max` bytes, cut at a character boundary.
+fn prefix_of(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn capped_error(error: String) -> String {
+    if error.len() <= MAX_ERROR_BYTES {
+        return error;
+    }
+    let note = format!(" … (cut: {} bytes in all)", error.len());
+    format!("{}{note}", prefix_of(&error, MAX_ERROR_BYTES - note.len()))
+}
+
+fn capped_result(result: String) -> String {
+    if result.len() <= MAX_RESULT_BYTES {
+        return result;
+    }
+    serde_json::json!({
+        "truncated": true,
+        "bytes": result.len(),
+        "note": format!("the result was larger than {MAX_RESULT_BYTES} bytes and is not kept in the queue"),
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_and_results_are_capped_with_a_note() {
+        assert_eq!(capped_error("short".into()), "short");
+        let long = "é".repeat(10_000);
+        let cut = capped_error(long.clone());
+        assert!(cut.len() <= MAX_ERROR_BYTES, "{}", cut.len());
+        assert!(cut.ends_with(&format!("(cut: {} bytes in all)", long.len())));
+        assert!(cut.starts_with("éé"));
+
+        assert_eq!(capped_result("{\"a\":1}".into()), "{\"a\":1}");
+        let big = serde_json::to_string(&vec!["x"; 100_000]).unwrap();
+        let note: serde_json::Value = serde_json::from_str(&capped_result(big.clone())).unwrap();
+        assert_eq!(note["truncated"], true);
+        assert_eq!(note["bytes"], big.len());
     }
 }

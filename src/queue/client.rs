@@ -198,6 +198,32 @@ pub struct WorkerInfo {
     pub info: serde_json::Value,
 }
 
+/// One tenant's concurrency rule on one queue and where it stands.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct TenantQueueState {
+    pub queue: String,
+    /// At most this many of the tenant's jobs run (or wait prefetched) at once across every
+    /// worker; `None` is no limit.
+    pub limit: Option<u32>,
+    /// Whether `limit` is the queue's default rather than the tenant's own.
+    pub limit_is_default: bool,
+    pub paused: bool,
+    /// The tenant's jobs held by workers now (running or prefetched).
+    pub running: u64,
+    /// The tenant's jobs waiting to run.
+    pub waiting: u64,
+}
+
+/// A change to a tenant's limit on a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitChange {
+    Keep,
+    /// The queue's default.
+    Default,
+    /// This many at once; 0 is no limit.
+    Set(u32),
+}
+
 /// Outcome of an admin action on one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActionOutcome {
@@ -576,6 +602,111 @@ impl Queues {
             .invoke_async(&mut conn)
             .await?;
         Ok(action_outcome(Some(&reply), "cancelled"))
+    }
+
+    /// Sets one tenant's pause and limit on a queue (`tenant` `*` with a limit: the queue's
+    /// default). Paused jobs stay queued; a resumed or un-limited tenant's jobs flow at once.
+    pub async fn control_tenant(
+        &self,
+        queue: &QueueName,
+        tenant: &str,
+        paused: Option<bool>,
+        limit: LimitChange,
+    ) -> RedisResult<()> {
+        let keys = self.keys(queue);
+        let limit = match limit {
+            LimitChange::Keep => String::new(),
+            LimitChange::Default => "-".into(),
+            LimitChange::Set(n) => n.to_string(),
+        };
+        let paused = match paused {
+            None => "",
+            Some(true) => "1",
+            Some(false) => "0",
+        };
+        let mut conn = self.redis.conn().await?;
+        let _: i64 = scripts::TENANT_CONTROL
+            .key(keys.stream())
+            .arg(keys.prefix())
+            .arg(tenant)
+            .arg(paused)
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Applies a tenant's whole rule set on every queue: its own limits (queues not named get
+    /// the default) and the queues it is paused on (every other queue resumes).
+    pub async fn apply_tenant_rules(
+        &self,
+        tenant: Uuid,
+        limits: &std::collections::BTreeMap<String, u32>,
+        paused: &[String],
+    ) -> RedisResult<()> {
+        for name in super::QUEUE_NAMES {
+            let queue = QueueName::parse(name).expect("a known queue");
+            let limit = limits
+                .get(name)
+                .map_or(LimitChange::Default, |&n| LimitChange::Set(n));
+            let is_paused = paused.iter().any(|p| p == name);
+            self.control_tenant(&queue, &tenant.to_string(), Some(is_paused), limit)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A tenant's rule and load on a queue.
+    pub async fn tenant_state(
+        &self,
+        queue: &QueueName,
+        tenant: Uuid,
+    ) -> RedisResult<TenantQueueState> {
+        let keys = self.keys(queue);
+        let t = tenant.to_string();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGET").arg(keys.limits()).arg(&t);
+        pipe.cmd("HGET").arg(keys.limits()).arg("*");
+        pipe.cmd("SISMEMBER").arg(keys.paused_tenants()).arg(&t);
+        pipe.cmd("HGET").arg(keys.active()).arg(&t);
+        pipe.cmd("LLEN").arg(keys.ready(&t));
+        let mut conn = self.redis.conn().await?;
+        let (own, default, paused, active, waiting): (
+            Option<u32>,
+            Option<u32>,
+            bool,
+            Option<u64>,
+            u64,
+        ) = pipe.query_async(&mut conn).await?;
+        let limit = own.or(default).filter(|&n| n > 0);
+        Ok(TenantQueueState {
+            queue: queue.to_string(),
+            limit,
+            limit_is_default: own.is_none(),
+            paused,
+            running: active.unwrap_or(0),
+            waiting,
+        })
+    }
+
+    /// The tenants paused on a queue.
+    pub async fn paused_tenants(&self, queue: &QueueName) -> RedisResult<HashSet<String>> {
+        let mut conn = self.redis.conn().await?;
+        redis::cmd("SMEMBERS")
+            .arg(self.keys(queue).paused_tenants())
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// The tenants with a limit of their own on a queue.
+    pub async fn limited_tenants(&self, queue: &QueueName) -> RedisResult<HashMap<String, u32>> {
+        let mut conn = self.redis.conn().await?;
+        let mut all: HashMap<String, u32> = redis::cmd("HGETALL")
+            .arg(self.keys(queue).limits())
+            .query_async(&mut conn)
+            .await?;
+        all.remove("*");
+        Ok(all)
     }
 
     pub async fn pause(&self, queue: &QueueName) -> RedisResult<()> {

@@ -55,6 +55,24 @@ impl QueueKeys {
         format!("{}:paused", self.prefix)
     }
 
+    /// Per-tenant concurrency: each tenant's limit (field `*`: the queue's default), its jobs in
+    /// the stream, the paused tenants, and the tenants with jobs waiting that may not run now.
+    pub fn limits(&self) -> String {
+        format!("{}:limits", self.prefix)
+    }
+
+    pub fn active(&self) -> String {
+        format!("{}:active", self.prefix)
+    }
+
+    pub fn paused_tenants(&self) -> String {
+        format!("{}:tpaused", self.prefix)
+    }
+
+    pub fn parked(&self) -> String {
+        format!("{}:parked", self.prefix)
+    }
+
     /// Sorted sets by job id: scheduled and retrying (score = due time), and the finished
     /// ones (score = finish time, trimmed by retention).
     pub fn set(&self, which: JobSet) -> String {
@@ -136,6 +154,10 @@ mod tests {
             k.waiting(),
             k.wake(),
             k.paused(),
+            k.limits(),
+            k.active(),
+            k.paused_tenants(),
+            k.parked(),
             k.set(JobSet::Scheduled),
             k.set(JobSet::Retrying),
             k.set(JobSet::Succeeded),

@@ -64,8 +64,8 @@ mod scripts;
 
 pub use backend::{RedisBackend, WorkerHandle, WorkerOptions};
 pub use client::{
-    ActionOutcome, JobRecord, JobStatus, ListedJobs, NewJob, Pushed, QueueCounts, Queues,
-    WorkerInfo,
+    ActionOutcome, JobRecord, JobStatus, LimitChange, ListedJobs, NewJob, Pushed, QueueCounts,
+    Queues, TenantQueueState, WorkerInfo,
 };
 pub use job::{JobError, JobMeta};
 pub use keys::{JobSet, QueueKeys};

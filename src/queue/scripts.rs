@@ -30,21 +30,68 @@ local function finish(prefix, jk, id, status, now, ttl)
   redis.call('PEXPIRE', jk, ttl)
 end
 
+-- Per-tenant concurrency limits and pause. `:active` counts each tenant's jobs in the stream
+-- (delivered: running or prefetched), `:limits` holds each tenant's limit (field '*' the queue's
+-- default; none or 0 is no limit), `:tpaused` the paused tenants. A tenant with jobs waiting is
+-- in exactly one of the ring (it may run) and `:parked` (paused or at its limit), so a fetch
+-- never visits a tenant it cannot serve, and a parked tenant returns to the ring the moment a
+-- slot frees or it is resumed.
+local function limit_of(prefix, tenant)
+  local l = redis.call('HGET', prefix .. ':limits', tenant)
+  if not l and tenant ~= '' then l = redis.call('HGET', prefix .. ':limits', '*') end
+  return tonumber(l or '0') or 0
+end
+
+local function active_of(prefix, tenant)
+  return tonumber(redis.call('HGET', prefix .. ':active', tenant) or '0')
+end
+
+local function eligible(prefix, tenant)
+  if redis.call('SISMEMBER', prefix .. ':tpaused', tenant) == 1 then return false end
+  local limit = limit_of(prefix, tenant)
+  return limit <= 0 or active_of(prefix, tenant) < limit
+end
+
+local function wake(prefix, n)
+  redis.call('XADD', prefix .. ':wake', 'MAXLEN', '1', '*', 'n', n)
+end
+
+-- A tenant whose list just got its first job: into the ring, or parked.
+local function ring_or_park(prefix, tenant)
+  if eligible(prefix, tenant) then
+    redis.call('RPUSH', prefix .. ':ring', tenant)
+  else
+    redis.call('SADD', prefix .. ':parked', tenant)
+  end
+end
+
+-- `n` of a tenant's jobs left the stream: gives back their slots and, if the tenant was parked
+-- and may run again, returns it to the ring and wakes fetchers.
+local function freed(prefix, tenant, n)
+  local left = redis.call('HINCRBY', prefix .. ':active', tenant, -n)
+  if left <= 0 then redis.call('HDEL', prefix .. ':active', tenant) end
+  if redis.call('SISMEMBER', prefix .. ':parked', tenant) == 1 and eligible(prefix, tenant) then
+    redis.call('SREM', prefix .. ':parked', tenant)
+    redis.call('RPUSH', prefix .. ':ring', tenant)
+    wake(prefix, 1)
+  end
+end
+
 -- Puts a job in its tenant's ready list (at the front for a job handed back unstarted) and the
--- tenant in the round-robin ring when its list was empty: a tenant is in the ring exactly while
--- it has jobs waiting. The caller sets the job's status and calls `readied` once at the end.
+-- tenant in the round-robin ring (or parked) when its list was empty. The caller sets the job's
+-- status and calls `readied` once at the end.
 local function make_ready(prefix, id, tenant, front)
   local list = prefix .. ':ready:' .. tenant
   local len
   if front then len = redis.call('LPUSH', list, id) else len = redis.call('RPUSH', list, id) end
-  if len == 1 then redis.call('RPUSH', prefix .. ':ring', tenant) end
+  if len == 1 then ring_or_park(prefix, tenant) end
 end
 
 -- Counts `n` jobs made ready and wakes fetchers blocked on the wake-up stream.
 local function readied(prefix, n)
   if n > 0 then
     redis.call('INCRBY', prefix .. ':waiting', n)
-    redis.call('XADD', prefix .. ':wake', 'MAXLEN', '1', '*', 'n', n)
+    wake(prefix, n)
   end
 end
 
@@ -53,19 +100,24 @@ end
 local function unready(prefix, stream, id, tenant, entry)
   if entry then
     redis.call('XDEL', stream, entry)
+    freed(prefix, tenant or '', 1)
     return
   end
   local list = prefix .. ':ready:' .. (tenant or '')
   if redis.call('LREM', list, 1, id) == 1 then
     redis.call('DECR', prefix .. ':waiting')
-    if redis.call('LLEN', list) == 0 then redis.call('LREM', prefix .. ':ring', 1, tenant or '') end
+    if redis.call('LLEN', list) == 0 then
+      redis.call('LREM', prefix .. ':ring', 1, tenant or '')
+      redis.call('SREM', prefix .. ':parked', tenant or '')
+    end
   end
 end
 
 -- Moves up to `count` waiting jobs into the stream, round robin over the tenants that have
 -- jobs waiting: each turn gives the next tenant in the ring an equal share of what is left,
 -- and a tenant with more waiting goes to the back of the ring. A tenant with a flood of jobs
--- therefore takes its share of each fetch, never the whole of it.
+-- therefore takes its share of each fetch, never the whole of it. A tenant with a limit gets at
+-- most its free slots, and is parked once they are taken.
 local function fill(prefix, stream, count)
   local ring = prefix .. ':ring'
   local moved = 0
@@ -73,13 +125,29 @@ local function fill(prefix, stream, count)
   while moved < count and active > 0 do
     local tenant = redis.call('LPOP', ring)
     local list = prefix .. ':ready:' .. tenant
-    local ids = redis.call('LPOP', list, math.ceil((count - moved) / active))
+    local share = math.ceil((count - moved) / active)
+    local limit = limit_of(prefix, tenant)
+    local running = 0
+    if limit > 0 then
+      running = active_of(prefix, tenant)
+      share = math.min(share, limit - running)
+    end
+    local ids = false
+    if share > 0 then ids = redis.call('LPOP', list, share) end
     if ids then
       -- The fetch delivers these entries in the same call, and `take` records each entry.
       for _, id in ipairs(ids) do redis.call('XADD', stream, '*', 'id', id) end
       moved = moved + #ids
+      running = running + #ids
+      redis.call('HINCRBY', prefix .. ':active', tenant, #ids)
     end
-    if redis.call('LLEN', list) > 0 then redis.call('RPUSH', ring, tenant) end
+    if redis.call('LLEN', list) > 0 then
+      if limit > 0 and running >= limit then
+        redis.call('SADD', prefix .. ':parked', tenant)
+      else
+        redis.call('RPUSH', ring, tenant)
+      end
+    end
     active = redis.call('LLEN', ring)
   end
   if moved > 0 then redis.call('DECRBY', prefix .. ':waiting', moved) end
@@ -95,6 +163,7 @@ local function take(prefix, stream, group, consumer, now, dead_ttl, entry, id, o
   if h[1] ~= 'queued' and h[1] ~= 'running' then
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
+    freed(prefix, h[6] or '', 1)
     return
   end
   local attempts = tonumber(h[3] or '0') + 1
@@ -102,6 +171,7 @@ local function take(prefix, stream, group, consumer, now, dead_ttl, entry, id, o
   if attempts > max then
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
+    freed(prefix, h[6] or '', 1)
     add_error(jk, attempts - 1, now, 'gave up: the worker running attempt ' .. (attempts - 1) ..
       ' of ' .. max .. ' was lost (killed, crashed or stalled past its lease)')
     finish(prefix, jk, id, 'dead', now, dead_ttl)
@@ -286,7 +356,7 @@ local stream, prefix, group, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local now, ok_ttl, dead_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local minute, n = ARGV[7], tonumber(ARGV[8])
 local done, failed = 0, 0
-local per_tenant = {}
+local per_tenant, slots = {}, {}
 -- Entries to acknowledge and succeeded jobs to index, sent in batched calls at the end (the
 -- common path costs four calls per job instead of eight).
 local entries, succeeded = {}, {}
@@ -299,6 +369,7 @@ for _ = 1, n do
   if h[1] == consumer and h[2] == entry then
     local field = (h[4] or '') .. (outcome == 'succeeded' and ':succeeded' or ':failed')
     per_tenant[field] = (per_tenant[field] or 0) + 1
+    slots[h[4] or ''] = (slots[h[4] or ''] or 0) + 1
     entries[#entries + 1] = entry
     if outcome == 'succeeded' then
       redis.call('HSET', jk, 'result', data, 'status', 'succeeded', 'finished_at', now)
@@ -326,6 +397,7 @@ for j = 1, #entries, 200 do
   redis.call('XACK', stream, group, unpack(slice))
   redis.call('XDEL', stream, unpack(slice))
 end
+for tenant, k in pairs(slots) do freed(prefix, tenant, k) end
 for j = 1, #succeeded, 400 do
   redis.call('ZADD', prefix .. ':succeeded', unpack(succeeded, j, math.min(j + 399, #succeeded)))
 end
@@ -361,6 +433,7 @@ for i = #ARGV - 1, 4, -2 do
     redis.call('XDEL', stream, entry)
     redis.call('HSET', jk, 'status', 'queued', 'attempts', math.max(0, tonumber(h[3]) - 1))
     redis.call('HDEL', jk, 'worker', 'started_at', 'entry')
+    freed(prefix, h[4] or '', 1)
     make_ready(prefix, id, h[4] or '', true)
     released = released + 1
   end
@@ -486,6 +559,37 @@ for k, id in ipairs(ids) do keys[k] = job_key(prefix, id) end
 redis.call('UNLINK', unpack(keys))
 redis.call('ZREM', set, unpack(ids))
 return #ids
+"#,
+    )
+});
+
+/// Sets one tenant's limit and pause on a queue and puts the tenant where the new rule says
+/// (in the ring or parked). ARGV: prefix, tenant ('*' for the queue's default limit), paused
+/// ('1', '0', or '' to leave it), limit (a number, '-' for the default, '' to leave it).
+pub static TENANT_CONTROL: LazyLock<Script> = LazyLock::new(|| {
+    with_common(
+        r#"
+local stream, prefix, tenant, paused, limit = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if limit == '-' then redis.call('HDEL', prefix .. ':limits', tenant)
+elseif limit ~= '' then redis.call('HSET', prefix .. ':limits', tenant, limit) end
+if paused == '1' then redis.call('SADD', prefix .. ':tpaused', tenant)
+elseif paused == '0' then redis.call('SREM', prefix .. ':tpaused', tenant) end
+-- The default limit changes every parked tenant's rule (the parked set is small: tenants at
+-- their limit or paused, with jobs waiting).
+local tenants = {tenant}
+if tenant == '*' then tenants = redis.call('SMEMBERS', prefix .. ':parked') end
+for _, t in ipairs(tenants) do
+  if redis.call('LLEN', prefix .. ':ready:' .. t) > 0 then
+    if not eligible(prefix, t) then
+      -- Out of the ring: O(ring), for an admin action.
+      if redis.call('SADD', prefix .. ':parked', t) == 1 then redis.call('LREM', prefix .. ':ring', 0, t) end
+    elseif redis.call('SREM', prefix .. ':parked', t) == 1 then
+      redis.call('RPUSH', prefix .. ':ring', t)
+      wake(prefix, 1)
+    end
+  end
+end
+return 1
 "#,
     )
 });

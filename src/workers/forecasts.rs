@@ -94,7 +94,15 @@ pub enum StartError {
     /// The night already has its run.
     #[error("this night's run already exists")]
     AlreadyRan,
+    /// The tenant has a run queued or running (one at a time, however it was started).
+    #[error("forecast run {0} is still queued or running")]
+    Busy(Uuid),
 }
+
+/// A run still queued or running after this long is taken for abandoned (its jobs died without
+/// reporting) and no longer blocks the tenant's next run: the longest legitimate run is four
+/// attempts of a 30-minute job.
+const ABANDONED_AFTER_HOURS: f64 = 6.0;
 
 /// Creates a run (history up to yesterday, UTC) and queues its plan job; returns the run's id
 /// and the plan job's id.
@@ -156,6 +164,38 @@ pub async fn create_run(
     };
     let history_end = Utc::now().date_naive() - chrono::Duration::days(1);
     let run_id = Uuid::now_v7();
+    let mut tx = db.begin().await?;
+    // One run at a time per tenant: a run started on demand waits for the one in progress (409),
+    // so starting runs in a loop costs the shared workers one run, not hundreds. The lock makes
+    // the check and the insert one step for concurrent starts. Nightly runs are exempt (the
+    // tenant cannot block its own night) but count as in progress.
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended('forecast-run:' || $1::uuid::text, 0))",
+        tenant
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        r#"UPDATE forecast_runs
+           SET status = 'failed', finished_at = now(),
+               error = 'abandoned: still unfinished after ' || $2::float8 || ' hours'
+           WHERE tenant_id = $1 AND status IN ('queued', 'running')
+             AND created_at < now() - $2::float8 * interval '1 hour'"#,
+        tenant,
+        ABANDONED_AFTER_HOURS
+    )
+    .execute(&mut *tx)
+    .await?;
+    if night.is_none()
+        && let Some(active) = sqlx::query_scalar!(
+            "SELECT id FROM forecast_runs WHERE tenant_id = $1 AND status IN ('queued', 'running') ORDER BY created_at LIMIT 1",
+            tenant
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+    {
+        return Err(StartError::Busy(active));
+    }
     let created = sqlx::query_scalar!(
         r#"INSERT INTO forecast_runs (id, tenant_id, trigger, night, horizon_days, season, skus, history_end)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -170,8 +210,9 @@ pub async fn create_run(
         skus.as_deref(),
         history_end
     )
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?;
+    tx.commit().await?;
     created.ok_or(StartError::AlreadyRan)
 }
 
@@ -183,6 +224,8 @@ pub struct RunOptions {
     /// Runs over more SKUs let the model chooser shortlist each SKU's model instead of
     /// backtesting every model.
     pub full_backtest_max_skus: usize,
+    /// The most days of history read per SKU (`BACKROOM_FORECAST_HISTORY_DAYS`).
+    pub history_days: i32,
 }
 
 impl Default for RunOptions {
@@ -190,6 +233,7 @@ impl Default for RunOptions {
         RunOptions {
             service_level: 0.95,
             full_backtest_max_skus: pipeline::FULL_BACKTEST_MAX_SKUS,
+            history_days: 1096,
         }
     }
 }
@@ -308,7 +352,9 @@ pub async fn plan(
     if run.artifacts.is_none() {
         let use_chooser = skus.len() > options.full_backtest_max_skus;
         let sample = pipeline::training_sample(&skus);
-        let panel = history::daily_demand(db, tenant, &sample, run.history_end).await?;
+        let panel =
+            history::daily_demand(db, tenant, &sample, run.history_end, options.history_days)
+                .await?;
         let settings = run.settings.clone();
         let artifacts = tokio::task::spawn_blocking(move || -> anyhow::Result<Artifacts> {
             let described = pipeline::describe(panel, settings.season)?;
@@ -398,7 +444,8 @@ pub async fn run_chunk(
             .map_err(|e| JobError::permanent(format!("the run's artifacts do not parse: {e}")))?,
         None => return Err(JobError::retry("the run is not planned yet")),
     };
-    let panel = history::daily_demand(db, tenant, skus, run.history_end).await?;
+    let panel =
+        history::daily_demand(db, tenant, skus, run.history_end, options.history_days).await?;
     let settings = run.settings.clone();
     let outcomes = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Outcome>> {
         let described = pipeline::describe(panel, settings.season)?;

@@ -7,6 +7,7 @@
 //! day's imported quantity (rows of one SKU and day inside a file are summed first), so the same
 //! file imported twice, or one job delivered twice, leaves the history as one import would.
 
+use crate::domain::DateWindow;
 use crate::forecast::history;
 use crate::queue::{JobError, JobMeta};
 use anyhow::Context;
@@ -75,9 +76,15 @@ pub fn validate(
     csv: &[u8],
     known_skus: &[String],
     today: NaiveDate,
+    dates: DateWindow,
 ) -> Result<(DailyRows, ImportReport), UnreadableFile> {
     let frame = read_csv(csv)?;
     let today_days = history::day_number(today);
+    let oldest_days = history::day_number(dates.oldest_day(today));
+    let too_old = format!(
+        "is more than {} days in the past (BACKROOM_MAX_PAST_DAYS)",
+        dates.past_days
+    );
     let known = Series::new("known".into(), known_skus);
     let trimmed = |name: &str| col(name).str().strip_chars(lit(NULL));
     let checked = frame
@@ -111,6 +118,8 @@ pub fn validate(
                 .then(lit("is not a date in the form YYYY-MM-DD"))
                 .when(col("day").gt(lit(today_days)))
                 .then(lit("is in the future"))
+                .when(col("day").lt(lit(oldest_days)))
+                .then(lit(too_old))
                 .otherwise(lit(NULL).cast(DataType::String))
                 .alias("date_error"),
             when(col("sku").is_null().or(col("sku").eq(lit(""))))
@@ -246,9 +255,13 @@ fn read_csv(csv: &[u8]) -> Result<DataFrame, UnreadableFile> {
     renamed.set_column_names(&columns).map_err(polars_failure)?;
     for needed in ["date", "sku", "quantity"] {
         if !columns.iter().any(|c| c == needed) {
+            // The header is the caller's text: quote only its start (a 60 MB header line would
+            // otherwise become a 60 MB error in Redis and Postgres).
+            let found = columns.join(",");
+            let shown: String = found.chars().take(200).collect();
+            let cut = if shown.len() < found.len() { "…" } else { "" };
             return Err(UnreadableFile(format!(
-                "header: missing column `{needed}` (expected `date,sku,quantity`; found `{}`)",
-                columns.join(",")
+                "header: missing column `{needed}` (expected `date,sku,quantity`; found `{shown}{cut}`)"
             )));
         }
     }
@@ -297,6 +310,7 @@ fn collect_errors(bad: &DataFrame, report: &mut ImportReport) -> PolarsResult<()
 #[derive(Clone)]
 pub struct ImportDeps {
     pub db: PgPool,
+    pub dates: DateWindow,
 }
 
 /// Postgres `jsonb` cannot hold U+0000, and a report quotes the cells it rejects: a NUL byte
@@ -335,6 +349,19 @@ pub async fn handle(
     .fetch_optional(&deps.db)
     .await?
     .ok_or_else(|| JobError::permanent("no such import (deleted?)"))?;
+    // The file is dropped once read: a delivery after that finds the import finished.
+    let Some(body) = upload.body else {
+        return match upload.status.as_str() {
+            "loaded" => Ok(sqlx::query_scalar!(
+                "SELECT report FROM sales_imports WHERE id = $1",
+                job.import_id
+            )
+            .fetch_one(&deps.db)
+            .await?
+            .unwrap_or(serde_json::Value::Null)),
+            _ => Err(JobError::permanent("the import already failed")),
+        };
+    };
     let known: Vec<String> = sqlx::query_scalar!(
         "SELECT sku FROM products WHERE tenant_id = $1",
         job.tenant_id
@@ -342,8 +369,8 @@ pub async fn handle(
     .fetch_all(&deps.db)
     .await?;
     let today = chrono::Utc::now().date_naive();
-    let body = upload.body;
-    let validated = tokio::task::spawn_blocking(move || validate(&body, &known, today))
+    let dates = deps.dates;
+    let validated = tokio::task::spawn_blocking(move || validate(&body, &known, today, dates))
         .await
         .map_err(|e| JobError::retry(format!("the validator stopped: {e}")))?;
     let (rows, report) = match validated {
@@ -351,7 +378,7 @@ pub async fn handle(
         Err(unreadable) => {
             let report = storable(serde_json::json!({"error": unreadable.0}));
             sqlx::query!(
-                "UPDATE sales_imports SET status = 'failed', report = $3 WHERE id = $1 AND tenant_id = $2",
+                "UPDATE sales_imports SET status = 'failed', report = $3, body = NULL WHERE id = $1 AND tenant_id = $2",
                 job.import_id,
                 job.tenant_id,
                 report
@@ -368,7 +395,7 @@ pub async fn handle(
         .map_err(|e| JobError::retry(format!("{e:#}")))?;
     let report_json = storable(serde_json::to_value(&report).expect("reports serialize"));
     sqlx::query!(
-        "UPDATE sales_imports SET status = 'loaded', report = $3, loaded_at = now() WHERE id = $1 AND tenant_id = $2",
+        "UPDATE sales_imports SET status = 'loaded', report = $3, loaded_at = now(), body = NULL WHERE id = $1 AND tenant_id = $2",
         job.import_id,
         job.tenant_id,
         report_json
@@ -400,7 +427,7 @@ mod tests {
     #[test]
     fn good_rows_are_summed_per_sku_and_day() {
         let csv = b"date,sku,quantity,store\n2026-11-01,MUG-1,3,a\n2026-11-01,MUG-1,2,b\n2026-11-02,TEE-2,0,a\n";
-        let (rows, report) = validate(csv, &skus(), today()).unwrap();
+        let (rows, report) = validate(csv, &skus(), today(), DateWindow::default()).unwrap();
         assert_eq!(rows.skus, ["MUG-1", "TEE-2"]);
         assert_eq!(rows.quantities, [5, 0]);
         assert_eq!(report.rows, 3);
@@ -424,6 +451,11 @@ mod tests {
                 "is not a date in the form YYYY-MM-DD",
             ),
             ("2027-01-01,MUG-1,1", "date", "is in the future"),
+            (
+                "0001-01-01,MUG-1,1",
+                "date",
+                "is more than 3650 days in the past (BACKROOM_MAX_PAST_DAYS)",
+            ),
             (",MUG-1,1", "date", "is missing"),
             (
                 "2026-11-01,NOPE,1",
@@ -444,7 +476,8 @@ mod tests {
         ];
         for (row, field, message) in cases {
             let csv = format!("date,sku,quantity\n2026-11-02,TEE-2,4\n{row}\n");
-            let (rows, report) = validate(csv.as_bytes(), &skus(), today()).unwrap();
+            let (rows, report) =
+                validate(csv.as_bytes(), &skus(), today(), DateWindow::default()).unwrap();
             assert_eq!(report.rows_rejected, 1, "{row}: one rejected row");
             assert_eq!(rows.quantities, [4], "{row}: the good row is still loaded");
             let error = &report.errors[0];
@@ -460,12 +493,32 @@ mod tests {
     fn a_file_without_the_needed_columns_is_unreadable() {
         for csv in ["", "day,sku,qty\n2026-11-01,MUG-1,1\n", "\n\n"] {
             assert!(
-                validate(csv.as_bytes(), &skus(), today()).is_err(),
+                validate(csv.as_bytes(), &skus(), today(), DateWindow::default()).is_err(),
                 "{csv:?}"
             );
         }
-        let err = validate(b"date,sku\n2026-11-01,MUG-1\n", &skus(), today()).unwrap_err();
+        let err = validate(
+            b"date,sku\n2026-11-01,MUG-1\n",
+            &skus(),
+            today(),
+            DateWindow::default(),
+        )
+        .unwrap_err();
         assert!(err.0.contains("missing column `quantity`"), "{err}");
+    }
+
+    /// A header of megabytes once came back whole as the job's error (and so twice in Redis).
+    #[test]
+    fn a_huge_header_gives_a_short_error() {
+        let mut csv = "x".repeat(5 << 20);
+        csv.push_str(",sku\n2026-11-01,MUG-1\n");
+        let err = validate(csv.as_bytes(), &skus(), today(), DateWindow::default()).unwrap_err();
+        assert!(err.0.len() < 400, "{} bytes", err.0.len());
+        assert!(
+            err.0.contains("missing column `date`") && err.0.ends_with("…`)"),
+            "{}",
+            err.0
+        );
     }
 
     #[test]
@@ -474,7 +527,8 @@ mod tests {
         for _ in 0..(MAX_LISTED_ERRORS + 10) {
             csv.push_str("2026-11-01,NOPE,1\n");
         }
-        let (_, report) = validate(csv.as_bytes(), &skus(), today()).unwrap();
+        let (_, report) =
+            validate(csv.as_bytes(), &skus(), today(), DateWindow::default()).unwrap();
         assert_eq!(report.rows_rejected, MAX_LISTED_ERRORS as u64 + 10);
         assert_eq!(report.errors.len(), MAX_LISTED_ERRORS);
         assert!(report.errors_truncated);

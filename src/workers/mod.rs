@@ -13,7 +13,7 @@ pub mod invoices;
 pub mod stock;
 
 use crate::config::Settings;
-use crate::queue::{QueueName, Queues, RedisBackend, WorkerHandle, WorkerOptions};
+use crate::queue::{LimitChange, QueueName, Queues, RedisBackend, WorkerHandle, WorkerOptions};
 use crate::{db, outbox};
 use anyhow::Context;
 use apalis::prelude::*;
@@ -63,6 +63,53 @@ impl WorkPlan {
     }
 }
 
+/// Copies the queues' default per-tenant limits (`BACKROOM_TENANT_CONCURRENCY`) and every
+/// tenant's own limits and pauses from Postgres into the queue engine, and clears rules Redis
+/// holds for tenants that no longer have them. Postgres is the record; Redis may have lost its
+/// data or missed a change made while it was down.
+pub async fn sync_tenant_rules(
+    db: &sqlx::PgPool,
+    queues: &Queues,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    for name in crate::queue::QUEUE_NAMES {
+        let queue = QueueName::parse(name).expect("a known queue");
+        let default = settings
+            .tenant_concurrency
+            .get(name)
+            .map_or(LimitChange::Default, |&n| LimitChange::Set(n));
+        queues.control_tenant(&queue, "*", None, default).await?;
+    }
+    let rows = sqlx::query!(
+        "SELECT id, queue_limits, paused_queues FROM tenants WHERE queue_limits <> '{}'::jsonb OR paused_queues <> '{}'"
+    )
+    .fetch_all(db)
+    .await?;
+    let mut with_rules = std::collections::HashSet::new();
+    for row in rows {
+        let limits: std::collections::BTreeMap<String, u32> =
+            serde_json::from_value(row.queue_limits).unwrap_or_default();
+        queues
+            .apply_tenant_rules(row.id, &limits, &row.paused_queues)
+            .await?;
+        with_rules.insert(row.id.to_string());
+    }
+    let mut stale = std::collections::BTreeSet::new();
+    for name in crate::queue::QUEUE_NAMES {
+        let queue = QueueName::parse(name).expect("a known queue");
+        stale.extend(queues.paused_tenants(&queue).await?);
+        stale.extend(queues.limited_tenants(&queue).await?.into_keys());
+    }
+    for tenant in stale.difference(&with_rules.into_iter().collect()) {
+        if let Ok(id) = uuid::Uuid::parse_str(tenant) {
+            queues
+                .apply_tenant_rules(id, &Default::default(), &[])
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs the plan's workers and the outbox relay until `shutdown` resolves.
 pub async fn run(
     settings: &Settings,
@@ -76,6 +123,10 @@ pub async fn run(
     if let Some(bind) = settings.metrics_bind {
         crate::startup::spawn_metrics_listener(bind, queues.clone()).await?;
     }
+
+    sync_tenant_rules(&pool, &queues, settings)
+        .await
+        .context("while copying the tenants' queue limits and pauses into Redis")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut handles: Vec<WorkerHandle> = vec![];
@@ -165,6 +216,7 @@ pub async fn run(
                     options: forecasts::RunOptions {
                         service_level: settings.forecast.service_level,
                         full_backtest_max_skus: settings.forecast.full_backtest_max_skus,
+                        history_days: settings.forecast.history_days,
                     },
                 };
                 let backend: RedisBackend<forecasts::ForecastJob> =
@@ -181,7 +233,10 @@ pub async fn run(
                 options.concurrency = concurrency(2);
                 options.prefetch = options.concurrency;
                 options.job_timeout = Duration::from_secs(10 * 60);
-                let deps = imports::ImportDeps { db: pool.clone() };
+                let deps = imports::ImportDeps {
+                    db: pool.clone(),
+                    dates: settings.dates,
+                };
                 let backend: RedisBackend<imports::SalesImport> =
                     RedisBackend::new(queues.clone(), options.clone());
                 handles.push(backend.handle());

@@ -21,3 +21,4 @@ mod queue_faults;
 mod queue_support;
 mod secrets;
 mod stock;
+mod tenant_limits;

@@ -158,6 +158,17 @@ impl TestQueue {
     }
 }
 
+static GAUGE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local now = redis.call('HINCRBY', ARGV[1] .. ':inflight', ARGV[2], ARGV[3])
+if now > tonumber(redis.call('HGET', ARGV[1] .. ':most', ARGV[2]) or '0') then
+  redis.call('HSET', ARGV[1] .. ':most', ARGV[2], now)
+end
+",
+    )
+});
+
 /// The probe handler.
 pub async fn run_probe(
     probe: Probe,
@@ -172,7 +183,22 @@ pub async fn run_probe(
         .query_async(&mut conn)
         .await?;
     if probe.sleep_ms > 0 {
+        // Each tenant's jobs running at this moment, and the most ever, counted by the jobs
+        // themselves across every worker process (`inflight` and `most` hashes, by tenant).
+        let tenant = meta.tenant.map(|t| t.to_string()).unwrap_or_default();
+        let _: () = GAUGE
+            .arg(&ns.namespace)
+            .arg(&tenant)
+            .arg(1)
+            .invoke_async(&mut conn)
+            .await?;
         tokio::time::sleep(Duration::from_millis(probe.sleep_ms)).await;
+        let _: () = GAUGE
+            .arg(&ns.namespace)
+            .arg(&tenant)
+            .arg(-1)
+            .invoke_async(&mut conn)
+            .await?;
     }
     let flagged: bool = redis::cmd("EXISTS")
         .arg(format!("{}:broken", ns.namespace))
