@@ -22,3 +22,4 @@ mod queue_support;
 mod secrets;
 mod stock;
 mod tenant_limits;
+mod tenant_quotas;
