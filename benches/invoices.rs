@@ -347,7 +347,7 @@ fn render_many(fonts: &Arc<Fonts>, n: usize, threads: usize) -> anyhow::Result<(
                         let Some(doc) = docs.get(i) else {
                             return Ok(bytes);
                         };
-                        bytes += invoice_pdf::render(doc, fonts)?.len();
+                        bytes += invoice_pdf::render(doc, fonts, &|| false)?.len();
                         let done = progress.fetch_add(1, Ordering::Relaxed) + 1;
                         if done.is_multiple_of(500) {
                             eprintln!(
@@ -381,7 +381,7 @@ async fn part_renderer(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result
         move || -> anyhow::Result<_> {
             // The first render parses the fonts (once per process, as in the worker).
             let started = Instant::now();
-            invoice_pdf::render(&document(0), &fonts)?;
+            invoice_pdf::render(&document(0), &fonts, &|| false)?;
             let first = started.elapsed().as_secs_f64();
             let one = render_many(&fonts, (n / 4).max(20), 1)?;
             let two = render_many(&fonts, n, 2)?;

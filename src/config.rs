@@ -76,6 +76,20 @@ pub struct Settings {
     /// `BACKROOM_TENANT_RATE_BURST` (default 2,000): each tenant's API request rate, shared by
     /// every API process; over it a request gets 429 with `Retry-After`.
     pub tenant_rate: crate::api::rate_limit::RateLimit,
+    /// `BACKROOM_HEADER_TIMEOUT_SECS` (default 10: a request's head must arrive within it, and
+    /// an idle keep-alive connection is closed after it; a stalled body is cut after it too) and
+    /// `BACKROOM_MAX_CONNECTIONS` (default 4096: connections one API process holds open at once).
+    pub connections: crate::server::ConnectionLimits,
+    /// `BACKROOM_REQUEST_TIMEOUT_SECS`: the longest one request may take, body included
+    /// (default 60); past it the caller gets 503.
+    pub request_timeout: Duration,
+    /// `BACKROOM_AUTH_FAILURES_PER_MINUTE`: failed authentications one client address may make
+    /// per minute per API process (default 60; 0 turns the throttle off); past it the address
+    /// gets 429 without its credentials being looked up.
+    pub auth_failures_per_minute: u32,
+    /// `BACKROOM_CLIENT_ADDRESS_HEADER`: behind a reverse proxy, the header whose last entry is
+    /// the client's address (e.g. `x-forwarded-for`); unset, the peer's address is used.
+    pub client_address_header: Option<axum::http::HeaderName>,
     /// Nightly forecasting.
     pub forecast: ForecastSettings,
     /// `BACKROOM_JOB_LEASE_SECS`, `BACKROOM_RETENTION_SUCCEEDED_SECS`,
@@ -286,6 +300,36 @@ impl Settings {
                 message: "must be at least 1".into(),
             });
         }
+        let header_timeout = secs("BACKROOM_HEADER_TIMEOUT_SECS", Duration::from_secs(10))?;
+        let request_timeout = secs("BACKROOM_REQUEST_TIMEOUT_SECS", Duration::from_secs(60))?;
+        let max_connections: usize = parse_or(
+            get("BACKROOM_MAX_CONNECTIONS"),
+            "BACKROOM_MAX_CONNECTIONS",
+            "4096",
+            "a whole number",
+        )?;
+        if max_connections == 0 {
+            return Err(SettingsError {
+                var: "BACKROOM_MAX_CONNECTIONS",
+                message: "must be at least 1".into(),
+            });
+        }
+        let auth_failures_per_minute: u32 = parse_or(
+            get("BACKROOM_AUTH_FAILURES_PER_MINUTE"),
+            "BACKROOM_AUTH_FAILURES_PER_MINUTE",
+            "60",
+            "a whole number (0 for no limit)",
+        )?;
+        let client_address_header =
+            match get("BACKROOM_CLIENT_ADDRESS_HEADER") {
+                None => None,
+                Some(raw) => Some(raw.trim().parse::<axum::http::HeaderName>().map_err(|_| {
+                    SettingsError {
+                        var: "BACKROOM_CLIENT_ADDRESS_HEADER",
+                        message: format!("'{raw}' is not a header name"),
+                    }
+                })?),
+            };
         let cron = get("BACKROOM_FORECAST_CRON").unwrap_or_else(|| "0 0 2 * * *".into());
         if let Err(e) = <cron::Schedule as std::str::FromStr>::from_str(&cron) {
             return Err(SettingsError {
@@ -403,6 +447,13 @@ impl Settings {
             max_queued_imports,
             tenant_concurrency,
             tenant_rate,
+            connections: crate::server::ConnectionLimits {
+                header_timeout,
+                max_connections,
+            },
+            request_timeout,
+            auth_failures_per_minute,
+            client_address_header,
             forecast: ForecastSettings {
                 cron,
                 horizon_days,
@@ -518,6 +569,11 @@ mod tests {
         assert_eq!(s.dates.past_days, 3650);
         assert_eq!(s.forecast.history_days, 1096);
         assert_eq!(s.max_queued_imports, 3);
+        assert_eq!(s.connections.header_timeout, Duration::from_secs(10));
+        assert_eq!(s.connections.max_connections, 4096);
+        assert_eq!(s.request_timeout, Duration::from_secs(60));
+        assert_eq!(s.auth_failures_per_minute, 60);
+        assert!(s.client_address_header.is_none());
         assert_eq!(
             s.tenant_concurrency,
             [("forecasts".to_string(), 2), ("imports".to_string(), 1)].into()
@@ -551,6 +607,23 @@ mod tests {
             ("BACKROOM_EMAILS_PER_MINUTE", Some("lots"), "whole number"),
             ("BACKROOM_MAX_PAST_DAYS", Some("0"), "between 1 and 36500"),
             ("BACKROOM_MAX_QUEUED_IMPORTS", Some("0"), "at least 1"),
+            ("BACKROOM_HEADER_TIMEOUT_SECS", Some("0"), "at least 1"),
+            (
+                "BACKROOM_REQUEST_TIMEOUT_SECS",
+                Some("soon"),
+                "number of seconds",
+            ),
+            ("BACKROOM_MAX_CONNECTIONS", Some("0"), "at least 1"),
+            (
+                "BACKROOM_AUTH_FAILURES_PER_MINUTE",
+                Some("-1"),
+                "whole number",
+            ),
+            (
+                "BACKROOM_CLIENT_ADDRESS_HEADER",
+                Some("x y"),
+                "not a header name",
+            ),
             (
                 "BACKROOM_TENANT_CONCURRENCY",
                 Some("nope=1"),

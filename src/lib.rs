@@ -11,6 +11,7 @@ pub mod outbox;
 pub mod queue;
 pub mod redis_conn;
 pub mod scheduler;
+pub mod server;
 pub mod startup;
 pub mod telemetry;
 pub mod workers;

@@ -52,10 +52,19 @@ impl Application {
         if let Some(bind) = self.state.settings.metrics_bind {
             spawn_metrics_listener(bind, self.state.queues.clone()).await?;
         }
-        axum::serve(self.listener, api::router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("while serving HTTP")
+        let (limits, drain) = (
+            self.state.settings.connections,
+            self.state.settings.shutdown_grace,
+        );
+        crate::server::serve(
+            self.listener,
+            api::router(self.state),
+            limits,
+            drain,
+            shutdown,
+        )
+        .await;
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@
 use super::AppState;
 use super::charts;
 use super::error::{Error, Result};
+use super::extract::ClientAddress;
 use super::session::{self, Session};
 use crate::domain::format_amount;
 use crate::queue::{ActionOutcome, JobRecord, JobStatus, QUEUE_NAMES, QueueName};
@@ -48,6 +49,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     (
         "tenants.html",
         include_str!("../../templates/dashboard/tenants.html"),
+    ),
+    (
+        "tenant.html",
+        include_str!("../../templates/dashboard/tenant.html"),
     ),
     (
         "emails.html",
@@ -137,7 +142,12 @@ pub fn router() -> Router<AppState> {
         .route("/admin/jobs/{id}", get(job_page))
         .route("/admin/jobs/{id}/{action}", post(job_action))
         .route("/admin/tenants", get(tenants_page))
+        .route("/admin/tenants/{slug}", get(tenant_page))
         .route("/admin/tenants/{slug}/rotate-key", post(rotate_key))
+        .route(
+            "/admin/tenants/{slug}/queues/{queue}",
+            post(tenant_queue_rules),
+        )
         .route("/admin/emails", get(emails_page))
         .route("/admin/forecasts", get(forecasts_page))
         .route("/admin/forecasts/{run}", get(forecast_run_page))
@@ -168,12 +178,16 @@ async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Result
 
 async fn login(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response> {
     let presented =
         super::extract::admin_digest(form.get("token").map(String::as_str).unwrap_or(""));
     if !bool::from(presented.ct_eq(&state.admin_token_digest)) {
+        // Wrong tokens count against the address, as on the JSON API.
+        super::extract::throttled(&state, address, None)?;
+        state.auth_failures.failed(address);
         let mut response = page(
             "login.html",
             minijinja::context! { title => "Sign in", error => "That token is not the admin token." },
@@ -588,6 +602,93 @@ async fn rotate_key(
     super::tenants::insert_key(&mut conn, tenant_id, &key).await?;
     // The key is shown once, on this response, never in a URL.
     render_tenants(&state, &s, None, Some((slug, key.expose().to_string()))).await
+}
+
+/// One tenant's rules and load on every queue, with a form per queue to change its limit and
+/// pause it.
+async fn tenant_page(
+    State(state): State<AppState>,
+    Signed(s): Signed,
+    Path(slug): Path<String>,
+    Query(flash): Query<Flash>,
+) -> Result<Response> {
+    let tenant = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", slug)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
+    let mut queues = vec![];
+    for name in QUEUE_NAMES {
+        let queue = QueueName::parse(name).expect("known queue");
+        let q = state.queues.tenant_state(&queue, tenant).await?;
+        queues.push(minijinja::context! {
+            queue => q.queue, limit => q.limit, own_limit => (!q.limit_is_default).then_some(q.limit.unwrap_or(0)),
+            limit_is_default => q.limit_is_default, paused => q.paused, running => q.running,
+            waiting => q.waiting,
+        });
+    }
+    page(
+        "tenant.html",
+        minijinja::context! {
+            title => format!("Tenant {slug}"), nav => "tenants", csrf => s.csrf.clone(),
+            flash => flash.flash, slug, queues,
+            max_limit => super::tenants::MAX_QUEUE_LIMIT,
+        },
+    )
+}
+
+/// Sets one queue's rules for a tenant: `limit` (blank for the queue's default, 0 for none) and
+/// `paused` (present or not).
+async fn tenant_queue_rules(
+    State(state): State<AppState>,
+    Signed(s): Signed,
+    Path((slug, queue)): Path<(String, String)>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response> {
+    checked(&s, &form)?;
+    let queue = queue_name(&queue)?;
+    let back_to = format!("/admin/tenants/{slug}");
+    let limit = match form.get("limit").map(|v| v.trim()).unwrap_or("") {
+        "" => None,
+        raw => match raw.parse::<u32>() {
+            Ok(n) if n <= super::tenants::MAX_QUEUE_LIMIT => Some(n),
+            _ => {
+                return Ok(back(
+                    &back_to,
+                    &format!(
+                        "Not changed: the limit must be a whole number from 0 to {}.",
+                        super::tenants::MAX_QUEUE_LIMIT
+                    ),
+                ));
+            }
+        },
+    };
+    let pause = form.contains_key("paused");
+    let mut tx = state.db.begin().await?;
+    let tenant = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", slug)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
+    let name = queue.to_string();
+    let limits = std::collections::BTreeMap::from([(name.clone(), limit)]);
+    super::tenants::change_queue_rules(&mut tx, &state.queues, tenant, &limits, |mut paused| {
+        paused.retain(|q| *q != name);
+        if pause {
+            paused.push(name.clone());
+        }
+        paused
+    })
+    .await?;
+    tx.commit().await?;
+    let rule = match limit {
+        None => "the queue's default limit".to_string(),
+        Some(0) => "no limit".to_string(),
+        Some(n) => format!("at most {n} at once"),
+    };
+    let state_text = if pause { "paused" } else { "running" };
+    Ok(back(
+        &back_to,
+        &format!("{slug} on {queue}: {rule}, {state_text}."),
+    ))
 }
 
 async fn emails_page(State(state): State<AppState>, Signed(s): Signed) -> Result<Response> {

@@ -74,6 +74,12 @@ pub enum Error {
     UnsupportedMediaType(String),
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
+    /// The body stopped arriving (`BACKROOM_HEADER_TIMEOUT_SECS` between two parts of it).
+    #[error("request timeout: {0}")]
+    RequestTimeout(String),
+    /// The whole request took longer than `BACKROOM_REQUEST_TIMEOUT_SECS`.
+    #[error("the request took longer than {after_secs} s")]
+    TookTooLong { after_secs: u64 },
     #[error("{dependency} is unavailable")]
     Unavailable {
         dependency: &'static str,
@@ -102,6 +108,8 @@ impl Error {
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Error::TookTooLong { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -119,6 +127,8 @@ impl Error {
             Error::PayloadTooLarge(_) => ("payload-too-large", "Request body too large"),
             Error::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
             Error::RateLimited { .. } => ("rate-limited", "Too many requests"),
+            Error::RequestTimeout(_) => ("request-timeout", "Request timeout"),
+            Error::TookTooLong { .. } => ("too-long", "The request took too long"),
             Error::Unavailable { .. } => ("unavailable", "A dependency is unavailable"),
             Error::Internal(_) => ("internal", "Internal server error"),
         }
@@ -131,7 +141,12 @@ impl Error {
             | Error::Forbidden(m)
             | Error::NotFound(m)
             | Error::PayloadTooLarge(m)
+            | Error::RequestTimeout(m)
             | Error::UnsupportedMediaType(m) => (m.clone(), vec![]),
+            Error::TookTooLong { after_secs } => (
+                format!("the request did not finish within {after_secs} s; retry later"),
+                vec![],
+            ),
             Error::Validation(errors) => {
                 let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
                 (format!("invalid: {}", fields.join(", ")), errors.clone())
@@ -190,6 +205,7 @@ impl IntoResponse for Error {
         let retry_after = match self {
             Error::RateLimited { retry_after_secs } => Some(retry_after_secs),
             Error::Unavailable { .. } => Some(5),
+            Error::TookTooLong { .. } => Some(1),
             _ => None,
         };
         if let Some(secs) = retry_after {

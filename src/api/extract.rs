@@ -8,13 +8,15 @@
 use super::AppState;
 use super::error::{Error, FieldError};
 use super::lookups::KeyOwner;
-use crate::domain::ApiKeyHash;
+use crate::domain::{ApiKey, ApiKeyHash};
 use axum::body::Bytes;
+use axum::extract::ConnectInfo;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+use std::net::{IpAddr, SocketAddr};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -50,10 +52,24 @@ pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
     Bytes::from_request(req, state).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge("the request body exceeds the size limit".into())
+        } else if body_stalled(&rejection) {
+            Error::RequestTimeout("the request body stopped arriving".into())
         } else {
             Error::BadRequest(format!("could not read the request body: {rejection}"))
         }
     })
+}
+
+/// Whether reading a body failed because it stalled (`api::router`'s body idle timeout).
+pub fn body_stalled(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Parses a JSON object into `T`: syntax errors are 400, shape errors 422 with the field's path.
@@ -169,8 +185,21 @@ impl FromRequestParts<AppState> for Tenant {
         let owner = match state.lookups.key(hash.as_bytes()) {
             Some(owner) => owner,
             None => {
+                // Uncached: throttled per client address, and only well-formed keys are looked up
+                // (`auth_throttle` says why).
+                let address = client_address(parts, state);
+                throttled(state, address, Some(hash.as_bytes()))?;
+                if !ApiKey::is_well_formed(token) {
+                    state.auth_failures.failed(address);
+                    return Err(Error::Unauthorized("the API key is not valid".into()));
+                }
+                let _lookup = state
+                    .key_lookups
+                    .acquire()
+                    .await
+                    .expect("the key lookup semaphore is never closed");
                 let generation = state.lookups.generation();
-                let row = sqlx::query!(
+                let Some(row) = sqlx::query!(
                     r#"SELECT t.id, t.slug, t.active
                        FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
                        WHERE k.key_hash = $1 AND k.revoked_at IS NULL"#,
@@ -178,7 +207,11 @@ impl FromRequestParts<AppState> for Tenant {
                 )
                 .fetch_optional(&state.db)
                 .await?
-                .ok_or_else(|| Error::Unauthorized("the API key is not valid".into()))?;
+                else {
+                    state.auth_failures.failed(address);
+                    return Err(Error::Unauthorized("the API key is not valid".into()));
+                };
+                state.auth_failures.vouch(hash.as_bytes());
                 let owner = KeyOwner {
                     tenant_id: row.id,
                     slug: row.slug,
@@ -246,10 +279,62 @@ impl FromRequestParts<AppState> for Admin {
         let token = bearer_token(parts)?;
         let presented = admin_digest(token);
         if bool::from(presented.ct_eq(&state.admin_token_digest)) {
-            Ok(Admin)
-        } else {
-            Err(Error::Unauthorized("the admin token is not valid".into()))
+            return Ok(Admin);
         }
+        // The right token always passes: only failures are throttled (the comparison costs
+        // nothing shared; the throttle keeps a guessing client from trying on and on).
+        let address = client_address(parts, state);
+        throttled(state, address, None)?;
+        state.auth_failures.failed(address);
+        Err(Error::Unauthorized("the admin token is not valid".into()))
+    }
+}
+
+/// The client's address: the last entry of `BACKROOM_CLIENT_ADDRESS_HEADER` behind a proxy,
+/// else the peer of the connection (`None` when neither is known, e.g. a router called directly).
+pub fn client_address(parts: &Parts, state: &AppState) -> Option<IpAddr> {
+    match &state.settings.client_address_header {
+        Some(name) => parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
+            .and_then(|last| last.trim().parse().ok()),
+        None => parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip()),
+    }
+}
+
+/// The client's address as an extractor (see [`client_address`]).
+pub struct ClientAddress(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(client_address(parts, state)))
+    }
+}
+
+/// 429 while `address` is over its budget of failed authentications (unless `key_hash` is of a
+/// key that authenticated lately).
+pub fn throttled(
+    state: &AppState,
+    address: Option<IpAddr>,
+    key_hash: Option<&[u8]>,
+) -> Result<(), Error> {
+    match state.auth_failures.wait(address, key_hash) {
+        Some(wait) => Err(Error::RateLimited {
+            retry_after_secs: wait.as_secs().max(1),
+        }),
+        None => Ok(()),
     }
 }
 

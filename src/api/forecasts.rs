@@ -10,13 +10,13 @@ use super::error::{Error, Result};
 use super::extract::{FieldErrors, Json, Tenant};
 use crate::domain::Sku;
 use crate::queue::{NewJob, QueueName};
-use crate::workers::{forecasts, imports};
+use crate::workers::{forecasts, import_files, imports};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use chrono::{DateTime, NaiveDate, Utc};
+use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use std::collections::{BTreeMap, HashSet};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -56,44 +56,32 @@ pub async fn import_sales(
             "expected `Content-Type: text/csv`, got `{content_type}`"
         )));
     }
-    // At most this many of one tenant's uploads are read at once per API process: an upload is
-    // held in memory while it is read, and one tenant's parallel uploads must not exhaust it.
+    // At most this many of one tenant's uploads are read at once per API process, so that one
+    // tenant's parallel uploads do not take every connection and the database's write capacity.
     let _reading = state.uploads.start(tenant.id).ok_or(Error::RateLimited {
         retry_after_secs: 1,
     })?;
-    let limit = state.settings.max_import_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        Error::PayloadTooLarge(format!(
-            "a sales import may be at most {limit} bytes (BACKROOM_MAX_IMPORT_BYTES)"
-        ))
-    })?;
-    // Lines, not bytes, bound the validator's work and the report: refuse a file with too many
-    // rows at the door (the header is not a row; a last line without a newline is).
-    let rows = bytes.iter().filter(|&&b| b == b'\n').count() + usize::from(!bytes.ends_with(b"\n"));
-    let max_rows = state.settings.max_import_rows;
-    if rows.saturating_sub(1) > max_rows {
-        return Err(Error::invalid(
-            "body",
-            format!(
-                "a sales import may hold at most {max_rows} rows (BACKROOM_MAX_IMPORT_ROWS); this one has {}",
-                rows - 1
-            ),
-        ));
-    }
     let import_id = Uuid::now_v7();
-    let digest = hex::encode(sha2::Sha256::digest(&bytes));
     let mut tx = state.db.begin().await?;
-    // A cap on a tenant's imports waiting to be loaded (`BACKROOM_MAX_QUEUED_IMPORTS`): the
-    // imports queue is shared, so one tenant's hundred uploads must not stand in front of
-    // everyone's. The lock makes the count and the insert one step for concurrent uploads.
+    // A cap on a tenant's imports waiting to be loaded or still arriving
+    // (`BACKROOM_MAX_QUEUED_IMPORTS`): the imports queue is shared, so one tenant's hundred
+    // uploads must not stand in front of everyone's. The lock makes the count and the insert one
+    // step for concurrent uploads. Uploads that stopped arriving an hour ago (a process that died
+    // mid-upload) are removed here.
     sqlx::query!(
         "SELECT pg_advisory_xact_lock(hashtextextended('sales-import:' || $1::uuid::text, 0))",
         tenant.id
     )
     .execute(&mut *tx)
     .await?;
+    sqlx::query!(
+        "DELETE FROM sales_imports WHERE tenant_id = $1 AND status = 'receiving' AND created_at < now() - interval '1 hour'",
+        tenant.id
+    )
+    .execute(&mut *tx)
+    .await?;
     let queued = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM sales_imports WHERE tenant_id = $1 AND status = 'queued' AND created_at > now() - interval '6 hours'"#,
+        r#"SELECT count(*) AS "n!" FROM sales_imports WHERE tenant_id = $1 AND status IN ('receiving', 'queued') AND created_at > now() - interval '6 hours'"#,
         tenant.id
     )
     .fetch_one(&mut *tx)
@@ -108,16 +96,34 @@ pub async fn import_sales(
         });
     }
     sqlx::query!(
-        "INSERT INTO sales_imports (id, tenant_id, body, body_sha256) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO sales_imports (id, tenant_id, status, body_sha256) VALUES ($1, $2, 'receiving', '')",
         import_id,
-        tenant.id,
-        bytes.as_ref(),
-        digest
+        tenant.id
     )
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    drop(bytes);
+    // Removes the upload if this request ends before it is queued (a refusal below, or the client
+    // going away, which drops this future).
+    let mut unfinished = UnfinishedUpload {
+        db: state.db.clone(),
+        import_id: Some(import_id),
+    };
+    let written = match receive(&state, import_id, body).await {
+        Ok(written) => written,
+        Err(e) => {
+            unfinished.remove().await;
+            return Err(e);
+        }
+    };
+    sqlx::query!(
+        "UPDATE sales_imports SET status = 'queued', body_sha256 = $2 WHERE id = $1",
+        import_id,
+        written.sha256
+    )
+    .execute(&state.db)
+    .await?;
+    unfinished.import_id = None;
     let job = imports::SalesImport {
         tenant_id: tenant.id,
         import_id,
@@ -147,6 +153,72 @@ pub async fn import_sales(
             status: "queued".into(),
         }),
     ))
+}
+
+/// Writes the request body to the import's parts, refusing it as soon as it is over the size
+/// (413) or row (422) limit, or stalls (408).
+async fn receive(state: &AppState, import_id: Uuid, body: Body) -> Result<import_files::Written> {
+    let max_bytes = state.settings.max_import_bytes;
+    let max_rows = state.settings.max_import_rows;
+    let mut writer = import_files::UploadWriter::new(import_id);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            if crate::api::extract::body_stalled(&e) {
+                Error::RequestTimeout("the upload stopped arriving".into())
+            } else {
+                Error::BadRequest(format!("could not read the upload: {e}"))
+            }
+        })?;
+        if writer.bytes() + chunk.len() > max_bytes {
+            return Err(Error::PayloadTooLarge(format!(
+                "a sales import may be at most {max_bytes} bytes (BACKROOM_MAX_IMPORT_BYTES)"
+            )));
+        }
+        writer.write(&state.db, &chunk).await?;
+        // Lines, not bytes, bound the validator's work and the report (the header is not a row;
+        // a last line without a newline is).
+        let rows = writer.lines().saturating_sub(1);
+        if rows > max_rows {
+            return Err(Error::invalid(
+                "body",
+                format!(
+                    "a sales import may hold at most {max_rows} rows (BACKROOM_MAX_IMPORT_ROWS); this one has more"
+                ),
+            ));
+        }
+    }
+    Ok(writer.finish(&state.db).await?)
+}
+
+/// An upload row that must go if its request ends before the upload is queued.
+struct UnfinishedUpload {
+    db: sqlx::PgPool,
+    import_id: Option<Uuid>,
+}
+
+impl UnfinishedUpload {
+    async fn remove(&mut self) {
+        if let Some(id) = self.import_id.take()
+            && let Err(e) = sqlx::query!("DELETE FROM sales_imports WHERE id = $1", id)
+                .execute(&self.db)
+                .await
+        {
+            tracing::warn!(error = %e, import_id = %id, "could not remove an unfinished upload; it is removed an hour on");
+        }
+    }
+}
+
+impl Drop for UnfinishedUpload {
+    fn drop(&mut self) {
+        if self.import_id.is_some() {
+            let mut rest = UnfinishedUpload {
+                db: self.db.clone(),
+                import_id: self.import_id.take(),
+            };
+            tokio::spawn(async move { rest.remove().await });
+        }
+    }
 }
 
 /// Pushes one job; if Redis refuses, runs `undo` (removing the row the job was for) and fails.

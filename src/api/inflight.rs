@@ -1,6 +1,6 @@
-//! Work in flight per tenant inside one API process, for what holds memory while it lasts (a
-//! sales upload is read whole before it is stored). A tenant at its limit is refused with 429;
-//! other tenants are not counted against it.
+//! Work in flight per tenant inside one API process, for what holds a connection and database
+//! writes while it lasts (a sales upload, written part by part as it arrives). A tenant at its
+//! limit is refused with 429; other tenants are not counted against it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -3,12 +3,14 @@
 //! panics turned into a problem document instead of a dropped connection.
 
 use super::error::{Error, REQUEST_ID};
-use axum::extract::Request;
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::any::Any;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tower_http::timeout::TimeoutBody;
 use tracing::Instrument;
 
 const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -51,6 +53,24 @@ pub async fn request_context(req: Request, next: Next) -> Response {
         }
     });
     response
+}
+
+/// Bounds the whole request (`BACKROOM_REQUEST_TIMEOUT_SECS`): past it the caller gets 503 and the
+/// handler is dropped, wherever it was waiting.
+pub async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => Error::TookTooLong {
+            after_secs: limit.as_secs(),
+        }
+        .into_response(),
+    }
+}
+
+/// Cuts a body that stops arriving for `idle` (a slow client holding a handler and its memory).
+pub async fn body_idle_timeout(State(idle): State<Duration>, req: Request, next: Next) -> Response {
+    next.run(req.map(|body| Body::new(TimeoutBody::new(idle, body))))
+        .await
 }
 
 /// `CatchPanicLayer` hook: a panicking handler becomes a 500 problem; the panic is logged.

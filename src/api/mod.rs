@@ -4,6 +4,7 @@
 //!
 //! [`router`] is a plain factory (no socket) so tests can call it directly; `startup` binds it.
 
+pub mod auth_throttle;
 mod charts;
 mod dashboard;
 pub mod emails;
@@ -48,8 +49,13 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub admin_token_digest: [u8; 32],
     pub lookups: lookups::Lookups,
-    /// Sales uploads being read, per tenant (each is held in memory while it is read).
+    /// Sales uploads being received, per tenant.
     pub uploads: Arc<inflight::PerTenant>,
+    /// Failed authentications per client address (`auth_throttle`).
+    pub auth_failures: Arc<auth_throttle::AuthThrottle>,
+    /// Uncached API key lookups in flight: at most a quarter of the pool, so a flood of unknown
+    /// keys cannot take the connections other requests need.
+    pub key_lookups: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -58,6 +64,12 @@ impl AppState {
             admin_token_digest: extract::admin_digest(&settings.admin_token),
             lookups: lookups::Lookups::default(),
             uploads: Arc::new(inflight::PerTenant::new(inflight::UPLOADS_PER_TENANT)),
+            auth_failures: Arc::new(auth_throttle::AuthThrottle::new(
+                settings.auth_failures_per_minute,
+            )),
+            key_lookups: Arc::new(tokio::sync::Semaphore::new(
+                (settings.database_max_connections as usize / 4).max(1),
+            )),
             queues: Queues::new(
                 redis.clone(),
                 &settings.redis_namespace,
@@ -191,7 +203,6 @@ fn document_problems(spec: &mut utoipa::openapi::OpenApi) {
                 response.content.insert(key.to_string(), content);
             }
         }
-        let tenant = op.tags.iter().flatten().any(|t| t == "tenant");
         let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
         let with_body = op.request_body.is_some();
         let params_in = |place: ParameterIn| {
@@ -210,18 +221,17 @@ fn document_problems(spec: &mut utoipa::openapi::OpenApi) {
         if secured {
             add("401", "Missing or invalid credentials");
             add(
+                "429",
+                "Too many requests (the tenant's rate, or failed authentications from this address); retry after `Retry-After`",
+            );
+            add(
                 "503",
                 "Postgres or Redis is unavailable; retry after `Retry-After`",
             );
         }
-        if tenant {
-            add(
-                "429",
-                "Over the tenant's request rate; retry after `Retry-After`",
-            );
-        }
         if with_body {
             add("400", "The body is not well-formed");
+            add("408", "The body stopped arriving before it was complete");
             add("413", "The body is too large");
             add("415", "The body's content type is not the one expected");
             add("422", "A field is invalid (named in `errors`)");
@@ -265,7 +275,15 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { Error::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.settings.connections.header_timeout,
+            middleware::body_idle_timeout,
+        ))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(axum::middleware::from_fn_with_state(
+            state.settings.request_timeout,
+            middleware::deadline,
+        ))
         .layer(axum::middleware::from_fn(middleware::request_context))
         .with_state(state)
 }

@@ -239,7 +239,7 @@ pub async fn create_order(
         .iter()
         .map(|l| (l.quantity, l.unit_price.expect("priced above")))
         .collect();
-    let totals = totals(&priced, tax_rate, currency);
+    let totals = totals(&priced, tax_rate, currency).map_err(|e| Error::invalid("lines", e))?;
 
     let order_id = Uuid::now_v7();
     let invoice_id = Uuid::now_v7();

@@ -68,7 +68,7 @@ pub struct TenantPatch {
 }
 
 /// The most a per-tenant queue limit may be.
-const MAX_QUEUE_LIMIT: u32 = 100_000;
+pub const MAX_QUEUE_LIMIT: u32 = 100_000;
 
 /// Tells "absent" (`None`) from "null" (`Some(None)`).
 fn double_option<'de, D, T>(de: D) -> std::result::Result<Option<Option<T>>, D::Error>
@@ -295,40 +295,58 @@ pub async fn update_tenant(
     .await?
     .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
     if body.queue_limits.is_some() || body.paused_queues.is_some() {
-        let current = sqlx::query!(
-            "SELECT queue_limits, paused_queues FROM tenants WHERE id = $1 FOR UPDATE",
-            row.id
-        )
-        .fetch_one(&mut *tx)
+        let limits = body.queue_limits.clone().unwrap_or_default();
+        let paused = body.paused_queues.clone();
+        change_queue_rules(&mut tx, &state.queues, row.id, &limits, |current| {
+            paused.unwrap_or(current)
+        })
         .await?;
-        let mut limits: BTreeMap<String, u32> =
-            serde_json::from_value(current.queue_limits).unwrap_or_default();
-        for (queue, limit) in body.queue_limits.iter().flatten() {
-            match limit {
-                Some(n) => limits.insert(queue.clone(), *n),
-                None => limits.remove(queue),
-            };
-        }
-        let mut paused = body.paused_queues.clone().unwrap_or(current.paused_queues);
-        paused.sort();
-        paused.dedup();
-        sqlx::query!(
-            "UPDATE tenants SET queue_limits = $2, paused_queues = $3 WHERE id = $1",
-            row.id,
-            serde_json::to_value(&limits).expect("limits serialize"),
-            &paused
-        )
-        .execute(&mut *tx)
-        .await?;
-        // Redis before the commit: if it cannot be told, nothing changes (503).
-        state
-            .queues
-            .apply_tenant_rules(row.id, &limits, &paused)
-            .await?;
     }
     tx.commit().await?;
     state.lookups.clear();
     Ok(axum::Json(row))
+}
+
+/// Changes a tenant's per-queue rules inside `tx` (which the caller commits): `limits` sets or
+/// (`None`) resets the named queues' limits, `paused` maps the paused list to the new one. Redis
+/// is told before the commit, so a Redis that cannot be told changes nothing (503). The JSON
+/// admin API and the dashboard both change rules here.
+pub async fn change_queue_rules(
+    tx: &mut sqlx::PgConnection,
+    queues: &crate::queue::Queues,
+    tenant: Uuid,
+    limits: &BTreeMap<String, Option<u32>>,
+    paused: impl FnOnce(Vec<String>) -> Vec<String>,
+) -> Result<()> {
+    let current = sqlx::query!(
+        "SELECT queue_limits, paused_queues FROM tenants WHERE id = $1 FOR UPDATE",
+        tenant
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut new_limits: BTreeMap<String, u32> =
+        serde_json::from_value(current.queue_limits).unwrap_or_default();
+    for (queue, limit) in limits {
+        match limit {
+            Some(n) => new_limits.insert(queue.clone(), *n),
+            None => new_limits.remove(queue),
+        };
+    }
+    let mut new_paused = paused(current.paused_queues);
+    new_paused.sort();
+    new_paused.dedup();
+    sqlx::query!(
+        "UPDATE tenants SET queue_limits = $2, paused_queues = $3 WHERE id = $1",
+        tenant,
+        serde_json::to_value(&new_limits).expect("limits serialize"),
+        &new_paused
+    )
+    .execute(&mut *tx)
+    .await?;
+    queues
+        .apply_tenant_rules(tenant, &new_limits, &new_paused)
+        .await?;
+    Ok(())
 }
 
 /// A tenant's concurrency limit, pause and load on every queue.

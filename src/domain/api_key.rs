@@ -3,6 +3,8 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 const PREFIX: &str = "bk_";
+/// Base64url characters for 32 bytes, unpadded.
+const SECRET_CHARS: usize = 43;
 
 /// A tenant API key in clear text. It exists only between generation and the one response that
 /// shows it; the database keeps its [`ApiKeyHash`].
@@ -21,6 +23,17 @@ impl ApiKey {
             "{PREFIX}{}",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
         ))
+    }
+
+    /// Whether `token` has the shape of a key this code generates: anything else is refused
+    /// without looking it up.
+    pub fn is_well_formed(token: &str) -> bool {
+        token.strip_prefix(PREFIX).is_some_and(|secret| {
+            secret.len() == SECRET_CHARS
+                && secret
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
     }
 
     pub fn expose(&self) -> &str {
@@ -64,6 +77,18 @@ mod tests {
         let b = ApiKey::generate();
         assert_ne!(a.expose(), b.expose());
         assert!(a.expose().starts_with("bk_") && a.expose().len() == 3 + 43);
+        assert!(ApiKey::is_well_formed(a.expose()));
+        for garbage in [
+            "",
+            "bk_",
+            "bk_short",
+            &format!("{}x", a.expose()),
+            &a.expose().replacen("bk_", "xx_", 1),
+            &format!("bk_{}", "+".repeat(43)),
+            &format!("bk_{}", "é".repeat(21)),
+        ] {
+            assert!(!ApiKey::is_well_formed(garbage), "{garbage}");
+        }
         assert_eq!(a.hash(), ApiKeyHash::of(a.expose()));
         assert_ne!(a.hash(), b.hash());
         assert!(

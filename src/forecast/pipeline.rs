@@ -410,20 +410,26 @@ pub fn forecast_one(d: &Described, artifacts: &Artifacts, settings: &RunSettings
     }
 }
 
-/// Forecasts many series in parallel (rayon), calling `progress(done)` as they finish.
+/// Forecasts many series in parallel (rayon), calling `progress(done)` as they finish. Asks
+/// `stop()` before each series and gives up (`None`) once it says so: a job that timed out must
+/// not keep the cores busy.
 pub fn forecast_all(
     described: &[Described],
     artifacts: &Artifacts,
     settings: &RunSettings,
     progress: &(dyn Fn(usize) + Sync),
-) -> Vec<Outcome> {
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Option<Vec<Outcome>> {
     let done = std::sync::atomic::AtomicUsize::new(0);
     described
         .par_iter()
         .map(|d| {
+            if stop() {
+                return None;
+            }
             let outcome = forecast_one(d, artifacts, settings);
             progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
-            outcome
+            Some(outcome)
         })
         .collect()
 }
@@ -475,7 +481,7 @@ mod tests {
             })
             .collect();
         let artifacts = train(&cut, &settings, false);
-        let outcomes = forecast_all(&cut, &artifacts, &settings, &|_| {});
+        let outcomes = forecast_all(&cut, &artifacts, &settings, &|_| {}, &|| false).unwrap();
         let (mut chosen, mut baseline) = (0.0, 0.0);
         for ((o, train), whole) in outcomes.iter().zip(&cut).zip(&full) {
             let actual = &whole.series.values[train.series.values.len()..];

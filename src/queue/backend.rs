@@ -915,15 +915,24 @@ where
                 kind = %meta.kind, attempt = meta.attempt);
             let started = Instant::now();
             // Each job runs in a task of its own: jobs use every core, a panic is caught as the
-            // task's result, and a job past its timeout is aborted rather than left running.
+            // task's result, and a job past its timeout is aborted rather than left running; its
+            // blocking work is told to stop and waited for (`cancel`) before the retry is recorded.
+            let cancel = super::cancel::Cancel::default();
             let job = tokio::spawn(tracing::Instrument::instrument(
-                async move { running.await.map_err(Into::into) },
+                cancel
+                    .clone()
+                    .scope(async move { running.await.map_err(Into::into) }),
                 span.clone(),
             ));
             let abort = job.abort_handle();
             let ran = match tokio::time::timeout(layer.timeout, job).await {
                 Err(_) => {
                     abort.abort();
+                    cancel.cancel();
+                    if !cancel.settled(super::cancel::SETTLE).await {
+                        span.in_scope(|| tracing::warn!(settle = ?super::cancel::SETTLE,
+                            "a timed-out job's blocking work did not stop in time"));
+                    }
                     Ran::TimedOut
                 }
                 Ok(Err(join)) if join.is_panic() => Ran::Panicked(join.into_panic()),

@@ -70,14 +70,19 @@ impl From<anyhow::Error> for JobError {
     }
 }
 
+/// Database and Redis errors are the platform's, not the tenant's: the job keeps a plain
+/// reason (which a tenant reads from `GET /v1/jobs/{id}`), and the error itself is logged in the
+/// job's span, with its id.
 impl From<sqlx::Error> for JobError {
     fn from(e: sqlx::Error) -> Self {
-        JobError::retry(format!("database: {e}"))
+        tracing::warn!(error = %e, "a job's database call failed");
+        JobError::retry("the database was unavailable or refused a statement (logged); retrying")
     }
 }
 
 impl From<redis::RedisError> for JobError {
     fn from(e: redis::RedisError) -> Self {
-        JobError::retry(format!("redis: {e}"))
+        tracing::warn!(error = %e, "a job's Redis call failed");
+        JobError::retry("the queue's Redis was unavailable (logged); retrying")
     }
 }

@@ -56,6 +56,7 @@
 //! worker down. A job that outlives its timeout is a retryable failure.
 
 mod backend;
+pub mod cancel;
 mod client;
 mod job;
 mod keys;

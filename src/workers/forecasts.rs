@@ -16,7 +16,7 @@ use crate::forecast::history::{self, csv_quoted};
 use crate::forecast::pipeline::{self, Artifacts, Outcome, RunSettings};
 use crate::forecast::reorder;
 use crate::outbox::{self, OutboxJob};
-use crate::queue::{JobError, JobMeta, NewJob, QueueName, Queues};
+use crate::queue::{JobError, JobMeta, NewJob, QueueName, Queues, cancel};
 use crate::workers::emails::{self, EmailJob};
 use anyhow::Context;
 use apalis::prelude::Data;
@@ -356,8 +356,10 @@ pub async fn plan(
             history::daily_demand(db, tenant, &sample, run.history_end, options.history_days)
                 .await?;
         let settings = run.settings.clone();
-        let artifacts = tokio::task::spawn_blocking(move || -> anyhow::Result<Artifacts> {
+        let artifacts = cancel::spawn_blocking(move |cancel| -> anyhow::Result<Artifacts> {
+            cancel.check()?;
             let described = pipeline::describe(panel, settings.season)?;
+            cancel.check()?;
             Ok(pipeline::train(&described, &settings, use_chooser))
         })
         .await
@@ -447,14 +449,14 @@ pub async fn run_chunk(
     let panel =
         history::daily_demand(db, tenant, skus, run.history_end, options.history_days).await?;
     let settings = run.settings.clone();
-    let outcomes = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Outcome>> {
+    let outcomes = cancel::spawn_blocking(move |cancel| -> anyhow::Result<Vec<Outcome>> {
+        cancel.check()?;
         let described = pipeline::describe(panel, settings.season)?;
-        Ok(pipeline::forecast_all(
-            &described,
-            &artifacts,
-            &settings,
-            &|_| {},
-        ))
+        let stop = || cancel.is_cancelled();
+        Ok(
+            pipeline::forecast_all(&described, &artifacts, &settings, &|_| {}, &stop)
+                .ok_or(cancel::Cancelled)?,
+        )
     })
     .await
     .map_err(|e| JobError::retry(format!("forecasting stopped: {e}")))?

@@ -7,6 +7,7 @@
 //! day's imported quantity (rows of one SKU and day inside a file are summed first), so the same
 //! file imported twice, or one job delivered twice, leaves the history as one import would.
 
+use super::import_files;
 use crate::domain::DateWindow;
 use crate::forecast::history;
 use crate::queue::{JobError, JobMeta};
@@ -228,11 +229,22 @@ fn frame_height(good: &DataFrame, counts: &str) -> Result<u64, UnreadableFile> {
     Ok(rows.sum().unwrap_or(0))
 }
 
+/// The longest header line accepted.
+const MAX_HEADER_BYTES: usize = 4096;
+
 fn read_csv(csv: &[u8]) -> Result<DataFrame, UnreadableFile> {
     if csv.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(UnreadableFile(
             "the file is empty: expected a header line `date,sku,quantity`".into(),
         ));
+    }
+    // A header is a few column names. One of megabytes (or of millions of columns) is refused
+    // before polars builds a column for each name.
+    let header_len = csv.iter().position(|&b| b == b'\n').unwrap_or(csv.len());
+    if header_len > MAX_HEADER_BYTES {
+        return Err(UnreadableFile(format!(
+            "header: the first line is {header_len} bytes long; a header may be at most {MAX_HEADER_BYTES} bytes (expected `date,sku,quantity`)"
+        )));
     }
     let frame = CsvReadOptions::default()
         .with_has_header(true)
@@ -341,17 +353,12 @@ pub async fn handle(
             "the payload's tenant does not match the job's tenant",
         ));
     }
-    let upload = sqlx::query!(
-        "SELECT body, status FROM sales_imports WHERE id = $1 AND tenant_id = $2",
-        job.import_id,
-        job.tenant_id
-    )
-    .fetch_optional(&deps.db)
-    .await?
-    .ok_or_else(|| JobError::permanent("no such import (deleted?)"))?;
+    let (body, status) = import_files::read(&deps.db, job.tenant_id, job.import_id)
+        .await?
+        .ok_or_else(|| JobError::permanent("no such import (deleted?)"))?;
     // The file is dropped once read: a delivery after that finds the import finished.
-    let Some(body) = upload.body else {
-        return match upload.status.as_str() {
+    let Some(body) = body else {
+        return match status.as_str() {
             "loaded" => Ok(sqlx::query_scalar!(
                 "SELECT report FROM sales_imports WHERE id = $1",
                 job.import_id
@@ -370,21 +377,29 @@ pub async fn handle(
     .await?;
     let today = chrono::Utc::now().date_naive();
     let dates = deps.dates;
-    let validated = tokio::task::spawn_blocking(move || validate(&body, &known, today, dates))
-        .await
-        .map_err(|e| JobError::retry(format!("the validator stopped: {e}")))?;
+    // polars runs the validation as one query: the job's token is checked before it starts.
+    let validated = crate::queue::cancel::spawn_blocking(move |cancel| {
+        cancel.check()?;
+        Ok(validate(&body, &known, today, dates))
+    })
+    .await
+    .map_err(|e| JobError::retry(format!("the validator stopped: {e}")))?
+    .map_err(|e: crate::queue::cancel::Cancelled| JobError::retry(e.to_string()))?;
     let (rows, report) = match validated {
         Ok(done) => done,
         Err(unreadable) => {
             let report = storable(serde_json::json!({"error": unreadable.0}));
+            let mut tx = deps.db.begin().await?;
             sqlx::query!(
                 "UPDATE sales_imports SET status = 'failed', report = $3, body = NULL WHERE id = $1 AND tenant_id = $2",
                 job.import_id,
                 job.tenant_id,
                 report
             )
-            .execute(&deps.db)
+            .execute(&mut *tx)
             .await?;
+            import_files::drop_file(&mut tx, job.import_id).await?;
+            tx.commit().await?;
             return Err(JobError::permanent(unreadable.0));
         }
     };
@@ -402,6 +417,7 @@ pub async fn handle(
     )
     .execute(&mut *tx)
     .await?;
+    import_files::drop_file(&mut tx, job.import_id).await?;
     tx.commit().await?;
     tracing::info!(
         rows = report.rows,
@@ -507,11 +523,23 @@ mod tests {
         assert!(err.0.contains("missing column `quantity`"), "{err}");
     }
 
-    /// A header of megabytes once came back whole as the job's error (and so twice in Redis).
+    /// A header of megabytes once came back whole as the job's error (and so twice in Redis),
+    /// and one of a million commas would be a million columns.
     #[test]
     fn a_huge_header_gives_a_short_error() {
-        let mut csv = "x".repeat(5 << 20);
-        csv.push_str(",sku\n2026-11-01,MUG-1\n");
+        for header in ["x".repeat(5 << 20), ",".repeat(1 << 20)] {
+            let csv = format!("{header},sku\n2026-11-01,MUG-1\n");
+            let err =
+                validate(csv.as_bytes(), &skus(), today(), DateWindow::default()).unwrap_err();
+            assert!(err.0.len() < 400, "{} bytes", err.0.len());
+            assert!(
+                err.0.contains("a header may be at most 4096 bytes"),
+                "{}",
+                err.0
+            );
+        }
+        // Under the limit, a header without a needed column is quoted only in part.
+        let csv = format!("{},sku\n2026-11-01,MUG-1\n", "x".repeat(4000));
         let err = validate(csv.as_bytes(), &skus(), today(), DateWindow::default()).unwrap_err();
         assert!(err.0.len() < 400, "{} bytes", err.0.len());
         assert!(

@@ -248,7 +248,12 @@ impl Painter<'_> {
 }
 
 /// Renders the invoice to PDF bytes.
-pub fn render(doc: &InvoiceDocument, fonts: &Fonts) -> anyhow::Result<Vec<u8>> {
+/// Renders the invoice; gives up between pages once `stop()` says so (its job timed out).
+pub fn render(
+    doc: &InvoiceDocument,
+    fonts: &Fonts,
+    stop: &dyn Fn() -> bool,
+) -> anyhow::Result<Vec<u8>> {
     let faces = fonts.get()?;
     let (regular, bold) = (&faces.0, &faces.1);
     let mut pdf = PdfDocument::new(&format!("Invoice {}", doc.number));
@@ -258,6 +263,7 @@ pub fn render(doc: &InvoiceDocument, fonts: &Fonts) -> anyhow::Result<Vec<u8>> {
     let page_count = pages.len();
     let mut rendered = Vec::with_capacity(page_count);
     for (index, &(start, count)) in pages.iter().enumerate() {
+        anyhow::ensure!(!stop(), crate::queue::cancel::Cancelled);
         let mut p = Painter {
             ops: vec![],
             regular,
@@ -449,5 +455,48 @@ mod tests {
             );
         }
         assert!(paginate(150).len() >= 4, "150 lines span several pages");
+    }
+
+    /// A render whose job timed out stops at the next page instead of finishing the document.
+    #[test]
+    fn a_render_stops_between_pages_once_told() {
+        let line = InvoiceLine {
+            sku: "MUG-1".into(),
+            description: "Mug".into(),
+            quantity: "1".into(),
+            unit_price: "5.00".into(),
+            line_total: "5.00".into(),
+        };
+        let doc = InvoiceDocument {
+            seller: "Shop".into(),
+            number: "INV-1".into(),
+            issued_on: NaiveDate::from_ymd_opt(2026, 12, 4).unwrap(),
+            order_number: "1".into(),
+            customer_name: "Ann".into(),
+            customer_email: "ann@example.org".into(),
+            customer_address: None,
+            currency: "EUR".into(),
+            tax_rate_percent: "0".into(),
+            lines: vec![line; 500],
+            subtotal: "2500.00".into(),
+            tax: "0.00".into(),
+            total: "2500.00".into(),
+        };
+        let fonts = Fonts::new(None);
+        let pages_started = std::sync::atomic::AtomicUsize::new(0);
+        let stop_after_two =
+            || pages_started.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 2;
+        let err = render(&doc, &fonts, &stop_after_two).unwrap_err();
+        assert!(err.is::<crate::queue::cancel::Cancelled>(), "{err:#}");
+        assert_eq!(
+            pages_started.into_inner(),
+            3,
+            "asked once per page until told"
+        );
+        assert!(
+            render(&doc, &fonts, &|| false)
+                .unwrap()
+                .starts_with(b"%PDF")
+        );
     }
 }

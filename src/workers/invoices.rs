@@ -165,11 +165,13 @@ async fn render_and_store(
         total: money(invoice.total),
     };
     let fonts = deps.fonts.clone();
-    let pdf = tokio::task::spawn_blocking(move || invoice_pdf::render(&document, &fonts))
-        .await
-        .context("the PDF renderer stopped")
-        .and_then(|r| r)
-        .map_err(|e| JobError::retry(format!("rendering the PDF: {e:#}")))?;
+    let pdf = crate::queue::cancel::spawn_blocking(move |cancel| {
+        invoice_pdf::render(&document, &fonts, &|| cancel.is_cancelled())
+    })
+    .await
+    .context("the PDF renderer stopped")
+    .and_then(|r| r)
+    .map_err(|e| JobError::retry(format!("rendering the PDF: {e:#}")))?;
     let size = pdf.len();
     let stored = sqlx::query!(
         r#"UPDATE invoices SET status = 'ready', pdf = $3, ready_at = now(), failure_reason = NULL

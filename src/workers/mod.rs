@@ -7,6 +7,7 @@
 
 pub mod emails;
 pub mod forecasts;
+pub mod import_files;
 pub mod imports;
 pub mod invoice_pdf;
 pub mod invoices;

@@ -93,6 +93,10 @@ pub enum Applied {
     InsufficientStock {
         on_hand: i64,
     },
+    /// The level would leave the range a ledger can hold (a 64-bit count): refused, not wrapped.
+    OutOfRange {
+        on_hand: i64,
+    },
     UnknownSku,
 }
 
@@ -167,11 +171,18 @@ pub async fn handle(
         Applied::InsufficientStock { on_hand } => Err(JobError::permanent(format!(
             "insufficient_stock: {on_hand} on hand"
         ))),
+        Applied::OutOfRange { on_hand } => Err(JobError::permanent(format!(
+            "stock_out_of_range: {on_hand} on hand; this adjustment would take the level past what the ledger can hold"
+        ))),
         Applied::UnknownSku => Err(JobError::permanent(
             "unknown_sku: the product no longer exists",
         )),
     }
 }
+
+/// What a job whose batch failed is told. The cause (a database error, perhaps quoting another
+/// tenant's rows) goes to the worker's log, not to the tenant.
+const BATCH_FAILED: &str = "the ledger could not apply this adjustment (a database error, logged by the worker); it will be retried";
 
 async fn write_loop(db: PgPool, mut rx: mpsc::Receiver<Pending>) {
     while let Some(first) = rx.recv().await {
@@ -188,25 +199,42 @@ async fn write_loop(db: PgPool, mut rx: mpsc::Receiver<Pending>) {
                 },
             }
         }
-        let adjustments: Vec<(&Adjustment, &str)> = batch
-            .iter()
-            .map(|p| (&p.adjustment, p.job_id.as_str()))
-            .collect();
-        let result = apply_batch(&db, &adjustments).await;
-        match result {
-            Ok(outcomes) => {
-                for (p, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = p.reply.send(Ok(outcome));
-                }
+        apply_and_reply(&db, batch).await;
+    }
+}
+
+/// Applies a batch and answers each of its jobs. When a batch of several tenants fails, each
+/// tenant's share is tried again on its own, so that one tenant's rows that the database refuses
+/// fail only that tenant's jobs.
+async fn apply_and_reply(db: &PgPool, batch: Vec<Pending>) {
+    let adjustments: Vec<(&Adjustment, &str)> = batch
+        .iter()
+        .map(|p| (&p.adjustment, p.job_id.as_str()))
+        .collect();
+    let error = match apply_batch(db, &adjustments).await {
+        Ok(outcomes) => {
+            for (p, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = p.reply.send(Ok(outcome));
             }
-            Err(e) => {
-                let message = format!("{e:#}");
-                tracing::warn!(error = %message, size = batch.len(), "stock batch failed; its jobs will retry");
-                for p in batch {
-                    let _ = p.reply.send(Err(message.clone()));
-                }
-            }
+            return;
         }
+        Err(e) => e,
+    };
+    let mut by_tenant: HashMap<Uuid, Vec<Pending>> = HashMap::new();
+    for p in batch {
+        by_tenant.entry(p.adjustment.tenant_id).or_default().push(p);
+    }
+    if by_tenant.len() == 1 {
+        let (tenant, jobs) = by_tenant.into_iter().next().expect("one tenant");
+        tracing::warn!(error = %format!("{error:#}"), %tenant, size = jobs.len(), "stock batch failed; its jobs will retry");
+        for p in jobs {
+            let _ = p.reply.send(Err(BATCH_FAILED.to_string()));
+        }
+        return;
+    }
+    tracing::warn!(error = %format!("{error:#}"), tenants = by_tenant.len(), "stock batch of several tenants failed; trying each tenant's share alone");
+    for (_, jobs) in by_tenant {
+        Box::pin(apply_and_reply(db, jobs)).await;
     }
 }
 
@@ -314,7 +342,12 @@ pub async fn apply_batch(
             outcomes[i] = Some(Applied::UnknownSku);
             continue;
         };
-        let after = level.on_hand + a.delta.get();
+        let Some(after) = level.on_hand.checked_add(a.delta.get()) else {
+            outcomes[i] = Some(Applied::OutOfRange {
+                on_hand: level.on_hand,
+            });
+            continue;
+        };
         if after < 0 && !level.allow_negative {
             outcomes[i] = Some(Applied::InsufficientStock {
                 on_hand: level.on_hand,

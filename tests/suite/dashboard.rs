@@ -276,6 +276,28 @@ impl Browser {
             .expect("the action asks for confirmation");
     }
 
+    /// Signs in on the login page and waits for the overview.
+    async fn sign_in(&self, app: &TestApp) {
+        let b = &self.client;
+        b.goto(&format!("{}/admin/login", app.address))
+            .await
+            .unwrap();
+        b.find(Locator::Css("input[name=token]"))
+            .await
+            .unwrap()
+            .send_keys(ADMIN_TOKEN)
+            .await
+            .unwrap();
+        b.find(Locator::Css("form button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        self.wait_text("tr[data-queue=stock] td[data-field=pending]", "0")
+            .await;
+    }
+
     async fn screenshot(&self, name: &str) {
         if let Ok(dir) = std::env::var("BACKROOM_SCREENSHOTS") {
             let png = self.client.screenshot().await.unwrap();
@@ -452,24 +474,7 @@ async fn an_admin_opens_a_forecast_run_and_its_sku_chart() {
 
     let browser = Browser::start().await;
     let b = &browser.client;
-    b.goto(&format!("{}/admin/login", app.address))
-        .await
-        .unwrap();
-    b.find(Locator::Css("input[name=token]"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN_TOKEN)
-        .await
-        .unwrap();
-    b.find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .wait_text("tr[data-queue=stock] td[data-field=pending]", "0")
-        .await;
+    browser.sign_in(&app).await;
     b.goto(&format!("{}/admin/forecasts", app.address))
         .await
         .unwrap();
@@ -525,4 +530,111 @@ async fn an_admin_opens_a_forecast_run_and_its_sku_chart() {
     browser.screenshot("dashboard-forecast").await;
     // Ending the session quits Chromium; killing only chromedriver would orphan it.
     let _ = browser.client.clone().close().await;
+}
+
+#[tokio::test]
+async fn an_admin_limits_and_pauses_one_tenant_from_its_page() {
+    let app = spawn_app().await;
+    app.create_tenant("clinic").await;
+    app.create_tenant("shop").await;
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    browser.sign_in(&app).await;
+    b.goto(&format!("{}/admin/tenants", app.address))
+        .await
+        .unwrap();
+    browser
+        .wait_find("a[href='/admin/tenants/clinic']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    // No worker has copied BACKROOM_TENANT_CONCURRENCY's defaults into Redis yet.
+    browser
+        .wait_text("tr[data-queue=invoices] td.limit", "none (default)")
+        .await;
+
+    // Two invoices at once for this tenant.
+    let limit = browser
+        .wait_find("tr[data-queue=invoices] input[name=limit]")
+        .await;
+    limit.clear().await.unwrap();
+    limit.send_keys("2").await.unwrap();
+    browser
+        .confirm_click("tr[data-queue=invoices] button")
+        .await;
+    browser
+        .wait_text(".flash", "clinic on invoices: at most 2 at once, running.")
+        .await;
+    browser
+        .wait_text("tr[data-queue=invoices] td.limit", "2")
+        .await;
+
+    // Pause its stock adjustments.
+    b.find(Locator::Css("tr[data-queue=stock] input[name=paused]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.confirm_click("tr[data-queue=stock] button").await;
+    browser
+        .wait_text(
+            ".flash",
+            "clinic on stock: the queue's default limit, paused.",
+        )
+        .await;
+    browser.screenshot("dashboard-tenant").await;
+
+    // A bad limit changes nothing and says why.
+    let limit = browser
+        .wait_find("tr[data-queue=emails] input[name=limit]")
+        .await;
+    b.execute(
+        "arguments[0].removeAttribute('max'); arguments[0].removeAttribute('type');",
+        vec![serde_json::to_value(&limit).unwrap()],
+    )
+    .await
+    .unwrap();
+    limit.send_keys("1000001").await.unwrap();
+    browser.confirm_click("tr[data-queue=emails] button").await;
+    browser
+        .wait_text(
+            ".flash",
+            "Not changed: the limit must be a whole number from 0 to 100000.",
+        )
+        .await;
+
+    // The engine holds the new rules, for this tenant only.
+    let rules = |slug: &'static str| {
+        let app = &app;
+        async move {
+            let v: serde_json::Value = app
+                .get(
+                    &format!("/admin/v1/tenants/{slug}/queues"),
+                    Some(ADMIN_TOKEN),
+                )
+                .await
+                .json()
+                .await
+                .unwrap();
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|q| {
+                    (
+                        q["queue"].as_str().unwrap().to_string(),
+                        (q["limit"].as_u64(), q["paused"].as_bool().unwrap()),
+                    )
+                })
+                .collect::<std::collections::HashMap<_, _>>()
+        }
+    };
+    let clinic = rules("clinic").await;
+    assert_eq!(clinic["invoices"], (Some(2), false));
+    assert_eq!(clinic["stock"], (None, true));
+    assert_eq!(clinic["emails"], (None, false));
+    let shop = rules("shop").await;
+    assert_eq!(shop["invoices"], (None, false));
+    assert_eq!(shop["stock"], (None, false));
 }

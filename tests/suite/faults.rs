@@ -15,51 +15,11 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 const LIMIT: Duration = Duration::from_secs(60);
-/// Worker children hold leases this short, so a killed worker's jobs are taken over quickly.
-const LEASE: Duration = Duration::from_secs(2);
-
-/// A `backroom work` child process; SIGKILLed on drop, so a failing test leaves none behind.
-struct WorkerProcess(Child);
-
-impl WorkerProcess {
-    fn spawn(app: &TestApp, queues: &str, env: &[(&str, String)]) -> Self {
-        let logs = if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        };
-        let child = Command::new(env!("CARGO_BIN_EXE_backroom"))
-            .args(["work", "--queues", queues])
-            .envs(app.child_env())
-            .env("BACKROOM_JOB_LEASE_SECS", LEASE.as_secs().to_string())
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(logs)
-            .spawn()
-            .expect("backroom work starts");
-        WorkerProcess(child)
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-
-    fn is_running(&mut self) -> bool {
-        matches!(self.0.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 fn queue(name: &str) -> QueueName {
     QueueName::parse(name).expect("a queue of the contract")
@@ -608,7 +568,7 @@ async fn redis_killed_and_restarted_mid_run_loses_nothing_and_repeats_nothing() 
         (ordered, units_sold) = (ordered + 1, units_sold + 2);
     }
     // The outage outlasts the worker's leases, so its leases expire while Redis is away.
-    tokio::time::sleep(LEASE * 2).await;
+    tokio::time::sleep(CHILD_LEASE * 2).await;
     assert!(worker.is_running(), "the worker survives the outage");
 
     assert!(

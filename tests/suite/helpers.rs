@@ -352,6 +352,130 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Worker children hold leases this short, so a killed worker's jobs are taken over quickly.
+pub const CHILD_LEASE: Duration = Duration::from_secs(2);
+
+/// A `backroom work` child process; SIGKILLed on drop, so a failing test leaves none behind.
+pub struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    /// Works `queues` for `app`, with the fault tests' short lease and `env` on top.
+    pub fn spawn(app: &TestApp, queues: &str, env: &[(&str, String)]) -> Self {
+        let logs = if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_backroom"))
+            .args(["work", "--queues", queues])
+            .envs(app.child_env())
+            .env("BACKROOM_JOB_LEASE_SECS", CHILD_LEASE.as_secs().to_string())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(logs)
+            .spawn()
+            .expect("backroom work starts");
+        WorkerProcess(child)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A real `backroom serve` child process on `app`'s database and namespace, answering on
+/// `base`; SIGKILLed on drop unless [`ServeProcess::terminate`] stopped it.
+pub struct ServeProcess {
+    child: Child,
+    pub base: String,
+}
+
+impl ServeProcess {
+    /// Starts the server with `env` on top of the app's, its output into `log` (or nowhere),
+    /// and waits until it answers.
+    pub async fn spawn(app: &TestApp, env: &[(&str, &str)], log: Option<&std::path::Path>) -> Self {
+        let port = free_port();
+        let output = || match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap(),
+            ),
+            None => Stdio::null(),
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_backroom"))
+            .arg("serve")
+            .envs(app.child_env())
+            .env("BACKROOM_BIND", format!("127.0.0.1:{port}"))
+            .envs(env.iter().copied())
+            .stdout(output())
+            .stderr(output())
+            .spawn()
+            .expect("backroom serve starts");
+        let server = ServeProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        wait_for("the server to answer", Duration::from_secs(30), || async {
+            client
+                .get(format!("{}/healthz", server.base))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        })
+        .await;
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A process's peak resident memory so far (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status")
+}
+
 /// A real, private `redis-server` process on a free port; killed on drop.
 pub struct RedisServer {
     pub port: u16,

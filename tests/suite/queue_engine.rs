@@ -158,6 +158,36 @@ async fn poison_panicking_and_hanging_jobs_go_dead_and_the_worker_keeps_working(
 }
 
 #[tokio::test]
+async fn a_timed_out_jobs_blocking_work_stops_before_the_job_is_retried() {
+    let tq = TestQueue::new();
+    let mut options = tq.options();
+    options.job_timeout = Duration::from_millis(300);
+    let worker = spawn_worker(&tq, options).await;
+    let n = rand::random::<u64>() >> 1;
+    let spin = tq
+        .push_probes([Probe {
+            fail: "spin".into(),
+            ..Probe::new(n)
+        }])
+        .await;
+    tq.wait_all(&spin, JobStatus::Dead, LIMIT).await;
+    let job = tq.job(&spin[0]).await;
+    assert_eq!(job.attempts, 3);
+    assert!(job.last_error.unwrap().contains("timed out"));
+    // Each attempt's blocking loop stopped before the next attempt started, and the last one
+    // before the job was recorded dead: never two copies at once, none left running.
+    assert_eq!(
+        spinning(n),
+        Spinning {
+            started: 3,
+            now: 0,
+            most: 1
+        }
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
 async fn delayed_jobs_wait_until_they_are_due() {
     let tq = TestQueue::new();
     let worker = spawn_worker(&tq, tq.options()).await;

@@ -23,7 +23,8 @@ pub struct Probe {
     pub n: u64,
     #[serde(default)]
     pub sleep_ms: u64,
-    /// "retry", "permanent", "panic", "hang", "while-broken" (a retryable failure while the
+    /// "retry", "permanent", "panic", "hang", "spin" (blocking work that runs until the job is
+    /// cancelled, counted by [`spinning`]), "while-broken" (a retryable failure while the
     /// namespace's `broken` key exists) or empty.
     #[serde(default)]
     pub fail: String,
@@ -227,6 +228,22 @@ pub async fn run_probe(
             "permanent" => return Err(JobError::permanent("probe refused for good")),
             "panic" => panic!("probe {} panicked on purpose", probe.n),
             "hang" => std::future::pending::<()>().await,
+            "spin" => {
+                let n = probe.n;
+                let _ = backroom::queue::cancel::spawn_blocking(move |cancel| {
+                    spin_gauge(n, |g| {
+                        g.started += 1;
+                        g.now += 1;
+                        g.most = g.most.max(g.now);
+                    });
+                    while !cancel.is_cancelled() {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    spin_gauge(n, |g| g.now -= 1);
+                })
+                .await;
+                return Err(JobError::retry("the spin was cancelled"));
+            }
             _ => {}
         }
     }
@@ -237,6 +254,31 @@ pub async fn run_probe(
         .query_async(&mut conn)
         .await?;
     Ok(probe.n * 2)
+}
+
+/// Blocking spins of a probe in this process: started in all, running now, most at once.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Spinning {
+    pub started: u32,
+    pub now: u32,
+    pub most: u32,
+}
+
+static SPINNING: std::sync::Mutex<Option<std::collections::HashMap<u64, Spinning>>> =
+    std::sync::Mutex::new(None);
+
+fn spin_gauge(n: u64, change: impl FnOnce(&mut Spinning)) {
+    let mut all = SPINNING.lock().unwrap();
+    change(all.get_or_insert_default().entry(n).or_default());
+}
+
+/// How probe `n`'s blocking spins went in this process.
+pub fn spinning(n: u64) -> Spinning {
+    let mut all = SPINNING.lock().unwrap();
+    all.get_or_insert_default()
+        .get(&n)
+        .copied()
+        .unwrap_or_default()
 }
 
 #[derive(Clone)]

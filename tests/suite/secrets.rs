@@ -7,8 +7,6 @@ use reqwest::Method;
 use reqwest::redirect::Policy;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 #[tokio::test]
 async fn keys_tokens_and_session_cookies_never_appear_in_logs_errors_or_pages() {
@@ -16,34 +14,19 @@ async fn keys_tokens_and_session_cookies_never_appear_in_logs_errors_or_pages() 
     let tenant = app.create_tenant("acme").await;
 
     // A real `backroom serve` process, logging JSON at debug level into a file.
-    let port = free_port();
     let log_path =
         std::env::temp_dir().join(format!("backroom-secrets-{}.log", uuid::Uuid::new_v4()));
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_backroom"))
-        .arg("serve")
-        .envs(app.child_env())
-        .env("BACKROOM_BIND", format!("127.0.0.1:{port}"))
-        .env("BACKROOM_LOG", "debug")
-        .env("BACKROOM_LOG_FORMAT", "json")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("backroom serve starts");
-    let base = format!("http://127.0.0.1:{port}");
+    let mut server = ServeProcess::spawn(
+        &app,
+        &[("BACKROOM_LOG", "debug"), ("BACKROOM_LOG_FORMAT", "json")],
+        Some(&log_path),
+    )
+    .await;
+    let base = server.base.clone();
     let client = reqwest::Client::builder()
         .redirect(Policy::none())
         .build()
         .unwrap();
-    wait_for("the server to answer", Duration::from_secs(30), || async {
-        client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-    })
-    .await;
 
     let send = |method: Method, path: &str, token: &str, body: Option<Value>| {
         let mut request = client
@@ -152,10 +135,7 @@ async fn keys_tokens_and_session_cookies_never_appear_in_logs_errors_or_pages() 
         bodies.push(response.text().await.unwrap());
     }
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
-    let exited = server.wait().unwrap();
+    let exited = server.terminate();
     assert!(exited.success(), "the server shut down cleanly: {exited}");
     let logs = std::fs::read_to_string(&log_path).unwrap();
     let _ = std::fs::remove_file(&log_path);
