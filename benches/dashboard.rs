@@ -12,7 +12,8 @@
 //! end).
 
 use backroom::config::Settings;
-use backroom::queue::{NewJob, QUEUE_NAMES, QueueName};
+use backroom::jobs::Queue;
+use backroom::queue::{NewJob, QueueName};
 use backroom::startup::Application;
 use sqlx::Connection as _;
 use std::collections::HashMap;
@@ -120,8 +121,8 @@ async fn measure(settings: Settings, jobs: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let tenant = Uuid::now_v7();
     let later = chrono::Utc::now() + chrono::Duration::hours(6);
-    let per_queue = jobs / QUEUE_NAMES.len();
-    for name in QUEUE_NAMES {
+    let per_queue = jobs / Queue::ALL.len();
+    for name in Queue::ALL.map(Queue::name) {
         let queue = QueueName::parse(name).expect("known queue");
         let mut pushed = 0;
         while pushed < per_queue {

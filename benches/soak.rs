@@ -5,11 +5,11 @@
 //! summary closes the run. Everything runs as in production, only co-located on one machine:
 //!
 //! - **Processes.** The release binary this bench was built with (`CARGO_BIN_EXE_backroom`, or
-//!   `backroom` next to the bench's `deps/` directory) runs as two child processes: one
-//!   `backroom serve` on a free port and one `backroom work` (every queue, default concurrency,
-//!   with the outbox relay), both against a fresh database and Redis namespace, with
-//!   `SMTP_URL` pointing at an SMTP sink inside this bench (`common::SmtpSink`). Short retention
-//!   makes "Redis memory bounded by retention" visible within the run:
+//!   `backroom` next to the bench's `deps/` directory) runs as two child processes
+//!   (`common::Children`): one `backroom serve` on a free port and one `backroom work` (every
+//!   queue, default concurrency, with the outbox relay), both against a fresh database and Redis
+//!   namespace, with `SMTP_URL` pointing at an SMTP sink inside this bench (`common::SmtpSink`).
+//!   Short retention makes "Redis memory bounded by retention" visible within the run:
 //!   `BACKROOM_RETENTION_SUCCEEDED_SECS` and `BACKROOM_IDEMPOTENCY_RETENTION_SECS` are
 //!   `SOAK_RETENTION_SECS` (default 60; 10 in smoke mode). Failed and dead jobs keep the
 //!   default retention (7 days), so that every failure of the run is still countable at its end.
@@ -62,15 +62,15 @@
 
 mod common;
 
-use anyhow::{Context as _, bail};
-use backroom::queue::{QUEUE_NAMES, QueueCounts, QueueName, QueueSettings, Queues};
-use backroom::redis_conn::RedisHandle;
+use anyhow::Context as _;
+use backroom::jobs::Queue;
+use backroom::queue::{QueueCounts, QueueName, Queues};
 use common::*;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -93,7 +93,6 @@ const SEED_STOCK: i64 = 10_000_000;
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 /// How long a child gets to exit after SIGTERM (its own grace is 10 s).
 const STOP_GRACE: Duration = Duration::from_secs(20);
-const MIB: f64 = 1024.0 * 1024.0;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration.
@@ -112,17 +111,6 @@ struct Config {
     forecast_days: usize,
     retention_secs: u64,
     child_log: String,
-}
-
-/// `name` parsed from the environment, or `default` when unset or empty.
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}: '{v}' is not a valid value")),
-        _ => Ok(default),
-    }
 }
 
 impl Config {
@@ -172,38 +160,6 @@ impl Config {
             "SOAK_FORECAST_DAYS: at least 120 (0 SKUs skips the forecast)"
         );
         Ok(config)
-    }
-}
-
-/// Where `target/` is: `CARGO_TARGET_DIR`, else the one this bench runs from
-/// (`<target>/<profile>/deps/soak-<hash>`), else the package's.
-fn target_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target")))
-}
-
-/// The release binary: the one cargo built with this bench, else `backroom` in the profile
-/// directory this bench runs from. Building it is the caller's job.
-fn backroom_binary() -> anyhow::Result<PathBuf> {
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_backroom"));
-    if built.is_file() {
-        return Ok(built);
-    }
-    let beside = std::env::current_exe()?
-        .parent()
-        .and_then(Path::parent)
-        .map(|profile| profile.join("backroom"));
-    match beside {
-        Some(path) if path.is_file() => Ok(path),
-        _ => bail!(
-            "no backroom binary at {} (nor next to this bench); build it with `cargo build --release`",
-            built.display()
-        ),
     }
 }
 
@@ -455,7 +411,7 @@ impl Ctx {
 
     async fn counts(&self) -> anyhow::Result<Vec<(&'static str, QueueCounts)>> {
         let mut all = vec![];
-        for name in QUEUE_NAMES {
+        for name in Queue::ALL.map(Queue::name) {
             let queue = QueueName::parse(name).expect("known queue");
             all.push((name, self.queues.counts(&queue).await?));
         }
@@ -463,71 +419,16 @@ impl Ctx {
     }
 }
 
-/// The children and the sink, kept apart from [`Ctx`] so they can be stopped on their own.
-struct Running {
-    serve: ChildProcess,
-    work: ChildProcess,
-    sink: SmtpSink,
-    logs: PathBuf,
-}
-
-impl Running {
-    /// Fails when a child has exited, with the end of its log.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        for (child, log) in [(&mut self.serve, "serve.log"), (&mut self.work, "work.log")] {
-            if let Some(status) = child.exited() {
-                let log = self.logs.join(log);
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                bail!(
-                    "`backroom {}` exited ({status}); the end of {}:\n{}",
-                    child.name,
-                    log.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Polls `check` every 100 ms until it yields, for at most `limit`.
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Starts the sink and the two processes and waits until the API answers and the workers
-/// heartbeat.
-async fn start_processes(config: &Config, names: &Names) -> anyhow::Result<(Running, String)> {
-    let binary = backroom_binary()?;
-    let logs = target_dir().join("soak-logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    for log in ["serve.log", "work.log"] {
-        let _ = std::fs::remove_file(logs.join(log));
-    }
-    let sink = SmtpSink::start()?;
-    let port = unused_port()?;
+/// Starts the sink and the two processes (see [`Children::start`]) with the run's retention,
+/// email limit and log filter.
+async fn start_processes(
+    config: &Config,
+    names: &Names,
+    queues: &Queues,
+) -> anyhow::Result<Children> {
+    let binary = backroom_binary("build it with `cargo build --release`")?;
     let retention = config.retention_secs.to_string();
-    let env: Vec<(String, String)> = [
-        ("DATABASE_URL", names.database_url()),
-        ("REDIS_URL", names.redis_url.clone()),
-        ("BACKROOM_REDIS_NAMESPACE", names.namespace.clone()),
-        ("BACKROOM_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
-        ("BACKROOM_BIND", format!("127.0.0.1:{port}")),
-        ("SMTP_URL", sink.url()),
+    let env = [
         (
             "BACKROOM_MAIL_FROM",
             "Praxis am See <praxis@backroom.bench>".into(),
@@ -535,47 +436,17 @@ async fn start_processes(config: &Config, names: &Names) -> anyhow::Result<(Runn
         ("BACKROOM_EMAILS_PER_MINUTE", "1000000".into()),
         ("BACKROOM_RETENTION_SUCCEEDED_SECS", retention.clone()),
         ("BACKROOM_IDEMPOTENCY_RETENTION_SECS", retention),
-        ("BACKROOM_SHUTDOWN_GRACE_SECS", "10".into()),
-        ("BACKROOM_LOG_FORMAT", "json".into()),
         ("BACKROOM_LOG", config.child_log.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let serve = ChildProcess::spawn("serve", &binary, &["serve"], &env, &logs.join("serve.log"))?;
-    let work = ChildProcess::spawn("work", &binary, &["work"], &env, &logs.join("work.log"))?;
-    let mut running = Running {
-        serve,
-        work,
-        sink,
-        logs,
-    };
-    eprintln!(
-        "  started {} serve (pid {}, port {port}) and work (pid {}); logs in {}",
-        binary.display(),
-        running.serve.pid(),
-        running.work.pid(),
-        running.logs.display()
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let probe = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        running.check_alive()?;
-        let up = probe
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if up {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("`backroom serve` was not ready within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok((running, base))
+    ];
+    Children::start(
+        "soak",
+        &binary,
+        names,
+        queues,
+        &env,
+        Duration::from_secs(30),
+    )
+    .await
 }
 
 /// The load tenant with its products and stock, and the forecast tenant with its history.
@@ -614,17 +485,11 @@ async fn create_tenants(ctx: &mut Ctx) -> anyhow::Result<()> {
         .await?
         .error_for_status()?;
     let stock = QueueName::parse("stock").expect("known queue");
-    wait_for(
-        "the seed stock to be applied",
-        Duration::from_secs(60),
-        || {
-            let (queues, stock) = (&ctx.queues, &stock);
-            async move {
-                let c = queues.counts(stock).await.ok()?;
-                (c.succeeded + c.failed + c.dead >= PRODUCTS as u64).then_some(())
-            }
-        },
-    )
+    let timeout = "the seed stock was not applied within 60 s";
+    wait_until(Duration::from_secs(60), timeout, async || {
+        let c = ctx.queues.counts(&stock).await?;
+        Ok(c.succeeded + c.failed + c.dead >= PRODUCTS as u64)
+    })
     .await?;
 
     if ctx.config.forecast_skus > 0 {
@@ -775,7 +640,7 @@ fn queued(c: &QueueCounts) -> u64 {
 /// One sample: `t` and both RSS figures first (they are instant), then Redis and the queues.
 async fn take_sample(
     ctx: &Ctx,
-    running: &Running,
+    running: &Children,
     streams: &[Stream],
     start: Instant,
 ) -> anyhow::Result<Sample> {
@@ -924,7 +789,8 @@ fn bound(
 }
 
 fn print_samples(samples: &[Sample]) {
-    let active: Vec<&str> = QUEUE_NAMES
+    let active: Vec<&str> = Queue::ALL
+        .map(Queue::name)
         .iter()
         .copied()
         .filter(|q| {
@@ -981,50 +847,31 @@ fn print_samples(samples: &[Sample]) {
     print_table_aligned(&headers, &rows, 0);
 }
 
-/// (level, what) → how often, most frequent first.
-type Findings = Vec<((String, String), u64)>;
-
-/// Warnings and errors in a child's JSON log: (level, message) → count, most frequent first,
-/// plus how many lines were not JSON (a panic's message, for one).
-fn log_findings(path: &Path) -> (Findings, u64) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut found: HashMap<(String, String), u64> = HashMap::new();
-    let mut other = 0;
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            other += 1;
-            continue;
-        };
-        let level = v["level"].as_str().unwrap_or("").to_string();
-        if level != "WARN" && level != "ERROR" {
-            continue;
-        }
-        // backroom's JSON logs carry the event's fields at the top level (tracing-subscriber's
-        // default puts them under "fields"; both are read).
-        let field = |name: &str| {
-            v.get(name)
-                .or_else(|| v["fields"].get(name))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
-        let mut what = field("message").unwrap_or_default();
-        if let Some(kind) = v["span"]["kind"].as_str() {
-            what = format!("[{kind}] {what}");
-        }
-        for name in ["outcome", "error"] {
-            if let Some(value) = field(name) {
-                let _ = write!(
-                    what,
-                    "; {name}: {}",
-                    value.chars().take(160).collect::<String>()
-                );
-            }
-        }
-        *found.entry((level, what)).or_default() += 1;
+/// A warning or error of a child's JSON log, for [`log_findings`]: "[kind] message; outcome: …;
+/// error: …".
+fn describe_event(v: &Value) -> String {
+    // backroom's JSON logs carry the event's fields at the top level (tracing-subscriber's
+    // default puts them under "fields"; both are read).
+    let field = |name: &str| {
+        v.get(name)
+            .or_else(|| v["fields"].get(name))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let mut what = field("message").unwrap_or_default();
+    if let Some(kind) = v["span"]["kind"].as_str() {
+        what = format!("[{kind}] {what}");
     }
-    let mut found: Vec<_> = found.into_iter().collect();
-    found.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    (found, other)
+    for name in ["outcome", "error"] {
+        if let Some(value) = field(name) {
+            let _ = write!(
+                what,
+                "; {name}: {}",
+                value.chars().take(160).collect::<String>()
+            );
+        }
+    }
+    what
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1251,17 +1098,10 @@ fn chart_svg(samples: &[Sample], duration: f64, title: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 
 async fn run(names: Names, config: Config) -> anyhow::Result<Vec<Verdict>> {
-    let redis = redis::Client::open(names.redis_url.as_str())?
-        .get_multiplexed_async_connection()
-        .await
-        .with_context(|| format!("connecting to Redis at {}", names.redis_url))?;
+    let redis = redis_connection(&names.redis_url).await?;
     let redis_before = redis_used_memory(&mut redis.clone()).await?;
     let db = names.create_database().await?;
-    let queues = Queues::new(
-        RedisHandle::open(&names.redis_url)?,
-        &names.namespace,
-        QueueSettings::default(),
-    );
+    let queues = names.queues()?;
     println!(
         "soak benchmark ({} mode): {} CPUs, Postgres {}, Redis {} (namespace {}, used_memory {:.1} MiB before the run)",
         if config.smoke { "smoke" } else { "full" },
@@ -1285,7 +1125,7 @@ async fn run(names: Names, config: Config) -> anyhow::Result<Vec<Verdict>> {
         config.retention_secs,
         config.sample_every.as_secs()
     );
-    let (mut running, base) = start_processes(&config, &names).await?;
+    let mut running = start_processes(&config, &names, &queues).await?;
     let mut ctx = Ctx {
         config,
         names,
@@ -1295,20 +1135,10 @@ async fn run(names: Names, config: Config) -> anyhow::Result<Vec<Verdict>> {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?,
-        base,
+        base: running.base(),
         key: String::new(),
         forecast_key: None,
     };
-    let stock = QueueName::parse("stock").expect("known queue");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ctx.queues.workers(&stock).await?.is_empty() {
-        running.check_alive()?;
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "`backroom work` did not heartbeat within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     eprintln!("  creating tenants, products, stock and sales history");
     create_tenants(&mut ctx).await?;
 
@@ -1388,26 +1218,7 @@ async fn run(names: Names, config: Config) -> anyhow::Result<Vec<Verdict>> {
     let emails = by_status("emails").await?;
 
     // Stop the processes (gracefully; the guards kill them on any early return).
-    let Running {
-        serve,
-        work,
-        sink,
-        logs,
-    } = running;
-    let mut stops = vec![];
-    for child in [work, serve] {
-        let name = child.name.clone();
-        let (status, in_time) = child.stop(STOP_GRACE).await?;
-        stops.push(format!(
-            "{name}: {status}{}",
-            if in_time {
-                ""
-            } else {
-                " (killed after the grace period)"
-            }
-        ));
-    }
-    drop(sink);
+    let (stops, logs) = running.stop(STOP_GRACE).await?;
 
     let outcome = Outcome {
         redis_before,
@@ -1751,7 +1562,7 @@ fn report(config: &Config, o: &Outcome) -> Vec<Verdict> {
     println!("  stopped: {}", stops.join("; "));
     for log in ["serve.log", "work.log"] {
         let path = logs.join(log);
-        let (found, other) = log_findings(&path);
+        let (found, other) = log_findings(&path, describe_event);
         let total: u64 = found.iter().map(|(_, n)| n).sum();
         println!(
             "  {}: {} warnings/errors{}",
@@ -1778,10 +1589,7 @@ fn main() -> anyhow::Result<()> {
          the first part, and the workers trim the finished-job sets once a minute, so this run's \
          Redis keys cannot level off within 60 s; run the full mode",
         // A logical database of its own, so that sampling this run's keys stays cheap.
-        |mut names| async move {
-            (names.redis_url, _) = own_redis_database(&names.redis_url).await?;
-            Ok(names)
-        },
+        in_own_redis_database,
         |names, smoke| async move { run(names, Config::from_env(smoke)?).await },
     )
 }

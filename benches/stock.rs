@@ -141,38 +141,9 @@ impl Ctx {
     }
 
     /// Transactions (committed or rolled back) of the bench database so far, without the
-    /// bench's own. Backends publish their counts at most once a second, idle ones only after
-    /// 10 s, and closing ones at once: so callers stop the workers first, and this waits a
-    /// second, then runs a query reading a table on every connection of the server's pool and
-    /// of the bench's own, which makes each publish (PostgreSQL 15 publishes a backend's
-    /// transaction counts only along with table statistics: a `SELECT 1` would not do). Every
-    /// query of the bench's own is counted and subtracted.
+    /// bench's own; callers stop the workers first (see [`common::pg_transactions`]).
     async fn pg_transactions(&self) -> anyhow::Result<i64> {
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        for pool in [&self.server.db, &self.db] {
-            let mut held = vec![];
-            while (held.len() as u32) < pool.size() {
-                match tokio::time::timeout(Duration::from_millis(200), pool.acquire()).await {
-                    Ok(Ok(conn)) => held.push(conn),
-                    _ => break,
-                }
-            }
-            for conn in &mut held {
-                self.own_query();
-                sqlx::query("SELECT count(*) FROM tenants")
-                    .execute(&mut **conn)
-                    .await?;
-            }
-        }
-        let own = self.own_tx.load(Ordering::Relaxed);
-        self.own_query();
-        let total: i64 = sqlx::query_scalar(
-            "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database \
-             WHERE datname = current_database()",
-        )
-        .fetch_one(&self.db)
-        .await?;
-        Ok(total - own)
+        pg_transactions(&self.server.db, &self.db, &self.own_tx).await
     }
 
     /// Counts one query of the bench's own on its pool (see [`Ctx::pg_transactions`]).

@@ -478,7 +478,7 @@ fn parse_concurrency(raw: &str) -> Result<std::collections::BTreeMap<String, u32
             .split_once('=')
             .ok_or_else(|| fail(format!("'{pair}' is not queue=n")))?;
         let queue = queue.trim();
-        if !crate::queue::QUEUE_NAMES.contains(&queue) {
+        if crate::jobs::Queue::parse(queue).is_none() {
             return Err(fail(format!("'{queue}' is not a queue")));
         }
         let n: u32 = n

@@ -7,6 +7,7 @@ pub mod db;
 pub mod dev;
 pub mod domain;
 pub mod forecast;
+pub mod jobs;
 pub mod outbox;
 pub mod queue;
 pub mod redis_conn;

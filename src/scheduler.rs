@@ -10,7 +10,8 @@
 //!   night's tick from every scheduler starts one run per tenant.
 
 use crate::config::{ForecastSettings, Settings};
-use crate::queue::{JobError, QUEUE_NAMES, QueueName, Queues};
+use crate::jobs::Queue;
+use crate::queue::{JobError, Queues};
 use crate::workers::forecasts;
 use crate::{db, outbox};
 use apalis::prelude::*;
@@ -37,11 +38,8 @@ pub async fn maintain(tick: Tick, deps: Data<SchedulerDeps>) -> Result<(), JobEr
     let pruned = outbox::prune(&deps.db, OUTBOX_KEEP).await?;
     let runs_pruned = forecasts::prune_runs(&deps.db, deps.forecast.keep_runs).await?;
     let mut trimmed = 0;
-    for name in QUEUE_NAMES {
-        trimmed += deps
-            .queues
-            .trim(&QueueName::parse(name).expect("known queue"))
-            .await?;
+    for queue in Queue::ALL {
+        trimmed += deps.queues.trim(&queue.id()).await?;
     }
     tracing::info!(
         at = tick.get_timestamp(),

@@ -1,18 +1,22 @@
 //! What the database-and-Redis benches share: the names of what a run creates (so cleanup
-//! always works), the server and workers started in-process, `/proc` readings for CPU
-//! accounting, and table and number formatting.
+//! always works), the server and workers started in-process, Postgres transaction counts and
+//! `/proc` readings for CPU accounting, table and number formatting, child processes (the real
+//! `backroom serve` and `backroom work`, their logs and an SMTP sink for them) and Redis memory
+//! readings.
 //!
 //! Each bench uses a different part of it.
 #![allow(dead_code)]
 
 use anyhow::Context as _;
 use backroom::config::Settings;
-use backroom::queue::Queues;
+use backroom::queue::{QueueName, QueueSettings, Queues};
+use backroom::redis_conn::RedisHandle;
 use backroom::startup::Application;
 use backroom::workers::{self, WorkPlan};
 use sqlx::{Connection as _, PgPool};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::oneshot;
@@ -224,6 +228,47 @@ impl Workers {
             .await
             .context("the workers did not stop within 40 s")??
     }
+}
+
+/// Transactions (committed or rolled back) of the bench database so far, without the bench's
+/// own (`own_tx`, counted by the caller for each query it runs on `db`). Backends publish their
+/// counts at most once a second, idle ones only after 10 s, and closing ones at once: so callers
+/// stop the workers first, and this waits a second, then runs a query reading a table on every
+/// connection of the server's pool (`server_db`) and of the bench's own (`db`), which makes each
+/// publish (PostgreSQL 15 publishes a backend's transaction counts only along with table
+/// statistics: a `SELECT 1` would not do). Every query of the bench's own is counted and
+/// subtracted.
+pub async fn pg_transactions(
+    server_db: &PgPool,
+    db: &PgPool,
+    own_tx: &AtomicI64,
+) -> anyhow::Result<i64> {
+    let own_query = || own_tx.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for pool in [server_db, db] {
+        let mut held = vec![];
+        while (held.len() as u32) < pool.size() {
+            match tokio::time::timeout(Duration::from_millis(200), pool.acquire()).await {
+                Ok(Ok(conn)) => held.push(conn),
+                _ => break,
+            }
+        }
+        for conn in &mut held {
+            own_query();
+            sqlx::query("SELECT count(*) FROM tenants")
+                .execute(&mut **conn)
+                .await?;
+        }
+    }
+    let own = own_tx.load(Ordering::Relaxed);
+    own_query();
+    let total: i64 = sqlx::query_scalar(
+        "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database \
+         WHERE datname = current_database()",
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(total - own)
 }
 
 /// `comm` and (utime, stime, cutime, cstime) in clock ticks of `/proc/<pid>/stat`.
@@ -796,10 +841,7 @@ pub async fn own_redis_database(redis_url: &str) -> anyhow::Result<(String, Opti
     if !matches!(url.scheme(), "redis" | "rediss") || !matches!(url.path(), "" | "/") {
         return Ok((redis_url.to_string(), None));
     }
-    let mut conn = redis::Client::open(redis_url)?
-        .get_multiplexed_async_connection()
-        .await
-        .with_context(|| format!("connecting to Redis at {redis_url}"))?;
+    let mut conn = redis_connection(redis_url).await?;
     // CONFIG may be disabled on a managed Redis; 16 is the default.
     let databases: u32 = redis::cmd("CONFIG")
         .arg("GET")
@@ -827,3 +869,267 @@ pub async fn own_redis_database(redis_url: &str) -> anyhow::Result<(String, Opti
         None => Ok((redis_url.to_string(), None)),
     }
 }
+
+/// A multiplexed connection to the Redis at `redis_url`.
+pub async fn redis_connection(
+    redis_url: &str,
+) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("connecting to Redis at {redis_url}"))
+}
+
+/// For [`bench_main`]: the run in a Redis logical database of its own ([`own_redis_database`]),
+/// so that SCANning this run's keys stays cheap.
+pub async fn in_own_redis_database(mut names: Names) -> anyhow::Result<Names> {
+    (names.redis_url, _) = own_redis_database(&names.redis_url).await?;
+    Ok(names)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real binary: `backroom serve` and `backroom work` as child processes (soak, noisy).
+
+/// `name` parsed from the environment, or `default` when unset or empty.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}: '{v}' is not a valid value")),
+        _ => Ok(default),
+    }
+}
+
+/// Where `target/` is: `CARGO_TARGET_DIR`, else the one this bench runs from
+/// (`<target>/<profile>/deps/<bench>-<hash>`), else the package's.
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target")))
+}
+
+/// The `backroom` binary cargo built with this bench, else `backroom` in the profile directory
+/// this bench runs from. Building it is the caller's job; `build_hint` ends the error without one
+/// ("build it first").
+pub fn backroom_binary(build_hint: &str) -> anyhow::Result<PathBuf> {
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_backroom"));
+    if built.is_file() {
+        return Ok(built);
+    }
+    let beside = std::env::current_exe()?
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("backroom"));
+    match beside {
+        Some(path) if path.is_file() => Ok(path),
+        _ => anyhow::bail!(
+            "no backroom binary at {} (nor next to this bench); {build_hint}",
+            built.display()
+        ),
+    }
+}
+
+impl Names {
+    /// The run's queues (its Redis namespace), as the bench sees them.
+    pub fn queues(&self) -> anyhow::Result<Queues> {
+        Ok(Queues::new(
+            RedisHandle::open(&self.redis_url)?,
+            &self.namespace,
+            QueueSettings::default(),
+        ))
+    }
+}
+
+/// Polls `done` every 100 ms until it answers `true` (or fails); fails with `timeout` once
+/// `limit` has passed.
+pub async fn wait_until(
+    limit: Duration,
+    timeout: &str,
+    mut done: impl AsyncFnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done().await? {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{timeout}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One `backroom serve` and one `backroom work` (every queue, default concurrency) as child
+/// processes, and the SMTP sink they mail to.
+pub struct Children {
+    pub serve: ChildProcess,
+    pub work: ChildProcess,
+    pub sink: SmtpSink,
+    /// `<target>/<bench>-logs`, holding `serve.log` and `work.log`.
+    pub logs: PathBuf,
+    /// The port `serve` listens on (127.0.0.1).
+    pub port: u16,
+}
+
+impl Children {
+    /// Starts the sink, then `binary serve` on a free port and `binary work`, both against the
+    /// run's database and Redis namespace with the bench's admin token, `SMTP_URL` at the sink, a
+    /// 10 s shutdown grace and JSON logs in `<target>/<bench>-logs/{serve,work}.log` (emptied
+    /// first), `env` on top (and the caller's environment under it). Waits until `/readyz`
+    /// answers 2xx (at most `ready_within`) and the workers of the stock queue heartbeat (at
+    /// most 30 s); fails as soon as a child exits.
+    pub async fn start(
+        bench: &str,
+        binary: &Path,
+        names: &Names,
+        queues: &Queues,
+        env: &[(&str, String)],
+        ready_within: Duration,
+    ) -> anyhow::Result<Self> {
+        let logs = target_dir().join(format!("{bench}-logs"));
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        for log in ["serve.log", "work.log"] {
+            let _ = std::fs::remove_file(logs.join(log));
+        }
+        let sink = SmtpSink::start()?;
+        let port = unused_port()?;
+        let env: Vec<(String, String)> = [
+            ("DATABASE_URL", names.database_url()),
+            ("REDIS_URL", names.redis_url.clone()),
+            ("BACKROOM_REDIS_NAMESPACE", names.namespace.clone()),
+            ("BACKROOM_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
+            ("BACKROOM_BIND", format!("127.0.0.1:{port}")),
+            ("SMTP_URL", sink.url()),
+            ("BACKROOM_SHUTDOWN_GRACE_SECS", "10".into()),
+            ("BACKROOM_LOG_FORMAT", "json".into()),
+        ]
+        .into_iter()
+        .chain(env.iter().cloned())
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let serve =
+            ChildProcess::spawn("serve", binary, &["serve"], &env, &logs.join("serve.log"))?;
+        let work = ChildProcess::spawn("work", binary, &["work"], &env, &logs.join("work.log"))?;
+        let mut children = Children {
+            serve,
+            work,
+            sink,
+            logs,
+            port,
+        };
+        eprintln!(
+            "  started {} serve (pid {}, port {port}) and work (pid {}); logs in {}",
+            binary.display(),
+            children.serve.pid(),
+            children.work.pid(),
+            children.logs.display()
+        );
+        let (probe, ready) = (
+            reqwest::Client::new(),
+            format!("{}/readyz", children.base()),
+        );
+        let timeout = format!(
+            "`backroom serve` was not ready within {} s",
+            ready_within.as_secs()
+        );
+        wait_until(ready_within, &timeout, async || {
+            children.check_alive()?;
+            let response = probe.get(&ready).send().await;
+            Ok(response.is_ok_and(|r| r.status().is_success()))
+        })
+        .await?;
+        let stock = QueueName::parse("stock").expect("known queue");
+        let timeout = "`backroom work` did not heartbeat within 30 s";
+        wait_until(Duration::from_secs(30), timeout, async || {
+            children.check_alive()?;
+            Ok(!queues.workers(&stock).await?.is_empty())
+        })
+        .await?;
+        Ok(children)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The log of child `name` ("serve" or "work").
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.logs.join(format!("{name}.log"))
+    }
+
+    /// Fails when a child has exited, with the end of its log.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for child in [&mut self.serve, &mut self.work] {
+            if let Some(status) = child.exited() {
+                let log = self.logs.join(format!("{}.log", child.name));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                anyhow::bail!(
+                    "`backroom {}` exited ({status}); the end of {}:\n{}",
+                    child.name,
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops `work`, then `serve` (SIGTERM, then SIGKILL after `grace`), then the sink; returns
+    /// how each child stopped ("work: exit status: 0") and the log directory.
+    pub async fn stop(self, grace: Duration) -> anyhow::Result<(Vec<String>, PathBuf)> {
+        let Children {
+            serve,
+            work,
+            sink,
+            logs,
+            ..
+        } = self;
+        let mut stops = vec![];
+        for child in [work, serve] {
+            let name = child.name.clone();
+            let (status, in_time) = child.stop(grace).await?;
+            let killed = format!(" (killed after {} s)", grace.as_secs());
+            stops.push(format!(
+                "{name}: {status}{}",
+                if in_time { "" } else { &killed }
+            ));
+        }
+        drop(sink);
+        Ok((stops, logs))
+    }
+}
+
+/// (level, what) → how often, most frequent first.
+pub type Findings = Vec<((String, String), u64)>;
+
+/// Warnings and errors in a child's JSON log, grouped by (level, `describe(event)`), the most
+/// frequent first; and how many lines were not JSON (a panic's message, for one).
+pub fn log_findings(
+    path: &Path,
+    describe: impl Fn(&serde_json::Value) -> String,
+) -> (Findings, u64) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut found: std::collections::HashMap<(String, String), u64> = Default::default();
+    let mut other = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            other += 1;
+            continue;
+        };
+        let level = v["level"].as_str().unwrap_or("").to_string();
+        if level == "WARN" || level == "ERROR" {
+            *found.entry((level, describe(&v))).or_default() += 1;
+        }
+    }
+    let mut found: Vec<_> = found.into_iter().collect();
+    found.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    (found, other)
+}
+
+/// 1024 × 1024.
+pub const MIB: f64 = 1024.0 * 1024.0;

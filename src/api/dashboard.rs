@@ -11,7 +11,8 @@ use super::error::{Error, Result};
 use super::extract::ClientAddress;
 use super::session::{self, Session};
 use crate::domain::format_amount;
-use crate::queue::{ActionOutcome, JobRecord, JobStatus, QUEUE_NAMES, QueueName};
+use crate::jobs::Queue;
+use crate::queue::{ActionOutcome, JobRecord, JobStatus, QueueName};
 use axum::Router;
 use axum::extract::{Form, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -221,8 +222,8 @@ async fn overview(
     let mut queues = vec![];
     let mut workers = vec![];
     let now = Utc::now();
-    for name in QUEUE_NAMES {
-        let queue = QueueName::parse(name).expect("known queue");
+    for queue in Queue::ALL {
+        let (name, queue) = (queue.name(), queue.id());
         let (c, per_minute, live) = tokio::try_join!(
             state.queues.counts(&queue),
             state.queues.processed_per_minute(&queue, 60),
@@ -273,8 +274,8 @@ async fn failure_count(state: &AppState, queue: &QueueName) -> Result<u64> {
 
 async fn throughput_svg(State(state): State<AppState>, Signed(_): Signed) -> Result<Response> {
     let mut total = vec![0u64; 60];
-    for name in QUEUE_NAMES {
-        let queue = QueueName::parse(name).expect("known queue");
+    for queue in Queue::ALL {
+        let queue = queue.id();
         for (slot, n) in total
             .iter_mut()
             .zip(state.queues.processed_per_minute(&queue, 60).await?)
@@ -298,7 +299,9 @@ async fn throughput_svg(State(state): State<AppState>, Signed(_): Signed) -> Res
 }
 
 fn queue_name(raw: &str) -> Result<QueueName> {
-    QueueName::parse(raw).ok_or_else(|| Error::NotFound(format!("no queue '{raw}'")))
+    Queue::parse(raw)
+        .map(Queue::id)
+        .ok_or_else(|| Error::NotFound(format!("no queue '{raw}'")))
 }
 
 /// Tenant slugs by id, for showing jobs.
@@ -447,7 +450,7 @@ async fn job_lookup(
         .queues
         .find_by_idempotency_key(
             &queue,
-            crate::workers::stock::KIND,
+            crate::workers::stock::StockAdjustmentJob::KIND,
             &format!("{tenant}:{}", key.trim()),
         )
         .await?
@@ -559,8 +562,8 @@ async fn render_tenants(
     .fetch_all(&state.db)
     .await?;
     let mut volume: HashMap<String, (u64, u64)> = HashMap::new();
-    for name in QUEUE_NAMES {
-        let queue = QueueName::parse(name).expect("known queue");
+    for queue in Queue::ALL {
+        let queue = queue.id();
         for (tenant, (ok, bad)) in state.queues.tenant_volume_today(&queue).await? {
             let v = volume.entry(tenant).or_default();
             v.0 += ok;
@@ -617,8 +620,8 @@ async fn tenant_page(
         .await?
         .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
     let mut queues = vec![];
-    for name in QUEUE_NAMES {
-        let queue = QueueName::parse(name).expect("known queue");
+    for queue in Queue::ALL {
+        let queue = queue.id();
         let q = state.queues.tenant_state(&queue, tenant).await?;
         queues.push(minijinja::context! {
             queue => q.queue, limit => q.limit, own_limit => (!q.limit_is_default).then_some(q.limit.unwrap_or(0)),

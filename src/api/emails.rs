@@ -5,8 +5,8 @@ use super::AppState;
 use super::error::{Error, Result};
 use super::extract::{FieldErrors, Json, Tenant};
 use crate::domain::{EmailAddress, IdempotencyKey, clean_text};
-use crate::queue::{NewJob, QueueName};
-use crate::workers::emails::{self, EmailJob, EmailRecord};
+use crate::jobs::{self, Enqueue};
+use crate::workers::emails::{EmailJob, EmailRecord};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -119,7 +119,14 @@ pub async fn send_email(
         // A first request that died between its row and its job: queue the job now.
         let job_id = match first.job_id {
             Some(job_id) => job_id,
-            None => queue_email(&state, tenant.id, first.id).await?,
+            None => {
+                let job_id = jobs::enqueue(&state.queues, [send_job(tenant.id, first.id)])
+                    .await?
+                    .remove(0)
+                    .id;
+                record_job(&state, first.id, &job_id).await?;
+                job_id
+            }
         };
         return Ok((
             StatusCode::OK,
@@ -130,15 +137,14 @@ pub async fn send_email(
             }),
         ));
     }
-    let job_id = match queue_email(&state, tenant.id, email_id).await {
-        Ok(job_id) => job_id,
-        Err(e) => {
-            sqlx::query!("DELETE FROM emails WHERE id = $1", email_id)
-                .execute(&state.db)
-                .await?;
-            return Err(e);
-        }
-    };
+    let job_id = jobs::enqueue_or_undo(
+        &state.queues,
+        &state.db,
+        send_job(tenant.id, email_id),
+        sqlx::query!("DELETE FROM emails WHERE id = $1", email_id),
+    )
+    .await?;
+    record_job(&state, email_id, &job_id).await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(EmailAccepted {
@@ -149,34 +155,25 @@ pub async fn send_email(
     ))
 }
 
-/// Queues the send job of a stored email (idempotently per email) and records its id.
-async fn queue_email(state: &AppState, tenant_id: Uuid, email_id: Uuid) -> Result<String> {
+/// The send job of a stored email (keyed by the email: queued once however often asked).
+fn send_job(tenant_id: Uuid, email_id: Uuid) -> Enqueue<EmailJob> {
     let job = EmailJob::Requested {
         tenant_id,
         email_id,
     };
-    let queue = QueueName::parse(emails::QUEUE).expect("known queue");
-    let pushed = state
-        .queues
-        .push(
-            &queue,
-            vec![
-                NewJob::new(job.kind(), &job)
-                    .tenant(tenant_id)
-                    .max_attempts(emails::MAX_ATTEMPTS)
-                    .idempotency_key(format!("email:{email_id}")),
-            ],
-        )
-        .await?
-        .remove(0);
+    Enqueue::new(&job).key(format!("email:{email_id}"))
+}
+
+/// Records the job that sends a stored email.
+async fn record_job(state: &AppState, email_id: Uuid, job_id: &str) -> Result<()> {
     sqlx::query!(
         "UPDATE emails SET job_id = $2 WHERE id = $1",
         email_id,
-        pushed.id
+        job_id
     )
     .execute(&state.db)
     .await?;
-    Ok(pushed.id)
+    Ok(())
 }
 
 /// An email's delivery status.

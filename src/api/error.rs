@@ -249,6 +249,15 @@ impl From<redis::RedisError> for Error {
     }
 }
 
+impl From<crate::jobs::EnqueueError> for Error {
+    fn from(e: crate::jobs::EnqueueError) -> Self {
+        match e {
+            crate::jobs::EnqueueError::Queue(e) => e.into(),
+            crate::jobs::EnqueueError::Database(e) => e.into(),
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Maps a violation of constraint `name` to `then`, and any other database error as usual

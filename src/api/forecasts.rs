@@ -9,7 +9,7 @@ use super::AppState;
 use super::error::{Error, Result};
 use super::extract::{FieldErrors, Json, Tenant};
 use crate::domain::Sku;
-use crate::queue::{NewJob, QueueName};
+use crate::jobs::{self, Enqueue};
 use crate::workers::{forecasts, import_files, imports};
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -128,13 +128,10 @@ pub async fn import_sales(
         tenant_id: tenant.id,
         import_id,
     };
-    let pushed = push_or_remove(
-        &state,
-        imports::QUEUE,
-        NewJob::new(imports::KIND, &job)
-            .tenant(tenant.id)
-            .max_attempts(imports::MAX_ATTEMPTS)
-            .idempotency_key(format!("import:{import_id}")),
+    let pushed = jobs::enqueue_or_undo(
+        &state.queues,
+        &state.db,
+        Enqueue::new(&job).key(format!("import:{import_id}")),
         sqlx::query!("DELETE FROM sales_imports WHERE id = $1", import_id),
     )
     .await?;
@@ -217,23 +214,6 @@ impl Drop for UnfinishedUpload {
                 import_id: self.import_id.take(),
             };
             tokio::spawn(async move { rest.remove().await });
-        }
-    }
-}
-
-/// Pushes one job; if Redis refuses, runs `undo` (removing the row the job was for) and fails.
-async fn push_or_remove<'q>(
-    state: &AppState,
-    queue: &str,
-    job: NewJob,
-    undo: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-) -> Result<String> {
-    let queue = QueueName::parse(queue).expect("known queue");
-    match state.queues.push(&queue, vec![job]).await {
-        Ok(mut pushed) => Ok(pushed.remove(0).id),
-        Err(e) => {
-            undo.execute(&state.db).await?;
-            Err(e.into())
         }
     }
 }

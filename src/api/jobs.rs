@@ -6,7 +6,8 @@ use super::AppState;
 use super::error::{Error, Result};
 use super::extract::{Admin, FieldErrors, Query, Tenant};
 use super::pagination::{PageParams, encode_cursor};
-use crate::queue::{ActionOutcome, JobRecord, JobStatus, QUEUE_NAMES, QueueName};
+use crate::jobs::Queue;
+use crate::queue::{ActionOutcome, JobRecord, JobStatus, QueueName};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -160,12 +161,9 @@ pub struct BulkRetry {
 }
 
 fn queue_name(raw: &str) -> Result<QueueName> {
-    QueueName::parse(raw).ok_or_else(|| {
-        Error::NotFound(format!(
-            "no queue '{raw}'; queues are {}",
-            QUEUE_NAMES.join(", ")
-        ))
-    })
+    Queue::parse(raw)
+        .map(Queue::id)
+        .ok_or_else(|| Error::NotFound(format!("no queue '{raw}'; queues are {}", Queue::names())))
 }
 
 /// A job of the calling tenant. Another tenant's job is 404, exactly like a missing one.
@@ -202,9 +200,9 @@ pub async fn get_job(
     responses((status = 200, body = QueueList)))]
 #[tracing::instrument(skip_all)]
 pub async fn list_queues(_: Admin, State(state): State<AppState>) -> Result<axum::Json<QueueList>> {
-    let mut items = Vec::with_capacity(QUEUE_NAMES.len());
-    for name in QUEUE_NAMES {
-        let queue = QueueName::parse(name).expect("known queue");
+    let mut items = Vec::with_capacity(Queue::ALL.len());
+    for queue in Queue::ALL {
+        let (name, queue) = (queue.name(), queue.id());
         let (counts, per_minute) = tokio::try_join!(
             state.queues.counts(&queue),
             state.queues.processed_per_minute(&queue, 60)

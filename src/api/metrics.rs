@@ -5,16 +5,17 @@
 use super::AppState;
 use super::error::Result;
 use super::extract::Admin;
-use crate::queue::{QUEUE_NAMES, QueueName, Queues, metrics};
+use crate::jobs::Queue;
+use crate::queue::{Queues, metrics};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
 /// Renders every metric of this process plus the current queue depths.
 pub async fn render(queues: &Queues) -> redis::RedisResult<String> {
-    for name in QUEUE_NAMES {
-        let queue = QueueName::parse(name).expect("known queue");
-        let c = queues.counts(&queue).await?;
+    for queue in Queue::ALL {
+        let name = queue.name();
+        let c = queues.counts(&queue.id()).await?;
         for (status, n) in [
             ("pending", c.pending),
             ("scheduled", c.scheduled),

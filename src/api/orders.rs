@@ -9,10 +9,11 @@ use super::extract::{FieldErrors, Json, Tenant};
 use crate::domain::{
     Currency, EmailAddress, Reason, Sku, clean_text, format_amount, parse_tax_rate, totals,
 };
+use crate::jobs;
 use crate::outbox::{self, OutboxJob};
-use crate::workers::emails::{self, EmailJob};
-use crate::workers::invoices::{self, RenderInvoice};
-use crate::workers::stock::{self, StockAdjustmentJob};
+use crate::workers::emails::EmailJob;
+use crate::workers::invoices::RenderInvoice;
+use crate::workers::stock::StockAdjustmentJob;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -325,40 +326,22 @@ pub async fn create_order(
                 reference: Some(order_number.clone()),
                 occurred_at: now,
             };
-            OutboxJob {
-                queue: stock::QUEUE,
-                kind: stock::KIND,
-                tenant: Some(tenant.id),
-                payload: serde_json::to_value(&adjustment).expect("serializable"),
-                max_attempts: stock::MAX_ATTEMPTS,
-                idempotency_key: adjustment.idempotency_key.clone(),
-            }
+            jobs::outbox_job(&adjustment, adjustment.idempotency_key.clone())
         })
         .collect();
-    work.push(OutboxJob {
-        queue: invoices::QUEUE,
-        kind: invoices::KIND,
-        tenant: Some(tenant.id),
-        payload: serde_json::to_value(RenderInvoice {
-            tenant_id: tenant.id,
-            invoice_id,
-        })
-        .expect("serializable"),
-        max_attempts: invoices::MAX_ATTEMPTS,
-        idempotency_key: format!("invoice:{invoice_id}"),
-    });
+    let render = RenderInvoice {
+        tenant_id: tenant.id,
+        invoice_id,
+    };
+    work.push(jobs::outbox_job(&render, format!("invoice:{invoice_id}")));
     let email = EmailJob::Invoice {
         tenant_id: tenant.id,
         invoice_id,
     };
-    work.push(OutboxJob {
-        queue: emails::QUEUE,
-        kind: email.kind(),
-        tenant: Some(tenant.id),
-        payload: serde_json::to_value(&email).expect("serializable"),
-        max_attempts: emails::MAX_ATTEMPTS,
-        idempotency_key: format!("invoice-email:{invoice_id}"),
-    });
+    work.push(jobs::outbox_job(
+        &email,
+        format!("invoice-email:{invoice_id}"),
+    ));
     outbox::add(&mut tx, &work).await?;
     tx.commit().await?;
     Ok((

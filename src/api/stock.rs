@@ -6,8 +6,8 @@ use super::AppState;
 use super::error::{Error, Result};
 use super::extract::{FieldErrors, Json, Tenant};
 use crate::domain::{DateWindow, Delta, IdempotencyKey, Reason, Sku};
-use crate::queue::{NewJob, QueueName};
-use crate::workers::stock::{self, StockAdjustmentJob};
+use crate::jobs::{self, Enqueue};
+use crate::workers::stock::StockAdjustmentJob;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -146,11 +146,9 @@ async fn unknown_skus(state: &AppState, tenant: Uuid, skus: &[String]) -> Result
         .collect())
 }
 
-fn new_job(job: &StockAdjustmentJob) -> NewJob {
-    NewJob::new(stock::KIND, job)
-        .tenant(job.tenant_id)
-        .max_attempts(stock::MAX_ATTEMPTS)
-        .idempotency_key(format!("{}:{}", job.tenant_id, job.idempotency_key))
+/// The job of an adjustment, keyed by its tenant's idempotency key.
+fn enqueue(job: &StockAdjustmentJob) -> Enqueue<StockAdjustmentJob> {
+    Enqueue::new(job).key(format!("{}:{}", job.tenant_id, job.idempotency_key))
 }
 
 /// The status to report for the job a repeated key maps to; once the job itself has left
@@ -199,10 +197,7 @@ pub async fn create_adjustment(
     {
         return Err(Error::invalid("sku", format!("no product '{}'", job.sku)));
     }
-    let queue = QueueName::parse(stock::QUEUE).expect("known queue");
-    let pushed = state
-        .queues
-        .push(&queue, vec![new_job(&job)])
+    let pushed = jobs::enqueue(&state.queues, [enqueue(&job)])
         .await?
         .remove(0);
     if pushed.created {
@@ -283,12 +278,8 @@ pub async fn create_batch(
     }
     errors.finish()?;
     let jobs: Vec<StockAdjustmentJob> = jobs.into_iter().map(|j| j.expect("checked")).collect();
-    let queue = QueueName::parse(stock::QUEUE).expect("known queue");
     // One push call for the whole batch (the push script takes up to 1,000): all or nothing.
-    let pushed = state
-        .queues
-        .push(&queue, jobs.iter().map(new_job).collect())
-        .await?;
+    let pushed = jobs::enqueue(&state.queues, jobs.iter().map(enqueue)).await?;
     let mut items = Vec::with_capacity(n);
     for (job, p) in jobs.iter().zip(pushed) {
         let status = if p.created {

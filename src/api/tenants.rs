@@ -9,7 +9,8 @@ use super::error::{Error, Result, on_constraint};
 use super::extract::{Admin, FieldErrors, Json, Query, Tenant};
 use super::pagination::{Page, PageParams};
 use crate::domain::{ApiKey, EmailAddress, TenantName, TenantSlug, TimeZoneName};
-use crate::queue::{QUEUE_NAMES, QueueName, TenantQueueState};
+use crate::jobs::Queue;
+use crate::queue::TenantQueueState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -251,10 +252,10 @@ pub async fn update_tenant(
         .as_deref()
         .and_then(|t| errors.check("timezone", TimeZoneName::parse(t)));
     for (queue, limit) in body.queue_limits.iter().flatten() {
-        if !QUEUE_NAMES.contains(&queue.as_str()) {
+        if Queue::parse(queue).is_none() {
             errors.push(
                 &format!("queue_limits.{queue}"),
-                format!("is not a queue (one of: {})", QUEUE_NAMES.join(", ")),
+                format!("is not a queue (one of: {})", Queue::names()),
             );
         } else if limit.is_some_and(|n| n > MAX_QUEUE_LIMIT) {
             errors.push(
@@ -264,10 +265,10 @@ pub async fn update_tenant(
         }
     }
     for (i, queue) in body.paused_queues.iter().flatten().enumerate() {
-        if !QUEUE_NAMES.contains(&queue.as_str()) {
+        if Queue::parse(queue).is_none() {
             errors.push(
                 &format!("paused_queues[{i}]"),
-                format!("is not a queue (one of: {})", QUEUE_NAMES.join(", ")),
+                format!("is not a queue (one of: {})", Queue::names()),
             );
         }
     }
@@ -344,7 +345,7 @@ pub async fn change_queue_rules(
     .execute(&mut *tx)
     .await?;
     queues
-        .apply_tenant_rules(tenant, &new_limits, &new_paused)
+        .apply_tenant_rules(&Queue::ALL.map(Queue::id), tenant, &new_limits, &new_paused)
         .await?;
     Ok(())
 }
@@ -364,9 +365,8 @@ pub async fn tenant_queues(
         .await?
         .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
     let mut states = vec![];
-    for name in QUEUE_NAMES {
-        let queue = QueueName::parse(name).expect("a known queue");
-        states.push(state.queues.tenant_state(&queue, tenant).await?);
+    for queue in Queue::ALL {
+        states.push(state.queues.tenant_state(&queue.id(), tenant).await?);
     }
     Ok(axum::Json(states))
 }

@@ -636,21 +636,22 @@ impl Queues {
         Ok(())
     }
 
-    /// Applies a tenant's whole rule set on every queue: its own limits (queues not named get
-    /// the default) and the queues it is paused on (every other queue resumes).
+    /// Applies a tenant's whole rule set on `queues`: its own limits (queues not named get the
+    /// default) and the queues it is paused on (every other queue resumes).
     pub async fn apply_tenant_rules(
         &self,
+        queues: &[QueueName],
         tenant: Uuid,
         limits: &std::collections::BTreeMap<String, u32>,
         paused: &[String],
     ) -> RedisResult<()> {
-        for name in super::QUEUE_NAMES {
-            let queue = QueueName::parse(name).expect("a known queue");
+        for queue in queues {
+            let name = queue.as_str();
             let limit = limits
                 .get(name)
                 .map_or(LimitChange::Default, |&n| LimitChange::Set(n));
             let is_paused = paused.iter().any(|p| p == name);
-            self.control_tenant(&queue, &tenant.to_string(), Some(is_paused), limit)
+            self.control_tenant(queue, &tenant.to_string(), Some(is_paused), limit)
                 .await?;
         }
         Ok(())

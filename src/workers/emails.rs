@@ -25,8 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-pub const QUEUE: &str = "emails";
-pub const MAX_ATTEMPTS: u32 = 8;
+use crate::jobs::{JobKind, Queue};
 
 /// Every email job, tagged by type.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,8 +48,12 @@ pub enum EmailJob {
     ReorderDigest { tenant_id: Uuid, run_id: Uuid },
 }
 
-impl EmailJob {
-    pub fn kind(&self) -> &'static str {
+impl JobKind for EmailJob {
+    const QUEUE: Queue = Queue::Emails;
+    const MAX_ATTEMPTS: u32 = 8;
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn kind(&self) -> &'static str {
         match self {
             EmailJob::Invoice { .. } => "invoice_email",
             EmailJob::LowStock { .. } => "low_stock_alert",
@@ -59,7 +62,13 @@ impl EmailJob {
         }
     }
 
-    fn tenant(&self) -> Uuid {
+    fn tenant(&self) -> Option<Uuid> {
+        Some(self.tenant_id())
+    }
+}
+
+impl EmailJob {
+    fn tenant_id(&self) -> Uuid {
         match self {
             EmailJob::Invoice { tenant_id, .. }
             | EmailJob::LowStock { tenant_id, .. }
@@ -189,7 +198,7 @@ pub async fn handle(
     meta: Data<JobMeta>,
     deps: Data<EmailDeps>,
 ) -> Result<serde_json::Value, JobError> {
-    if meta.tenant != Some(job.tenant()) {
+    if meta.tenant != Some(job.tenant_id()) {
         return Err(JobError::permanent(
             "the payload's tenant does not match the job's tenant",
         ));
@@ -200,7 +209,7 @@ pub async fn handle(
     if email.status == "sent" {
         return Ok(serde_json::json!({"email_id": email.id, "status": "sent", "duplicate": true}));
     }
-    if let Err(wait) = throttle(&deps, job.tenant()).await {
+    if let Err(wait) = throttle(&deps, job.tenant_id()).await {
         sqlx::query!(
             "UPDATE emails SET last_error = $2 WHERE id = $1",
             email.id,

@@ -15,9 +15,10 @@
 use crate::forecast::history::{self, csv_quoted};
 use crate::forecast::pipeline::{self, Artifacts, Outcome, RunSettings};
 use crate::forecast::reorder;
-use crate::outbox::{self, OutboxJob};
-use crate::queue::{JobError, JobMeta, NewJob, QueueName, Queues, cancel};
-use crate::workers::emails::{self, EmailJob};
+use crate::jobs::{self, Enqueue, JobKind, Queue};
+use crate::outbox;
+use crate::queue::{JobError, JobMeta, Queues, cancel};
+use crate::workers::emails::EmailJob;
 use anyhow::Context;
 use apalis::prelude::Data;
 use chrono::{NaiveDate, Utc};
@@ -25,8 +26,6 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-pub const QUEUE: &str = "forecasts";
-pub const MAX_ATTEMPTS: u32 = 4;
 /// SKUs per chunk job: big enough to amortise loading, small enough to spread over workers.
 pub const CHUNK_SKUS: usize = 250;
 /// Season length of daily sales: weekly.
@@ -47,15 +46,26 @@ pub enum ForecastJob {
     },
 }
 
-impl ForecastJob {
-    pub fn kind(&self) -> &'static str {
+impl JobKind for ForecastJob {
+    const QUEUE: Queue = Queue::Forecasts;
+    const MAX_ATTEMPTS: u32 = 4;
+    /// A chunk of 250 SKUs with full backtests takes minutes; a plan trains the shared models.
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+    fn kind(&self) -> &'static str {
         match self {
             ForecastJob::Plan { .. } => "forecast_plan",
             ForecastJob::Chunk { .. } => "forecast_chunk",
         }
     }
 
-    fn tenant(&self) -> Uuid {
+    fn tenant(&self) -> Option<Uuid> {
+        Some(self.tenant_id())
+    }
+}
+
+impl ForecastJob {
+    fn tenant_id(&self) -> Uuid {
         match self {
             ForecastJob::Plan { tenant_id, .. } | ForecastJob::Chunk { tenant_id, .. } => {
                 *tenant_id
@@ -99,6 +109,15 @@ pub enum StartError {
     Busy(Uuid),
 }
 
+impl From<jobs::EnqueueError> for StartError {
+    fn from(e: jobs::EnqueueError) -> Self {
+        match e {
+            jobs::EnqueueError::Queue(e) => StartError::Queue(e),
+            jobs::EnqueueError::Database(e) => StartError::Database(e),
+        }
+    }
+}
+
 /// A run still queued or running after this long is taken for abandoned (its jobs died without
 /// reporting) and no longer blocks the tenant's next run: the longest legitimate run is four
 /// attempts of a 30-minute job.
@@ -119,27 +138,13 @@ pub async fn start_run(
         tenant_id: tenant,
         run_id,
     };
-    let queue = QueueName::parse(QUEUE).expect("known queue");
-    let pushed = queues
-        .push(
-            &queue,
-            vec![
-                NewJob::new(job.kind(), &job)
-                    .tenant(tenant)
-                    .max_attempts(MAX_ATTEMPTS)
-                    .idempotency_key(format!("forecast-plan:{run_id}")),
-            ],
-        )
-        .await;
-    let job_id = match pushed {
-        Ok(mut p) => p.remove(0).id,
-        Err(e) => {
-            sqlx::query!("DELETE FROM forecast_runs WHERE id = $1", run_id)
-                .execute(db)
-                .await?;
-            return Err(e.into());
-        }
-    };
+    let job_id = jobs::enqueue_or_undo(
+        queues,
+        db,
+        Enqueue::new(&job).key(format!("forecast-plan:{run_id}")),
+        sqlx::query!("DELETE FROM forecast_runs WHERE id = $1", run_id),
+    )
+    .await?;
     sqlx::query!(
         "UPDATE forecast_runs SET job_id = $2 WHERE id = $1",
         run_id,
@@ -252,7 +257,7 @@ pub async fn handle(
     meta: Data<JobMeta>,
     deps: Data<ForecastDeps>,
 ) -> Result<serde_json::Value, JobError> {
-    if meta.tenant != Some(job.tenant()) {
+    if meta.tenant != Some(job.tenant_id()) {
         return Err(JobError::permanent(
             "the payload's tenant does not match the job's tenant",
         ));
@@ -398,25 +403,18 @@ async fn push_chunks(
     run_id: Uuid,
     chunks: &[Vec<String>],
 ) -> Result<(), JobError> {
-    let queue = QueueName::parse(QUEUE).expect("known queue");
-    let jobs: Vec<NewJob> = chunks
-        .iter()
-        .enumerate()
-        .map(|(n, skus)| {
+    for (first, batch) in chunks.chunks(500).enumerate() {
+        let batch = batch.iter().enumerate().map(|(i, skus)| {
+            let n = first * 500 + i;
             let job = ForecastJob::Chunk {
                 tenant_id: tenant,
                 run_id,
                 chunk_no: n as i32,
                 skus: skus.clone(),
             };
-            NewJob::new(job.kind(), &job)
-                .tenant(tenant)
-                .max_attempts(MAX_ATTEMPTS)
-                .idempotency_key(format!("forecast-chunk:{run_id}:{n}"))
-        })
-        .collect();
-    for batch in jobs.chunks(500) {
-        queues.push(&queue, batch.to_vec()).await?;
+            Enqueue::new(&job).key(format!("forecast-chunk:{run_id}:{n}"))
+        });
+        jobs::enqueue(queues, batch).await?;
     }
     Ok(())
 }
@@ -530,14 +528,7 @@ pub async fn run_chunk(
             };
             outbox::add(
                 &mut tx,
-                &[OutboxJob {
-                    queue: emails::QUEUE,
-                    kind: email.kind(),
-                    tenant: Some(tenant),
-                    payload: serde_json::to_value(&email).expect("serializable"),
-                    max_attempts: emails::MAX_ATTEMPTS,
-                    idempotency_key: format!("reorder-digest:{run_id}"),
-                }],
+                &[jobs::outbox_job(&email, format!("reorder-digest:{run_id}"))],
             )
             .await?;
         }

@@ -10,6 +10,7 @@
 use super::import_files;
 use crate::domain::DateWindow;
 use crate::forecast::history;
+use crate::jobs::{JobKind, Queue};
 use crate::queue::{JobError, JobMeta};
 use anyhow::Context;
 use apalis::prelude::Data;
@@ -20,9 +21,6 @@ use sqlx::PgPool;
 use std::io::Cursor;
 use uuid::Uuid;
 
-pub const QUEUE: &str = "imports";
-pub const KIND: &str = "sales_import";
-pub const MAX_ATTEMPTS: u32 = 5;
 /// At most this many row errors are listed in a report; all are counted.
 pub const MAX_LISTED_ERRORS: usize = 1000;
 
@@ -30,6 +28,20 @@ pub const MAX_LISTED_ERRORS: usize = 1000;
 pub struct SalesImport {
     pub tenant_id: Uuid,
     pub import_id: Uuid,
+}
+
+impl JobKind for SalesImport {
+    const QUEUE: Queue = Queue::Imports;
+    const MAX_ATTEMPTS: u32 = 5;
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+    fn kind(&self) -> &'static str {
+        "sales_import"
+    }
+
+    fn tenant(&self) -> Option<Uuid> {
+        Some(self.tenant_id)
+    }
 }
 
 /// One bad cell: the file's line number (the header is line 1), the column and the reason.

@@ -24,16 +24,29 @@ use chrono::{Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
 
-pub const QUEUE: &str = "invoices";
-pub const KIND: &str = "render_invoice";
-pub const MAX_ATTEMPTS: u32 = 6;
+use crate::jobs::{JobKind, Queue};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RenderInvoice {
     pub tenant_id: Uuid,
     pub invoice_id: Uuid,
+}
+
+impl JobKind for RenderInvoice {
+    const QUEUE: Queue = Queue::Invoices;
+    const MAX_ATTEMPTS: u32 = 6;
+    const TIMEOUT: Duration = Duration::from_secs(120);
+
+    fn kind(&self) -> &'static str {
+        "render_invoice"
+    }
+
+    fn tenant(&self) -> Option<Uuid> {
+        Some(self.tenant_id)
+    }
 }
 
 /// What the invoice worker needs.

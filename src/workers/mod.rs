@@ -1,5 +1,6 @@
-//! Workers: one file per job kind (its payload, its handler, its tests), and [`run`], which runs
-//! the chosen queues' workers with the outbox relay until shutdown.
+//! Workers: one file per job kind (its payload with its `JobKind` contract, its handler, its
+//! tests), and [`run`], which runs the chosen queues' workers with the outbox relay until
+//! shutdown. `run` matches on every `jobs::Queue`: a queue without a worker does not compile.
 //!
 //! Shutdown is graceful with a deadline: on the signal every worker stops fetching, hands back
 //! what it fetched but did not start, and lets running jobs finish; jobs still running when the
@@ -14,7 +15,8 @@ pub mod invoices;
 pub mod stock;
 
 use crate::config::Settings;
-use crate::queue::{LimitChange, QueueName, Queues, RedisBackend, WorkerHandle, WorkerOptions};
+use crate::jobs::{JobKind, Queue};
+use crate::queue::{LimitChange, Queues, RedisBackend, WorkerHandle, WorkerOptions};
 use crate::{db, outbox};
 use anyhow::Context;
 use apalis::prelude::*;
@@ -23,38 +25,31 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Queues this build has workers for.
-pub const RUNNABLE: &[&str] = &["stock", "invoices", "emails", "forecasts", "imports"];
-
 /// Which queues to work and how hard.
 #[derive(Debug, Clone)]
 pub struct WorkPlan {
-    pub queues: Vec<QueueName>,
+    pub queues: Vec<Queue>,
     /// Jobs at once per queue; `None` uses each queue's default.
     pub concurrency: Option<usize>,
 }
 
 impl WorkPlan {
-    /// Parses `--queues` (comma-separated; empty means every runnable queue).
+    /// Parses `--queues` (comma-separated; empty means every queue).
     pub fn parse(queues: Option<&str>, concurrency: Option<usize>) -> anyhow::Result<Self> {
-        let names: Vec<&str> = match queues {
-            None => RUNNABLE.to_vec(),
-            Some(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect(),
-        };
         let mut parsed = vec![];
-        for name in names {
-            let queue = QueueName::parse(name)
-                .with_context(|| format!("--queues: '{name}' is not a queue"))?;
-            anyhow::ensure!(
-                RUNNABLE.contains(&name),
-                "--queues: no worker for '{name}' in this build (runnable: {})",
-                RUNNABLE.join(", ")
-            );
-            parsed.push(queue);
+        match queues {
+            None => parsed.extend(Queue::ALL),
+            Some(list) => {
+                for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let queue = Queue::parse(name).with_context(|| {
+                        format!(
+                            "--queues: '{name}' is not a queue (queues: {})",
+                            Queue::names()
+                        )
+                    })?;
+                    parsed.push(queue);
+                }
+            }
         }
         anyhow::ensure!(!parsed.is_empty(), "--queues: name at least one queue");
         Ok(WorkPlan {
@@ -73,13 +68,13 @@ pub async fn sync_tenant_rules(
     queues: &Queues,
     settings: &Settings,
 ) -> anyhow::Result<()> {
-    for name in crate::queue::QUEUE_NAMES {
-        let queue = QueueName::parse(name).expect("a known queue");
+    let all = Queue::ALL.map(Queue::id);
+    for queue in &all {
         let default = settings
             .tenant_concurrency
-            .get(name)
+            .get(queue.as_str())
             .map_or(LimitChange::Default, |&n| LimitChange::Set(n));
-        queues.control_tenant(&queue, "*", None, default).await?;
+        queues.control_tenant(queue, "*", None, default).await?;
     }
     let rows = sqlx::query!(
         "SELECT id, queue_limits, paused_queues FROM tenants WHERE queue_limits <> '{}'::jsonb OR paused_queues <> '{}'"
@@ -91,20 +86,19 @@ pub async fn sync_tenant_rules(
         let limits: std::collections::BTreeMap<String, u32> =
             serde_json::from_value(row.queue_limits).unwrap_or_default();
         queues
-            .apply_tenant_rules(row.id, &limits, &row.paused_queues)
+            .apply_tenant_rules(&all, row.id, &limits, &row.paused_queues)
             .await?;
         with_rules.insert(row.id.to_string());
     }
     let mut stale = std::collections::BTreeSet::new();
-    for name in crate::queue::QUEUE_NAMES {
-        let queue = QueueName::parse(name).expect("a known queue");
-        stale.extend(queues.paused_tenants(&queue).await?);
-        stale.extend(queues.limited_tenants(&queue).await?.into_keys());
+    for queue in &all {
+        stale.extend(queues.paused_tenants(queue).await?);
+        stale.extend(queues.limited_tenants(queue).await?.into_keys());
     }
     for tenant in stale.difference(&with_rules.into_iter().collect()) {
         if let Ok(id) = uuid::Uuid::parse_str(tenant) {
             queues
-                .apply_tenant_rules(id, &Default::default(), &[])
+                .apply_tenant_rules(&all, id, &Default::default(), &[])
                 .await?;
         }
     }
@@ -138,15 +132,15 @@ pub async fn run(
             let _ = stopped.wait_for(|s| *s).await;
             Ok::<(), std::io::Error>(())
         };
-        let mut options = WorkerOptions::new(queue.clone());
+        let mut options = WorkerOptions::new(queue.id());
         let concurrency = |default: usize| plan.concurrency.unwrap_or(default);
-        match queue.as_str() {
-            stock::QUEUE => {
+        match queue {
+            Queue::Stock => {
                 // Stock jobs mostly wait for their batch: many run at once to fill batches.
                 options.concurrency = concurrency(512);
                 options.prefetch = options.concurrency * 2;
                 options.batch = 512;
-                options.job_timeout = Duration::from_secs(60);
+                options.job_timeout = stock::StockAdjustmentJob::TIMEOUT;
                 let backend: RedisBackend<stock::StockAdjustmentJob> =
                     RedisBackend::new(queues.clone(), options.clone());
                 handles.push(backend.handle());
@@ -157,14 +151,14 @@ pub async fn run(
                     .build(stock::handle);
                 running.spawn(async move { worker.run_until(signal).await });
             }
-            invoices::QUEUE => {
+            Queue::Invoices => {
                 // Rendering is CPU work (on the blocking pool); the rest waits on Postgres and
                 // Redis. Four jobs per core keep the cores busier through those waits (measured
                 // on 2 cores, end to end: 4 jobs in all 258 invoices/s, 8 jobs 284–339/s).
                 let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
                 options.concurrency = concurrency(4 * cores);
                 options.prefetch = options.concurrency * 2;
-                options.job_timeout = Duration::from_secs(120);
+                options.job_timeout = invoices::RenderInvoice::TIMEOUT;
                 let deps = invoices::InvoiceDeps {
                     db: pool.clone(),
                     fonts: Arc::new(invoice_pdf::Fonts::new(settings.invoice_font_dir.clone())),
@@ -179,7 +173,7 @@ pub async fn run(
                     .build(invoices::handle);
                 running.spawn(async move { worker.run_until(signal).await });
             }
-            emails::QUEUE => {
+            Queue::Emails => {
                 let smtp = settings.smtp_url.as_deref().ok_or_else(|| {
                     anyhow::anyhow!(
                         "configuration error: SMTP_URL: is not set (the emails worker needs it)"
@@ -187,7 +181,7 @@ pub async fn run(
                 })?;
                 options.concurrency = concurrency(32);
                 options.prefetch = options.concurrency * 2;
-                options.job_timeout = Duration::from_secs(60);
+                options.job_timeout = emails::EmailJob::TIMEOUT;
                 let deps = emails::EmailDeps {
                     db: pool.clone(),
                     redis: queues.redis().clone(),
@@ -205,12 +199,12 @@ pub async fn run(
                     .build(emails::handle);
                 running.spawn(async move { worker.run_until(signal).await });
             }
-            forecasts::QUEUE => {
+            Queue::Forecasts => {
                 // Each chunk job forecasts its SKUs on every core (rayon): one or two at once
                 // keep the cores busy while the next chunk loads.
                 options.concurrency = concurrency(2);
                 options.prefetch = options.concurrency;
-                options.job_timeout = Duration::from_secs(30 * 60);
+                options.job_timeout = forecasts::ForecastJob::TIMEOUT;
                 let deps = forecasts::ForecastDeps {
                     db: pool.clone(),
                     queues: queues.clone(),
@@ -230,10 +224,10 @@ pub async fn run(
                     .build(forecasts::handle);
                 running.spawn(async move { worker.run_until(signal).await });
             }
-            imports::QUEUE => {
+            Queue::Imports => {
                 options.concurrency = concurrency(2);
                 options.prefetch = options.concurrency;
-                options.job_timeout = Duration::from_secs(10 * 60);
+                options.job_timeout = imports::SalesImport::TIMEOUT;
                 let deps = imports::ImportDeps {
                     db: pool.clone(),
                     dates: settings.dates,
@@ -248,7 +242,6 @@ pub async fn run(
                     .build(imports::handle);
                 running.spawn(async move { worker.run_until(signal).await });
             }
-            other => anyhow::bail!("no worker for queue '{other}'"),
         }
     }
     running.spawn({
@@ -258,7 +251,7 @@ pub async fn run(
             Ok(())
         }
     });
-    tracing::info!(queues = ?plan.queues.iter().map(QueueName::as_str).collect::<Vec<_>>(), "workers running");
+    tracing::info!(queues = ?plan.queues.iter().map(|q| q.name()).collect::<Vec<_>>(), "workers running");
 
     shutdown.await;
     tracing::info!(grace = ?settings.shutdown_grace, "stopping workers");

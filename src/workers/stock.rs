@@ -19,9 +19,10 @@
 //! the retry safe.
 
 use crate::domain::{Delta, IdempotencyKey, Reason, Sku};
+use crate::jobs::{self, JobKind, Queue};
 use crate::outbox::{self, OutboxJob};
 use crate::queue::{JobError, JobMeta};
-use crate::workers::emails::{self, EmailJob};
+use crate::workers::emails::EmailJob;
 use anyhow::Context;
 use apalis::prelude::Data;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -32,9 +33,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-pub const QUEUE: &str = "stock";
-pub const KIND: &str = "stock_adjustment";
-pub const MAX_ATTEMPTS: u32 = 10;
 /// Most adjustments applied in one transaction.
 const MAX_BATCH: usize = 1000;
 
@@ -48,6 +46,25 @@ pub struct StockAdjustmentJob {
     pub idempotency_key: String,
     pub reference: Option<String>,
     pub occurred_at: DateTime<Utc>,
+}
+
+impl StockAdjustmentJob {
+    /// The one kind of the stock queue (its name scopes the idempotency keys).
+    pub const KIND: &'static str = "stock_adjustment";
+}
+
+impl JobKind for StockAdjustmentJob {
+    const QUEUE: Queue = Queue::Stock;
+    const MAX_ATTEMPTS: u32 = 10;
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn kind(&self) -> &'static str {
+        Self::KIND
+    }
+
+    fn tenant(&self) -> Option<Uuid> {
+        Some(self.tenant_id)
+    }
 }
 
 /// A payload parsed again after the round trip through Redis.
@@ -365,19 +382,15 @@ pub async fn apply_batch(
                 reorder_point: level.reorder_point,
                 crossing: a.idempotency_key.as_str().to_string(),
             };
-            alerts.push(OutboxJob {
-                queue: emails::QUEUE,
-                kind: alert.kind(),
-                tenant: Some(a.tenant_id),
-                payload: serde_json::to_value(&alert).expect("serializable"),
-                max_attempts: emails::MAX_ATTEMPTS,
-                idempotency_key: format!(
+            alerts.push(jobs::outbox_job(
+                &alert,
+                format!(
                     "low-stock:{}:{}:{}",
                     a.tenant_id,
                     a.sku.as_str(),
                     a.idempotency_key.as_str()
                 ),
-            });
+            ));
         }
         level.below_reorder = below;
         accepted.push((i, after));

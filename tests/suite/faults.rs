@@ -8,8 +8,8 @@
 //! row per adjustment and levels equal to the sum of their deltas.
 
 use crate::helpers::*;
+use backroom::jobs::Queue;
 use backroom::queue::{JobStatus, NewJob, QueueName};
-use backroom::workers::{emails, forecasts, imports, invoices, stock};
 use mail_parser::MessageParser;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -171,7 +171,7 @@ async fn a_worker_killed_while_rendering_invoices_leaves_every_invoice_ready_and
     })
     .await;
     victim.kill9();
-    let invoices_queue = queue(invoices::QUEUE);
+    let invoices_queue = queue(Queue::Invoices.name());
     let orphans = app
         .queues
         .list(&invoices_queue, JobStatus::Running, 100, None)
@@ -468,7 +468,11 @@ async fn a_worker_killed_mid_forecast_run_leaves_the_run_finished_with_each_sku_
         done < total,
         "killed mid-run: {done} of {total} chunks done"
     );
-    let held = app.queues.counts(&queue(forecasts::QUEUE)).await.unwrap();
+    let held = app
+        .queues
+        .counts(&queue(Queue::Forecasts.name()))
+        .await
+        .unwrap();
     assert!(held.running > 0, "the victim died holding chunks: {held:?}");
 
     let _rescuer = WorkerProcess::spawn(&app, "forecasts", &[]);
@@ -586,7 +590,7 @@ async fn redis_killed_and_restarted_mid_run_loses_nothing_and_repeats_nothing() 
     assert_eq!(after.status(), 202, "the API reconnects by itself");
     expected.push(("up".into(), 1));
 
-    let stock_queue = queue(stock::QUEUE);
+    let stock_queue = queue(Queue::Stock.name());
     let stock_jobs = (expected.len() + ordered) as u64;
     let counts = wait_for("every stock job to finish", LIMIT, || async {
         let c = app.queues.counts(&stock_queue).await.ok()?;
@@ -594,7 +598,7 @@ async fn redis_killed_and_restarted_mid_run_loses_nothing_and_repeats_nothing() 
     })
     .await;
     assert_eq!((counts.failed, counts.dead), (0, 0), "{counts:?}");
-    let invoices_queue = queue(invoices::QUEUE);
+    let invoices_queue = queue(Queue::Invoices.name());
     let counts = wait_for("every invoice job to finish", LIMIT, || async {
         let c = app.queues.counts(&invoices_queue).await.ok()?;
         (c.succeeded + c.failed + c.dead == ordered as u64).then_some(c)
@@ -641,7 +645,7 @@ async fn postgres_crashed_and_restarted_mid_run_applies_every_adjustment_exactly
     })
     .await;
     postgres.crash();
-    let stock_queue = queue(stock::QUEUE);
+    let stock_queue = queue(Queue::Stock.name());
     let at_crash = app.queues.counts(&stock_queue).await.unwrap();
     assert!(
         at_crash.succeeded < total as u64,
@@ -794,11 +798,11 @@ async fn undecodable_payloads_on_every_queue_go_dead_and_the_worker_keeps_workin
         &mail_env(&smtp),
     );
     let kinds = [
-        (stock::QUEUE, stock::KIND),
-        (invoices::QUEUE, invoices::KIND),
-        (emails::QUEUE, "requested_email"),
-        (forecasts::QUEUE, "forecast_plan"),
-        (imports::QUEUE, imports::KIND),
+        (Queue::Stock.name(), "stock_adjustment"),
+        (Queue::Invoices.name(), "render_invoice"),
+        (Queue::Emails.name(), "requested_email"),
+        (Queue::Forecasts.name(), "forecast_plan"),
+        (Queue::Imports.name(), "sales_import"),
     ];
     let mut poison = vec![];
     for (name, kind) in kinds {
