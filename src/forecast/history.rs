@@ -6,7 +6,6 @@
 //! overlaps what backroom already recorded does not count those days twice.
 
 use super::features;
-use crate::workers::imports::DailyRows;
 use chrono::NaiveDate;
 use polars::prelude::LazyFrame;
 use sqlx::{PgConnection, PgPool};
@@ -27,6 +26,14 @@ pub fn date_of(day: i32) -> NaiveDate {
 /// One CSV field for `COPY ... (FORMAT csv)`: always quoted, quotes doubled.
 pub fn csv_quoted(value: &str) -> String {
     format!("\"{}\"", value.replace('"', "\"\""))
+}
+
+/// Imported sales, summed per SKU and day (what a sales import loads).
+#[derive(Debug, Default, PartialEq)]
+pub struct DailyRows {
+    pub skus: Vec<String>,
+    pub days: Vec<NaiveDate>,
+    pub quantities: Vec<i64>,
 }
 
 /// Sets the imported quantity of each (SKU, day) in `rows`, with `COPY` into a staging table.

@@ -9,7 +9,7 @@
 
 use super::import_files;
 use crate::domain::DateWindow;
-use crate::forecast::history;
+use crate::forecast::history::{self, DailyRows};
 use crate::jobs::{JobKind, Queue};
 use crate::queue::{JobError, JobMeta};
 use anyhow::Context;
@@ -67,14 +67,6 @@ pub struct ImportReport {
     pub errors: Vec<RowError>,
     /// Whether `errors` lists only the first [`MAX_LISTED_ERRORS`].
     pub errors_truncated: bool,
-}
-
-/// Good rows, summed per SKU and day.
-#[derive(Debug, Default, PartialEq)]
-pub struct DailyRows {
-    pub skus: Vec<String>,
-    pub days: Vec<NaiveDate>,
-    pub quantities: Vec<i64>,
 }
 
 /// A file that cannot be read at all (no header, a missing column): the import fails as a
