@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 const WINDOW: Duration = Duration::from_secs(60);
 /// How long a key that authenticated stays exempt from its address's throttle.
 const VOUCHED_FOR: Duration = Duration::from_secs(24 * 3600);
-/// Past this many addresses, expired windows are dropped; if none are, the map starts afresh.
-const MAX_ADDRESSES: usize = 100_000;
+/// Past this many addresses (or vouched keys), expired entries are dropped; if none are, the map
+/// starts afresh.
+const MAX_ENTRIES: usize = 100_000;
 
 pub struct AuthThrottle {
     per_minute: u32,
@@ -49,12 +50,7 @@ impl AuthThrottle {
             return;
         }
         let mut vouched = self.vouched.lock().unwrap_or_else(|p| p.into_inner());
-        if vouched.len() >= MAX_ADDRESSES && !vouched.contains_key(key_hash) {
-            vouched.retain(|_, at| at.elapsed() < VOUCHED_FOR);
-            if vouched.len() >= MAX_ADDRESSES {
-                vouched.clear();
-            }
-        }
+        make_room(&mut vouched, |at| at.elapsed() < VOUCHED_FOR);
         vouched.insert(key_hash.to_vec(), Instant::now());
     }
 
@@ -85,18 +81,24 @@ impl AuthThrottle {
             return;
         }
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if windows.len() >= MAX_ADDRESSES {
-            windows.retain(|_, (started, _)| started.elapsed() < WINDOW);
-            if windows.len() >= MAX_ADDRESSES {
-                windows.clear();
-            }
-        }
+        make_room(&mut windows, |(started, _)| started.elapsed() < WINDOW);
         let now = Instant::now();
         let entry = windows.entry(bucket(address)).or_insert((now, 0));
         if entry.0.elapsed() >= WINDOW {
             *entry = (now, 0);
         }
         entry.1 = entry.1.saturating_add(1);
+    }
+}
+
+/// Keeps `map` under [`MAX_ENTRIES`]: when full, drops the entries `live` rejects, and starts
+/// afresh if that frees nothing.
+fn make_room<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, live: impl Fn(&V) -> bool) {
+    if map.len() >= MAX_ENTRIES {
+        map.retain(|_, v| live(v));
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
     }
 }
 

@@ -284,3 +284,50 @@ async fn an_upload_is_stored_as_it_arrives_not_held_whole_by_the_api_process() {
     assert_eq!(parts as usize, size.div_ceil(1 << 20));
     assert_eq!(largest, 1 << 20);
 }
+
+#[tokio::test]
+async fn an_order_past_what_amounts_can_hold_is_422_and_another_tenants_order_goes_through() {
+    let app = spawn_app().await;
+    let (big, small) = (
+        app.create_tenant("whale").await,
+        app.create_tenant("corner").await,
+    );
+    for t in [&big, &small] {
+        let r = app
+            .send_json(
+                Method::PUT,
+                "/v1/products/GOLD",
+                Some(&t.key),
+                &json!({"name": "Gold bar", "unit_price": "1000000000000", "currency": "EUR",
+                        "reorder_point": 0, "reorder_quantity": 1, "lead_time_days": 1,
+                        "allow_negative": true}),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+    }
+    let order = |key: String, quantity: i64| {
+        let app = &app;
+        async move {
+            app.post_json(
+                "/v1/orders",
+                Some(&key),
+                &json!({"customer": {"name": "Ann", "email": "ann@example.org"},
+                        "currency": "EUR", "tax_rate": "0.1",
+                        "lines": [{"sku": "GOLD", "quantity": quantity}]}),
+            )
+            .await
+        }
+    };
+    // 10^6 bars at 10^12: 10^18, past numeric(20,4). Each field is within its own bound.
+    for _ in 0..20 {
+        let body = assert_problem(order(big.key.clone(), 1_000_000).await, 422, "too large").await;
+        assert_eq!(problem_fields(&body), ["lines"]);
+    }
+    let r = order(small.key.clone(), 2).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(orders, 1, "nothing of the refused orders was stored");
+}
