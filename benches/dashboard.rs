@@ -13,8 +13,8 @@
 
 use backroom::config::Settings;
 use backroom::jobs::Queue;
+use backroom::process::serve::Application;
 use backroom::queue::{NewJob, QueueName};
-use backroom::startup::Application;
 use sqlx::Connection as _;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -177,10 +177,10 @@ async fn measure(settings: Settings, jobs: usize) -> anyhow::Result<()> {
     // not a stock adjustment, so they go to the dead set with their error).
     let mut work_settings = settings.clone();
     work_settings.database_max_connections = 4;
-    let plan = backroom::workers::WorkPlan::parse(Some("stock"), None)?;
+    let plan = backroom::process::work::WorkPlan::parse(Some("stock"), None)?;
     let (stop_work, work_stopped) = tokio::sync::oneshot::channel::<()>();
     let work = tokio::spawn(async move {
-        backroom::workers::run(&work_settings, plan, async move {
+        backroom::process::work::run(&work_settings, plan, async move {
             let _ = work_stopped.await;
         })
         .await

@@ -5,7 +5,7 @@
 //! connection pooling (release build, 2 cores, Postgres and Redis on the same machine).
 //!
 //! In each run a fresh tenant queues 5,000 emails through `POST /v1/emails` (16 concurrent
-//! clients; no worker runs yet, so they wait in the queue), then `workers::run` with plan
+//! clients; no worker runs yet, so they wait in the queue), then `process::work::run` with plan
 //! "emails" starts (default concurrency unless said otherwise, the mailer's lettre pool of 16
 //! connections, the per-tenant limit raised to 10,000,000 a minute so it never interferes) and
 //! the clock runs until every email of the tenant is `sent` in Postgres (polled every 50 ms):

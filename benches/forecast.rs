@@ -28,7 +28,7 @@
 //! dropped) and, for part 2, python3 with pip (or the files already under `.data/tsdata/`).
 
 use backroom::forecast::{demo, evaluate, features, global, history};
-use backroom::workers::forecasts;
+use backroom::jobs::forecasts;
 use sqlx::Connection as _;
 use sqlx::postgres::PgPoolOptions;
 use std::path::Path;

@@ -10,7 +10,7 @@
 //!    the average PDF size: the ceiling for everything else.
 //! 2. **end to end, one tenant** — 2,000 orders of 10 lines created through `POST /v1/orders`
 //!    (8 concurrent clients, workers stopped, so each order's jobs wait in the outbox), then
-//!    `workers::run` with plan "invoices" (the outbox relay plus the invoice workers at their
+//!    `process::work::run` with plan "invoices" (the outbox relay plus the invoice workers at their
 //!    default concurrency) starts and the clock runs until every invoice of the run is `ready`
 //!    in Postgres (polled every 50 ms). Gives invoices/s, the average stored PDF size, CPU per
 //!    invoice (this process, Postgres, Redis, the rest of the machine), Postgres transactions
@@ -33,7 +33,7 @@ mod common;
 
 use anyhow::bail;
 use backroom::config::Settings;
-use backroom::workers::invoice_pdf::{self, Fonts, InvoiceDocument, InvoiceLine};
+use backroom::jobs::invoices::pdf::{self as invoice_pdf, Fonts, InvoiceDocument, InvoiceLine};
 use common::*;
 use serde_json::{Value, json};
 use sqlx::PgPool;

@@ -5,7 +5,7 @@
 //! with Postgres and Redis on the same machine.
 //!
 //! Everything runs as in production, only co-located: the HTTP API (`Application::build` on
-//! 127.0.0.1:0) and the `stock` workers (`workers::run` with plan "stock", which includes the
+//! 127.0.0.1:0) and the `stock` workers (`process::work::run` with plan "stock", which includes the
 //! outbox relay) run in this process, each with its own Postgres pool and Redis connections.
 //!
 //! 1. **batch, end to end** — a tenant and 50 products created over HTTP (stock seeded so that
@@ -867,7 +867,7 @@ async fn part_batch_split(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Res
 /// difference is what the missing `TCP_NODELAY` on sqlx 0.9.0's sockets costs.
 async fn part_ledger_alone(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
     println!(
-        "\n== 2b. the ledger alone, no queue: workers::stock::apply_batch by batch size, then StockLedger with {LEDGER_CALLERS} concurrent callers =="
+        "\n== 2b. the ledger alone, no queue: jobs::stock::ledger::apply_batch by batch size, then StockLedger with {LEDGER_CALLERS} concurrent callers =="
     );
     let (tenant_id, _) =
         create_tenant_with_products(&ctx.http, &ctx.server.base, "bench-ledger").await?;
@@ -930,7 +930,7 @@ async fn ledger_runs(
     rows: &mut Vec<Vec<String>>,
 ) -> anyhow::Result<f64> {
     use backroom::domain::{Delta, IdempotencyKey, Reason, Sku};
-    use backroom::workers::stock::{Adjustment, StockLedger, apply_batch};
+    use backroom::jobs::stock::ledger::{Adjustment, StockLedger, apply_batch};
     // The worker's own pool (default size, with its TCP_NODELAY fix).
     let pool = backroom::db::pool(url, ctx.settings.database_max_connections)?;
     let tag: String = transport

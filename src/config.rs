@@ -75,11 +75,11 @@ pub struct Settings {
     /// `BACKROOM_TENANT_RATE_PER_SECOND` (default 1,000; 0 turns the limit off) and
     /// `BACKROOM_TENANT_RATE_BURST` (default 2,000): each tenant's API request rate, shared by
     /// every API process; over it a request gets 429 with `Retry-After`.
-    pub tenant_rate: crate::api::rate_limit::RateLimit,
+    pub tenant_rate: RateLimit,
     /// `BACKROOM_HEADER_TIMEOUT_SECS` (default 10: a request's head must arrive within it, and
     /// an idle keep-alive connection is closed after it; a stalled body is cut after it too) and
     /// `BACKROOM_MAX_CONNECTIONS` (default 4096: connections one API process holds open at once).
-    pub connections: crate::server::ConnectionLimits,
+    pub connections: ConnectionLimits,
     /// `BACKROOM_REQUEST_TIMEOUT_SECS`: the longest one request may take, body included
     /// (default 60); past it the caller gets 503.
     pub request_timeout: Duration,
@@ -126,6 +126,9 @@ impl Settings {
 
     /// Reads settings through `lookup`, so the parsing rules are testable without touching the
     /// process environment. Empty values count as unset.
+    ///
+    /// Long on purpose: one block per setting, in the order of the README's table, each parsed
+    /// and bounded where it is read, so a setting's whole rule is in one place.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let required = |name: &'static str| {
@@ -280,7 +283,7 @@ impl Settings {
         let tenant_concurrency = parse_concurrency(
             &get("BACKROOM_TENANT_CONCURRENCY").unwrap_or_else(|| "forecasts=2,imports=1".into()),
         )?;
-        let tenant_rate = crate::api::rate_limit::RateLimit {
+        let tenant_rate = RateLimit {
             per_second: parse_or(
                 get("BACKROOM_TENANT_RATE_PER_SECOND"),
                 "BACKROOM_TENANT_RATE_PER_SECOND",
@@ -447,7 +450,7 @@ impl Settings {
             max_queued_imports,
             tenant_concurrency,
             tenant_rate,
-            connections: crate::server::ConnectionLimits {
+            connections: ConnectionLimits {
                 header_timeout,
                 max_connections,
             },
@@ -478,7 +481,7 @@ fn parse_concurrency(raw: &str) -> Result<std::collections::BTreeMap<String, u32
             .split_once('=')
             .ok_or_else(|| fail(format!("'{pair}' is not queue=n")))?;
         let queue = queue.trim();
-        if crate::jobs::Queue::parse(queue).is_none() {
+        if crate::jobs::queues::Queue::parse(queue).is_none() {
             return Err(fail(format!("'{queue}' is not a queue")));
         }
         let n: u32 = n
@@ -532,6 +535,23 @@ pub fn database_url_from_env() -> Result<String, SettingsError> {
         })?;
     check_url("DATABASE_URL", &url, &["postgres", "postgresql"])?;
     Ok(url)
+}
+
+/// A per-tenant limit: `per_second` requests a second on average, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// What one API process allows its clients.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConnectionLimits {
+    /// A request's head (request line and headers) must arrive within this; also how long an
+    /// idle keep-alive connection stays open.
+    pub header_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
 }
 
 #[cfg(test)]

@@ -4,15 +4,11 @@
 pub mod api;
 pub mod config;
 pub mod db;
-pub mod dev;
 pub mod domain;
 pub mod forecast;
 pub mod jobs;
 pub mod outbox;
+pub mod process;
 pub mod queue;
 pub mod redis_conn;
-pub mod scheduler;
-pub mod server;
-pub mod startup;
 pub mod telemetry;
-pub mod workers;

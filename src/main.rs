@@ -3,7 +3,8 @@
 
 use backroom::config::{self, LogFormat, Settings};
 use backroom::domain::{TenantName, TenantSlug};
-use backroom::{api, db, startup, telemetry};
+use backroom::process::serve;
+use backroom::{api, db, telemetry};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -135,13 +136,15 @@ fn log_from_env() {
     telemetry::init(format, &filter);
 }
 
+/// One arm per command, each a few lines handing over to `backroom::process` or a CLI task;
+/// long only because there are many commands.
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
             let settings = Settings::from_env()?;
             telemetry::init(settings.log_format, &settings.log_filter);
-            let app = startup::Application::build(settings).await?;
-            app.run_until(startup::shutdown_signal()).await
+            let app = serve::Application::build(settings).await?;
+            app.run_until(serve::shutdown_signal()).await
         }
         Command::Work {
             queues,
@@ -149,13 +152,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let settings = Settings::from_env()?;
             telemetry::init(settings.log_format, &settings.log_filter);
-            let plan = backroom::workers::WorkPlan::parse(queues.as_deref(), concurrency)?;
-            backroom::workers::run(&settings, plan, startup::shutdown_signal()).await
+            let plan = backroom::process::work::WorkPlan::parse(queues.as_deref(), concurrency)?;
+            backroom::process::work::run(&settings, plan, serve::shutdown_signal()).await
         }
         Command::Schedule => {
             let settings = Settings::from_env()?;
             telemetry::init(settings.log_format, &settings.log_filter);
-            backroom::scheduler::run(&settings, startup::shutdown_signal()).await
+            backroom::process::schedule::run(&settings, serve::shutdown_signal()).await
         }
         Command::Migrate => {
             let url = config::database_url_from_env()?;
@@ -187,7 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("API key (shown once): {}", created.api_key());
             Ok(())
         }
-        Command::Dev => backroom::dev::run().await,
+        Command::Dev => backroom::process::dev::run().await,
         Command::Forecast {
             command:
                 ForecastCommand::Backtest {
@@ -225,7 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .fetch_optional(&pool)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no tenant '{tenant}'"))?;
-            use backroom::workers::forecasts;
+            use backroom::jobs::forecasts;
             let horizon = horizon.unwrap_or(settings.forecast.horizon_days);
             anyhow::ensure!(
                 (1..=365).contains(&horizon),

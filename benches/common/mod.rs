@@ -7,20 +7,18 @@
 //! Each bench uses a different part of it.
 #![allow(dead_code)]
 
+#[path = "../../tests/support/mod.rs"]
+pub mod support;
+#[allow(unused_imports)]
+pub use support::smtp::SmtpSink;
+
 use anyhow::Context as _;
-use backroom::config::Settings;
 use backroom::queue::{QueueName, QueueSettings, Queues};
 use backroom::redis_conn::RedisHandle;
-use backroom::startup::Application;
-use backroom::workers::{self, WorkPlan};
 use sqlx::{Connection as _, PgPool};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------------------------
@@ -83,22 +81,13 @@ impl Names {
     /// Creates the run's database, applies the migrations and returns a small pool on it.
     pub async fn create_database(&self) -> anyhow::Result<PgPool> {
         let server = self.url_of("postgres");
-        let mut conn = sqlx::PgConnection::connect(&server)
+        support::create_migrated_database(&server, &self.db_name, &self.database_url())
             .await
-            .with_context(|| format!("connecting to Postgres at {server}"))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            r#"CREATE DATABASE "{}""#,
-            self.db_name
-        )))
-        .execute(&mut conn)
-        .await?;
-        conn.close().await?;
-        let db = sqlx::postgres::PgPoolOptions::new()
+            .with_context(|| format!("creating the bench database on {server}"))?;
+        Ok(sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
             .connect(&self.database_url())
-            .await?;
-        backroom::db::migrate(&db).await?;
-        Ok(db)
+            .await?)
     }
 
     /// Drops the database (closing whatever is still connected) and deletes the namespace's keys.
@@ -161,74 +150,11 @@ pub async fn delete_matching(
 }
 
 /// The server under test, serving until stopped (or dropped).
-pub struct Server {
-    pub base: String,
-    /// The server's own Postgres pool (to settle statistics, see `Ctx::pg_transactions`).
-    pub db: PgPool,
-    pub queues: Queues,
-    pub stop: oneshot::Sender<()>,
-    pub join: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Server {
-    pub async fn start(settings: &Settings) -> anyhow::Result<Self> {
-        let app = Application::build(settings.clone()).await?;
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let db = app.state().db.clone();
-        let queues = app.state().queues.clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let join = tokio::spawn(app.run_until(async move {
-            let _ = stopped.await;
-        }));
-        Ok(Server {
-            base,
-            db,
-            queues,
-            stop,
-            join,
-        })
-    }
-
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(30), self.join)
-            .await
-            .context("the server did not stop within 30 s")??
-    }
-}
-
-/// In-process workers (`workers::run`, as `backroom work` runs them); stop on `stop` or drop.
-pub struct Workers {
-    pub stop: oneshot::Sender<()>,
-    pub join: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Workers {
-    /// `concurrency`: jobs at once per queue (`None`: each queue's default).
-    pub fn start(
-        settings: &Settings,
-        queues: &str,
-        concurrency: Option<usize>,
-    ) -> anyhow::Result<Self> {
-        let plan = WorkPlan::parse(Some(queues), concurrency)?;
-        let settings = settings.clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let join = tokio::spawn(async move {
-            workers::run(&settings, plan, async move {
-                let _ = stopped.await;
-            })
-            .await
-        });
-        Ok(Workers { stop, join })
-    }
-
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(40), self.join)
-            .await
-            .context("the workers did not stop within 40 s")??
-    }
-}
+#[allow(unused_imports)]
+pub use support::app::InProcessApp as Server;
+/// In-process workers (`process::work::run`, as `backroom work` runs them); stop on `stop` or drop.
+#[allow(unused_imports)]
+pub use support::app::InProcessWorkers as Workers;
 
 /// Transactions (committed or rolled back) of the bench database so far, without the bench's
 /// own (`own_tx`, counted by the caller for each query it runs on `db`). Backends publish their
@@ -273,18 +199,15 @@ pub async fn pg_transactions(
 
 /// `comm` and (utime, stime, cutime, cstime) in clock ticks of `/proc/<pid>/stat`.
 pub fn proc_stat(pid: &str) -> Option<(String, [f64; 4])> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat[open + 1..close].to_string();
-    // After ")": state is field 3; utime..cstime are fields 14..17.
-    let fields: Vec<f64> = stat[close + 1..]
-        .split_whitespace()
+    let (comm, fields) = support::proc::stat(pid)?;
+    // utime..cstime are the 12th to 15th fields after the command name.
+    let times: Vec<f64> = fields
+        .iter()
         .skip(11)
         .take(4)
         .filter_map(|f| f.parse().ok())
         .collect();
-    (fields.len() == 4).then(|| (comm, [fields[0], fields[1], fields[2], fields[3]]))
+    (times.len() == 4).then(|| (comm, [times[0], times[1], times[2], times[3]]))
 }
 
 /// Non-idle ticks of all CPUs, from the first line of `/proc/stat`.
@@ -495,23 +418,12 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// A TCP port nothing listens on right now (for a child process to bind).
 pub fn unused_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(support::free_port())
 }
 
-/// Resident set size of a process in KiB (`VmRSS` of `/proc/<pid>/status`); `None` once it is
-/// gone.
+/// Resident set size of a process in KiB (`VmRSS`); `None` once it is gone.
 pub fn vm_rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+    support::proc::status_kib(pid, "VmRSS")
 }
 
 /// A child process that is SIGKILLed and reaped when dropped (an error or Ctrl-C in the bench),
@@ -602,186 +514,6 @@ impl Drop for ChildProcess {
             let _ = self.child.wait();
         }
     }
-}
-
-/// What the Rust sink saw.
-#[derive(Default)]
-pub struct SinkStats {
-    pub received: AtomicU64,
-    /// SMTP connections accepted.
-    pub connections: AtomicU64,
-    /// Per message, µs from the first line of the body to the lone "." that ends it. The
-    /// client writes the body and then the terminator "\r\n.\r\n" back to back: anything
-    /// beyond a fraction of a ms is the client's TCP stack holding the 5-byte terminator back
-    /// (Nagle) until the body is acknowledged. (The body's last line is not a fair start: it
-    /// may lack its CRLF, which comes with the terminator.)
-    pub terminator_wait_us: std::sync::Mutex<Vec<u64>>,
-    /// Per message, µs from its first command (NOOP, RSET, EHLO or MAIL) to the final 250.
-    pub conversation_us: std::sync::Mutex<Vec<u64>>,
-    /// Per message after the first on a connection, µs from the previous message's final 250
-    /// to this message's first command: time the client spent elsewhere.
-    pub between_us: std::sync::Mutex<Vec<u64>>,
-}
-
-/// A minimal SMTP sink (just enough of RFC 5321 for lettre: 220 greeting, EHLO/HELO 250,
-/// MAIL/RCPT/NOOP/RSET 250, DATA 354 then up to the lone "." line, 250, QUIT 221) on a thread
-/// and single-threaded runtime of its own, timing each conversation; stops on drop.
-pub struct SmtpSink {
-    pub port: u16,
-    pub stats: Arc<SinkStats>,
-    /// The sink thread's id, for its CPU time in `/proc/self/task/<tid>`.
-    pub tid: String,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl SmtpSink {
-    pub fn start() -> anyhow::Result<Self> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let port = listener.local_addr()?.port();
-        let stats = Arc::new(SinkStats::default());
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let shared = stats.clone();
-        let thread = std::thread::Builder::new()
-            .name("smtp-sink".into())
-            .spawn(move || {
-                // "/proc/thread-self" links to "<pid>/task/<tid>".
-                let tid = std::fs::read_link("/proc/thread-self")
-                    .ok()
-                    .and_then(|p| p.file_name().map(|t| t.to_string_lossy().into_owned()))
-                    .unwrap_or_default();
-                let _ = tid_tx.send(tid);
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a runtime for the sink");
-                runtime.block_on(async move {
-                    let listener =
-                        tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-                    loop {
-                        tokio::select! {
-                            accepted = listener.accept() => {
-                                if let Ok((stream, _)) = accepted {
-                                    shared.connections.fetch_add(1, Ordering::Relaxed);
-                                    tokio::spawn(smtp_session(stream, shared.clone()));
-                                }
-                            }
-                            _ = &mut stopped => return,
-                        }
-                    }
-                });
-            })?;
-        let tid = tid_rx.recv()?;
-        Ok(SmtpSink {
-            port,
-            stats,
-            tid,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl SmtpSink {
-    /// `SMTP_URL` for backroom.
-    pub fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
-    }
-
-    /// Messages accepted so far.
-    pub fn received(&self) -> u64 {
-        self.stats.received.load(Ordering::Relaxed)
-    }
-
-    /// SMTP connections accepted so far.
-    pub fn connections(&self) -> u64 {
-        self.stats.connections.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// One SMTP conversation: just enough of RFC 5321 for lettre.
-async fn smtp_session(stream: tokio::net::TcpStream, stats: Arc<SinkStats>) {
-    let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut line = Vec::with_capacity(1024);
-    // When the current message's first command came, and when the previous message ended.
-    let mut first_command: Option<Instant> = None;
-    let mut previous_end: Option<Instant> = None;
-    let outcome: std::io::Result<()> = async {
-        write.write_all(b"220 bench-sink ESMTP\r\n").await?;
-        loop {
-            line.clear();
-            if reader.read_until(b'\n', &mut line).await? == 0 {
-                return Ok(());
-            }
-            if first_command.is_none() {
-                let now = Instant::now();
-                first_command = Some(now);
-                if let Some(end) = previous_end {
-                    let gap = (now - end).as_micros() as u64;
-                    stats.between_us.lock().unwrap().push(gap);
-                }
-            }
-            let verb = line
-                .get(..4)
-                .map(|v| v.to_ascii_uppercase())
-                .unwrap_or_default();
-            match verb.as_slice() {
-                b"EHLO" => {
-                    write
-                        .write_all(b"250-bench-sink\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
-                        .await?
-                }
-                b"HELO" => write.write_all(b"250 bench-sink\r\n").await?,
-                b"DATA" => {
-                    write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
-                    let mut first_line = None;
-                    loop {
-                        line.clear();
-                        if reader.read_until(b'\n', &mut line).await? == 0 {
-                            return Ok(());
-                        }
-                        if line == b".\r\n" || line == b".\n" {
-                            break;
-                        }
-                        first_line.get_or_insert_with(Instant::now);
-                    }
-                    let waited = first_line.map_or(0, |t| t.elapsed().as_micros() as u64);
-                    stats.terminator_wait_us.lock().unwrap().push(waited);
-                    stats.received.fetch_add(1, Ordering::Relaxed);
-                    write.write_all(b"250 2.0.0 OK queued\r\n").await?;
-                    let end = Instant::now();
-                    if let Some(start) = first_command.take() {
-                        let took = (end - start).as_micros() as u64;
-                        stats.conversation_us.lock().unwrap().push(took);
-                    }
-                    previous_end = Some(end);
-                }
-                b"QUIT" => {
-                    write.write_all(b"221 2.0.0 bye\r\n").await?;
-                    return Ok(());
-                }
-                // MAIL, RCPT, NOOP, RSET and anything else.
-                _ => write.write_all(b"250 2.0.0 OK\r\n").await?,
-            }
-        }
-    }
-    .await;
-    let _ = outcome;
 }
 
 /// `used_memory` of Redis's `INFO memory` (the whole server, in bytes).

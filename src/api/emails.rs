@@ -5,10 +5,11 @@ use super::AppState;
 use super::error::{Error, Result};
 use super::extract::{FieldErrors, Json, Tenant};
 use crate::domain::{EmailAddress, IdempotencyKey, clean_text};
+use crate::jobs::emails::EmailJob;
 use crate::jobs::{self, Enqueue};
-use crate::workers::emails::{EmailJob, EmailRecord};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -200,4 +201,22 @@ pub async fn get_email(
     .await?
     .ok_or_else(not_found)?;
     Ok(axum::Json(record))
+}
+
+/// An email's delivery record, for `GET /v1/emails/{id}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EmailRecord {
+    pub id: Uuid,
+    pub kind: String,
+    pub to: String,
+    pub subject: String,
+    /// queued, sent or failed.
+    pub status: String,
+    pub attempts: i32,
+    pub smtp_reply: Option<String>,
+    pub last_error: Option<String>,
+    pub message_id: String,
+    pub job_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
 }

@@ -355,6 +355,18 @@ where
     }
 }
 
+/// The queue a path names; an unknown one is 404, naming the queues there are.
+pub fn queue_named(raw: &str) -> Result<crate::queue::QueueName, Error> {
+    crate::jobs::Queue::parse(raw)
+        .map(crate::jobs::Queue::id)
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "no queue '{raw}'; queues are {}",
+                crate::jobs::Queue::names()
+            ))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

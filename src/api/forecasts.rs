@@ -9,8 +9,9 @@ use super::AppState;
 use super::error::{Error, Result};
 use super::extract::{FieldErrors, Json, Tenant};
 use crate::domain::Sku;
+use crate::jobs::forecasts;
+use crate::jobs::imports::{self, upload};
 use crate::jobs::{self, Enqueue};
-use crate::workers::{forecasts, import_files, imports};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -154,10 +155,10 @@ pub async fn import_sales(
 
 /// Writes the request body to the import's parts, refusing it as soon as it is over the size
 /// (413) or row (422) limit, or stalls (408).
-async fn receive(state: &AppState, import_id: Uuid, body: Body) -> Result<import_files::Written> {
+async fn receive(state: &AppState, import_id: Uuid, body: Body) -> Result<upload::Written> {
     let max_bytes = state.settings.max_import_bytes;
     let max_rows = state.settings.max_import_rows;
-    let mut writer = import_files::UploadWriter::new(import_id);
+    let mut writer = upload::UploadWriter::new(import_id);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {

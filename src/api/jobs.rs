@@ -4,7 +4,7 @@
 
 use super::AppState;
 use super::error::{Error, Result};
-use super::extract::{Admin, FieldErrors, Query, Tenant};
+use super::extract::{Admin, FieldErrors, Query, Tenant, queue_named};
 use super::pagination::{PageParams, encode_cursor};
 use crate::jobs::Queue;
 use crate::queue::{ActionOutcome, JobRecord, JobStatus, QueueName};
@@ -160,12 +160,6 @@ pub struct BulkRetry {
     retried: u64,
 }
 
-fn queue_name(raw: &str) -> Result<QueueName> {
-    Queue::parse(raw)
-        .map(Queue::id)
-        .ok_or_else(|| Error::NotFound(format!("no queue '{raw}'; queues are {}", Queue::names())))
-}
-
 /// A job of the calling tenant. Another tenant's job is 404, exactly like a missing one.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "tenant", security(("tenant_key" = [])),
     params(("id" = String, Path)),
@@ -238,7 +232,7 @@ pub async fn list_jobs(
     Path(queue): Path<String>,
     Query(params): Query<JobListParams>,
 ) -> Result<axum::Json<AdminJobPage>> {
-    let queue = queue_name(&queue)?;
+    let queue = queue_named(&queue)?;
     let mut errors = FieldErrors::default();
     let status = match params.status.as_deref() {
         None => Some(JobStatus::Queued),
@@ -323,7 +317,7 @@ pub async fn pause_queue(
     State(state): State<AppState>,
     Path(queue): Path<String>,
 ) -> Result<axum::Json<QueueState>> {
-    let queue = queue_name(&queue)?;
+    let queue = queue_named(&queue)?;
     state.queues.pause(&queue).await?;
     Ok(axum::Json(QueueState {
         name: queue.to_string(),
@@ -341,7 +335,7 @@ pub async fn resume_queue(
     State(state): State<AppState>,
     Path(queue): Path<String>,
 ) -> Result<axum::Json<QueueState>> {
-    let queue = queue_name(&queue)?;
+    let queue = queue_named(&queue)?;
     state.queues.resume(&queue).await?;
     Ok(axum::Json(QueueState {
         name: queue.to_string(),
@@ -359,7 +353,7 @@ pub async fn retry_dead(
     State(state): State<AppState>,
     Path(queue): Path<String>,
 ) -> Result<axum::Json<BulkRetry>> {
-    let queue = queue_name(&queue)?;
+    let queue = queue_named(&queue)?;
     let retried = state.queues.retry_all_dead(&queue).await?;
     Ok(axum::Json(BulkRetry { retried }))
 }

@@ -2,7 +2,7 @@
 //! OpenAPI document generated from the same handler annotations that route requests, so the
 //! spec cannot drift from the code.
 //!
-//! [`router`] is a plain factory (no socket) so tests can call it directly; `startup` binds it.
+//! [`router`] is a plain factory (no socket) so tests can call it directly; `process::serve` binds it.
 
 pub mod auth_throttle;
 mod charts;

@@ -10,10 +10,10 @@ use crate::domain::{
     Currency, EmailAddress, Reason, Sku, clean_text, format_amount, parse_tax_rate, totals,
 };
 use crate::jobs;
+use crate::jobs::emails::EmailJob;
+use crate::jobs::invoices::RenderInvoice;
+use crate::jobs::stock::StockAdjustmentJob;
 use crate::outbox::{self, OutboxJob};
-use crate::workers::emails::EmailJob;
-use crate::workers::invoices::RenderInvoice;
-use crate::workers::stock::StockAdjustmentJob;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -158,8 +158,62 @@ pub async fn create_order(
     State(state): State<AppState>,
     Json(body): Json<OrderInput>,
 ) -> Result<(StatusCode, axum::Json<OrderCreated>)> {
+    let order = check_order(&state.db, tenant.id, &body).await?;
+    let order_id = Uuid::now_v7();
+    let invoice_id = Uuid::now_v7();
+    let now = Utc::now();
+    let mut tx = state.db.begin().await?;
+    let order_number = match &order.number {
+        Some(n) => n.clone(),
+        None => {
+            let n = crate::db::next_counter(&mut tx, tenant.id, "order", now.year()).await?;
+            format!("ORD-{}-{n:06}", now.year())
+        }
+    };
+    let ids = OrderIds {
+        tenant: tenant.id,
+        order: order_id,
+        invoice: invoice_id,
+        number: &order_number,
+    };
+    insert_order(&mut tx, &ids, &order).await?;
+    outbox::add(&mut tx, &order_work(&ids, &order.lines, now)).await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(OrderCreated {
+            order_id,
+            order_number,
+            status: "placed".into(),
+            invoice_id,
+        }),
+    ))
+}
+
+/// An order that passed every check: lines priced, totals computed.
+struct CheckedOrder {
+    number: Option<String>,
+    customer_name: String,
+    customer_email: EmailAddress,
+    address: Option<String>,
+    currency: Currency,
+    tax_rate: Decimal,
+    lines: Vec<PricedLine>,
+    totals: crate::domain::Totals,
+}
+
+struct PricedLine {
+    sku: Sku,
+    description: String,
+    quantity: i64,
+    unit_price: Decimal,
+}
+
+/// Checks every field (all faults reported at once, each under its field), looks up the lines'
+/// products (descriptions, and prices for lines that give none) and computes the totals.
+async fn check_order(db: &sqlx::PgPool, tenant: Uuid, body: &OrderInput) -> Result<CheckedOrder> {
     let mut errors = FieldErrors::default();
-    let order_number = match &body.order_number {
+    let number = match &body.order_number {
         None => Some(None),
         Some(raw) => errors
             .check("order_number", parse_order_number(raw))
@@ -175,11 +229,71 @@ pub async fn create_order(
     };
     let currency = errors.check("currency", Currency::parse(&body.currency));
     let tax_rate = errors.check("tax_rate", parse_tax_rate(&body.tax_rate));
-    if body.lines.is_empty() || body.lines.len() > MAX_LINES {
+    let mut lines = check_lines(&body.lines, currency, &mut errors);
+    let skus: Vec<String> = lines.iter().map(|l| l.sku.as_str().to_string()).collect();
+    let products: HashMap<String, (String, Decimal, String)> = sqlx::query!(
+        "SELECT sku, name, unit_price, currency FROM products WHERE tenant_id = $1 AND sku = ANY($2)",
+        tenant,
+        &skus
+    )
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .map(|r| (r.sku, (r.name, r.unit_price, r.currency)))
+    .collect();
+    for (i, line) in lines.iter_mut().enumerate() {
+        match products.get(line.sku.as_str()) {
+            None => errors.push(
+                &format!("lines[{i}].sku"),
+                format!("no product '{}'", line.sku.as_str()),
+            ),
+            Some((_, price, product_currency)) if line.unit_price.is_none() => match currency {
+                Some(c) if c.as_str() == product_currency => line.unit_price = Some(*price),
+                Some(_) => errors.push(
+                    &format!("lines[{i}].unit_price"),
+                    format!("is required: the product is priced in {product_currency}"),
+                ),
+                None => {}
+            },
+            Some(_) => {}
+        }
+    }
+    errors.finish()?;
+    let (currency, tax_rate) = (currency.expect("checked"), tax_rate.expect("checked"));
+    let lines: Vec<PricedLine> = lines
+        .into_iter()
+        .map(|l| PricedLine {
+            description: products[l.sku.as_str()].0.clone(),
+            unit_price: l.unit_price.expect("priced above"),
+            quantity: l.quantity,
+            sku: l.sku,
+        })
+        .collect();
+    let priced: Vec<(i64, Decimal)> = lines.iter().map(|l| (l.quantity, l.unit_price)).collect();
+    let totals = totals(&priced, tax_rate, currency).map_err(|e| Error::invalid("lines", e))?;
+    Ok(CheckedOrder {
+        number: number.expect("checked"),
+        customer_name: customer_name.expect("checked"),
+        customer_email: customer_email.expect("checked"),
+        address: address.expect("checked"),
+        currency,
+        tax_rate,
+        lines,
+        totals,
+    })
+}
+
+/// Each line's own fields (its product is looked up after).
+fn check_lines(
+    input: &[LineInput],
+    currency: Option<Currency>,
+    errors: &mut FieldErrors,
+) -> Vec<Line> {
+    if input.is_empty() || input.len() > MAX_LINES {
         errors.push("lines", format!("must hold 1 to {MAX_LINES} lines"));
     }
     let mut lines = vec![];
-    for (i, line) in body.lines.iter().enumerate() {
+    for (i, line) in input.iter().enumerate() {
         let sku = errors.check(&format!("lines[{i}].sku"), Sku::parse(&line.sku));
         let quantity = errors.check(
             &format!("lines[{i}].quantity"),
@@ -205,91 +319,59 @@ pub async fn create_order(
             });
         }
     }
-    // Products of the order's lines: descriptions, and prices for lines that give none.
-    let skus: Vec<String> = lines.iter().map(|l| l.sku.as_str().to_string()).collect();
-    let products: HashMap<String, (String, Decimal, String)> = sqlx::query!(
-        "SELECT sku, name, unit_price, currency FROM products WHERE tenant_id = $1 AND sku = ANY($2)",
-        tenant.id,
-        &skus
-    )
-    .fetch_all(&state.db)
-    .await?
-    .into_iter()
-    .map(|r| (r.sku, (r.name, r.unit_price, r.currency)))
-    .collect();
-    for (i, line) in lines.iter_mut().enumerate() {
-        match products.get(line.sku.as_str()) {
-            None => errors.push(
-                &format!("lines[{i}].sku"),
-                format!("no product '{}'", line.sku.as_str()),
-            ),
-            Some((_, price, product_currency)) if line.unit_price.is_none() => match currency {
-                Some(c) if c.as_str() == product_currency => line.unit_price = Some(*price),
-                Some(_) => errors.push(
-                    &format!("lines[{i}].unit_price"),
-                    format!("is required: the product is priced in {product_currency}"),
-                ),
-                None => {}
-            },
-            Some(_) => {}
-        }
-    }
-    errors.finish()?;
-    let (currency, tax_rate) = (currency.expect("checked"), tax_rate.expect("checked"));
-    let priced: Vec<(i64, Decimal)> = lines
-        .iter()
-        .map(|l| (l.quantity, l.unit_price.expect("priced above")))
-        .collect();
-    let totals = totals(&priced, tax_rate, currency).map_err(|e| Error::invalid("lines", e))?;
+    lines
+}
 
-    let order_id = Uuid::now_v7();
-    let invoice_id = Uuid::now_v7();
-    let now = Utc::now();
-    let customer_email = customer_email.expect("checked");
-    let mut tx = state.db.begin().await?;
-    let order_number = match order_number.expect("checked") {
-        Some(n) => n,
-        None => {
-            let n = crate::db::next_counter(&mut tx, tenant.id, "order", now.year()).await?;
-            format!("ORD-{}-{n:06}", now.year())
-        }
-    };
+/// Who and what a new order is.
+struct OrderIds<'a> {
+    tenant: Uuid,
+    order: Uuid,
+    invoice: Uuid,
+    number: &'a str,
+}
+
+/// The order, its lines and its invoice (not yet numbered).
+async fn insert_order(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ids: &OrderIds<'_>,
+    order: &CheckedOrder,
+) -> Result<()> {
+    let totals = &order.totals;
     sqlx::query!(
         r#"INSERT INTO orders (id, tenant_id, order_number, customer_name, customer_email,
                                customer_address, currency, tax_rate, subtotal, tax, total)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"#,
-        order_id,
-        tenant.id,
-        order_number,
-        customer_name.expect("checked"),
-        customer_email.as_str(),
-        address.expect("checked"),
-        currency.as_str(),
-        tax_rate,
+        ids.order,
+        ids.tenant,
+        ids.number,
+        order.customer_name,
+        order.customer_email.as_str(),
+        order.address,
+        order.currency.as_str(),
+        order.tax_rate,
         totals.subtotal,
         totals.tax,
         totals.total
     )
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await
     .map_err(|e| {
         on_constraint(e, "orders_order_number_key", || Error::Conflict {
-            detail: format!("an order numbered '{order_number}' exists"),
+            detail: format!("an order numbered '{}' exists", ids.number),
             field: Some("order_number".into()),
         })
     })?;
+    let lines = &order.lines;
     let line_nos: Vec<i32> = (1..=lines.len() as i32).collect();
-    let descriptions: Vec<String> = lines
-        .iter()
-        .map(|l| products[l.sku.as_str()].0.clone())
-        .collect();
+    let skus: Vec<String> = lines.iter().map(|l| l.sku.as_str().to_string()).collect();
+    let descriptions: Vec<String> = lines.iter().map(|l| l.description.clone()).collect();
     let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
-    let prices: Vec<Decimal> = priced.iter().map(|(_, p)| *p).collect();
+    let prices: Vec<Decimal> = lines.iter().map(|l| l.unit_price).collect();
     sqlx::query!(
         r#"INSERT INTO order_lines (tenant_id, order_id, line_no, sku, description, quantity, unit_price, line_total)
            SELECT $1, $2, * FROM UNNEST($3::int[], $4::text[], $5::text[], $6::bigint[], $7::numeric[], $8::numeric[])"#,
-        tenant.id,
-        order_id,
+        ids.tenant,
+        ids.order,
         &line_nos,
         &skus,
         &descriptions,
@@ -297,62 +379,60 @@ pub async fn create_order(
         &prices,
         &totals.line_totals
     )
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     sqlx::query!(
         r#"INSERT INTO invoices (id, tenant_id, order_id, currency, subtotal, tax, total)
            VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
-        invoice_id,
-        tenant.id,
-        order_id,
-        currency.as_str(),
+        ids.invoice,
+        ids.tenant,
+        ids.order,
+        order.currency.as_str(),
         totals.subtotal,
         totals.tax,
         totals.total
     )
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
+    Ok(())
+}
 
+/// The work an order causes, for the outbox: a `sale` adjustment per line, the invoice PDF and
+/// the customer's email.
+fn order_work(ids: &OrderIds<'_>, lines: &[PricedLine], now: DateTime<Utc>) -> Vec<OutboxJob> {
     let mut work: Vec<OutboxJob> = lines
         .iter()
-        .zip(&line_nos)
+        .zip(1..)
         .map(|(line, no)| {
             let adjustment = StockAdjustmentJob {
-                tenant_id: tenant.id,
+                tenant_id: ids.tenant,
                 sku: line.sku.as_str().to_string(),
                 delta: -line.quantity,
                 reason: Reason::Sale,
-                idempotency_key: format!("order:{order_id}:{no}"),
-                reference: Some(order_number.clone()),
+                idempotency_key: format!("order:{}:{no}", ids.order),
+                reference: Some(ids.number.to_string()),
                 occurred_at: now,
             };
             jobs::outbox_job(&adjustment, adjustment.idempotency_key.clone())
         })
         .collect();
     let render = RenderInvoice {
-        tenant_id: tenant.id,
-        invoice_id,
+        tenant_id: ids.tenant,
+        invoice_id: ids.invoice,
     };
-    work.push(jobs::outbox_job(&render, format!("invoice:{invoice_id}")));
+    work.push(jobs::outbox_job(
+        &render,
+        format!("invoice:{}", ids.invoice),
+    ));
     let email = EmailJob::Invoice {
-        tenant_id: tenant.id,
-        invoice_id,
+        tenant_id: ids.tenant,
+        invoice_id: ids.invoice,
     };
     work.push(jobs::outbox_job(
         &email,
-        format!("invoice-email:{invoice_id}"),
+        format!("invoice-email:{}", ids.invoice),
     ));
-    outbox::add(&mut tx, &work).await?;
-    tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(OrderCreated {
-            order_id,
-            order_number,
-            status: "placed".into(),
-            invoice_id,
-        }),
-    ))
+    work
 }
 
 fn uuid_in_path(raw: &str, what: &str) -> Result<Uuid> {

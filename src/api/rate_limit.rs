@@ -11,6 +11,7 @@
 //! because the limiter is down would turn a Redis blip into an outage for order intake, which
 //! keeps working without Redis (the outbox).
 
+use crate::config::RateLimit;
 use crate::redis_conn::RedisHandle;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -34,13 +35,6 @@ return -1
 "#;
 
 static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GCRA));
-
-/// A per-tenant limit: `per_second` requests a second on average, up to `burst` at once.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateLimit {
-    pub per_second: u32,
-    pub burst: u32,
-}
 
 impl RateLimit {
     /// `Some(wait)` when the tenant is over its limit. Redis errors let the request pass.

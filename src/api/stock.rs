@@ -6,8 +6,8 @@ use super::AppState;
 use super::error::{Error, Result};
 use super::extract::{FieldErrors, Json, Tenant};
 use crate::domain::{DateWindow, Delta, IdempotencyKey, Reason, Sku};
+use crate::jobs::stock::StockAdjustmentJob;
 use crate::jobs::{self, Enqueue};
-use crate::workers::stock::StockAdjustmentJob;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -69,23 +69,10 @@ fn parse_adjustment(
     let sku = errors.check(&field("sku"), Sku::parse(&input.sku));
     let reason = errors.check(&field("reason"), Reason::parse(&input.reason));
     let delta = errors.check(&field("delta"), Delta::parse(input.delta));
-    if let (Some(reason), Some(delta)) = (reason, delta) {
-        let sign_ok = match reason {
-            Reason::Sale | Reason::Damage => delta.get() < 0,
-            Reason::Receipt | Reason::Return => delta.get() > 0,
-            Reason::Correction | Reason::Transfer => true,
-        };
-        if !sign_ok {
-            let direction = if delta.get() < 0 {
-                "positive"
-            } else {
-                "negative"
-            };
-            errors.push(
-                &field("delta"),
-                format!("must be {direction} for a {}", reason.as_str()),
-            );
-        }
+    if let (Some(reason), Some(delta)) = (reason, delta)
+        && let Err(e) = reason.check_sign(delta)
+    {
+        errors.push(&field("delta"), e);
     }
     let key = errors.check(
         &field("idempotency_key"),

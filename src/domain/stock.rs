@@ -62,6 +62,26 @@ impl Reason {
             Reason::Transfer => "transfer",
         }
     }
+
+    /// The sign rule every producer's adjustment obeys (the API's, an order's, a job's): sales
+    /// and damage take stock away, receipts and returns add it, corrections and transfers go
+    /// either way. The error names the sign the delta must have.
+    pub fn check_sign(self, delta: Delta) -> Result<(), String> {
+        let sign_ok = match self {
+            Reason::Sale | Reason::Damage => delta.get() < 0,
+            Reason::Receipt | Reason::Return => delta.get() > 0,
+            Reason::Correction | Reason::Transfer => true,
+        };
+        if sign_ok {
+            return Ok(());
+        }
+        let direction = if delta.get() < 0 {
+            "positive"
+        } else {
+            "negative"
+        };
+        Err(format!("must be {direction} for a {}", self.as_str()))
+    }
 }
 
 /// A client's idempotency key: 1..=128 printable characters.
@@ -94,6 +114,20 @@ mod tests {
         assert!(Delta::parse(2_000_000_000).is_err());
         assert_eq!(Reason::parse("sale").unwrap(), Reason::Sale);
         assert!(Reason::parse("theft").is_err());
+        let (minus, plus) = (Delta::parse(-2).unwrap(), Delta::parse(3).unwrap());
+        assert!(Reason::Sale.check_sign(minus).is_ok());
+        assert_eq!(
+            Reason::Sale.check_sign(plus).unwrap_err(),
+            "must be negative for a sale"
+        );
+        assert_eq!(
+            Reason::Receipt.check_sign(minus).unwrap_err(),
+            "must be positive for a receipt"
+        );
+        assert!(Reason::Return.check_sign(plus).is_ok());
+        assert!(Reason::Damage.check_sign(plus).is_err());
+        assert!(Reason::Correction.check_sign(plus).is_ok());
+        assert!(Reason::Transfer.check_sign(minus).is_ok());
         assert!(IdempotencyKey::parse("").is_err());
         assert!(IdempotencyKey::parse(&"k".repeat(128)).is_ok());
         assert!(IdempotencyKey::parse(&"k".repeat(129)).is_err());

@@ -3,7 +3,7 @@
 //! choice by rolling-origin backtest ([`backtest`], [`metrics`]) or, in big runs, by a decision
 //! tree trained on backtests ([`chooser`]), all tied together by [`pipeline`]; reorder advice
 //! from the forecasts ([`reorder`]) and the analysts' backtest CLI ([`evaluate`]). The queue
-//! jobs that run it per tenant live in `workers::forecasts`.
+//! jobs that run it per tenant live in `jobs::forecasts`.
 
 pub mod backtest;
 pub mod chooser;

@@ -7,69 +7,34 @@
 //! a string; the workers take their timeouts from it; and [`Queue::ALL`] is the one list of
 //! queues that `--queues`, the dashboard, metrics, retention and the tenants' rules iterate.
 //!
+//! Each kind has its own folder below: its contract (the payload and its `JobKind` impl, and
+//! what producers need: records the API returns, functions that start a run) in the folder's
+//! `mod.rs`, its handler in `worker.rs` beside the helpers only it uses (the PDF renderer, the
+//! ledger writer, the mailer, the CSV reader). Each `worker.rs` also says how its worker runs
+//! (`options`) and what it needs (`deps`); `crate::process::work` starts one per queue.
+//!
 //! The queue engine (`crate::queue`) knows nothing of kinds: it moves named jobs. This module
-//! sits above it; the HTTP API and the workers sit above this one.
+//! sits above it and the domain rules; the HTTP API and the process wiring sit above this one.
 
+pub mod emails;
+pub mod forecasts;
+pub mod imports;
+pub mod invoices;
+pub mod queues;
+pub mod stock;
+
+pub use queues::Queue;
+
+use crate::config::Settings;
 use crate::outbox::OutboxJob;
-use crate::queue::{NewJob, Pushed, QueueName, Queues};
+use crate::queue::{JobError, JobMeta, NewJob, Pushed, Queues, WorkerOptions};
+use apalis::prelude::Data;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
 use std::time::Duration;
 use uuid::Uuid;
-
-/// The queues, one list. Adding a queue here makes every `match` over it (the workers') fail to
-/// compile until the queue is handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Queue {
-    Stock,
-    Invoices,
-    Emails,
-    Forecasts,
-    Imports,
-}
-
-impl Queue {
-    pub const ALL: [Queue; 5] = [
-        Queue::Stock,
-        Queue::Invoices,
-        Queue::Emails,
-        Queue::Forecasts,
-        Queue::Imports,
-    ];
-
-    /// The queue's name in the API, in Redis keys and in job ids.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Queue::Stock => "stock",
-            Queue::Invoices => "invoices",
-            Queue::Emails => "emails",
-            Queue::Forecasts => "forecasts",
-            Queue::Imports => "imports",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Queue> {
-        Queue::ALL.into_iter().find(|q| q.name() == raw)
-    }
-
-    /// The engine's handle on this queue.
-    pub fn id(self) -> QueueName {
-        QueueName::parse(self.name()).expect("every queue's name is well-formed")
-    }
-
-    /// Every queue's name, comma-separated (for messages that list them).
-    pub fn names() -> String {
-        Queue::ALL.map(Queue::name).join(", ")
-    }
-}
-
-impl std::fmt::Display for Queue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// The single declaration of a job kind, implemented by its payload type.
 pub trait JobKind: Serialize + DeserializeOwned + Send + Sync + 'static {
@@ -171,22 +136,46 @@ pub fn outbox_job<K: JobKind>(payload: &K, key: impl Into<String>) -> OutboxJob 
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What a kind's worker is built from: the process's connections and settings.
+pub struct WorkerContext<'a> {
+    pub db: &'a sqlx::PgPool,
+    pub queues: &'a Queues,
+    pub settings: &'a Settings,
+}
 
-    #[test]
-    fn every_queue_parses_back_from_its_name_and_names_are_unique() {
-        for q in Queue::ALL {
-            assert_eq!(Queue::parse(q.name()), Some(q));
-            assert_eq!(q.id().as_str(), q.name());
-        }
-        let names: std::collections::HashSet<_> = Queue::ALL.map(Queue::name).into();
-        assert_eq!(names.len(), Queue::ALL.len());
-        assert_eq!(Queue::parse("nope"), None);
-        assert_eq!(
-            Queue::names(),
-            "stock, invoices, emails, forecasts, imports"
-        );
-    }
+/// A worker's options for kind `K`: its queue and timeout, `concurrency` jobs at once, twice
+/// that fetched ahead. A kind's `worker::options` starts from this.
+pub fn worker_options<K: JobKind>(concurrency: usize) -> WorkerOptions {
+    let mut options = WorkerOptions::new(K::QUEUE.id());
+    options.concurrency = concurrency;
+    options.prefetch = concurrency * 2;
+    options.job_timeout = K::TIMEOUT;
+    options
+}
+
+/// Runs one job of kind `K` in this process, outside any queue: `handle` (a kind's
+/// `worker::handle`) on `payload` with `deps` (from its `worker::deps`), as delivery `attempt`.
+/// For tests, as Oban's `perform_job`: one kind's handler against the real database.
+pub async fn perform<K, D, F, Fut>(
+    handle: F,
+    payload: K,
+    deps: D,
+    attempt: u32,
+) -> Result<serde_json::Value, JobError>
+where
+    K: JobKind,
+    F: FnOnce(K, Data<JobMeta>, Data<D>) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, JobError>>,
+{
+    let meta = JobMeta {
+        id: crate::queue::JobId::new(&K::QUEUE.id()).to_string(),
+        queue: K::QUEUE.name().to_string(),
+        kind: payload.kind().to_string(),
+        tenant: payload.tenant(),
+        attempt,
+        max_attempts: K::MAX_ATTEMPTS,
+        created_at_ms: Utc::now().timestamp_millis(),
+        entry: String::new(),
+    };
+    handle(payload, Data(meta), Data(deps)).await
 }

@@ -453,16 +453,16 @@ async fn an_admin_opens_a_forecast_run_and_its_sku_chart() {
     backroom::forecast::demo::load(&app.db, t.id.parse().unwrap(), &skus)
         .await
         .unwrap();
-    let run_id = backroom::workers::forecasts::create_run(
+    let run_id = backroom::jobs::forecasts::create_run(
         &app.db,
         t.id.parse().unwrap(),
-        backroom::workers::forecasts::Trigger::Cli,
+        backroom::jobs::forecasts::Trigger::Cli,
         14,
         None,
     )
     .await
     .unwrap();
-    backroom::workers::forecasts::run_in_process(
+    backroom::jobs::forecasts::run_in_process(
         &app.db,
         &Default::default(),
         t.id.parse().unwrap(),

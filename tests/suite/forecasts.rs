@@ -263,7 +263,7 @@ async fn several_schedulers_start_one_nightly_run_per_tenant_and_it_emails_a_dig
     let starts = (0..4).map(|_| {
         let (db, queues) = (app.db.clone(), app.queues.clone());
         tokio::spawn(async move {
-            backroom::workers::forecasts::start_nightly(&db, &queues, night, 7)
+            backroom::jobs::forecasts::start_nightly(&db, &queues, night, 7)
                 .await
                 .unwrap()
         })
@@ -421,16 +421,16 @@ async fn old_runs_are_pruned_beyond_the_retention() {
     let tenant: uuid::Uuid = t.id.parse().unwrap();
     let mut runs = vec![];
     for _ in 0..3 {
-        let run = backroom::workers::forecasts::create_run(
+        let run = backroom::jobs::forecasts::create_run(
             &app.db,
             tenant,
-            backroom::workers::forecasts::Trigger::Cli,
+            backroom::jobs::forecasts::Trigger::Cli,
             7,
             None,
         )
         .await
         .unwrap();
-        backroom::workers::forecasts::run_in_process(
+        backroom::jobs::forecasts::run_in_process(
             &app.db,
             &Default::default(),
             tenant,
@@ -441,7 +441,7 @@ async fn old_runs_are_pruned_beyond_the_retention() {
         .unwrap();
         runs.push(run);
     }
-    let pruned = backroom::workers::forecasts::prune_runs(&app.db, 2)
+    let pruned = backroom::jobs::forecasts::prune_runs(&app.db, 2)
         .await
         .unwrap();
     assert_eq!(pruned, 1);
@@ -471,7 +471,7 @@ async fn a_nightly_run_emails_the_tenant_its_reorder_digest() {
         .unwrap();
     let _workers = app.start_workers("forecasts,emails");
     let night = chrono::Utc::now().date_naive();
-    let started = backroom::workers::forecasts::start_nightly(&app.db, &app.queues, night, 14)
+    let started = backroom::jobs::forecasts::start_nightly(&app.db, &app.queues, night, 14)
         .await
         .unwrap();
     assert_eq!(started, 1);

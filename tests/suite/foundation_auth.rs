@@ -205,7 +205,7 @@ async fn changes_made_by_another_process_reach_the_cached_lookups() {
 #[tokio::test]
 async fn a_tenant_over_its_request_rate_gets_429_with_retry_after_and_others_do_not() {
     let app = spawn_app_with(|s| {
-        s.tenant_rate = backroom::api::rate_limit::RateLimit {
+        s.tenant_rate = backroom::config::RateLimit {
             per_second: 1,
             burst: 3,
         }

@@ -1,35 +1,24 @@
 //! Test harness: every test gets its own Postgres database (UUID name, migrations applied) and
 //! its own Redis key namespace, and talks to a real server bound to port 0. Tests run in parallel.
 
+pub use crate::support::smtp::SmtpServer;
+use crate::support::{
+    self,
+    proc::{children_of, is_alive},
+};
+pub use crate::support::{database_server_url, free_port, redis_url};
 use backroom::config::Settings;
-use backroom::startup::Application;
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
 use sqlx::{Connection, PgPool};
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
-
-pub fn database_server_url() -> String {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    match url.rsplit_once('/') {
-        Some((server, _db)) if server.contains("://") && server.ends_with(|c: char| c != '/') => {
-            server.to_string()
-        }
-        _ => url,
-    }
-}
-
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 fn init_logging() {
     static INIT: Once = Once::new();
@@ -44,19 +33,10 @@ fn init_logging() {
 /// (`postgres://user@host:port`, no database); returns its URL.
 pub async fn fresh_database_on(server_url: &str) -> String {
     let name = format!("backroom_test_{}", Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&format!("{server_url}/postgres"))
+    let url = format!("{server_url}/{name}");
+    support::create_migrated_database(&format!("{server_url}/postgres"), &name, &url)
         .await
         .expect("Postgres must be reachable for the tests (run scripts/test)");
-    sqlx::query(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-    let url = format!("{server_url}/{name}");
-    let pool = PgPool::connect(&url).await.expect("connect test database");
-    backroom::db::migrate(&pool)
-        .await
-        .expect("migrations apply");
-    pool.close().await;
     url
 }
 
@@ -81,7 +61,7 @@ pub struct TestApp {
     /// The app's own queues (same Redis namespace).
     pub queues: backroom::queue::Queues,
     pub client: reqwest::Client,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _server: support::app::InProcessApp,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -102,54 +82,28 @@ pub async fn spawn_app_on(
     let database_url = fresh_database_on(database_server_url).await;
     let mut settings = test_settings(&database_url);
     customize(&mut settings);
-    let app = Application::build(settings.clone())
+    let server = support::app::InProcessApp::start(&settings)
         .await
         .expect("application builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let db = app.state().db.clone();
-    let queues = app.state().queues.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async move {
-        let _ = rx.await;
-    }));
     TestApp {
-        address,
-        db,
+        address: server.base.clone(),
+        db: server.db.clone(),
         settings,
-        queues,
+        queues: server.queues.clone(),
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap(),
-        _shutdown: tx,
+        _server: server,
     }
 }
 
-/// In-process workers (the same `workers::run` as `backroom work`); stopped gracefully on drop.
-pub struct Workers {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<()>>,
-}
+/// In-process workers (the same `process::work::run` as `backroom work`); stopped gracefully on drop.
+pub struct Workers(support::app::InProcessWorkers);
 
 impl Workers {
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(done) = self.done.take() {
-            tokio::time::timeout(Duration::from_secs(30), done)
-                .await
-                .expect("workers stop within 30 s")
-                .expect("workers did not panic");
-        }
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
+    pub async fn stop(self) {
+        self.0.stop().await.expect("workers stop gracefully");
     }
 }
 
@@ -165,18 +119,18 @@ impl TestApp {
     pub fn start_workers(&self, queues: &str) -> Workers {
         let mut settings = self.settings.clone();
         settings.database_max_connections = 4;
-        let plan = backroom::workers::WorkPlan::parse(Some(queues), None).expect("known queues");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(async move {
-            backroom::workers::run(&settings, plan, async move {
-                let _ = rx.await;
-            })
-            .await
-            .expect("workers run");
-        });
-        Workers {
-            stop: Some(tx),
-            done: Some(done),
+        Workers(
+            support::app::InProcessWorkers::start(&settings, queues, None).expect("known queues"),
+        )
+    }
+
+    /// What a kind's `worker::deps` builds from: this app's database, queues and settings. With
+    /// `backroom::jobs::perform`, runs one job's handler in the test (see `job_kinds.rs`).
+    pub fn worker_context(&self) -> backroom::jobs::WorkerContext<'_> {
+        backroom::jobs::WorkerContext {
+            db: &self.db,
+            queues: &self.queues,
+            settings: &self.settings,
         }
     }
 
@@ -326,30 +280,14 @@ pub fn problem_fields(body: &Value) -> Vec<String> {
 }
 
 /// Polls `check` until it returns `Some`, or panics after `limit` naming `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        if started.elapsed() > limit {
-            panic!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    support::poll(limit, Duration::from_millis(20), check)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {limit:?} waiting for {what}"))
 }
 
 /// Worker children hold leases this short, so a killed worker's jobs are taken over quickly.
@@ -468,12 +406,7 @@ impl Drop for ServeProcess {
 
 /// A process's peak resident memory so far (`VmHWM`), in KiB.
 pub fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc status")
+    support::proc::status_kib(pid, "VmHWM").expect("VmHWM in /proc status")
 }
 
 /// A real, private `redis-server` process on a free port; killed on drop.
@@ -537,87 +470,6 @@ impl Drop for RedisServer {
     }
 }
 
-/// A real SMTP server (aiosmtpd) on a port; stores what it receives. Killed on drop.
-pub struct SmtpServer {
-    pub port: u16,
-    pub dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl SmtpServer {
-    pub async fn start() -> Self {
-        Self::start_on(free_port()).await
-    }
-
-    /// Starts on a chosen port (to bring a server "back" where workers expect it).
-    pub async fn start_on(port: u16) -> Self {
-        let dir = std::env::temp_dir().join(format!("backroom-smtp-{}", Uuid::new_v4().simple()));
-        let mut server = SmtpServer {
-            port,
-            dir,
-            child: None,
-        };
-        server.spawn().await;
-        server
-    }
-
-    async fn spawn(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/smtp-sink.py");
-        let child = Command::new("/usr/bin/python3")
-            .arg(script)
-            .args(["--port", &self.port.to_string()])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3-aiosmtpd is installed (scripts/test installs it)");
-        self.child = Some(child);
-        let port = self.port;
-        wait_for(
-            "the SMTP server to listen",
-            Duration::from_secs(15),
-            || async move {
-                std::net::TcpStream::connect(("127.0.0.1", port))
-                    .ok()
-                    .map(|_| ())
-            },
-        )
-        .await;
-    }
-
-    pub fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// The raw messages received so far.
-    pub fn messages(&self) -> Vec<Vec<u8>> {
-        let mut files: Vec<_> = std::fs::read_dir(&self.dir)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        files.retain(|p| p.extension().is_some_and(|e| e == "eml"));
-        files.sort();
-        files
-            .into_iter()
-            .map(|p| std::fs::read(p).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// A directory under the system temp dir, removed with everything in it on drop.
 pub struct ScratchDir {
     pub path: std::path::PathBuf,
@@ -662,23 +514,6 @@ async fn wait_until_redis_answers(url: &str) {
         }
     })
     .await;
-}
-
-impl SmtpServer {
-    /// Freezes the server (SIGSTOP): connections are accepted by the kernel but nothing is
-    /// answered, as when a mail relay hangs mid-conversation.
-    pub fn freeze(&self) {
-        if let Some(child) = &self.child {
-            assert!(send_signal("STOP", child.id()), "SIGSTOP the SMTP server");
-        }
-    }
-
-    /// Lets a frozen server go on where it stopped (SIGCONT).
-    pub fn thaw(&self) {
-        if let Some(child) = &self.child {
-            assert!(send_signal("CONT", child.id()), "SIGCONT the SMTP server");
-        }
-    }
 }
 
 /// A real, private Postgres cluster (the distribution's `initdb` and `postgres`) with trust
@@ -844,28 +679,4 @@ fn postgres_bin_dir() -> std::path::PathBuf {
         .max()
         .expect("a Postgres server is installed under /usr/lib/postgresql");
     format!("/usr/lib/postgresql/{newest}/bin").into()
-}
-
-/// The fields of `/proc/<pid>/stat` after the command name: state, ppid, pgrp, …
-fn proc_stat(pid: &str) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(str::to_string).collect())
-}
-
-/// The processes whose parent is `parent`.
-fn children_of(parent: u32) -> Vec<u32> {
-    let parent = parent.to_string();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| proc_stat(&pid.to_string()).is_some_and(|f| f.get(1) == Some(&parent)))
-        .collect()
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn is_alive(pid: u32) -> bool {
-    proc_stat(&pid.to_string()).is_some_and(|f| f.first().is_some_and(|s| s != "Z"))
 }

@@ -1,6 +1,9 @@
 //! The integration suite: one test binary (one link) driving real processes, real Postgres and
 //! real Redis through backroom's public surfaces.
 
+#[path = "../support/mod.rs"]
+mod support;
+
 mod helpers;
 
 mod dashboard;
@@ -15,6 +18,7 @@ mod foundation_tenants;
 mod http_limits;
 mod invoices;
 mod isolation;
+mod job_kinds;
 mod queue_api;
 mod queue_cluster;
 mod queue_engine;

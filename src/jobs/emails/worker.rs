@@ -1,4 +1,4 @@
-//! Emails: the job payloads, the handler, the SMTP mailer and the templates.
+//! The `emails` queue's handler.
 //!
 //! Every logical email has a row in `emails` (recipient, subject, status, SMTP reply, attempts,
 //! a stable Message-ID) written before the first send. A job delivered twice finds the row
@@ -9,109 +9,40 @@
 //! (5xx) fail at once with the server's reply. A per-tenant rate (emails per minute) keeps one
 //! tenant from flooding the relay: over it, jobs wait for the next minute.
 
+use super::EmailJob;
+use super::mailer::{Mailer, render};
 use crate::domain::{EmailAddress, format_amount};
-use crate::queue::{JobError, JobMeta};
+use crate::jobs::{WorkerContext, worker_options};
+use crate::queue::{JobError, JobMeta, WorkerOptions};
 use crate::redis_conn::RedisHandle;
 use anyhow::Context;
 use apalis::prelude::Data;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use serde::{Deserialize, Serialize};
+use lettre::{AsyncTransport, Message};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-use crate::jobs::{JobKind, Queue};
-
-/// Every email job, tagged by type.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum EmailJob {
-    /// "Your invoice": the PDF attached, to the order's customer once the invoice is ready.
-    Invoice { tenant_id: Uuid, invoice_id: Uuid },
-    /// A product crossed below its reorder point; to the tenant's `alert_email`.
-    LowStock {
-        tenant_id: Uuid,
-        sku: String,
-        on_hand: i64,
-        reorder_point: i64,
-        /// Names the crossing (the adjustment that caused it): one email per crossing.
-        crossing: String,
-    },
-    /// An email a tenant asked for through `POST /v1/emails` (its row holds the content).
-    Requested { tenant_id: Uuid, email_id: Uuid },
-    /// After a nightly forecast run: the SKUs due to reorder, to the tenant's `alert_email`.
-    ReorderDigest { tenant_id: Uuid, run_id: Uuid },
+/// Sending mostly waits on the SMTP server: many at once.
+pub fn options(concurrency: Option<usize>) -> WorkerOptions {
+    worker_options::<EmailJob>(concurrency.unwrap_or(32))
 }
 
-impl JobKind for EmailJob {
-    const QUEUE: Queue = Queue::Emails;
-    const MAX_ATTEMPTS: u32 = 8;
-    const TIMEOUT: Duration = Duration::from_secs(60);
-
-    fn kind(&self) -> &'static str {
-        match self {
-            EmailJob::Invoice { .. } => "invoice_email",
-            EmailJob::LowStock { .. } => "low_stock_alert",
-            EmailJob::Requested { .. } => "requested_email",
-            EmailJob::ReorderDigest { .. } => "reorder_digest",
-        }
-    }
-
-    fn tenant(&self) -> Option<Uuid> {
-        Some(self.tenant_id())
-    }
-}
-
-impl EmailJob {
-    fn tenant_id(&self) -> Uuid {
-        match self {
-            EmailJob::Invoice { tenant_id, .. }
-            | EmailJob::LowStock { tenant_id, .. }
-            | EmailJob::Requested { tenant_id, .. }
-            | EmailJob::ReorderDigest { tenant_id, .. } => *tenant_id,
-        }
-    }
-}
-
-/// Sends mail over SMTP with a connection pool.
-pub struct Mailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
-    from: Mailbox,
-    /// The domain of our Message-IDs.
-    domain: String,
-}
-
-impl Mailer {
-    /// `smtp://user:pass@host:port` (plain, or `?tls=required` for STARTTLS) or `smtps://…`.
-    pub fn new(smtp_url: &str, from: &str) -> anyhow::Result<Self> {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp_url)
-            .context("SMTP_URL is not a usable SMTP URL")?
-            .timeout(Some(Duration::from_secs(15)))
-            .pool_config(
-                PoolConfig::new()
-                    .max_size(16)
-                    .idle_timeout(Duration::from_secs(60)),
-            )
-            .build();
-        let from: Mailbox = from
-            .parse()
-            .context("BACKROOM_MAIL_FROM is not a mailbox")?;
-        let domain = from.email.domain().to_string();
-        Ok(Mailer {
-            transport,
-            from,
-            domain,
-        })
-    }
-
-    pub fn message_id(&self, email_id: Uuid) -> String {
-        format!("<{email_id}@{}>", self.domain)
-    }
+/// The mailer needs `SMTP_URL`; a worker of the emails queue refuses to start without it.
+pub fn deps(ctx: &WorkerContext) -> anyhow::Result<EmailDeps> {
+    let smtp = ctx.settings.smtp_url.as_deref().ok_or_else(|| {
+        anyhow::anyhow!("configuration error: SMTP_URL: is not set (the emails worker needs it)")
+    })?;
+    Ok(EmailDeps {
+        db: ctx.db.clone(),
+        redis: ctx.queues.redis().clone(),
+        namespace: ctx.settings.redis_namespace.clone(),
+        mailer: Arc::new(Mailer::new(smtp, &ctx.settings.mail_from)?),
+        per_tenant_per_minute: ctx.settings.emails_per_minute,
+    })
 }
 
 /// What the email worker needs.
@@ -134,62 +65,6 @@ struct Prepared {
     attachment: Option<(String, Vec<u8>)>,
     status: String,
     message_id: String,
-}
-
-fn templates() -> &'static minijinja::Environment<'static> {
-    static ENV: std::sync::OnceLock<minijinja::Environment<'static>> = std::sync::OnceLock::new();
-    ENV.get_or_init(|| {
-        let mut env = minijinja::Environment::new();
-        // `.html.j2` templates escape every value; `.txt.j2` ones are plain text.
-        env.set_auto_escape_callback(|name| {
-            if name.ends_with(".html.j2") {
-                minijinja::AutoEscape::Html
-            } else {
-                minijinja::AutoEscape::None
-            }
-        });
-        for (name, source) in [
-            (
-                "invoice.txt.j2",
-                include_str!("../../templates/emails/invoice.txt.j2"),
-            ),
-            (
-                "invoice.html.j2",
-                include_str!("../../templates/emails/invoice.html.j2"),
-            ),
-            (
-                "low_stock.txt.j2",
-                include_str!("../../templates/emails/low_stock.txt.j2"),
-            ),
-            (
-                "low_stock.html.j2",
-                include_str!("../../templates/emails/low_stock.html.j2"),
-            ),
-            (
-                "reorder_digest.txt.j2",
-                include_str!("../../templates/emails/reorder_digest.txt.j2"),
-            ),
-            (
-                "reorder_digest.html.j2",
-                include_str!("../../templates/emails/reorder_digest.html.j2"),
-            ),
-        ] {
-            env.add_template(name, source).expect("templates parse");
-        }
-        env
-    })
-}
-
-/// Renders `<name>.txt.j2` and `<name>.html.j2` with the same context.
-pub fn render(name: &str, context: minijinja::Value) -> anyhow::Result<(String, String)> {
-    let env = templates();
-    let text = env
-        .get_template(&format!("{name}.txt.j2"))?
-        .render(&context)?;
-    let html = env
-        .get_template(&format!("{name}.html.j2"))?
-        .render(&context)?;
-    Ok((text, html))
 }
 
 /// The `emails` queue's handler.
@@ -603,22 +478,4 @@ async fn prepare_reorder_digest(
     )
     .await
     .map(Some)
-}
-
-/// An email's delivery record, for `GET /v1/emails/{id}`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct EmailRecord {
-    pub id: Uuid,
-    pub kind: String,
-    pub to: String,
-    pub subject: String,
-    /// queued, sent or failed.
-    pub status: String,
-    pub attempts: i32,
-    pub smtp_reply: Option<String>,
-    pub last_error: Option<String>,
-    pub message_id: String,
-    pub job_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub sent_at: Option<DateTime<Utc>>,
 }

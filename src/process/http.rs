@@ -12,6 +12,7 @@
 //! Each request carries the peer's address (`ConnectInfo<SocketAddr>`) for per-address throttling
 //! of failed authentication.
 
+use crate::config::ConnectionLimits;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -23,16 +24,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
-
-/// What one API process allows its clients.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ConnectionLimits {
-    /// A request's head (request line and headers) must arrive within this; also how long an
-    /// idle keep-alive connection stays open.
-    pub header_timeout: Duration,
-    /// Connections open at once.
-    pub max_connections: usize,
-}
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets open requests finish (for
 /// at most `drain`).

@@ -1,5 +1,4 @@
-//! Stock adjustments: the job payload, its handler, and the ledger writer that applies many
-//! adjustments per transaction.
+//! The stock ledger writer: applies many adjustments per transaction.
 //!
 //! One transaction per adjustment caps a ledger at the database's commit rate (pgbench runs this
 //! very transaction at ~5,500/s here), so handlers hand their adjustment to [`StockLedger`], which
@@ -19,14 +18,11 @@
 //! the retry safe.
 
 use crate::domain::{Delta, IdempotencyKey, Reason, Sku};
-use crate::jobs::{self, JobKind, Queue};
+use crate::jobs;
+use crate::jobs::emails::EmailJob;
 use crate::outbox::{self, OutboxJob};
-use crate::queue::{JobError, JobMeta};
-use crate::workers::emails::EmailJob;
 use anyhow::Context;
-use apalis::prelude::Data;
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -35,37 +31,6 @@ use uuid::Uuid;
 
 /// Most adjustments applied in one transaction.
 const MAX_BATCH: usize = 1000;
-
-/// The job payload, as the API enqueues it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StockAdjustmentJob {
-    pub tenant_id: Uuid,
-    pub sku: String,
-    pub delta: i64,
-    pub reason: Reason,
-    pub idempotency_key: String,
-    pub reference: Option<String>,
-    pub occurred_at: DateTime<Utc>,
-}
-
-impl StockAdjustmentJob {
-    /// The one kind of the stock queue (its name scopes the idempotency keys).
-    pub const KIND: &'static str = "stock_adjustment";
-}
-
-impl JobKind for StockAdjustmentJob {
-    const QUEUE: Queue = Queue::Stock;
-    const MAX_ATTEMPTS: u32 = 10;
-    const TIMEOUT: Duration = Duration::from_secs(60);
-
-    fn kind(&self) -> &'static str {
-        Self::KIND
-    }
-
-    fn tenant(&self) -> Option<Uuid> {
-        Some(self.tenant_id)
-    }
-}
 
 /// A payload parsed again after the round trip through Redis.
 #[derive(Debug, Clone)]
@@ -77,21 +42,6 @@ pub struct Adjustment {
     pub idempotency_key: IdempotencyKey,
     pub reference: Option<String>,
     pub occurred_at: DateTime<Utc>,
-}
-
-impl StockAdjustmentJob {
-    fn parse(self) -> Result<Adjustment, String> {
-        Ok(Adjustment {
-            tenant_id: self.tenant_id,
-            sku: Sku::parse(&self.sku).map_err(|e| format!("sku {e}"))?,
-            delta: Delta::parse(self.delta).map_err(|e| format!("delta {e}"))?,
-            reason: self.reason,
-            idempotency_key: IdempotencyKey::parse(&self.idempotency_key)
-                .map_err(|e| format!("idempotency_key {e}"))?,
-            reference: self.reference,
-            occurred_at: self.occurred_at,
-        })
-    }
 }
 
 /// What happened to one adjustment.
@@ -151,49 +101,6 @@ impl StockLedger {
         answer
             .await
             .map_err(|_| "the ledger writer dropped the adjustment".to_string())?
-    }
-}
-
-/// The `stock` queue's handler.
-pub async fn handle(
-    job: StockAdjustmentJob,
-    meta: Data<JobMeta>,
-    ledger: Data<StockLedger>,
-) -> Result<serde_json::Value, JobError> {
-    let adjustment = job
-        .parse()
-        .map_err(|e| JobError::permanent(format!("invalid adjustment: {e}")))?;
-    if meta.tenant != Some(adjustment.tenant_id) {
-        return Err(JobError::permanent(
-            "the payload's tenant does not match the job's tenant",
-        ));
-    }
-    match ledger
-        .apply(adjustment, &meta.id)
-        .await
-        .map_err(JobError::retry)?
-    {
-        Applied::Moved {
-            movement_id,
-            on_hand_after,
-        } => Ok(
-            serde_json::json!({"movement_id": movement_id, "on_hand_after": on_hand_after, "applied": true}),
-        ),
-        Applied::AlreadyApplied {
-            movement_id,
-            on_hand_after,
-        } => Ok(
-            serde_json::json!({"movement_id": movement_id, "on_hand_after": on_hand_after, "applied": false}),
-        ),
-        Applied::InsufficientStock { on_hand } => Err(JobError::permanent(format!(
-            "insufficient_stock: {on_hand} on hand"
-        ))),
-        Applied::OutOfRange { on_hand } => Err(JobError::permanent(format!(
-            "stock_out_of_range: {on_hand} on hand; this adjustment would take the level past what the ledger can hold"
-        ))),
-        Applied::UnknownSku => Err(JobError::permanent(
-            "unknown_sku: the product no longer exists",
-        )),
     }
 }
 
@@ -264,13 +171,61 @@ struct Level {
     changed: bool,
 }
 
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
+
 /// Applies adjustments in one transaction; returns one outcome per input, in input order.
 pub async fn apply_batch(
     db: &PgPool,
     items: &[(&Adjustment, &str)],
 ) -> anyhow::Result<Vec<Applied>> {
     let mut tx = db.begin().await.context("while starting a stock batch")?;
+    let mut levels = lock_levels(&mut tx, items).await?;
+    let existing = movements_with_keys(&mut tx, items).await?;
+    let Decided {
+        mut outcomes,
+        accepted,
+        repeats,
+        alerts,
+    } = decide(items, &mut levels, &existing);
+    let ids = write_movements(&mut tx, items, &accepted).await?;
+    for (&(i, after), id) in accepted.iter().zip(ids) {
+        outcomes[i] = Some(Applied::Moved {
+            movement_id: id,
+            on_hand_after: after,
+        });
+    }
+    for (i, first) in repeats {
+        outcomes[i] = Some(match outcomes[first].clone() {
+            Some(Applied::Moved {
+                movement_id,
+                on_hand_after,
+            }) => Applied::AlreadyApplied {
+                movement_id,
+                on_hand_after,
+            },
+            other => other.expect("decided before its repeats"),
+        });
+    }
 
+    write_levels(&mut tx, &levels).await?;
+    record_daily_sales(&mut tx, items, &accepted).await?;
+    outbox::add(&mut tx, &alerts)
+        .await
+        .context("while queueing low-stock alerts")?;
+    tx.commit()
+        .await
+        .context("while committing a stock batch")?;
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.expect("every adjustment decided"))
+        .collect())
+}
+
+/// The products a batch touches, locked in (tenant, sku) order, by (tenant, sku).
+async fn lock_levels(
+    tx: &mut Tx<'_>,
+    items: &[(&Adjustment, &str)],
+) -> anyhow::Result<HashMap<(Uuid, String), Level>> {
     let mut keys: Vec<(Uuid, String)> = items
         .iter()
         .map(|(a, _)| (a.tenant_id, a.sku.as_str().to_string()))
@@ -288,10 +243,10 @@ pub async fn apply_batch(
         &tenants,
         &skus
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut **tx)
     .await
     .context("while locking products")?;
-    let mut levels: HashMap<(Uuid, String), Level> = rows
+    Ok(rows
         .into_iter()
         .map(|r| {
             (
@@ -305,14 +260,20 @@ pub async fn apply_batch(
                 },
             )
         })
-        .collect();
+        .collect())
+}
 
+/// The movements the ledger already has for the batch's idempotency keys: (movement, level after).
+async fn movements_with_keys(
+    tx: &mut Tx<'_>,
+    items: &[(&Adjustment, &str)],
+) -> anyhow::Result<HashMap<(Uuid, String), (i64, i64)>> {
     let key_tenants: Vec<Uuid> = items.iter().map(|(a, _)| a.tenant_id).collect();
     let key_values: Vec<String> = items
         .iter()
         .map(|(a, _)| a.idempotency_key.as_str().to_string())
         .collect();
-    let existing: HashMap<(Uuid, String), (i64, i64)> = sqlx::query!(
+    Ok(sqlx::query!(
         r#"SELECT m.tenant_id, m.idempotency_key, m.id, m.on_hand_after
            FROM stock_movements m
            JOIN UNNEST($1::uuid[], $2::text[]) AS k(tenant_id, key)
@@ -320,13 +281,34 @@ pub async fn apply_batch(
         &key_tenants,
         &key_values
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut **tx)
     .await
     .context("while looking up idempotency keys")?
     .into_iter()
     .map(|r| ((r.tenant_id, r.idempotency_key), (r.id, r.on_hand_after)))
-    .collect();
+    .collect())
+}
 
+/// What [`decide`] made of a batch.
+struct Decided {
+    /// Outcomes decided so far (`None` for the accepted, until their movements are written, and
+    /// for repeats).
+    outcomes: Vec<Option<Applied>>,
+    /// Accepted movements, in decision order: (index into the batch, level after).
+    accepted: Vec<(usize, i64)>,
+    /// Repeats of a key within the batch: (index, index of its first occurrence).
+    repeats: Vec<(usize, usize)>,
+    /// Low-stock alerts for the crossings below a reorder point.
+    alerts: Vec<OutboxJob>,
+}
+
+/// Decides each adjustment in order, exactly as one-by-one processing would, updating `levels`
+/// in memory. No I/O: the caller writes what was decided.
+fn decide(
+    items: &[(&Adjustment, &str)],
+    levels: &mut HashMap<(Uuid, String), Level>,
+    existing: &HashMap<(Uuid, String), (i64, i64)>,
+) -> Decided {
     // Decide in order: per SKU by occurred_at, then arrival.
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|&i| {
@@ -395,8 +377,21 @@ pub async fn apply_batch(
         level.below_reorder = below;
         accepted.push((i, after));
     }
+    Decided {
+        outcomes,
+        accepted,
+        repeats,
+        alerts,
+    }
+}
 
-    // Movements, in decision order so ids follow the order stock moved in.
+/// Writes the accepted movements in decision order (so ids follow the order stock moved in);
+/// returns their ids.
+async fn write_movements(
+    tx: &mut Tx<'_>,
+    items: &[(&Adjustment, &str)],
+    accepted: &[(usize, i64)],
+) -> anyhow::Result<Vec<i64>> {
     let pick = |f: &dyn Fn(&Adjustment) -> String| -> Vec<String> {
         accepted.iter().map(|&(i, _)| f(items[i].0)).collect()
     };
@@ -424,7 +419,7 @@ pub async fn apply_batch(
         .iter()
         .map(|&(i, _)| items[i].1.to_string())
         .collect();
-    let ids = sqlx::query_scalar!(
+    sqlx::query_scalar!(
         r#"INSERT INTO stock_movements
              (tenant_id, sku, delta, reason, reference, idempotency_key, occurred_at, on_hand_after, job_id)
            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[],
@@ -440,29 +435,15 @@ pub async fn apply_batch(
         &m_after,
         &m_jobs
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut **tx)
     .await
-    .context("while writing movements")?;
-    for (&(i, after), id) in accepted.iter().zip(ids) {
-        outcomes[i] = Some(Applied::Moved {
-            movement_id: id,
-            on_hand_after: after,
-        });
-    }
-    for (i, first) in repeats {
-        outcomes[i] = Some(match outcomes[first].clone() {
-            Some(Applied::Moved {
-                movement_id,
-                on_hand_after,
-            }) => Applied::AlreadyApplied {
-                movement_id,
-                on_hand_after,
-            },
-            other => other.expect("decided before its repeats"),
-        });
-    }
+    .context("while writing movements")
+}
 
-    // Levels.
+async fn write_levels(
+    tx: &mut Tx<'_>,
+    levels: &HashMap<(Uuid, String), Level>,
+) -> anyhow::Result<()> {
     let changed: Vec<(&(Uuid, String), &Level)> =
         levels.iter().filter(|(_, l)| l.changed).collect();
     let l_tenants: Vec<Uuid> = changed.iter().map(|(k, _)| k.0).collect();
@@ -479,13 +460,20 @@ pub async fn apply_batch(
         &l_on_hand,
         &l_below
     )
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await
     .context("while updating stock levels")?;
+    Ok(())
+}
 
-    // Daily sales (units sold per product and UTC day) from sale movements.
+/// Daily sales (units sold per product and UTC day) from the accepted sale movements.
+async fn record_daily_sales(
+    tx: &mut Tx<'_>,
+    items: &[(&Adjustment, &str)],
+    accepted: &[(usize, i64)],
+) -> anyhow::Result<()> {
     let mut sales: HashMap<(Uuid, String, NaiveDate), i64> = HashMap::new();
-    for &(i, _) in &accepted {
+    for &(i, _) in accepted {
         let a = items[i].0;
         if a.reason == Reason::Sale {
             *sales
@@ -518,19 +506,9 @@ pub async fn apply_batch(
             &s_days,
             &s_qty
         )
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .context("while recording daily sales")?;
     }
-
-    outbox::add(&mut tx, &alerts)
-        .await
-        .context("while queueing low-stock alerts")?;
-    tx.commit()
-        .await
-        .context("while committing a stock batch")?;
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.expect("every adjustment decided"))
-        .collect())
+    Ok(())
 }

@@ -4,10 +4,11 @@
 //! applies migrations, makes sure a demo tenant exists with a fresh API key, prints how to use
 //! it, and runs the API, the workers and the outbox relay until Ctrl-C.
 
+use super::serve::{Application, shutdown_signal};
+use super::{schedule, work};
 use crate::config::Settings;
 use crate::domain::{ApiKey, TenantName, TenantSlug};
-use crate::startup::{Application, shutdown_signal};
-use crate::{api, db, scheduler, telemetry, workers};
+use crate::{api, db, telemetry};
 use anyhow::Context;
 use rand::RngCore;
 
@@ -60,13 +61,13 @@ pub async fn run() -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let plan = if settings.smtp_url.is_some() {
-        workers::WorkPlan::parse(None, None)?
+        work::WorkPlan::parse(None, None)?
     } else {
         tracing::warn!("SMTP_URL is not set: emails stay queued until a worker with SMTP runs");
-        workers::WorkPlan::parse(Some("stock,invoices,forecasts,imports"), None)?
+        work::WorkPlan::parse(Some("stock,invoices,forecasts,imports"), None)?
     };
-    let work = workers::run(&settings, plan, stopped(stop_rx.clone()));
-    let schedule = scheduler::run(&settings, stopped(stop_rx.clone()));
+    let work = work::run(&settings, plan, stopped(stop_rx.clone()));
+    let schedule = schedule::run(&settings, stopped(stop_rx.clone()));
     let serve = app.run_until(stopped(stop_rx));
     let (served, worked, scheduled) = tokio::join!(serve, work, schedule);
     served.and(worked).and(scheduled)
@@ -100,11 +101,11 @@ async fn seed_demo_sales(
     crate::forecast::demo::load(pool, tenant_id, &skus)
         .await
         .context("while loading the demo sales history")?;
-    let (run_id, _) = workers::forecasts::start_run(
+    let (run_id, _) = crate::jobs::forecasts::start_run(
         pool,
         queues,
         tenant_id,
-        workers::forecasts::Trigger::Api,
+        crate::jobs::forecasts::Trigger::Api,
         settings.forecast.horizon_days,
         None,
     )

@@ -11,8 +11,8 @@
 
 use crate::config::{ForecastSettings, Settings};
 use crate::jobs::Queue;
+use crate::jobs::forecasts;
 use crate::queue::{JobError, Queues};
-use crate::workers::forecasts;
 use crate::{db, outbox};
 use apalis::prelude::*;
 use apalis_cron::{CronScheduler, Tick};

@@ -1,9 +1,5 @@
-//! Forecast runs: a `plan` job per run and a `chunk` job per few hundred SKUs on the `forecasts`
-//! queue, so every worker process shares a tenant's nightly run.
+//! The `forecasts` queue's handler.
 //!
-//! - **Start** ([`start_run`]): a `forecast_runs` row, then its plan job. A nightly run carries
-//!   its night and `(tenant_id, night)` is unique, so several schedulers firing at once start
-//!   one run per tenant per night.
 //! - **Plan**: picks the SKUs with history, trains what every chunk shares (the global model and
 //!   the model chooser, see [`crate::forecast::pipeline`]) on a sample, stores it on the run, and
 //!   pushes the chunk jobs (idempotently, so a re-delivered plan pushes nothing twice).
@@ -12,235 +8,41 @@
 //!   itself done and does nothing; the chunk that completes the run finishes it and, for a
 //!   nightly run, queues the tenant's reorder digest through the outbox.
 
+use super::{CHUNK_SKUS, ForecastJob, RunOptions};
 use crate::forecast::history::{self, csv_quoted};
 use crate::forecast::pipeline::{self, Artifacts, Outcome, RunSettings};
 use crate::forecast::reorder;
-use crate::jobs::{self, Enqueue, JobKind, Queue};
+use crate::jobs::emails::EmailJob;
+use crate::jobs::{self, Enqueue};
+use crate::jobs::{WorkerContext, worker_options};
 use crate::outbox;
+use crate::queue::WorkerOptions;
 use crate::queue::{JobError, JobMeta, Queues, cancel};
-use crate::workers::emails::EmailJob;
 use anyhow::Context;
 use apalis::prelude::Data;
-use chrono::{NaiveDate, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::NaiveDate;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// SKUs per chunk job: big enough to amortise loading, small enough to spread over workers.
-pub const CHUNK_SKUS: usize = 250;
-/// Season length of daily sales: weekly.
-pub const DAILY_SEASON: i32 = 7;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "step", rename_all = "snake_case")]
-pub enum ForecastJob {
-    Plan {
-        tenant_id: Uuid,
-        run_id: Uuid,
-    },
-    Chunk {
-        tenant_id: Uuid,
-        run_id: Uuid,
-        chunk_no: i32,
-        skus: Vec<String>,
-    },
+/// Each chunk job forecasts its SKUs on every core (rayon): one or two at once keep the cores
+/// busy while the next chunk loads.
+pub fn options(concurrency: Option<usize>) -> WorkerOptions {
+    let mut options = worker_options::<ForecastJob>(concurrency.unwrap_or(2));
+    options.prefetch = options.concurrency;
+    options
 }
 
-impl JobKind for ForecastJob {
-    const QUEUE: Queue = Queue::Forecasts;
-    const MAX_ATTEMPTS: u32 = 4;
-    /// A chunk of 250 SKUs with full backtests takes minutes; a plan trains the shared models.
-    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
-
-    fn kind(&self) -> &'static str {
-        match self {
-            ForecastJob::Plan { .. } => "forecast_plan",
-            ForecastJob::Chunk { .. } => "forecast_chunk",
-        }
-    }
-
-    fn tenant(&self) -> Option<Uuid> {
-        Some(self.tenant_id())
-    }
-}
-
-impl ForecastJob {
-    fn tenant_id(&self) -> Uuid {
-        match self {
-            ForecastJob::Plan { tenant_id, .. } | ForecastJob::Chunk { tenant_id, .. } => {
-                *tenant_id
-            }
-        }
-    }
-}
-
-/// Who started a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Api,
-    Cli,
-    /// The nightly schedule, for this night.
-    Schedule {
-        night: NaiveDate,
-    },
-}
-
-impl Trigger {
-    fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Api => "api",
-            Trigger::Cli => "cli",
-            Trigger::Schedule { .. } => "schedule",
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-    #[error(transparent)]
-    Queue(#[from] redis::RedisError),
-    /// The night already has its run.
-    #[error("this night's run already exists")]
-    AlreadyRan,
-    /// The tenant has a run queued or running (one at a time, however it was started).
-    #[error("forecast run {0} is still queued or running")]
-    Busy(Uuid),
-}
-
-impl From<jobs::EnqueueError> for StartError {
-    fn from(e: jobs::EnqueueError) -> Self {
-        match e {
-            jobs::EnqueueError::Queue(e) => StartError::Queue(e),
-            jobs::EnqueueError::Database(e) => StartError::Database(e),
-        }
-    }
-}
-
-/// A run still queued or running after this long is taken for abandoned (its jobs died without
-/// reporting) and no longer blocks the tenant's next run: the longest legitimate run is four
-/// attempts of a 30-minute job.
-const ABANDONED_AFTER_HOURS: f64 = 6.0;
-
-/// Creates a run (history up to yesterday, UTC) and queues its plan job; returns the run's id
-/// and the plan job's id.
-pub async fn start_run(
-    db: &PgPool,
-    queues: &Queues,
-    tenant: Uuid,
-    trigger: Trigger,
-    horizon_days: i32,
-    skus: Option<Vec<String>>,
-) -> Result<(Uuid, String), StartError> {
-    let run_id = create_run(db, tenant, trigger, horizon_days, skus).await?;
-    let job = ForecastJob::Plan {
-        tenant_id: tenant,
-        run_id,
-    };
-    let job_id = jobs::enqueue_or_undo(
-        queues,
-        db,
-        Enqueue::new(&job).key(format!("forecast-plan:{run_id}")),
-        sqlx::query!("DELETE FROM forecast_runs WHERE id = $1", run_id),
-    )
-    .await?;
-    sqlx::query!(
-        "UPDATE forecast_runs SET job_id = $2 WHERE id = $1",
-        run_id,
-        job_id
-    )
-    .execute(db)
-    .await?;
-    Ok((run_id, job_id))
-}
-
-/// The run row alone (for [`start_run`] and for in-process runs from the CLI).
-pub async fn create_run(
-    db: &PgPool,
-    tenant: Uuid,
-    trigger: Trigger,
-    horizon_days: i32,
-    skus: Option<Vec<String>>,
-) -> Result<Uuid, StartError> {
-    let night = match trigger {
-        Trigger::Schedule { night } => Some(night),
-        _ => None,
-    };
-    let history_end = Utc::now().date_naive() - chrono::Duration::days(1);
-    let run_id = Uuid::now_v7();
-    let mut tx = db.begin().await?;
-    // One run at a time per tenant: a run started on demand waits for the one in progress (409),
-    // so starting runs in a loop costs the shared workers one run, not hundreds. The lock makes
-    // the check and the insert one step for concurrent starts. Nightly runs are exempt (the
-    // tenant cannot block its own night) but count as in progress.
-    sqlx::query!(
-        "SELECT pg_advisory_xact_lock(hashtextextended('forecast-run:' || $1::uuid::text, 0))",
-        tenant
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query!(
-        r#"UPDATE forecast_runs
-           SET status = 'failed', finished_at = now(),
-               error = 'abandoned: still unfinished after ' || $2::float8 || ' hours'
-           WHERE tenant_id = $1 AND status IN ('queued', 'running')
-             AND created_at < now() - $2::float8 * interval '1 hour'"#,
-        tenant,
-        ABANDONED_AFTER_HOURS
-    )
-    .execute(&mut *tx)
-    .await?;
-    if night.is_none()
-        && let Some(active) = sqlx::query_scalar!(
-            "SELECT id FROM forecast_runs WHERE tenant_id = $1 AND status IN ('queued', 'running') ORDER BY created_at LIMIT 1",
-            tenant
-        )
-        .fetch_optional(&mut *tx)
-        .await?
-    {
-        return Err(StartError::Busy(active));
-    }
-    let created = sqlx::query_scalar!(
-        r#"INSERT INTO forecast_runs (id, tenant_id, trigger, night, horizon_days, season, skus, history_end)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-           ON CONFLICT ON CONSTRAINT forecast_runs_one_per_night DO NOTHING
-           RETURNING id"#,
-        run_id,
-        tenant,
-        trigger.as_str(),
-        night,
-        horizon_days,
-        DAILY_SEASON,
-        skus.as_deref(),
-        history_end
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    created.ok_or(StartError::AlreadyRan)
-}
-
-/// How runs are made (from the forecast settings).
-#[derive(Debug, Clone, Copy)]
-pub struct RunOptions {
-    /// Service level of reorder advice (e.g. 0.95).
-    pub service_level: f64,
-    /// Runs over more SKUs let the model chooser shortlist each SKU's model instead of
-    /// backtesting every model.
-    pub full_backtest_max_skus: usize,
-    /// The most days of history read per SKU (`BACKROOM_FORECAST_HISTORY_DAYS`).
-    pub history_days: i32,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions {
-            service_level: 0.95,
-            full_backtest_max_skus: pipeline::FULL_BACKTEST_MAX_SKUS,
-            history_days: 1096,
-        }
-    }
+pub fn deps(ctx: &WorkerContext) -> anyhow::Result<ForecastDeps> {
+    let forecast = &ctx.settings.forecast;
+    Ok(ForecastDeps {
+        db: ctx.db.clone(),
+        queues: ctx.queues.clone(),
+        options: RunOptions {
+            service_level: forecast.service_level,
+            full_backtest_max_skus: forecast.full_backtest_max_skus,
+            history_days: forecast.history_days,
+        },
+    })
 }
 
 /// What forecast jobs need.
@@ -628,57 +430,4 @@ pub async fn run_in_process(
         progress(done, total);
     }
     Ok(())
-}
-
-/// Starts tonight's run for every active tenant with sales history; several schedulers may
-/// call this for the same night and each tenant still gets one run. Returns the runs started.
-pub async fn start_nightly(
-    db: &PgPool,
-    queues: &Queues,
-    night: NaiveDate,
-    horizon_days: i32,
-) -> anyhow::Result<usize> {
-    let tenants = sqlx::query_scalar!(
-        r#"SELECT t.id FROM tenants t
-           WHERE t.active AND EXISTS (SELECT 1 FROM daily_sales d WHERE d.tenant_id = t.id)
-             AND NOT EXISTS (SELECT 1 FROM forecast_runs r WHERE r.tenant_id = t.id AND r.night = $1)"#,
-        night
-    )
-    .fetch_all(db)
-    .await?;
-    let mut started = 0;
-    for tenant in tenants {
-        match start_run(
-            db,
-            queues,
-            tenant,
-            Trigger::Schedule { night },
-            horizon_days,
-            None,
-        )
-        .await
-        {
-            Ok(_) => started += 1,
-            Err(StartError::AlreadyRan) => {}
-            Err(e) => {
-                tracing::error!(tenant = %tenant, error = %e, "could not start the nightly forecast")
-            }
-        }
-    }
-    Ok(started)
-}
-
-/// Deletes each tenant's runs beyond the newest `keep` (results and points go with them).
-pub async fn prune_runs(db: &PgPool, keep: i64) -> sqlx::Result<u64> {
-    sqlx::query!(
-        r#"DELETE FROM forecast_runs WHERE id IN (
-               SELECT id FROM (
-                   SELECT id, row_number() OVER (PARTITION BY tenant_id ORDER BY created_at DESC) AS n
-                   FROM forecast_runs WHERE status IN ('succeeded', 'failed')
-               ) ranked WHERE n > $1)"#,
-        keep
-    )
-    .execute(db)
-    .await
-    .map(|r| r.rows_affected())
 }

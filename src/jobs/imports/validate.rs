@@ -1,48 +1,15 @@
-//! Imports: the job that validates an uploaded sales CSV (`date,sku,quantity`) with polars and
-//! loads its good rows into the daily sales history with `COPY`.
-//!
-//! The upload waits in `sales_imports` (committed with its outbox job, so an accepted file is
-//! never lost while Redis is down). Every bad row is reported with its line number, the field at
-//! fault and why, and the good rows are still loaded. Loading is idempotent: an import *sets* a
-//! day's imported quantity (rows of one SKU and day inside a file are summed first), so the same
-//! file imported twice, or one job delivered twice, leaves the history as one import would.
+//! Validating a sales CSV: every bad row is reported with its line number, the field at fault
+//! and why, and the good rows are still loaded, summed per SKU and day.
 
-use super::import_files;
 use crate::domain::DateWindow;
 use crate::forecast::history::{self, DailyRows};
-use crate::jobs::{JobKind, Queue};
-use crate::queue::{JobError, JobMeta};
-use anyhow::Context;
-use apalis::prelude::Data;
 use chrono::NaiveDate;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use std::io::Cursor;
-use uuid::Uuid;
 
 /// At most this many row errors are listed in a report; all are counted.
 pub const MAX_LISTED_ERRORS: usize = 1000;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SalesImport {
-    pub tenant_id: Uuid,
-    pub import_id: Uuid,
-}
-
-impl JobKind for SalesImport {
-    const QUEUE: Queue = Queue::Imports;
-    const MAX_ATTEMPTS: u32 = 5;
-    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
-
-    fn kind(&self) -> &'static str {
-        "sales_import"
-    }
-
-    fn tenant(&self) -> Option<Uuid> {
-        Some(self.tenant_id)
-    }
-}
 
 /// One bad cell: the file's line number (the header is line 1), the column and the reason.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +51,55 @@ pub fn validate(
     dates: DateWindow,
 ) -> Result<(DailyRows, ImportReport), UnreadableFile> {
     let frame = read_csv(csv)?;
+    let checked = checks(frame, known_skus, today, dates);
+    let bad = checked
+        .clone()
+        .filter(col("good").not())
+        .select([
+            col("line"),
+            col("date_raw"),
+            col("sku"),
+            col("quantity_raw"),
+            col("date_error"),
+            col("sku_error"),
+            col("quantity_error"),
+        ])
+        .collect()
+        .map_err(polars_failure)?;
+    let good = checked
+        .filter(col("good"))
+        .group_by([col("sku"), col("day")])
+        .agg([col("quantity").sum(), col("line").count().alias("rows")])
+        .sort(["sku", "day"], SortMultipleOptions::default())
+        .collect()
+        .map_err(polars_failure)?;
+
+    let mut report = ImportReport {
+        rows: (frame_height(&good, "rows")? + bad.height() as u64),
+        rows_rejected: bad.height() as u64,
+        ..Default::default()
+    };
+    report.rows_loaded = report.rows - report.rows_rejected;
+    collect_errors(&bad, &mut report).map_err(polars_failure)?;
+
+    let rows = good_rows(&good)?;
+    report.days_written = rows.skus.len() as u64;
+    let mut distinct = rows.skus.clone();
+    distinct.dedup();
+    report.skus = distinct.len() as u64;
+    report.first_day = rows.days.iter().min().copied();
+    report.last_day = rows.days.iter().max().copied();
+    Ok((rows, report))
+}
+
+/// The checks of every row, as one polars query: each row's line number, its raw and parsed
+/// cells, an error per column (or null), and whether it is good.
+fn checks(
+    frame: DataFrame,
+    known_skus: &[String],
+    today: NaiveDate,
+    dates: DateWindow,
+) -> LazyFrame {
     let today_days = history::day_number(today);
     let oldest_days = history::day_number(dates.oldest_day(today));
     let too_old = format!(
@@ -92,7 +108,7 @@ pub fn validate(
     );
     let known = Series::new("known".into(), known_skus);
     let trimmed = |name: &str| col(name).str().strip_chars(lit(NULL));
-    let checked = frame
+    frame
         .lazy()
         .with_row_index("line", Some(2))
         .select([
@@ -160,38 +176,11 @@ pub fn validate(
                 .and(col("sku_error").is_null())
                 .and(col("quantity_error").is_null())
                 .alias("good"),
-        );
+        )
+}
 
-    let bad = checked
-        .clone()
-        .filter(col("good").not())
-        .select([
-            col("line"),
-            col("date_raw"),
-            col("sku"),
-            col("quantity_raw"),
-            col("date_error"),
-            col("sku_error"),
-            col("quantity_error"),
-        ])
-        .collect()
-        .map_err(polars_failure)?;
-    let good = checked
-        .filter(col("good"))
-        .group_by([col("sku"), col("day")])
-        .agg([col("quantity").sum(), col("line").count().alias("rows")])
-        .sort(["sku", "day"], SortMultipleOptions::default())
-        .collect()
-        .map_err(polars_failure)?;
-
-    let mut report = ImportReport {
-        rows: (frame_height(&good, "rows")? + bad.height() as u64),
-        rows_rejected: bad.height() as u64,
-        ..Default::default()
-    };
-    report.rows_loaded = report.rows - report.rows_rejected;
-    collect_errors(&bad, &mut report).map_err(polars_failure)?;
-
+/// The good rows, summed per SKU and day, as the history loads them.
+fn good_rows(good: &DataFrame) -> Result<DailyRows, UnreadableFile> {
     let mut rows = DailyRows::default();
     let skus = good.column("sku").and_then(|c| c.str().cloned());
     let days = good.column("day").and_then(|c| c.i32().cloned());
@@ -211,13 +200,7 @@ pub fn validate(
             rows.quantities.push(quantity as i64);
         }
     }
-    report.days_written = rows.skus.len() as u64;
-    let mut distinct = rows.skus.clone();
-    distinct.dedup();
-    report.skus = distinct.len() as u64;
-    report.first_day = rows.days.iter().min().copied();
-    report.last_day = rows.days.iter().max().copied();
-    Ok((rows, report))
+    Ok(rows)
 }
 
 fn polars_failure(e: PolarsError) -> UnreadableFile {
@@ -320,116 +303,6 @@ fn collect_errors(bad: &DataFrame, report: &mut ImportReport) -> PolarsResult<()
         }
     }
     Ok(())
-}
-
-/// What the imports worker needs.
-#[derive(Clone)]
-pub struct ImportDeps {
-    pub db: PgPool,
-    pub dates: DateWindow,
-}
-
-/// Postgres `jsonb` cannot hold U+0000, and a report quotes the cells it rejects: a NUL byte
-/// from the upload is shown as U+FFFD instead, so the report is always storable.
-fn storable(value: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{FFFD}")),
-        Value::Array(items) => Value::Array(items.into_iter().map(storable).collect()),
-        Value::Object(fields) => Value::Object(
-            fields
-                .into_iter()
-                .map(|(k, v)| (k.replace('\0', "\u{FFFD}"), storable(v)))
-                .collect(),
-        ),
-        other => other,
-    }
-}
-
-/// The `imports` queue's handler.
-pub async fn handle(
-    job: SalesImport,
-    meta: Data<JobMeta>,
-    deps: Data<ImportDeps>,
-) -> Result<serde_json::Value, JobError> {
-    if meta.tenant != Some(job.tenant_id) {
-        return Err(JobError::permanent(
-            "the payload's tenant does not match the job's tenant",
-        ));
-    }
-    let (body, status) = import_files::read(&deps.db, job.tenant_id, job.import_id)
-        .await?
-        .ok_or_else(|| JobError::permanent("no such import (deleted?)"))?;
-    // The file is dropped once read: a delivery after that finds the import finished.
-    let Some(body) = body else {
-        return match status.as_str() {
-            "loaded" => Ok(sqlx::query_scalar!(
-                "SELECT report FROM sales_imports WHERE id = $1",
-                job.import_id
-            )
-            .fetch_one(&deps.db)
-            .await?
-            .unwrap_or(serde_json::Value::Null)),
-            _ => Err(JobError::permanent("the import already failed")),
-        };
-    };
-    let known: Vec<String> = sqlx::query_scalar!(
-        "SELECT sku FROM products WHERE tenant_id = $1",
-        job.tenant_id
-    )
-    .fetch_all(&deps.db)
-    .await?;
-    let today = chrono::Utc::now().date_naive();
-    let dates = deps.dates;
-    // polars runs the validation as one query: the job's token is checked before it starts.
-    let validated = crate::queue::cancel::spawn_blocking(move |cancel| {
-        cancel.check()?;
-        Ok(validate(&body, &known, today, dates))
-    })
-    .await
-    .map_err(|e| JobError::retry(format!("the validator stopped: {e}")))?
-    .map_err(|e: crate::queue::cancel::Cancelled| JobError::retry(e.to_string()))?;
-    let (rows, report) = match validated {
-        Ok(done) => done,
-        Err(unreadable) => {
-            let report = storable(serde_json::json!({"error": unreadable.0}));
-            let mut tx = deps.db.begin().await?;
-            sqlx::query!(
-                "UPDATE sales_imports SET status = 'failed', report = $3, body = NULL WHERE id = $1 AND tenant_id = $2",
-                job.import_id,
-                job.tenant_id,
-                report
-            )
-            .execute(&mut *tx)
-            .await?;
-            import_files::drop_file(&mut tx, job.import_id).await?;
-            tx.commit().await?;
-            return Err(JobError::permanent(unreadable.0));
-        }
-    };
-    let mut tx = deps.db.begin().await?;
-    history::load_imported(&mut tx, job.tenant_id, &rows)
-        .await
-        .context("while loading the imported rows")
-        .map_err(|e| JobError::retry(format!("{e:#}")))?;
-    let report_json = storable(serde_json::to_value(&report).expect("reports serialize"));
-    sqlx::query!(
-        "UPDATE sales_imports SET status = 'loaded', report = $3, loaded_at = now(), body = NULL WHERE id = $1 AND tenant_id = $2",
-        job.import_id,
-        job.tenant_id,
-        report_json
-    )
-    .execute(&mut *tx)
-    .await?;
-    import_files::drop_file(&mut tx, job.import_id).await?;
-    tx.commit().await?;
-    tracing::info!(
-        rows = report.rows,
-        loaded = report.rows_loaded,
-        rejected = report.rows_rejected,
-        "sales import loaded"
-    );
-    Ok(report_json)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Invoices: the job that numbers an order's invoice and renders its PDF.
+//! The `invoices` queue's handler: numbers an order's invoice and renders its PDF.
 //!
 //! Two short transactions around the render, so that one tenant's invoices are not serialised
 //! behind each other's rendering:
@@ -15,38 +15,30 @@
 //! commit atomically with the invoice's status, are backed up and scoped by tenant like every
 //! other row, and at ~30–60 KB each need no separate object store.
 
-use super::invoice_pdf::{self, Fonts, InvoiceDocument, InvoiceLine};
+use super::RenderInvoice;
+use super::pdf::{self, Fonts, InvoiceDocument, InvoiceLine};
 use crate::domain::format_amount;
-use crate::queue::{JobError, JobMeta};
+use crate::jobs::{WorkerContext, worker_options};
+use crate::queue::{JobError, JobMeta, WorkerOptions};
 use anyhow::Context;
 use apalis::prelude::Data;
 use chrono::{Datelike, Utc};
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::sync::Arc;
-use std::time::Duration;
-use uuid::Uuid;
 
-use crate::jobs::{JobKind, Queue};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RenderInvoice {
-    pub tenant_id: Uuid,
-    pub invoice_id: Uuid,
+/// Rendering is CPU work (on the blocking pool); the rest waits on Postgres and Redis. Four jobs
+/// per core keep the cores busier through those waits (measured on 2 cores, end to end: 4 jobs
+/// in all 258 invoices/s, 8 jobs 284–339/s).
+pub fn options(concurrency: Option<usize>) -> WorkerOptions {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    worker_options::<RenderInvoice>(concurrency.unwrap_or(4 * cores))
 }
 
-impl JobKind for RenderInvoice {
-    const QUEUE: Queue = Queue::Invoices;
-    const MAX_ATTEMPTS: u32 = 6;
-    const TIMEOUT: Duration = Duration::from_secs(120);
-
-    fn kind(&self) -> &'static str {
-        "render_invoice"
-    }
-
-    fn tenant(&self) -> Option<Uuid> {
-        Some(self.tenant_id)
-    }
+pub fn deps(ctx: &WorkerContext) -> anyhow::Result<InvoiceDeps> {
+    Ok(InvoiceDeps {
+        db: ctx.db.clone(),
+        fonts: Arc::new(Fonts::new(ctx.settings.invoice_font_dir.clone())),
+    })
 }
 
 /// What the invoice worker needs.
@@ -179,7 +171,7 @@ async fn render_and_store(
     };
     let fonts = deps.fonts.clone();
     let pdf = crate::queue::cancel::spawn_blocking(move |cancel| {
-        invoice_pdf::render(&document, &fonts, &|| cancel.is_cancelled())
+        pdf::render(&document, &fonts, &|| cancel.is_cancelled())
     })
     .await
     .context("the PDF renderer stopped")

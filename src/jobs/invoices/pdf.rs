@@ -15,8 +15,8 @@ use printpdf::{
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-const REGULAR: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
-const BOLD: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-Bold.ttf");
+const REGULAR: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
+const BOLD: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans-Bold.ttf");
 
 /// An invoice's content, every figure already formatted from the stored decimals.
 #[derive(Debug, Clone)]
@@ -271,113 +271,18 @@ pub fn render(
             regular_id: regular_id.clone(),
             bold_id: bold_id.clone(),
         };
-        // Heading, on every page.
-        p.band(0.0, PAGE_H - 38.0, PAGE_W, 38.0, 0.93);
-        p.text(&doc.seller, LEFT, PAGE_H - 20.0, 16.0, true);
-        p.text_right("INVOICE", RIGHT, PAGE_H - 20.0, 16.0, true);
-        p.text_right(
-            &format!("No. {}", doc.number),
-            RIGHT,
-            PAGE_H - 27.0,
-            10.0,
-            false,
-        );
-        p.text_right(
-            &format!("Issued {}", doc.issued_on.format("%Y-%m-%d")),
-            RIGHT,
-            PAGE_H - 32.0,
-            10.0,
-            false,
-        );
-        p.text(
-            &format!("Order {}", doc.order_number),
-            LEFT,
-            PAGE_H - 27.0,
-            10.0,
-            false,
-        );
-
+        p.heading(doc);
         let top = if index == 0 {
-            // The customer, on the first page.
-            p.text("Bill to", LEFT, PAGE_H - 50.0, 9.0, true);
-            let mut y = PAGE_H - 56.0;
-            let mut block = vec![doc.customer_name.clone(), doc.customer_email.clone()];
-            if let Some(address) = &doc.customer_address {
-                block.extend(address.lines().take(5).map(str::to_string));
-            }
-            for line in block {
-                let line = p.fit(&line, 110.0, 10.0);
-                p.text(&line, LEFT, y, 10.0, false);
-                y -= 5.0;
-            }
+            p.customer(doc);
             TABLE_TOP_FIRST
         } else {
             TABLE_TOP_NEXT
         };
-
-        // Table header, repeated on every page.
-        let mut y = top;
-        p.band(LEFT, y - ROW_H + 1.5, RIGHT - LEFT, ROW_H, 0.85);
-        let header_y = y - ROW_H + 3.2;
-        p.text("SKU", COL_SKU, header_y, 9.0, true);
-        p.text("Description", COL_DESC, header_y, 9.0, true);
-        p.text_right("Qty", COL_QTY_R, header_y, 9.0, true);
-        p.text_right("Unit price", COL_PRICE_R, header_y, 9.0, true);
-        p.text_right(
-            &format!("Total {}", doc.currency),
-            COL_TOTAL_R,
-            header_y,
-            9.0,
-            true,
-        );
-        y -= ROW_H;
-        for line in &doc.lines[start..start + count] {
-            let row_y = y - ROW_H + 2.2;
-            let sku = p.fit(&line.sku, COL_DESC - COL_SKU - 2.0, 9.0);
-            p.text(&sku, COL_SKU, row_y, 9.0, false);
-            let description = p.fit(&line.description, COL_QTY_R - 14.0 - COL_DESC, 9.0);
-            p.text(&description, COL_DESC, row_y, 9.0, false);
-            p.text_right(&line.quantity, COL_QTY_R, row_y, 9.0, false);
-            p.text_right(&line.unit_price, COL_PRICE_R, row_y, 9.0, false);
-            p.text_right(&line.line_total, COL_TOTAL_R, row_y, 9.0, false);
-            y -= ROW_H;
-            p.rule(LEFT, RIGHT, y + 0.5, 0.3, 0.8);
-        }
-
+        let y = p.table(doc, &doc.lines[start..start + count], top);
         if index + 1 == page_count {
-            // Totals, on the last page.
-            let mut ty = y - 8.0;
-            for (label, value, strong) in [
-                ("Subtotal".to_string(), &doc.subtotal, false),
-                (format!("Tax ({} %)", doc.tax_rate_percent), &doc.tax, false),
-                (format!("Total {}", doc.currency), &doc.total, true),
-            ] {
-                if strong {
-                    p.rule(COL_QTY_R, RIGHT, ty + 4.6, 0.8, 0.2);
-                }
-                let size = if strong { 11.0 } else { 10.0 };
-                p.text_right(&label, COL_PRICE_R, ty, size, strong);
-                p.text_right(value, COL_TOTAL_R, ty, size, strong);
-                ty -= 6.5;
-            }
+            p.totals(doc, y);
         }
-
-        // Footer.
-        p.rule(LEFT, RIGHT, 18.0, 0.4, 0.7);
-        p.text(
-            &format!("{} · Invoice {}", doc.seller, doc.number),
-            LEFT,
-            12.0,
-            8.0,
-            false,
-        );
-        p.text_right(
-            &format!("Page {} of {page_count}", index + 1),
-            RIGHT,
-            12.0,
-            8.0,
-            false,
-        );
+        p.footer(doc, index + 1, page_count);
         rendered.push(PdfPage::new(Mm(PAGE_W), Mm(PAGE_H), p.ops));
     }
     pdf.with_pages(rendered);
@@ -393,6 +298,125 @@ pub fn render(
     document.save_to(&mut bytes).context("writing the PDF")?;
     anyhow::ensure!(!bytes.is_empty(), "printpdf produced an empty document");
     Ok(bytes)
+}
+
+/// The parts of a page, top to bottom.
+impl Painter<'_> {
+    /// The seller, the invoice's number and dates: on every page.
+    fn heading(&mut self, doc: &InvoiceDocument) {
+        // Heading, on every page.
+        self.band(0.0, PAGE_H - 38.0, PAGE_W, 38.0, 0.93);
+        self.text(&doc.seller, LEFT, PAGE_H - 20.0, 16.0, true);
+        self.text_right("INVOICE", RIGHT, PAGE_H - 20.0, 16.0, true);
+        self.text_right(
+            &format!("No. {}", doc.number),
+            RIGHT,
+            PAGE_H - 27.0,
+            10.0,
+            false,
+        );
+        self.text_right(
+            &format!("Issued {}", doc.issued_on.format("%Y-%m-%d")),
+            RIGHT,
+            PAGE_H - 32.0,
+            10.0,
+            false,
+        );
+        self.text(
+            &format!("Order {}", doc.order_number),
+            LEFT,
+            PAGE_H - 27.0,
+            10.0,
+            false,
+        );
+    }
+
+    /// The customer: on the first page.
+    fn customer(&mut self, doc: &InvoiceDocument) {
+        // The customer, on the first page.
+        self.text("Bill to", LEFT, PAGE_H - 50.0, 9.0, true);
+        let mut y = PAGE_H - 56.0;
+        let mut block = vec![doc.customer_name.clone(), doc.customer_email.clone()];
+        if let Some(address) = &doc.customer_address {
+            block.extend(address.lines().take(5).map(str::to_string));
+        }
+        for line in block {
+            let line = self.fit(&line, 110.0, 10.0);
+            self.text(&line, LEFT, y, 10.0, false);
+            y -= 5.0;
+        }
+    }
+
+    /// The table header and `lines` from `top` down; returns where the table ends.
+    fn table(&mut self, doc: &InvoiceDocument, lines: &[InvoiceLine], top: f32) -> f32 {
+        // Table header, repeated on every page.
+        let mut y = top;
+        self.band(LEFT, y - ROW_H + 1.5, RIGHT - LEFT, ROW_H, 0.85);
+        let header_y = y - ROW_H + 3.2;
+        self.text("SKU", COL_SKU, header_y, 9.0, true);
+        self.text("Description", COL_DESC, header_y, 9.0, true);
+        self.text_right("Qty", COL_QTY_R, header_y, 9.0, true);
+        self.text_right("Unit price", COL_PRICE_R, header_y, 9.0, true);
+        self.text_right(
+            &format!("Total {}", doc.currency),
+            COL_TOTAL_R,
+            header_y,
+            9.0,
+            true,
+        );
+        y -= ROW_H;
+        for line in lines {
+            let row_y = y - ROW_H + 2.2;
+            let sku = self.fit(&line.sku, COL_DESC - COL_SKU - 2.0, 9.0);
+            self.text(&sku, COL_SKU, row_y, 9.0, false);
+            let description = self.fit(&line.description, COL_QTY_R - 14.0 - COL_DESC, 9.0);
+            self.text(&description, COL_DESC, row_y, 9.0, false);
+            self.text_right(&line.quantity, COL_QTY_R, row_y, 9.0, false);
+            self.text_right(&line.unit_price, COL_PRICE_R, row_y, 9.0, false);
+            self.text_right(&line.line_total, COL_TOTAL_R, row_y, 9.0, false);
+            y -= ROW_H;
+            self.rule(LEFT, RIGHT, y + 0.5, 0.3, 0.8);
+        }
+        y
+    }
+
+    /// Subtotal, tax and total below the table: on the last page.
+    fn totals(&mut self, doc: &InvoiceDocument, y: f32) {
+        // Totals, on the last page.
+        let mut ty = y - 8.0;
+        for (label, value, strong) in [
+            ("Subtotal".to_string(), &doc.subtotal, false),
+            (format!("Tax ({} %)", doc.tax_rate_percent), &doc.tax, false),
+            (format!("Total {}", doc.currency), &doc.total, true),
+        ] {
+            if strong {
+                self.rule(COL_QTY_R, RIGHT, ty + 4.6, 0.8, 0.2);
+            }
+            let size = if strong { 11.0 } else { 10.0 };
+            self.text_right(&label, COL_PRICE_R, ty, size, strong);
+            self.text_right(value, COL_TOTAL_R, ty, size, strong);
+            ty -= 6.5;
+        }
+    }
+
+    fn footer(&mut self, doc: &InvoiceDocument, page: usize, page_count: usize) {
+        // Footer.
+        self.rule(LEFT, RIGHT, 18.0, 0.4, 0.7);
+        self.text(
+            &format!("{} · Invoice {}", doc.seller, doc.number),
+            LEFT,
+            12.0,
+            8.0,
+            false,
+        );
+        self.text_right(
+            &format!("Page {} of {page_count}", page),
+            RIGHT,
+            12.0,
+            8.0,
+            false,
+        );
+    }
 }
 
 /// zlib level for the PDF's streams (the embedded font subsets and the page contents).

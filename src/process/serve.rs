@@ -56,7 +56,7 @@ impl Application {
             self.state.settings.connections,
             self.state.settings.shutdown_grace,
         );
-        crate::server::serve(
+        super::http::serve(
             self.listener,
             api::router(self.state),
             limits,

@@ -1,0 +1,172 @@
+//! Dashboard pages of the tenants: the list, one tenant (its keys, queue limits and pauses).
+
+use crate::api::AppState;
+use crate::api::error::{Error, Result};
+use crate::api::session::Session;
+use crate::jobs::Queue;
+use axum::extract::{Form, Path, Query, State};
+use axum::response::Response;
+use std::collections::HashMap;
+
+use super::{Flash, Signed, back, checked, page};
+use crate::api::extract::queue_named;
+
+pub(super) async fn tenants_page(
+    State(state): State<AppState>,
+    Signed(s): Signed,
+    Query(flash): Query<Flash>,
+) -> Result<Response> {
+    render_tenants(&state, &s, flash.flash, None).await
+}
+
+async fn render_tenants(
+    state: &AppState,
+    s: &Session,
+    flash: Option<String>,
+    new_key: Option<(String, String)>,
+) -> Result<Response> {
+    let rows = sqlx::query!(
+        r#"SELECT t.id, t.slug, t.name, t.active,
+                  (SELECT count(*) FROM api_keys k WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS "keys!"
+           FROM tenants t ORDER BY t.slug LIMIT 500"#
+    )
+    .fetch_all(&state.db)
+    .await?;
+    let mut volume: HashMap<String, (u64, u64)> = HashMap::new();
+    for queue in Queue::ALL {
+        let queue = queue.id();
+        for (tenant, (ok, bad)) in state.queues.tenant_volume_today(&queue).await? {
+            let v = volume.entry(tenant).or_default();
+            v.0 += ok;
+            v.1 += bad;
+        }
+    }
+    let tenants: Vec<minijinja::Value> = rows
+        .into_iter()
+        .map(|r| {
+            let (ok, bad) = volume.get(&r.id.to_string()).copied().unwrap_or_default();
+            minijinja::context! {
+                slug => r.slug, name => r.name, active => r.active, keys => r.keys,
+                jobs => ok + bad, failed => bad,
+            }
+        })
+        .collect();
+    page(
+        "tenants.html",
+        minijinja::context! {
+            title => "Tenants", nav => "tenants", csrf => s.csrf.clone(), flash, tenants,
+            new_key => new_key.map(|(slug, key)| minijinja::context! { slug, key }),
+        },
+    )
+}
+
+pub(super) async fn rotate_key(
+    State(state): State<AppState>,
+    Signed(s): Signed,
+    Path(slug): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response> {
+    checked(&s, &form)?;
+    let tenant_id = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", slug)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
+    let key = crate::domain::ApiKey::generate();
+    let mut conn = state.db.acquire().await?;
+    crate::api::tenants::insert_key(&mut conn, tenant_id, &key).await?;
+    // The key is shown once, on this response, never in a URL.
+    render_tenants(&state, &s, None, Some((slug, key.expose().to_string()))).await
+}
+
+/// One tenant's rules and load on every queue, with a form per queue to change its limit and
+/// pause it.
+pub(super) async fn tenant_page(
+    State(state): State<AppState>,
+    Signed(s): Signed,
+    Path(slug): Path<String>,
+    Query(flash): Query<Flash>,
+) -> Result<Response> {
+    let tenant = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", slug)
+        .fetch_optional(&state.db)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
+    let mut queues = vec![];
+    for queue in Queue::ALL {
+        let queue = queue.id();
+        let q = state.queues.tenant_state(&queue, tenant).await?;
+        queues.push(minijinja::context! {
+            queue => q.queue, limit => q.limit, own_limit => (!q.limit_is_default).then_some(q.limit.unwrap_or(0)),
+            limit_is_default => q.limit_is_default, paused => q.paused, running => q.running,
+            waiting => q.waiting,
+        });
+    }
+    page(
+        "tenant.html",
+        minijinja::context! {
+            title => format!("Tenant {slug}"), nav => "tenants", csrf => s.csrf.clone(),
+            flash => flash.flash, slug, queues,
+            max_limit => crate::api::tenants::MAX_QUEUE_LIMIT,
+        },
+    )
+}
+
+/// Sets one queue's rules for a tenant: `limit` (blank for the queue's default, 0 for none) and
+/// `paused` (present or not).
+pub(super) async fn tenant_queue_rules(
+    State(state): State<AppState>,
+    Signed(s): Signed,
+    Path((slug, queue)): Path<(String, String)>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Result<Response> {
+    checked(&s, &form)?;
+    let queue = queue_named(&queue)?;
+    let back_to = format!("/admin/tenants/{slug}");
+    let limit = match form.get("limit").map(|v| v.trim()).unwrap_or("") {
+        "" => None,
+        raw => match raw.parse::<u32>() {
+            Ok(n) if n <= crate::api::tenants::MAX_QUEUE_LIMIT => Some(n),
+            _ => {
+                return Ok(back(
+                    &back_to,
+                    &format!(
+                        "Not changed: the limit must be a whole number from 0 to {}.",
+                        crate::api::tenants::MAX_QUEUE_LIMIT
+                    ),
+                ));
+            }
+        },
+    };
+    let pause = form.contains_key("paused");
+    let mut tx = state.db.begin().await?;
+    let tenant = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", slug)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
+    let name = queue.to_string();
+    let limits = std::collections::BTreeMap::from([(name.clone(), limit)]);
+    crate::api::tenants::change_queue_rules(
+        &mut tx,
+        &state.queues,
+        tenant,
+        &limits,
+        |mut paused| {
+            paused.retain(|q| *q != name);
+            if pause {
+                paused.push(name.clone());
+            }
+            paused
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let rule = match limit {
+        None => "the queue's default limit".to_string(),
+        Some(0) => "no limit".to_string(),
+        Some(n) => format!("at most {n} at once"),
+    };
+    let state_text = if pause { "paused" } else { "running" };
+    Ok(back(
+        &back_to,
+        &format!("{slug} on {queue}: {rule}, {state_text}."),
+    ))
+}

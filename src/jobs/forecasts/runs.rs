@@ -1,0 +1,208 @@
+//! Starting runs (on demand, from the CLI, nightly) and pruning old ones.
+
+use super::{DAILY_SEASON, ForecastJob};
+use crate::jobs::{self, Enqueue};
+use crate::queue::Queues;
+use chrono::{NaiveDate, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Who started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Api,
+    Cli,
+    /// The nightly schedule, for this night.
+    Schedule {
+        night: NaiveDate,
+    },
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Api => "api",
+            Trigger::Cli => "cli",
+            Trigger::Schedule { .. } => "schedule",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Queue(#[from] redis::RedisError),
+    /// The night already has its run.
+    #[error("this night's run already exists")]
+    AlreadyRan,
+    /// The tenant has a run queued or running (one at a time, however it was started).
+    #[error("forecast run {0} is still queued or running")]
+    Busy(Uuid),
+}
+
+impl From<jobs::EnqueueError> for StartError {
+    fn from(e: jobs::EnqueueError) -> Self {
+        match e {
+            jobs::EnqueueError::Queue(e) => StartError::Queue(e),
+            jobs::EnqueueError::Database(e) => StartError::Database(e),
+        }
+    }
+}
+
+/// A run still queued or running after this long is taken for abandoned (its jobs died without
+/// reporting) and no longer blocks the tenant's next run: the longest legitimate run is four
+/// attempts of a 30-minute job.
+const ABANDONED_AFTER_HOURS: f64 = 6.0;
+
+/// Creates a run (history up to yesterday, UTC) and queues its plan job; returns the run's id
+/// and the plan job's id.
+pub async fn start_run(
+    db: &PgPool,
+    queues: &Queues,
+    tenant: Uuid,
+    trigger: Trigger,
+    horizon_days: i32,
+    skus: Option<Vec<String>>,
+) -> Result<(Uuid, String), StartError> {
+    let run_id = create_run(db, tenant, trigger, horizon_days, skus).await?;
+    let job = ForecastJob::Plan {
+        tenant_id: tenant,
+        run_id,
+    };
+    let job_id = jobs::enqueue_or_undo(
+        queues,
+        db,
+        Enqueue::new(&job).key(format!("forecast-plan:{run_id}")),
+        sqlx::query!("DELETE FROM forecast_runs WHERE id = $1", run_id),
+    )
+    .await?;
+    sqlx::query!(
+        "UPDATE forecast_runs SET job_id = $2 WHERE id = $1",
+        run_id,
+        job_id
+    )
+    .execute(db)
+    .await?;
+    Ok((run_id, job_id))
+}
+
+/// The run row alone (for [`start_run`] and for in-process runs from the CLI).
+pub async fn create_run(
+    db: &PgPool,
+    tenant: Uuid,
+    trigger: Trigger,
+    horizon_days: i32,
+    skus: Option<Vec<String>>,
+) -> Result<Uuid, StartError> {
+    let night = match trigger {
+        Trigger::Schedule { night } => Some(night),
+        _ => None,
+    };
+    let history_end = Utc::now().date_naive() - chrono::Duration::days(1);
+    let run_id = Uuid::now_v7();
+    let mut tx = db.begin().await?;
+    // One run at a time per tenant: a run started on demand waits for the one in progress (409),
+    // so starting runs in a loop costs the shared workers one run, not hundreds. The lock makes
+    // the check and the insert one step for concurrent starts. Nightly runs are exempt (the
+    // tenant cannot block its own night) but count as in progress.
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended('forecast-run:' || $1::uuid::text, 0))",
+        tenant
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        r#"UPDATE forecast_runs
+           SET status = 'failed', finished_at = now(),
+               error = 'abandoned: still unfinished after ' || $2::float8 || ' hours'
+           WHERE tenant_id = $1 AND status IN ('queued', 'running')
+             AND created_at < now() - $2::float8 * interval '1 hour'"#,
+        tenant,
+        ABANDONED_AFTER_HOURS
+    )
+    .execute(&mut *tx)
+    .await?;
+    if night.is_none()
+        && let Some(active) = sqlx::query_scalar!(
+            "SELECT id FROM forecast_runs WHERE tenant_id = $1 AND status IN ('queued', 'running') ORDER BY created_at LIMIT 1",
+            tenant
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+    {
+        return Err(StartError::Busy(active));
+    }
+    let created = sqlx::query_scalar!(
+        r#"INSERT INTO forecast_runs (id, tenant_id, trigger, night, horizon_days, season, skus, history_end)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+           ON CONFLICT ON CONSTRAINT forecast_runs_one_per_night DO NOTHING
+           RETURNING id"#,
+        run_id,
+        tenant,
+        trigger.as_str(),
+        night,
+        horizon_days,
+        DAILY_SEASON,
+        skus.as_deref(),
+        history_end
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    created.ok_or(StartError::AlreadyRan)
+}
+
+/// Starts tonight's run for every active tenant with sales history; several schedulers may
+/// call this for the same night and each tenant still gets one run. Returns the runs started.
+pub async fn start_nightly(
+    db: &PgPool,
+    queues: &Queues,
+    night: NaiveDate,
+    horizon_days: i32,
+) -> anyhow::Result<usize> {
+    let tenants = sqlx::query_scalar!(
+        r#"SELECT t.id FROM tenants t
+           WHERE t.active AND EXISTS (SELECT 1 FROM daily_sales d WHERE d.tenant_id = t.id)
+             AND NOT EXISTS (SELECT 1 FROM forecast_runs r WHERE r.tenant_id = t.id AND r.night = $1)"#,
+        night
+    )
+    .fetch_all(db)
+    .await?;
+    let mut started = 0;
+    for tenant in tenants {
+        match start_run(
+            db,
+            queues,
+            tenant,
+            Trigger::Schedule { night },
+            horizon_days,
+            None,
+        )
+        .await
+        {
+            Ok(_) => started += 1,
+            Err(StartError::AlreadyRan) => {}
+            Err(e) => {
+                tracing::error!(tenant = %tenant, error = %e, "could not start the nightly forecast")
+            }
+        }
+    }
+    Ok(started)
+}
+
+/// Deletes each tenant's runs beyond the newest `keep` (results and points go with them).
+pub async fn prune_runs(db: &PgPool, keep: i64) -> sqlx::Result<u64> {
+    sqlx::query!(
+        r#"DELETE FROM forecast_runs WHERE id IN (
+               SELECT id FROM (
+                   SELECT id, row_number() OVER (PARTITION BY tenant_id ORDER BY created_at DESC) AS n
+                   FROM forecast_runs WHERE status IN ('succeeded', 'failed')
+               ) ranked WHERE n > $1)"#,
+        keep
+    )
+    .execute(db)
+    .await
+    .map(|r| r.rows_affected())
+}

@@ -1,0 +1,138 @@
+//! The keeper: refreshes the leases of every held job (`HEARTBEAT`), takes over expired leases
+//! of dead workers (`RECLAIM`), promotes due scheduled and retrying jobs and trims retention.
+
+use super::*;
+
+pub(super) async fn keep_loop<Args: DeserializeOwned + Send + 'static>(
+    shared: Arc<Shared>,
+    jobs: mpsc::Sender<Task<Args>>,
+    acks: mpsc::UnboundedSender<AckMsg>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let lease = shared.queues.settings().lease;
+    let mut heartbeat = tokio::time::interval(lease / 3);
+    let mut reclaim = tokio::time::interval((lease / 2).max(Duration::from_millis(50)));
+    let mut promote = tokio::time::interval(shared.options.promote_every);
+    let mut trim = tokio::time::interval(Duration::from_secs(60));
+    for t in [&mut heartbeat, &mut reclaim, &mut promote, &mut trim] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    let mut cursor = "0-0".to_string();
+    let mut backoff = Backoff::new();
+    // Reclaiming and heartbeats need the consumer group; on a fresh queue the fetcher may not
+    // have created it yet, so make sure of it first (without this the first upkeep warned
+    // `NOGROUP`).
+    while let Err(e) = shared.queues.ensure_group(&shared.queue).await {
+        let wait = backoff.delay("creating the consumer group", &e);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+    backoff.ok();
+    loop {
+        let result = tokio::select! {
+            _ = stop.changed() => return,
+            _ = heartbeat.tick() => beat(&shared).await,
+            _ = reclaim.tick() => reclaim_expired(&shared, &jobs, &acks, &mut cursor).await,
+            _ = promote.tick() => shared.queues.promote_due(&shared.queue).await.map(|_| ()),
+            _ = trim.tick() => shared.queues.trim(&shared.queue).await.map(|_| ()),
+        };
+        match result {
+            Ok(()) => backoff.ok(),
+            Err(e) => {
+                let _ = backoff.delay("queue upkeep", &e);
+            }
+        }
+    }
+}
+
+/// Refreshes the leases of every held job and records the worker's heartbeat.
+pub(super) async fn beat(shared: &Shared) -> redis::RedisResult<()> {
+    let held: Vec<(String, String)> = shared
+        .held
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, entry)| (id.clone(), entry.clone()))
+        .collect();
+    let lease = shared.queues.settings().lease;
+    let info = serde_json::json!({
+        "queue": shared.queue.as_str(),
+        "pid": std::process::id(),
+        "started_at": crate::queue::client::ms_to_time(shared.started_at_ms),
+        "concurrency": shared.options.concurrency,
+        "held": held.len(),
+    })
+    .to_string();
+    let mut call = scripts::HEARTBEAT.prepare_invoke();
+    call.key(shared.keys.stream())
+        .arg(shared.keys.prefix())
+        .arg(GROUP)
+        .arg(&shared.consumer)
+        .arg(now_ms())
+        .arg((lease * 3).as_millis() as u64)
+        .arg(info);
+    for (id, entry) in &held {
+        call.arg(id).arg(entry);
+    }
+    let mut conn = shared.conn().await?;
+    let lost: Vec<String> = call.invoke_async(&mut conn).await?;
+    if !lost.is_empty() {
+        tracing::warn!(
+            count = lost.len(),
+            "jobs were reclaimed by another worker after this one stalled past its lease"
+        );
+        shared.release_ids(lost);
+    }
+    Ok(())
+}
+
+/// Takes over jobs whose lease expired, as many as the prefetch buffer has room for.
+pub(super) async fn reclaim_expired<Args: DeserializeOwned + Send + 'static>(
+    shared: &Shared,
+    jobs: &mpsc::Sender<Task<Args>>,
+    acks: &mpsc::UnboundedSender<AckMsg>,
+    cursor: &mut String,
+) -> redis::RedisResult<()> {
+    let room = jobs.capacity().min(100);
+    if room == 0 {
+        return Ok(());
+    }
+    let settings = shared.queues.settings();
+    let mut conn = shared.conn().await?;
+    let reply: Vec<Value> = scripts::RECLAIM
+        .key(shared.keys.stream())
+        .arg(shared.keys.prefix())
+        .arg(GROUP)
+        .arg(&shared.consumer)
+        .arg(now_ms())
+        .arg(settings.lease.as_millis() as u64)
+        .arg(room)
+        .arg(settings.dead_retention.as_millis() as u64)
+        .arg(cursor.as_str())
+        .arg((settings.lease * 10).as_millis() as u64)
+        .invoke_async(&mut conn)
+        .await?;
+    *cursor = reply
+        .first()
+        .and_then(string)
+        .unwrap_or_else(|| "0-0".into());
+    let raws = raw_jobs(&reply[1.min(reply.len())..]);
+    if !raws.is_empty() {
+        tracing::info!(
+            count = raws.len(),
+            "reclaimed jobs whose worker stopped heartbeating"
+        );
+    }
+    for raw in raws {
+        if let Some(task) = into_task(shared, acks, raw) {
+            // Room was checked above and only the fetcher competes for it; if it filled the
+            // buffer meanwhile, the job stays held (and leased) until there is room.
+            if jobs.send(task).await.is_err() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,493 @@
+//! The worker side: an apalis `Backend` over the Redis layout described in the module docs.
+//!
+//! apalis polls the backend for tasks and runs them under its concurrency limit; everything
+//! that talks to Redis runs in three background tasks per worker, so a slow or failing Redis
+//! call never blocks a running job and a job never blocks a heartbeat:
+//! - the **fetcher** takes batches (`FETCH`) as room frees up in the prefetch buffer, and when
+//!   nothing is waiting blocks in `XREAD` on the wake-up stream, on a connection of its own;
+//! - the **acker** records outcomes (`COMPLETE`) in batches of whatever finished meanwhile, and
+//!   retries a batch until Redis takes it (outcomes are never dropped);
+//! - the **keeper** refreshes the leases of every held job (`HEARTBEAT`), takes over expired
+//!   leases of dead workers (`RECLAIM`), promotes due scheduled and retrying jobs (`PROMOTE`) and
+//!   trims retention.
+//!
+//! The [`AckLayer`] wraps each job: it enforces the timeout, turns a panic into a dead job, sorts
+//! the handler's [`JobError`] into retry/failed/dead, and hands the outcome to the acker.
+
+mod ack;
+mod fetch;
+mod lease;
+
+pub use ack::AckLayer;
+use ack::ack_loop;
+use fetch::fetch_loop;
+use lease::keep_loop;
+
+use super::client::{GROUP, int, string};
+use super::job::{JobError, JobMeta};
+use super::keys::QueueKeys;
+use super::{QueueName, Queues, metrics, now_ms, scripts};
+use crate::redis_conn::RedisConn;
+use apalis_core::backend::{Backend, BackendConfig, finalize::Ephemeral};
+use apalis_core::error::BoxDynError;
+use apalis_core::layers::{Layer, Service};
+use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::TaskId;
+use apalis_core::worker::context::WorkerContext;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rand::Rng;
+use redis::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// How one worker process consumes one queue.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub queue: QueueName,
+    /// Jobs running at once (apalis' concurrency limit).
+    pub concurrency: usize,
+    /// Jobs fetched ahead and waiting locally (their leases are kept fresh too).
+    pub prefetch: usize,
+    /// Most jobs taken per fetch call.
+    pub batch: usize,
+    /// A job running longer fails with a retryable timeout error.
+    pub job_timeout: Duration,
+    /// Longest single blocking wait for new jobs (the wait ends as soon as a job arrives).
+    pub block: Duration,
+    /// How often due scheduled and retrying jobs are promoted.
+    pub promote_every: Duration,
+}
+
+impl WorkerOptions {
+    pub fn new(queue: QueueName) -> Self {
+        Self {
+            queue,
+            concurrency: 32,
+            prefetch: 256,
+            batch: 256,
+            job_timeout: Duration::from_secs(300),
+            block: Duration::from_secs(2),
+            promote_every: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A job as a script returned it (8 fields per job).
+struct RawJob {
+    entry: String,
+    id: String,
+    payload: Vec<u8>,
+    attempts: u32,
+    max_attempts: u32,
+    kind: String,
+    tenant: String,
+    created_at_ms: i64,
+}
+
+fn raw_jobs(values: &[Value]) -> Vec<RawJob> {
+    values
+        .chunks_exact(8)
+        .filter_map(|v| {
+            Some(RawJob {
+                entry: string(&v[0])?,
+                id: string(&v[1])?,
+                payload: match &v[2] {
+                    Value::BulkString(b) => b.clone(),
+                    other => string(other).unwrap_or_default().into_bytes(),
+                },
+                attempts: int(&v[3])? as u32,
+                max_attempts: int(&v[4])? as u32,
+                kind: string(&v[5]).unwrap_or_default(),
+                tenant: string(&v[6]).unwrap_or_default(),
+                created_at_ms: int(&v[7]).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// What happened to a job, as the acker records it.
+#[derive(Debug)]
+struct Outcome {
+    id: String,
+    entry: String,
+    /// `succeeded`, `retry`, `failed` or `dead`.
+    kind: &'static str,
+    /// The result (JSON) or the error text.
+    data: String,
+    retry_at_ms: i64,
+}
+
+enum AckMsg {
+    Outcome(Outcome),
+    Flush(oneshot::Sender<()>),
+}
+
+/// State shared by a worker's background tasks and its shutdown handle.
+struct Shared {
+    queues: Queues,
+    keys: QueueKeys,
+    queue: QueueName,
+    consumer: String,
+    options: WorkerOptions,
+    /// Jobs this worker holds (fetched, running or awaiting their ack): id → stream entry.
+    held: Mutex<HashMap<String, String>>,
+    started_at_ms: i64,
+}
+
+impl Shared {
+    fn hold(&self, id: &str, entry: &str) {
+        self.held
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), entry.to_string());
+    }
+
+    fn release_ids(&self, ids: impl IntoIterator<Item = String>) {
+        let mut held = self.held.lock().unwrap();
+        for id in ids {
+            held.remove(&id);
+        }
+    }
+
+    fn meta(&self, raw: &RawJob) -> JobMeta {
+        JobMeta {
+            id: raw.id.clone(),
+            queue: self.queue.to_string(),
+            kind: raw.kind.clone(),
+            tenant: uuid::Uuid::parse_str(&raw.tenant).ok(),
+            attempt: raw.attempts,
+            max_attempts: raw.max_attempts,
+            created_at_ms: raw.created_at_ms,
+            entry: raw.entry.clone(),
+        }
+    }
+
+    async fn conn(&self) -> redis::RedisResult<RedisConn> {
+        self.queues.redis().conn().await
+    }
+}
+
+/// Backs off after a Redis error: 50 ms doubling to 5 s; logs the first error of a streak.
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { failures: 0 }
+    }
+
+    fn ok(&mut self) {
+        if self.failures > 0 {
+            tracing::info!("redis is answering again");
+        }
+        self.failures = 0;
+    }
+
+    fn delay(&mut self, what: &str, e: &redis::RedisError) -> Duration {
+        if self.failures == 0 {
+            tracing::warn!(error = %e, "{what} failed; retrying with backoff");
+        }
+        self.failures += 1;
+        Duration::from_millis((50u64 << self.failures.min(7)).min(5_000))
+    }
+}
+
+/// Decodes a fetched job into an apalis task, or dead-letters it when its payload does not
+/// decode (a poison job never reaches a handler and never stops the worker).
+fn into_task<Args: DeserializeOwned>(
+    shared: &Shared,
+    acks: &mpsc::UnboundedSender<AckMsg>,
+    raw: RawJob,
+) -> Option<Task<Args>> {
+    shared.hold(&raw.id, &raw.entry);
+    match serde_json::from_slice::<Args>(&raw.payload) {
+        Ok(args) => {
+            let meta = shared.meta(&raw);
+            Some(
+                TaskBuilder::new(args)
+                    .task_id(TaskId::from_string(raw.id))
+                    .data(meta)
+                    .build(),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(job_id = %raw.id, error = %e, "poison payload: dead-lettered");
+            metrics::finished(shared.queue.as_str(), "dead", Duration::ZERO);
+            let _ = acks.send(AckMsg::Outcome(Outcome {
+                id: raw.id,
+                entry: raw.entry,
+                kind: "dead",
+                data: format!("payload does not decode as a {} job: {e}", raw.kind),
+                retry_at_ms: 0,
+            }));
+            None
+        }
+    }
+}
+
+/// An apalis backend for one queue. Build a worker with
+/// `WorkerBuilder::new(backend.consumer()).backend(backend).concurrency(n).build(handler)`.
+pub struct RedisBackend<Args> {
+    shared: Arc<Shared>,
+    jobs_rx: mpsc::Receiver<Task<Args>>,
+    jobs_tx: Option<mpsc::Sender<Task<Args>>>,
+    acks_tx: mpsc::UnboundedSender<AckMsg>,
+    acks_rx: Option<mpsc::UnboundedReceiver<AckMsg>>,
+    stop: watch::Sender<bool>,
+    /// The fetcher and the keeper.
+    tasks: Vec<JoinHandle<()>>,
+    acker: Option<JoinHandle<()>>,
+    closing: Option<BoxFuture<'static, ()>>,
+    _args: PhantomData<fn() -> Args>,
+}
+
+/// Lets the process that runs a worker hand its jobs back when a shutdown deadline passes.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+}
+
+impl WorkerHandle {
+    /// Returns every job this worker still holds to the queue (for a shutdown that cannot wait
+    /// any longer); returns how many were handed back.
+    pub async fn hand_back_all(&self) -> redis::RedisResult<u64> {
+        let held: Vec<(String, String)> = self
+            .shared
+            .held
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, entry)| (id.clone(), entry.clone()))
+            .collect();
+        release(&self.shared, &held).await
+    }
+
+    pub fn consumer(&self) -> &str {
+        &self.shared.consumer
+    }
+
+    /// How many jobs the worker holds right now.
+    pub fn held(&self) -> usize {
+        self.shared.held.lock().unwrap().len()
+    }
+}
+
+impl<Args> RedisBackend<Args>
+where
+    Args: DeserializeOwned + Send + 'static,
+{
+    pub fn new(queues: Queues, options: WorkerOptions) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        let consumer = format!(
+            "{host}-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let (jobs_tx, jobs_rx) = mpsc::channel(options.prefetch.max(1));
+        let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            keys: queues.keys(&options.queue),
+            queue: options.queue.clone(),
+            queues,
+            consumer,
+            options,
+            held: Mutex::new(HashMap::new()),
+            started_at_ms: now_ms(),
+        });
+        Self {
+            shared,
+            jobs_rx,
+            jobs_tx: Some(jobs_tx),
+            acks_tx,
+            acks_rx: Some(acks_rx),
+            stop: watch::channel(false).0,
+            tasks: vec![],
+            acker: None,
+            closing: None,
+            _args: PhantomData,
+        }
+    }
+
+    /// This worker's unique identity (also its consumer name in Redis).
+    pub fn consumer(&self) -> String {
+        self.shared.consumer.clone()
+    }
+
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn start(&mut self) {
+        let (Some(jobs_tx), Some(acks_rx)) = (self.jobs_tx.take(), self.acks_rx.take()) else {
+            return;
+        };
+        tracing::info!(queue = %self.shared.queue, worker = %self.shared.consumer, "worker starting");
+        self.tasks.push(tokio::spawn(fetch_loop(
+            self.shared.clone(),
+            jobs_tx.clone(),
+            self.acks_tx.clone(),
+            self.stop.subscribe(),
+        )));
+        self.tasks.push(tokio::spawn(keep_loop(
+            self.shared.clone(),
+            jobs_tx,
+            self.acks_tx.clone(),
+            self.stop.subscribe(),
+        )));
+        self.acker = Some(tokio::spawn(ack_loop(self.shared.clone(), acks_rx)));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("queue backend: {0}")]
+pub struct BackendError(String);
+
+impl<Args> Backend for RedisBackend<Args>
+where
+    Args: DeserializeOwned + Send + 'static,
+{
+    type Task = Task<Args>;
+    type Error = BackendError;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        self.start();
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        self.start();
+        match self.jobs_rx.poll_recv(cx) {
+            Poll::Ready(Some(task)) => Poll::Ready(Some(Ok(task))),
+            // The fetcher only stops on shutdown; until then there is always more to wait for.
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        if self.closing.is_none() {
+            let _ = self.stop.send(true);
+            let shared = self.shared.clone();
+            let fetch_and_keep = std::mem::take(&mut self.tasks);
+            let acker = self.acker.take();
+            let mut jobs_rx = std::mem::replace(&mut self.jobs_rx, mpsc::channel(1).1);
+            let acks = self.acks_tx.clone();
+            self.closing = Some(
+                async move {
+                    // No more fetching: jobs still in the prefetch buffer are dropped here and
+                    // handed back below with everything else this worker holds.
+                    jobs_rx.close();
+                    while jobs_rx.recv().await.is_some() {}
+                    for t in fetch_and_keep {
+                        let _ = t.await;
+                    }
+                    // Every finished job's outcome reaches Redis before the worker exits...
+                    let (done_tx, done_rx) = oneshot::channel();
+                    if acks.send(AckMsg::Flush(done_tx)).is_ok() {
+                        let _ = done_rx.await;
+                    }
+                    if let Some(t) = acker {
+                        t.abort();
+                    }
+                    // ...and what it held without finishing goes back to the queue at once.
+                    let handle = WorkerHandle { shared: shared.clone() };
+                    match handle.hand_back_all().await {
+                        Ok(n) if n > 0 => tracing::info!(count = n, "handed unstarted jobs back"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "could not hand jobs back; their leases will expire"),
+                    }
+                    deregister(&shared).await;
+                    tracing::info!(queue = %shared.queue, worker = %shared.consumer, "worker stopped");
+                }
+                .boxed(),
+            );
+        }
+        match self.closing.as_mut().expect("set above").poll_unpin(cx) {
+            Poll::Ready(()) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<Args> BackendConfig for RedisBackend<Args> {
+    type Args = Args;
+    type Id = String;
+    type Kind = Ephemeral;
+    type Config = WorkerOptions;
+    type Layer = AckLayer;
+
+    fn config(&self) -> &Self::Config {
+        &self.shared.options
+    }
+
+    fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
+        AckLayer {
+            acks: self.acks_tx.clone(),
+            queue: self.shared.queue.to_string().into(),
+            timeout: self.shared.options.job_timeout,
+            retry_base: self.shared.queues.settings().retry_base,
+            retry_cap: self.shared.queues.settings().retry_cap,
+        }
+    }
+}
+
+/// Hands jobs back to the queue unchanged (used for unstarted jobs at shutdown).
+async fn release(shared: &Shared, jobs: &[(String, String)]) -> redis::RedisResult<u64> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let mut conn = shared.conn().await?;
+    let mut released = 0;
+    for chunk in jobs.chunks(500) {
+        let mut call = scripts::RELEASE.prepare_invoke();
+        call.key(shared.keys.stream())
+            .arg(shared.keys.prefix())
+            .arg(GROUP)
+            .arg(&shared.consumer);
+        for (id, entry) in chunk {
+            call.arg(id).arg(entry);
+        }
+        released += call.invoke_async::<u64>(&mut conn).await?;
+    }
+    shared.release_ids(jobs.iter().map(|(id, _)| id.clone()));
+    Ok(released)
+}
+
+/// Removes the worker from the queue's live list.
+async fn deregister(shared: &Shared) {
+    if let Ok(mut conn) = shared.conn().await {
+        let _: redis::RedisResult<()> = redis::pipe()
+            .cmd("ZREM")
+            .arg(shared.keys.workers())
+            .arg(&shared.consumer)
+            .cmd("DEL")
+            .arg(shared.keys.worker(&shared.consumer))
+            .query_async(&mut conn)
+            .await;
+    }
+}

@@ -1,0 +1,202 @@
+//! Job kinds run one at a time with `backroom::jobs::perform` (no queue, the real database),
+//! and the rules every producer's job obeys, whichever producer made it.
+
+use crate::helpers::*;
+use backroom::domain::Reason;
+use backroom::jobs::stock::{StockAdjustmentJob, worker as stock_worker};
+use backroom::jobs::{self, JobKind, Queue};
+use backroom::queue::JobError;
+use chrono::Utc;
+use serde_json::json;
+use uuid::Uuid;
+
+fn adjustment(
+    tenant: Uuid,
+    sku: &str,
+    delta: i64,
+    reason: Reason,
+    key: &str,
+) -> StockAdjustmentJob {
+    StockAdjustmentJob {
+        tenant_id: tenant,
+        sku: sku.to_string(),
+        delta,
+        reason,
+        idempotency_key: key.to_string(),
+        reference: None,
+        occurred_at: Utc::now(),
+    }
+}
+
+async fn perform_stock(
+    app: &TestApp,
+    job: StockAdjustmentJob,
+) -> Result<serde_json::Value, JobError> {
+    let ledger = stock_worker::deps(&app.worker_context()).expect("the ledger starts");
+    jobs::perform(stock_worker::handle, job, ledger, 1).await
+}
+
+async fn put_rope(app: &TestApp, key: &str) {
+    let created = app
+        .send_json(
+            reqwest::Method::PUT,
+            "/v1/products/ROPE",
+            Some(key),
+            &json!({
+                "name": "Rope", "unit_price": "9.90", "currency": "EUR", "reorder_point": 0,
+                "reorder_quantity": 10, "lead_time_days": 3, "allow_negative": false
+            }),
+        )
+        .await;
+    assert_eq!(created.status(), 201, "the product is created");
+}
+
+async fn on_hand(app: &TestApp, tenant: Uuid, sku: &str) -> i64 {
+    sqlx::query_scalar("SELECT on_hand FROM products WHERE tenant_id = $1 AND sku = $2")
+        .bind(tenant)
+        .bind(sku)
+        .fetch_one(&app.db)
+        .await
+        .expect("the product exists")
+}
+
+#[tokio::test]
+async fn a_stock_job_is_performed_once_and_a_repeat_moves_nothing() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("kinds").await;
+    let tenant: Uuid = t.id.parse().unwrap();
+    put_rope(&app, &t.key).await;
+
+    let receipt = adjustment(tenant, "ROPE", 12, Reason::Receipt, "r-1");
+    let done = perform_stock(&app, receipt.clone())
+        .await
+        .expect("the receipt applies");
+    assert_eq!(
+        (done["applied"].as_bool(), done["on_hand_after"].as_i64()),
+        (Some(true), Some(12))
+    );
+    let again = perform_stock(&app, receipt)
+        .await
+        .expect("a repeat is no error");
+    assert_eq!(
+        (again["applied"].as_bool(), again["on_hand_after"].as_i64()),
+        (Some(false), Some(12))
+    );
+    assert_eq!(on_hand(&app, tenant, "ROPE").await, 12);
+
+    let sale = adjustment(tenant, "ROPE", -5, Reason::Sale, "s-1");
+    perform_stock(&app, sale).await.expect("the sale applies");
+    assert_eq!(on_hand(&app, tenant, "ROPE").await, 7);
+}
+
+/// The sign rule lives in the domain and holds for a job however it was produced (the API
+/// checks it too, but an order, the outbox or a hand-made job never passed the API's check).
+#[tokio::test]
+async fn a_stock_job_against_the_sign_rule_fails_for_good_and_moves_nothing() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("signs").await;
+    let tenant: Uuid = t.id.parse().unwrap();
+    put_rope(&app, &t.key).await;
+
+    for (delta, reason, says) in [
+        (5, Reason::Sale, "delta must be negative for a sale"),
+        (-5, Reason::Receipt, "delta must be positive for a receipt"),
+        (3, Reason::Damage, "delta must be negative for a damage"),
+        (-1, Reason::Return, "delta must be positive for a return"),
+    ] {
+        let job = adjustment(
+            tenant,
+            "ROPE",
+            delta,
+            reason,
+            &format!("bad-{delta}-{reason:?}"),
+        );
+        match perform_stock(&app, job).await {
+            Err(JobError::Permanent { message }) => {
+                assert!(
+                    message.contains(says),
+                    "{message:?} names the rule ({says})"
+                )
+            }
+            other => panic!("{reason:?} {delta}: expected a permanent failure, got {other:?}"),
+        }
+    }
+    assert_eq!(on_hand(&app, tenant, "ROPE").await, 0, "nothing moved");
+    let movements: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM stock_movements WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(movements, 0);
+}
+
+/// A job's rows are scoped by the tenant its payload names: the same idempotency key in two
+/// tenants is two movements, each on its own tenant's product.
+#[tokio::test]
+async fn a_performed_job_touches_only_its_own_tenants_rows() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("kinds-a").await;
+    let b = app.create_tenant("kinds-b").await;
+    let (ta, tb): (Uuid, Uuid) = (a.id.parse().unwrap(), b.id.parse().unwrap());
+    for key in [&a.key, &b.key] {
+        put_rope(&app, key).await;
+    }
+    perform_stock(&app, adjustment(tb, "ROPE", 4, Reason::Receipt, "same-key"))
+        .await
+        .expect("B's receipt applies");
+    // The same idempotency key in A is A's own: it applies, not "already applied".
+    let done = perform_stock(&app, adjustment(ta, "ROPE", 9, Reason::Receipt, "same-key"))
+        .await
+        .expect("A's receipt applies");
+    assert_eq!(done["applied"].as_bool(), Some(true));
+    assert_eq!(
+        (
+            on_hand(&app, ta, "ROPE").await,
+            on_hand(&app, tb, "ROPE").await
+        ),
+        (9, 4)
+    );
+}
+
+#[test]
+fn every_kind_declares_its_queue_and_a_bounded_run() {
+    use backroom::jobs::invoices::RenderInvoice;
+    use backroom::jobs::{emails::EmailJob, forecasts::ForecastJob, imports::SalesImport};
+    let declared = [
+        (
+            StockAdjustmentJob::QUEUE,
+            StockAdjustmentJob::MAX_ATTEMPTS,
+            StockAdjustmentJob::TIMEOUT,
+        ),
+        (
+            RenderInvoice::QUEUE,
+            RenderInvoice::MAX_ATTEMPTS,
+            RenderInvoice::TIMEOUT,
+        ),
+        (EmailJob::QUEUE, EmailJob::MAX_ATTEMPTS, EmailJob::TIMEOUT),
+        (
+            ForecastJob::QUEUE,
+            ForecastJob::MAX_ATTEMPTS,
+            ForecastJob::TIMEOUT,
+        ),
+        (
+            SalesImport::QUEUE,
+            SalesImport::MAX_ATTEMPTS,
+            SalesImport::TIMEOUT,
+        ),
+    ];
+    let queues: Vec<Queue> = declared.iter().map(|d| d.0).collect();
+    assert_eq!(
+        queues,
+        Queue::ALL,
+        "one kind per queue, in the list's order"
+    );
+    for (queue, attempts, timeout) in declared {
+        assert!((1..=20).contains(&attempts), "{queue}: attempts bounded");
+        assert!(
+            timeout.as_secs() > 0 && timeout.as_secs() <= 3600,
+            "{queue}: timeout bounded"
+        );
+    }
+}
