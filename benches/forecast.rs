@@ -94,7 +94,7 @@ async fn nightly_run(skus: usize) -> anyhow::Result<(f64, f64, f64)> {
                 ..Default::default()
             };
             let run_id =
-                forecasts::create_run(&db, tenant, forecasts::Trigger::Cli, 28, None).await?;
+                forecasts::create_run(&db, tenant, forecasts::Trigger::Cli, 28, None, chrono::Utc::now().date_naive()).await?;
             let started = Instant::now();
             let mut last_report = Instant::now();
             forecasts::run_in_process(&db, &options, tenant, run_id, |done, total| {

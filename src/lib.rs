@@ -2,6 +2,7 @@
 //! businesses. `main.rs` only parses the command line; everything else lives here.
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod domain;

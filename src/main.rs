@@ -234,10 +234,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (1..=365).contains(&horizon),
                 "--horizon must be between 1 and 365"
             );
-            let run_id =
-                forecasts::create_run(&pool, tenant_id, forecasts::Trigger::Cli, horizon, None)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("creating the run: {e}"))?;
+            let run_id = forecasts::create_run(
+                &pool,
+                tenant_id,
+                forecasts::Trigger::Cli,
+                horizon,
+                None,
+                settings.queue.clock.today(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("creating the run: {e}"))?;
             let bar = progress_bar("forecasting SKUs");
             forecasts::run_in_process(
                 &pool,

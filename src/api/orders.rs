@@ -161,7 +161,7 @@ pub async fn create_order(
     let order = check_order(&state.db, tenant.id, &body).await?;
     let order_id = Uuid::now_v7();
     let invoice_id = Uuid::now_v7();
-    let now = Utc::now();
+    let now = state.settings.queue.clock.now();
     let mut tx = state.db.begin().await?;
     let order_number = match &order.number {
         Some(n) => n.clone(),

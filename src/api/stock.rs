@@ -61,6 +61,7 @@ pub struct BatchAccepted {
 fn parse_adjustment(
     input: &AdjustmentInput,
     dates: DateWindow,
+    now: DateTime<Utc>,
     tenant_id: Uuid,
     prefix: &str,
     errors: &mut FieldErrors,
@@ -84,7 +85,6 @@ fn parse_adjustment(
             .check(&field("reference"), crate::domain::clean_text(r, 200))
             .map(Some),
     };
-    let now = Utc::now();
     let occurred_at = match &input.occurred_at {
         None => Some(now),
         Some(raw) => errors.check(
@@ -175,7 +175,14 @@ pub async fn create_adjustment(
     Json(body): Json<AdjustmentInput>,
 ) -> Result<(StatusCode, axum::Json<Accepted>)> {
     let mut errors = FieldErrors::default();
-    let job = parse_adjustment(&body, state.settings.dates, tenant.id, "", &mut errors);
+    let job = parse_adjustment(
+        &body,
+        state.settings.dates,
+        state.settings.queue.clock.now(),
+        tenant.id,
+        "",
+        &mut errors,
+    );
     errors.finish()?;
     let job = job.expect("checked");
     if !unknown_skus(&state, tenant.id, std::slice::from_ref(&job.sku))
@@ -229,12 +236,14 @@ pub async fn create_batch(
     let mut per_item: Vec<FieldErrors> = Vec::with_capacity(n);
     let mut jobs = Vec::with_capacity(n);
     let mut first_index: HashMap<&str, usize> = HashMap::new();
+    let now = state.settings.queue.clock.now();
     for (i, input) in body.adjustments.iter().enumerate() {
         let prefix = format!("adjustments[{i}].");
         let mut item = FieldErrors::default();
         jobs.push(parse_adjustment(
             input,
             state.settings.dates,
+            now,
             tenant.id,
             &prefix,
             &mut item,

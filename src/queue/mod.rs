@@ -115,6 +115,8 @@ pub struct QueueSettings {
     /// First retry delay; doubles per attempt up to `retry_cap`, with full jitter.
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// The time the scripts are given (shifted forward in tests).
+    pub clock: crate::clock::Clock,
 }
 
 impl Default for QueueSettings {
@@ -126,6 +128,7 @@ impl Default for QueueSettings {
             idempotency_retention: Duration::from_secs(24 * 3600),
             retry_base: Duration::from_secs(2),
             retry_cap: Duration::from_secs(3600),
+            clock: crate::clock::Clock::default(),
         }
     }
 }
@@ -157,11 +160,6 @@ impl std::fmt::Display for JobId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// Milliseconds since the Unix epoch: the clock every script is given.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 #[cfg(test)]

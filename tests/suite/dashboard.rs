@@ -459,6 +459,7 @@ async fn an_admin_opens_a_forecast_run_and_its_sku_chart() {
         backroom::jobs::forecasts::Trigger::Cli,
         14,
         None,
+        app.settings.queue.clock.today(),
     )
     .await
     .unwrap();

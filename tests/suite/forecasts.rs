@@ -427,6 +427,7 @@ async fn old_runs_are_pruned_beyond_the_retention() {
             backroom::jobs::forecasts::Trigger::Cli,
             7,
             None,
+            app.settings.queue.clock.today(),
         )
         .await
         .unwrap();

@@ -203,6 +203,50 @@ async fn delayed_jobs_wait_until_they_are_due() {
     worker.stop().await;
 }
 
+/// The queue's clock is injectable: a job due tomorrow, and a retry an hour away, run as soon as
+/// the clock is moved forward, with no waiting in the test.
+#[tokio::test]
+async fn moving_the_clock_forward_brings_scheduled_jobs_and_retries_due_at_once() {
+    let hour = Duration::from_secs(3600);
+    let tq = TestQueue::with(
+        backroom::queue::QueueSettings {
+            retry_base: hour,
+            retry_cap: hour,
+            ..test_settings()
+        },
+        &crate::helpers::redis_url(),
+    );
+    let clock = tq.queues.settings().clock.clone();
+    let worker = spawn_worker(&tq, tq.options()).await;
+    let tomorrow = clock.now() + chrono::Duration::days(1);
+    let scheduled = tq
+        .push(vec![NewJob::new("probe", &Probe::new(1)).run_at(tomorrow)])
+        .await;
+    let flaky = Probe {
+        fail: "retry".into(),
+        fail_times: 1,
+        ..Probe::new(2)
+    };
+    let retried = tq.push_probes([flaky]).await;
+    // The flaky job's first attempt failed and waits an hour; the worker has promoted and
+    // fetched since the scheduled job was pushed, and left it waiting.
+    tq.wait_all(&retried, JobStatus::Retrying, LIMIT).await;
+    assert_eq!(tq.job(&scheduled[0]).await.status, JobStatus::Scheduled);
+
+    clock.advance(hour + Duration::from_secs(1));
+    tq.wait_all(&retried, JobStatus::Succeeded, LIMIT).await;
+    assert_eq!(
+        tq.job(&scheduled[0]).await.status,
+        JobStatus::Scheduled,
+        "still a day away"
+    );
+
+    clock.advance(24 * hour);
+    tq.wait_all(&scheduled, JobStatus::Succeeded, LIMIT).await;
+    assert_eq!(tq.job(&retried[0]).await.attempts, 2);
+    worker.stop().await;
+}
+
 #[tokio::test]
 async fn an_idempotency_key_maps_repeats_to_the_first_job() {
     let tq = TestQueue::new();

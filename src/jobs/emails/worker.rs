@@ -11,13 +11,13 @@
 
 use super::EmailJob;
 use super::mailer::{Mailer, render};
+use crate::clock::Clock;
 use crate::domain::{EmailAddress, format_amount};
 use crate::jobs::{WorkerContext, worker_options};
 use crate::queue::{JobError, JobMeta, WorkerOptions};
 use crate::redis_conn::RedisHandle;
 use anyhow::Context;
 use apalis::prelude::Data;
-use chrono::Utc;
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncTransport, Message};
@@ -42,6 +42,7 @@ pub fn deps(ctx: &WorkerContext) -> anyhow::Result<EmailDeps> {
         namespace: ctx.settings.redis_namespace.clone(),
         mailer: Arc::new(Mailer::new(smtp, &ctx.settings.mail_from)?),
         per_tenant_per_minute: ctx.settings.emails_per_minute,
+        clock: ctx.settings.queue.clock.clone(),
     })
 }
 
@@ -53,6 +54,7 @@ pub struct EmailDeps {
     pub namespace: String,
     pub mailer: Arc<Mailer>,
     pub per_tenant_per_minute: u32,
+    pub clock: Clock,
 }
 
 /// An email ready to send, as stored in the log.
@@ -184,7 +186,7 @@ fn build_message(mailer: &Mailer, email: &Prepared) -> anyhow::Result<Message> {
 
 /// Counts the tenant's sends this minute; over the limit, the job waits for the next minute.
 async fn throttle(deps: &EmailDeps, tenant: Uuid) -> Result<(), JobError> {
-    let now = Utc::now().timestamp();
+    let now = deps.clock.now().timestamp();
     let key = format!(
         "{{{}:ratelimit}}:emails:{tenant}:{}",
         deps.namespace,

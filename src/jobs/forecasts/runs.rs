@@ -3,7 +3,7 @@
 use super::{DAILY_SEASON, ForecastJob};
 use crate::jobs::{self, Enqueue};
 use crate::queue::Queues;
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -66,7 +66,8 @@ pub async fn start_run(
     horizon_days: i32,
     skus: Option<Vec<String>>,
 ) -> Result<(Uuid, String), StartError> {
-    let run_id = create_run(db, tenant, trigger, horizon_days, skus).await?;
+    let today = queues.settings().clock.today();
+    let run_id = create_run(db, tenant, trigger, horizon_days, skus, today).await?;
     let job = ForecastJob::Plan {
         tenant_id: tenant,
         run_id,
@@ -88,19 +89,21 @@ pub async fn start_run(
     Ok((run_id, job_id))
 }
 
-/// The run row alone (for [`start_run`] and for in-process runs from the CLI).
+/// The run row alone (for [`start_run`] and for in-process runs from the CLI); its history ends
+/// the day before `today`.
 pub async fn create_run(
     db: &PgPool,
     tenant: Uuid,
     trigger: Trigger,
     horizon_days: i32,
     skus: Option<Vec<String>>,
+    today: NaiveDate,
 ) -> Result<Uuid, StartError> {
     let night = match trigger {
         Trigger::Schedule { night } => Some(night),
         _ => None,
     };
-    let history_end = Utc::now().date_naive() - chrono::Duration::days(1);
+    let history_end = today - chrono::Duration::days(1);
     let run_id = Uuid::now_v7();
     let mut tx = db.begin().await?;
     // One run at a time per tenant: a run started on demand waits for the one in progress (409),

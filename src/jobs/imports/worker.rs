@@ -6,6 +6,7 @@
 use super::SalesImport;
 use super::upload;
 use super::validate::validate;
+use crate::clock::Clock;
 use crate::domain::DateWindow;
 use crate::forecast::history;
 use crate::jobs::{WorkerContext, worker_options};
@@ -25,6 +26,7 @@ pub fn deps(ctx: &WorkerContext) -> anyhow::Result<ImportDeps> {
     Ok(ImportDeps {
         db: ctx.db.clone(),
         dates: ctx.settings.dates,
+        clock: ctx.settings.queue.clock.clone(),
     })
 }
 
@@ -33,6 +35,7 @@ pub fn deps(ctx: &WorkerContext) -> anyhow::Result<ImportDeps> {
 pub struct ImportDeps {
     pub db: PgPool,
     pub dates: DateWindow,
+    pub clock: Clock,
 }
 
 /// Postgres `jsonb` cannot hold U+0000, and a report quotes the cells it rejects: a NUL byte
@@ -85,7 +88,7 @@ pub async fn handle(
     )
     .fetch_all(&deps.db)
     .await?;
-    let today = chrono::Utc::now().date_naive();
+    let today = deps.clock.today();
     let dates = deps.dates;
     // polars runs the validation as one query: the job's token is checked before it starts.
     let validated = crate::queue::cancel::spawn_blocking(move |cancel| {

@@ -17,12 +17,13 @@
 
 use super::RenderInvoice;
 use super::pdf::{self, Fonts, InvoiceDocument, InvoiceLine};
+use crate::clock::Clock;
 use crate::domain::format_amount;
 use crate::jobs::{WorkerContext, worker_options};
 use crate::queue::{JobError, JobMeta, WorkerOptions};
 use anyhow::Context;
 use apalis::prelude::Data;
-use chrono::{Datelike, Utc};
+use chrono::Datelike;
 use sqlx::PgPool;
 use std::sync::Arc;
 
@@ -38,6 +39,7 @@ pub fn deps(ctx: &WorkerContext) -> anyhow::Result<InvoiceDeps> {
     Ok(InvoiceDeps {
         db: ctx.db.clone(),
         fonts: Arc::new(Fonts::new(ctx.settings.invoice_font_dir.clone())),
+        clock: ctx.settings.queue.clock.clone(),
     })
 }
 
@@ -46,6 +48,7 @@ pub fn deps(ctx: &WorkerContext) -> anyhow::Result<InvoiceDeps> {
 pub struct InvoiceDeps {
     pub db: PgPool,
     pub fonts: Arc<Fonts>,
+    pub clock: Clock,
 }
 
 /// The `invoices` queue's handler.
@@ -115,7 +118,7 @@ async fn render_and_store(
     let (number, issued_on) = match (invoice.number, invoice.issued_on) {
         (Some(number), Some(issued_on)) => (number, issued_on),
         _ => {
-            let today = Utc::now().date_naive();
+            let today = deps.clock.today();
             let n =
                 crate::db::next_counter(&mut tx, job.tenant_id, "invoice", today.year()).await?;
             let number = format!("INV-{}-{n:06}", today.year());

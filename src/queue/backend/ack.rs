@@ -36,7 +36,7 @@ pub(super) async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceive
 
 pub(super) async fn complete(shared: &Shared, batch: &[Outcome]) -> redis::RedisResult<()> {
     let settings = shared.queues.settings();
-    let now = now_ms();
+    let now = settings.clock.now_ms();
     let mut call = scripts::COMPLETE.prepare_invoke();
     call.key(shared.keys.stream())
         .arg(shared.keys.prefix())
@@ -74,6 +74,7 @@ pub struct AckLayer {
     pub(super) timeout: Duration,
     pub(super) retry_base: Duration,
     pub(super) retry_cap: Duration,
+    pub(super) clock: crate::clock::Clock,
 }
 
 impl<S> Layer<S> for AckLayer {
@@ -140,7 +141,7 @@ impl AckLayer {
         };
         let retry_at_ms = if kind == "retry" {
             let wait = retry_after.unwrap_or_else(|| self.backoff(meta.attempt));
-            now_ms() + wait.as_millis() as i64
+            self.clock.now_ms() + wait.as_millis() as i64
         } else {
             0
         };
@@ -177,7 +178,7 @@ where
             let Some(meta) = meta else {
                 return Err("a task without job metadata reached the queue backend".into());
             };
-            let waited = Duration::from_millis((now_ms() - meta.created_at_ms).max(0) as u64);
+            let waited = Duration::from_millis((layer.clock.now_ms() - meta.created_at_ms).max(0) as u64);
             metrics::started(&layer.queue, waited);
             let span = tracing::info_span!("job", queue = %layer.queue, job_id = %meta.id,
                 kind = %meta.kind, attempt = meta.attempt);

@@ -20,7 +20,7 @@ pub(super) async fn fetch_once(shared: &Shared, count: usize) -> redis::RedisRes
         .arg(GROUP)
         .arg(&shared.consumer)
         .arg(count)
-        .arg(now_ms())
+        .arg(shared.queues.settings().clock.now_ms())
         .arg(shared.queues.settings().dead_retention.as_millis() as u64)
         .invoke_async(&mut conn)
         .await?;

@@ -70,7 +70,7 @@ pub(super) async fn beat(shared: &Shared) -> redis::RedisResult<()> {
         .arg(shared.keys.prefix())
         .arg(GROUP)
         .arg(&shared.consumer)
-        .arg(now_ms())
+        .arg(shared.queues.settings().clock.now_ms())
         .arg((lease * 3).as_millis() as u64)
         .arg(info);
     for (id, entry) in &held {
@@ -106,7 +106,7 @@ pub(super) async fn reclaim_expired<Args: DeserializeOwned + Send + 'static>(
         .arg(shared.keys.prefix())
         .arg(GROUP)
         .arg(&shared.consumer)
-        .arg(now_ms())
+        .arg(shared.queues.settings().clock.now_ms())
         .arg(settings.lease.as_millis() as u64)
         .arg(room)
         .arg(settings.dead_retention.as_millis() as u64)

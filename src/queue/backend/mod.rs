@@ -26,7 +26,7 @@ use lease::keep_loop;
 use super::client::{GROUP, int, string};
 use super::job::{JobError, JobMeta};
 use super::keys::QueueKeys;
-use super::{QueueName, Queues, metrics, now_ms, scripts};
+use super::{QueueName, Queues, metrics, scripts};
 use crate::redis_conn::RedisConn;
 use apalis_core::backend::{Backend, BackendConfig, finalize::Ephemeral};
 use apalis_core::error::BoxDynError;
@@ -297,6 +297,7 @@ where
         );
         let (jobs_tx, jobs_rx) = mpsc::channel(options.prefetch.max(1));
         let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+        let started_at_ms = queues.settings().clock.now_ms();
         let shared = Arc::new(Shared {
             keys: queues.keys(&options.queue),
             queue: options.queue.clone(),
@@ -304,7 +305,7 @@ where
             consumer,
             options,
             held: Mutex::new(HashMap::new()),
-            started_at_ms: now_ms(),
+            started_at_ms,
         });
         Self {
             shared,
@@ -452,6 +453,7 @@ impl<Args> BackendConfig for RedisBackend<Args> {
             timeout: self.shared.options.job_timeout,
             retry_base: self.shared.queues.settings().retry_base,
             retry_cap: self.shared.queues.settings().retry_cap,
+            clock: self.shared.queues.settings().clock.clone(),
         }
     }
 }

@@ -13,7 +13,7 @@ impl Queues {
         let reply: Vec<String> = scripts::RETRY
             .key(keys.stream())
             .arg(keys.prefix())
-            .arg(now_ms())
+            .arg(self.settings.clock.now_ms())
             .arg(id.as_str())
             .invoke_async(&mut conn)
             .await?;
@@ -36,7 +36,9 @@ impl Queues {
                 return Ok(total);
             }
             let mut call = scripts::RETRY.prepare_invoke();
-            call.key(keys.stream()).arg(keys.prefix()).arg(now_ms());
+            call.key(keys.stream())
+                .arg(keys.prefix())
+                .arg(self.settings.clock.now_ms());
             for id in &ids {
                 call.arg(id);
             }
@@ -78,7 +80,7 @@ impl Queues {
             .key(keys.stream())
             .arg(keys.prefix())
             .arg(id.as_str())
-            .arg(now_ms())
+            .arg(self.settings.clock.now_ms())
             .arg(reason)
             .arg(self.settings.dead_retention.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -143,7 +145,7 @@ impl Queues {
         let mut conn = self.redis.conn().await?;
         redis::cmd("SET")
             .arg(self.keys(queue).paused())
-            .arg(now_ms())
+            .arg(self.settings.clock.now_ms())
             .query_async(&mut conn)
             .await
     }

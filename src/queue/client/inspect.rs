@@ -95,7 +95,7 @@ impl Queues {
         minutes: usize,
     ) -> RedisResult<Vec<(u64, u64)>> {
         let keys = self.keys(queue);
-        let this_minute = now_ms() / 60_000;
+        let this_minute = self.settings.clock.now_ms() / 60_000;
         let mut pipe = redis::pipe();
         for m in (0..minutes as i64).rev() {
             pipe.cmd("HMGET")
@@ -271,7 +271,7 @@ impl Queues {
         &self,
         queue: &QueueName,
     ) -> RedisResult<HashMap<String, (u64, u64)>> {
-        let day = now_ms() / 86_400_000;
+        let day = self.settings.clock.now_ms() / 86_400_000;
         let mut conn = self.redis.conn().await?;
         let fields: HashMap<String, u64> = redis::cmd("HGETALL")
             .arg(format!("{}:tenantstats:{day}", self.keys(queue).prefix()))

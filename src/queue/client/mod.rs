@@ -8,7 +8,7 @@ mod push;
 mod upkeep;
 
 use super::keys::{JobSet, QueueKeys};
-use super::{JobId, QueueName, QueueSettings, now_ms, scripts};
+use super::{JobId, QueueName, QueueSettings, scripts};
 use crate::redis_conn::RedisHandle;
 use chrono::{DateTime, TimeZone, Utc};
 use redis::{ErrorKind, RedisError, RedisResult, Value};

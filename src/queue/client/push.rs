@@ -13,7 +13,7 @@ impl Queues {
             let mut call = scripts::PUSH.prepare_invoke();
             call.key(keys.stream())
                 .arg(keys.prefix())
-                .arg(now_ms())
+                .arg(self.settings.clock.now_ms())
                 .arg(self.settings.idempotency_retention.as_millis() as u64)
                 .arg(chunk.len());
             for job in chunk {

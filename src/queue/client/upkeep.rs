@@ -39,7 +39,7 @@ impl Queues {
             let moved: u64 = scripts::PROMOTE
                 .key(keys.stream())
                 .arg(keys.prefix())
-                .arg(now_ms())
+                .arg(self.settings.clock.now_ms())
                 .arg(ADMIN_CHUNK)
                 .invoke_async(&mut conn)
                 .await?;
@@ -55,7 +55,7 @@ impl Queues {
     pub async fn trim(&self, queue: &QueueName) -> RedisResult<u64> {
         const BATCH: u64 = 500;
         let keys = self.keys(queue);
-        let now = now_ms();
+        let now = self.settings.clock.now_ms();
         let mut conn = self.redis.conn().await?;
         let mut total = 0;
         for (set, keep) in [
