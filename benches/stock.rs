@@ -932,7 +932,11 @@ async fn ledger_runs(
     use backroom::domain::{Delta, IdempotencyKey, Reason, Sku};
     use backroom::jobs::stock::ledger::{Adjustment, StockLedger, apply_batch};
     // The worker's own pool (default size, with its TCP_NODELAY fix).
-    let pool = backroom::db::pool(url, ctx.settings.database_max_connections)?;
+    let pool = backroom::db::pool(
+        url,
+        ctx.settings.database_max_connections,
+        backroom::db::Role::Worker,
+    )?;
     let tag: String = transport
         .chars()
         .filter(char::is_ascii_alphabetic)

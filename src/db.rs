@@ -3,6 +3,13 @@
 //! The pool connects lazily so that `serve` starts and reports "not ready" (rather than
 //! crash-looping) while Postgres is down; every query then fails fast after the acquire timeout
 //! and the API maps that to 503.
+//!
+//! Every connection carries session timeouts for its role ([`Role`]), so that no process can hold
+//! the others up for long: a statement waiting on a row lock gives up after `lock_timeout` (a
+//! worker's stock batch then gives its jobs back to retry, and the other tenants' shares of the
+//! batch go on); a transaction left idle, as by a worker frozen with SIGSTOP, is ended by the
+//! server after `idle_in_transaction_session_timeout`, which releases its locks; and a statement
+//! that runs away is cancelled after `statement_timeout`.
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -13,9 +20,39 @@ use std::time::Duration;
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-pub fn pool(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+/// Who a pool serves, which sets its connections' session timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `serve`: requests answer in milliseconds, and the whole request has a 60 s deadline.
+    Api,
+    /// `work` and `schedule`: short transactions (the stock ledger's batches), long statements
+    /// (a forecast chunk's `COPY`, an import's load) bounded by the job's own timeout too.
+    Worker,
+    /// One-off commands (`migrate`, `create-tenant`, `forecast run`): no statement timeout, since
+    /// a migration may take long, but the same lock and idle bounds.
+    Tool,
+}
+
+impl Role {
+    /// `(lock_timeout, idle_in_transaction_session_timeout, statement_timeout)`; "0" is none.
+    pub fn timeouts(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Role::Api => ("3s", "10s", "15s"),
+            Role::Worker => ("5s", "15s", "5min"),
+            Role::Tool => ("5s", "60s", "0"),
+        }
+    }
+}
+
+pub fn pool(database_url: &str, max_connections: u32, role: Role) -> anyhow::Result<PgPool> {
+    let (lock, idle, statement) = role.timeouts();
     let options = PgConnectOptions::from_str(database_url)
-        .context("while configuring the Postgres pool (DATABASE_URL)")?;
+        .context("while configuring the Postgres pool (DATABASE_URL)")?
+        .options([
+            ("lock_timeout", lock),
+            ("idle_in_transaction_session_timeout", idle),
+            ("statement_timeout", statement),
+        ]);
     let tcp_port = tcp_port(&options);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)

@@ -163,7 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let url = config::database_url_from_env()?;
             log_from_env();
-            let pool = db::pool(&url, 2)?;
+            let pool = db::pool(&url, 2, backroom::db::Role::Tool)?;
             db::migrate(&pool).await?;
             println!("migrations applied");
             Ok(())
@@ -175,7 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             log_from_env();
             let slug = TenantSlug::parse(&slug).map_err(|m| anyhow::anyhow!("slug {m}"))?;
             let name = TenantName::parse(&name).map_err(|m| anyhow::anyhow!("name {m}"))?;
-            let pool = db::pool(&url, 2)?;
+            let pool = db::pool(&url, 2, backroom::db::Role::Tool)?;
             let created = api::tenants::create_tenant_with_key(&pool, &slug, &name)
                 .await
                 .map_err(
@@ -223,7 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let settings = Settings::from_env()?;
             log_from_env();
-            let pool = db::pool(&settings.database_url, 4)?;
+            let pool = db::pool(&settings.database_url, 4, backroom::db::Role::Tool)?;
             let tenant_id = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", tenant)
                 .fetch_optional(&pool)
                 .await?

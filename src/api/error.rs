@@ -215,36 +215,53 @@ impl IntoResponse for Error {
     }
 }
 
-/// Postgres errors: an unreachable database is 503; anything else is a 500.
+/// Postgres errors: a database that cannot be reached or used right now (down, restarting,
+/// out of connections, refusing or cancelling statements, a lock or statement timeout, a
+/// serialization conflict) is 503 with `Retry-After`; what can only be a fault of ours (a
+/// constraint the handler did not expect, a decoding error) is a 500.
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                Error::Unavailable {
-                    dependency: "postgres",
-                    source: e.into(),
-                }
+        if postgres_unavailable(&e) {
+            Error::Unavailable {
+                dependency: "postgres",
+                source: e.into(),
             }
-            other => Error::Internal(anyhow::Error::new(other).context("while querying Postgres")),
+        } else {
+            Error::Internal(anyhow::Error::new(e).context("while querying Postgres"))
         }
     }
 }
 
-/// Redis errors: connection trouble is 503; anything else is a 500.
+/// Whether `e` says Postgres could not serve the statement now, rather than that the statement
+/// was wrong. SQLSTATE classes: 08 connection, 40 transaction rollback (serialization, deadlock),
+/// 53 insufficient resources, 57 operator intervention (shutdown, cannot connect now, statement
+/// cancelled or timed out), 58 system error; 55P03 a lock not available in time.
+pub fn postgres_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "55P03"
+        }),
+        _ => false,
+    }
+}
+
+/// Redis errors: every failure to reach or use Redis during a request (down, a dropped
+/// connection, a timeout, a server still loading its data after a restart, a cluster moving
+/// slots) is 503 with `Retry-After`. The error itself is logged.
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
-        if e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_timeout()
-            || e.is_unrecoverable_error()
-        {
-            Error::Unavailable {
-                dependency: "redis",
-                source: e.into(),
-            }
-        } else {
-            Error::Internal(anyhow::Error::new(e).context("while talking to Redis"))
+        Error::Unavailable {
+            dependency: "redis",
+            source: e.into(),
         }
     }
 }
@@ -268,4 +285,43 @@ pub fn on_constraint(e: sqlx::Error, name: &str, then: impl FnOnce() -> Error) -
         .and_then(|d| d.constraint())
         .is_some_and(|c| c == name);
     if matches { then() } else { e.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(e: Error) -> (u16, Option<String>) {
+        let response = e.into_response();
+        let retry = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
+        (response.status().as_u16(), retry)
+    }
+
+    #[test]
+    fn redis_that_is_loading_or_refusing_is_503_with_retry_after() {
+        for e in [
+            redis::RedisError::from((redis::ServerErrorKind::BusyLoading.into(), "loading")),
+            redis::RedisError::from((redis::ServerErrorKind::TryAgain.into(), "try again")),
+            redis::RedisError::from((redis::ServerErrorKind::ReadOnly.into(), "read only replica")),
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ] {
+            let (status, retry) = answer(e.into());
+            assert_eq!(status, 503);
+            assert!(retry.is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n > 0)));
+        }
+    }
+
+    #[test]
+    fn postgres_out_of_reach_is_503_and_our_own_faults_are_500() {
+        let (status, retry) = answer(sqlx::Error::PoolTimedOut.into());
+        assert_eq!((status, retry.is_some()), (503, true));
+        assert!(postgres_unavailable(&sqlx::Error::Io(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
+        )));
+        assert!(!postgres_unavailable(&sqlx::Error::RowNotFound));
+        assert_eq!(answer(sqlx::Error::RowNotFound.into()).0, 500);
+    }
 }

@@ -75,7 +75,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let deps = SchedulerDeps {
-        db: db::pool(&settings.database_url, 4)?,
+        db: db::pool(&settings.database_url, 4, crate::db::Role::Worker)?,
         queues: Queues::new(
             crate::redis_conn::RedisHandle::open(&settings.redis_url)?,
             &settings.redis_namespace,

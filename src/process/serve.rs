@@ -19,7 +19,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let db = db::pool(&settings.database_url, settings.database_max_connections)?;
+        let db = db::pool(
+            &settings.database_url,
+            settings.database_max_connections,
+            crate::db::Role::Api,
+        )?;
         let redis = RedisHandle::open(&settings.redis_url)?;
         let listener = TcpListener::bind(settings.bind)
             .await

@@ -103,7 +103,11 @@ pub async fn run(
     plan: WorkPlan,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let pool = db::pool(&settings.database_url, settings.database_max_connections)?;
+    let pool = db::pool(
+        &settings.database_url,
+        settings.database_max_connections,
+        crate::db::Role::Worker,
+    )?;
     let redis = crate::redis_conn::RedisHandle::open(&settings.redis_url)?;
     let queues = Queues::new(redis, &settings.redis_namespace, settings.queue.clone());
     crate::queue::metrics::handle();

@@ -13,7 +13,7 @@ use backroom::queue::{JobStatus, NewJob, QueueName};
 use mail_parser::MessageParser;
 use reqwest::Method;
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgPool};
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -623,6 +623,173 @@ async fn redis_killed_and_restarted_mid_run_loses_nothing_and_repeats_nothing() 
         level, expected_level,
         "stock moved exactly once per adjustment"
     );
+}
+
+/// Whether the Redis server on `port` is still loading its data (it answers `LOADING`).
+async fn redis_is_loading(port: u16) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+        return false;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return false;
+    };
+    redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading))
+}
+
+/// A Redis restarted with its data answers `LOADING` until it has read it. The external fault
+/// run saw 500s then; every request meanwhile is a 503 with `Retry-After`, and the API serves
+/// again by itself once Redis is up.
+#[tokio::test]
+async fn requests_while_redis_loads_its_data_are_503_with_retry_after_never_500() {
+    let redis_dir = ScratchDir::new("redis-loading");
+    let port = free_port();
+    let mut redis = RedisServer::start_durable(port, &redis_dir.path).await;
+    // Enough data that loading it takes a while: three million small keys, rewritten to the AOF.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let patient = redis::AsyncConnectionConfig::new().set_response_timeout(Some(LIMIT));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&patient)
+        .await
+        .unwrap();
+    for part in 0..30 {
+        redis::cmd("DEBUG")
+            .arg("POPULATE")
+            .arg(100_000)
+            .arg(format!("filler-{part}"))
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("DEBUG POPULATE (the test's own server enables it)");
+    }
+    redis::cmd("BGREWRITEAOF")
+        .query_async::<String>(&mut conn)
+        .await
+        .unwrap();
+    wait_for("the AOF rewrite to finish", LIMIT, || {
+        let mut conn = conn.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("persistence")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            let idle = info.contains("aof_rewrite_in_progress:0")
+                && info.contains("aof_rewrite_scheduled:0");
+            idle.then_some(())
+        }
+    })
+    .await;
+
+    let app = spawn_app_with({
+        let url = redis.url();
+        move |s| s.redis_url = url
+    })
+    .await;
+    let t = app.create_tenant("patient").await;
+    put_product(&app, &t.key, "SKU-0").await;
+    redis.kill();
+    let _redis = RedisServer::start_loading(port, &redis_dir.path).await;
+
+    let (mut while_loading, mut statuses) = (0, HashMap::<u16, usize>::new());
+    let started = Instant::now();
+    for n in 0.. {
+        assert!(
+            started.elapsed() < LIMIT,
+            "the API serves again within {LIMIT:?}"
+        );
+        let loading_before = redis_is_loading(port).await;
+        let response = app
+            .post_json(
+                "/v1/stock-adjustments",
+                Some(&t.key),
+                &json!({"sku": "SKU-0", "delta": 1, "reason": "receipt", "idempotency_key": format!("load-{n}")}),
+            )
+            .await;
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").is_some();
+        let loading_after = redis_is_loading(port).await;
+        *statuses.entry(status).or_default() += 1;
+        assert!(
+            status == 202 || (status == 503 && retry_after),
+            "request {n}: {status} (retry-after: {retry_after})"
+        );
+        if loading_before && loading_after {
+            while_loading += 1;
+            assert_eq!(
+                status, 503,
+                "request {n} was sent and answered while Redis loaded"
+            );
+        }
+        if !loading_before && !loading_after && status == 202 {
+            break;
+        }
+    }
+    assert!(
+        while_loading > 0,
+        "some requests were answered while Redis loaded its data: {statuses:?}"
+    );
+}
+
+/// A transaction elsewhere holding one tenant's product locked (as a worker frozen mid-batch
+/// would) stalls only that tenant's stock: the ledger writer's batch gives up on the lock after
+/// the worker's lock timeout, the other tenants' shares apply at once, and the locked tenant's
+/// adjustments retry and apply once the lock is gone. Before the timeout, the one writer waited
+/// on the lock, and every tenant's stock with it.
+#[tokio::test]
+async fn a_product_held_locked_elsewhere_stalls_only_its_own_tenants_stock() {
+    let app = spawn_app().await;
+    let locked = app.create_tenant("locked").await;
+    let free = app.create_tenant("free").await;
+    for t in [&locked, &free] {
+        put_product(&app, &t.key, "SKU-0").await;
+    }
+    // A session of its own (no timeouts), holding the locked tenant's product row.
+    let mut holder = sqlx::PgConnection::connect(&app.settings.database_url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT 1 FROM products WHERE tenant_id = $1 AND sku = 'SKU-0' FOR UPDATE")
+        .bind(tenant_id(&locked))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let _workers = app.start_workers("stock");
+    let level = "SELECT coalesce(sum(on_hand), 0)::bigint FROM products WHERE tenant_id = $1";
+    let post = |t: &TestTenant, n: usize| {
+        let key = format!("{}-{n}", t.slug);
+        app.post_json(
+            "/v1/stock-adjustments",
+            Some(&t.key),
+            &json!({"sku": "SKU-0", "delta": 1, "reason": "receipt", "idempotency_key": key}),
+        )
+    };
+    // The locked tenant's adjustments first, in the writer's way; then the free tenant's.
+    for n in 0..3 {
+        assert_eq!(post(&locked, n).await.status(), 202);
+    }
+    for n in 0..5 {
+        assert_eq!(post(&free, n).await.status(), 202);
+    }
+    wait_for(
+        "the free tenant's stock to move while the other's is locked",
+        Duration::from_secs(20),
+        || async { (count(&app.db, level, tenant_id(&free)).await == 5).then_some(()) },
+    )
+    .await;
+    assert_eq!(count(&app.db, level, tenant_id(&locked)).await, 0);
+
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    wait_for(
+        "the locked tenant's stock to move once released",
+        LIMIT,
+        || async { (count(&app.db, level, tenant_id(&locked)).await == 3).then_some(()) },
+    )
+    .await;
+    let (keys, total) = checked_ledger(&app.db, tenant_id(&locked)).await;
+    assert_eq!((keys.len(), total), (3, 3), "each adjustment applied once");
 }
 
 #[tokio::test]

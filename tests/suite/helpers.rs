@@ -442,16 +442,44 @@ impl RedisServer {
 
     /// Runs `redis-server` on `port` with `args` and waits until it answers.
     async fn spawn(port: u16, args: &[&str]) -> Self {
+        let server = Self::launch(port, args);
+        wait_until_redis_answers(&server.url()).await;
+        server
+    }
+
+    /// Starts with the data of an earlier [`RedisServer::start_durable`] on `dir` and returns as
+    /// soon as the port accepts connections: while it loads the data, Redis answers every
+    /// command with a `LOADING` error.
+    pub async fn start_loading(port: u16, dir: &std::path::Path) -> Self {
+        let dir = dir.to_str().expect("a UTF-8 directory");
+        let persistence = [
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ];
+        let server = Self::launch(port, &[&persistence[..], &["--dir", dir]].concat());
+        wait_for(
+            "redis-server to listen",
+            Duration::from_secs(15),
+            || async { std::net::TcpStream::connect(("127.0.0.1", port)).ok() },
+        )
+        .await;
+        server
+    }
+
+    fn launch(port: u16, args: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--enable-debug-command", "local"])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/test installs it)");
-        let server = RedisServer { port, child };
-        wait_until_redis_answers(&server.url()).await;
-        server
+        RedisServer { port, child }
     }
 
     pub fn url(&self) -> String {

@@ -128,8 +128,9 @@ async fn write_loop(db: PgPool, mut rx: mpsc::Receiver<Pending>) {
 }
 
 /// Applies a batch and answers each of its jobs. When a batch of several tenants fails, each
-/// tenant's share is tried again on its own, so that one tenant's rows that the database refuses
-/// fail only that tenant's jobs.
+/// tenant's share is tried again on its own, so that one tenant's rows that the database refuses,
+/// or that another transaction holds locked past the lock timeout (see `crate::db::Role`), fail
+/// only that tenant's jobs, which retry later.
 async fn apply_and_reply(db: &PgPool, batch: Vec<Pending>) {
     let adjustments: Vec<(&Adjustment, &str)> = batch
         .iter()
@@ -157,9 +158,13 @@ async fn apply_and_reply(db: &PgPool, batch: Vec<Pending>) {
         return;
     }
     tracing::warn!(error = %format!("{error:#}"), tenants = by_tenant.len(), "stock batch of several tenants failed; trying each tenant's share alone");
-    for (_, jobs) in by_tenant {
-        Box::pin(apply_and_reply(db, jobs)).await;
-    }
+    // At once, so that a share that waits (on a lock, up to the lock timeout) holds up no other.
+    futures::future::join_all(
+        by_tenant
+            .into_values()
+            .map(|jobs| Box::pin(apply_and_reply(db, jobs))),
+    )
+    .await;
 }
 
 /// The state of one product while a batch is decided.
