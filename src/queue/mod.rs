@@ -48,6 +48,26 @@
 //! - **Batching is the lever.** Fetches, acks (`COMPLETE`) and pushes each move many jobs per
 //!   round trip; acks are coalesced from all finished jobs while the previous call runs.
 //!
+//! - **A reclaim is reported only when it happened.** A heartbeat that finds a held job no longer
+//!   its own warns "reclaimed by another worker" only when another worker holds it; a job that no
+//!   worker holds (most often one this worker's own ack finished while the heartbeat was on its
+//!   way) is let go quietly.
+//!
+//! # What a Redis crash costs, by persistence setting
+//! Every job's state lives in Redis, so what survives a crash of Redis is what its persistence
+//! kept. Handlers are idempotent (the ledger's idempotency keys, the email log's claims, invoice
+//! numbers assigned once), so a job that runs again changes nothing twice.
+//! - **AOF, `appendfsync always`** (the fault tests' setting): every write is on disk before it is
+//!   answered. Nothing acknowledged is lost; jobs that were running come back after their lease
+//!   and may run again.
+//! - **AOF, `appendfsync everysec`** (Redis's default for AOF): up to about a second of writes is
+//!   lost. Jobs pushed in that second vanish (a direct `202` with them; work relayed from the
+//!   outbox in that second too, as its rows are already marked relayed); outcomes recorded in that
+//!   second are forgotten, so those jobs run again; idempotency keys of that second are forgotten,
+//!   so a repeated key may enqueue again (the ledger still moves stock once).
+//! - **No persistence:** everything waiting, scheduled, retrying or finished is gone, with the
+//!   idempotency keys; only work still in the outbox is relayed again. Not for production.
+//!
 //! # Failure handling
 //! Handlers return [`JobError`]: `retry` (transient: database, SMTP, network) goes to the retry
 //! set with exponential backoff and full jitter until `max_attempts`, then to the dead set;

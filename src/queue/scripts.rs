@@ -317,8 +317,10 @@ return out
 });
 
 /// Keeps a live worker's leases fresh and records its heartbeat. ARGV: prefix, group,
-/// consumer, now, worker_ttl_ms, info_json, then 2 per held job: id, entry. Returns the ids the
-/// worker no longer owns (another worker reclaimed them), so it can stop reporting on them.
+/// consumer, now, worker_ttl_ms, info_json, then 2 per held job: id, entry. Returns, for each job
+/// the worker no longer owns, its id and who holds it now: another worker's name when it was
+/// reclaimed, or "" when no worker does (it finished, often by this worker's own ack that crossed
+/// the heartbeat, or Redis no longer has it).
 pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -328,7 +330,12 @@ local lost, keep = {}, {}
 for i = 7, #ARGV, 2 do
   local id, entry = ARGV[i], ARGV[i + 1]
   local h = redis.call('HMGET', prefix .. ':job:' .. id, 'worker', 'entry')
-  if h[1] == consumer and h[2] == entry then keep[#keep + 1] = entry else lost[#lost + 1] = id end
+  if h[1] == consumer and h[2] == entry then
+    keep[#keep + 1] = entry
+  else
+    lost[#lost + 1] = id
+    lost[#lost + 1] = h[1] or ''
+  end
 end
 for c = 1, #keep, 200 do
   local args = {stream, group, consumer, 0}

@@ -792,6 +792,44 @@ async fn a_product_held_locked_elsewhere_stalls_only_its_own_tenants_stock() {
     assert_eq!((keys.len(), total), (3, 3), "each adjustment applied once");
 }
 
+/// "Jobs were reclaimed by another worker" must mean that: a worker that was never stopped,
+/// working 20,000 jobs with heartbeats every two thirds of a second, never logs it. (It did
+/// when its own acks crossed a heartbeat: the jobs had just finished, and were counted as lost.)
+#[tokio::test]
+async fn a_busy_worker_that_never_stalled_never_says_its_jobs_were_reclaimed() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("busy").await;
+    let skus = 20;
+    for s in 0..skus {
+        put_product(&app, &t.key, &format!("SKU-{s}")).await;
+    }
+    let expected = post_adjustments(&app, &t.key, skus, 20_000, "busy").await;
+    let scratch = ScratchDir::new("busy-worker");
+    let log = scratch.path.join("work.log");
+    let env = [
+        ("BACKROOM_LOG", "info".to_string()),
+        ("BACKROOM_LOG_FORMAT", "json".to_string()),
+    ];
+    let mut worker = WorkerProcess::spawn_logged(&app, "stock", &env, &log);
+    let movements = "SELECT count(*) FROM stock_movements WHERE tenant_id = $1";
+    wait_for("every adjustment to apply", LIMIT, || async {
+        (count(&app.db, movements, tenant_id(&t)).await == expected.len() as i64).then_some(())
+    })
+    .await;
+    assert!(worker.is_running(), "the worker never stopped");
+    worker.kill9();
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        lines.contains("workers running"),
+        "the log is the worker's: {lines:.500}"
+    );
+    let false_alarms: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.contains("reclaimed by another worker"))
+        .collect();
+    assert!(false_alarms.is_empty(), "{false_alarms:?}");
+}
+
 #[tokio::test]
 async fn postgres_crashed_and_restarted_mid_run_applies_every_adjustment_exactly_once() {
     let mut postgres = PostgresServer::start().await;

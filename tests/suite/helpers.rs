@@ -304,6 +304,21 @@ impl WorkerProcess {
         } else {
             Stdio::null()
         };
+        Self::spawn_with_log(app, queues, env, logs)
+    }
+
+    /// Like [`WorkerProcess::spawn`], its log (JSON lines) written to `log`.
+    pub fn spawn_logged(
+        app: &TestApp,
+        queues: &str,
+        env: &[(&str, String)],
+        log: &std::path::Path,
+    ) -> Self {
+        let file = std::fs::File::create(log).expect("create the worker's log");
+        Self::spawn_with_log(app, queues, env, Stdio::from(file))
+    }
+
+    fn spawn_with_log(app: &TestApp, queues: &str, env: &[(&str, String)], logs: Stdio) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_backroom"))
             .args(["work", "--queues", queues])
             .envs(app.child_env())

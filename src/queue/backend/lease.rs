@@ -77,14 +77,23 @@ pub(super) async fn beat(shared: &Shared) -> redis::RedisResult<()> {
         call.arg(id).arg(entry);
     }
     let mut conn = shared.conn().await?;
-    let lost: Vec<String> = call.invoke_async(&mut conn).await?;
-    if !lost.is_empty() {
+    let lost: Vec<(String, String)> = call.invoke_async(&mut conn).await?;
+    let (reclaimed, gone) = lost_jobs(&shared.consumer, &lost);
+    if reclaimed > 0 {
         tracing::warn!(
-            count = lost.len(),
+            count = reclaimed,
             "jobs were reclaimed by another worker after this one stalled past its lease"
         );
-        shared.release_ids(lost);
     }
+    if gone > 0 {
+        // Mostly jobs whose outcome this worker's acker recorded while the heartbeat was on its
+        // way; they are not lost, so this is no warning.
+        tracing::debug!(
+            count = gone,
+            "held jobs that no worker holds any more (finished, or unknown to Redis)"
+        );
+    }
+    shared.release_ids(lost.into_iter().map(|(id, _)| id));
     Ok(())
 }
 
@@ -135,4 +144,30 @@ pub(super) async fn reclaim_expired<Args: DeserializeOwned + Send + 'static>(
         }
     }
     Ok(())
+}
+
+/// Of the jobs a heartbeat found this worker no longer owns, as (id, holder): how many another
+/// worker holds (reclaimed), and how many no worker holds.
+fn lost_jobs(consumer: &str, lost: &[(String, String)]) -> (usize, usize) {
+    let reclaimed = lost
+        .iter()
+        .filter(|(_, holder)| !holder.is_empty() && holder != consumer)
+        .count();
+    (reclaimed, lost.len() - reclaimed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_jobs_another_worker_holds_count_as_reclaimed() {
+        let lost = [
+            ("a".to_string(), "other-worker".to_string()),
+            ("b".to_string(), String::new()),
+            ("c".to_string(), String::new()),
+        ];
+        assert_eq!(lost_jobs("me", &lost), (1, 2));
+        assert_eq!(lost_jobs("me", &[]), (0, 0));
+    }
 }
