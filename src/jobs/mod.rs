@@ -176,6 +176,7 @@ where
         max_attempts: K::MAX_ATTEMPTS,
         created_at_ms: Utc::now().timestamp_millis(),
         entry: String::new(),
+        lease: None,
     };
     handle(payload, Data(meta), Data(deps)).await
 }

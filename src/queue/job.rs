@@ -18,11 +18,25 @@ pub struct JobMeta {
     pub created_at_ms: i64,
     /// The stream entry this delivery came from: the lease.
     pub(crate) entry: String,
+    /// How to tell whether this worker still owns the job (`None` outside a queue worker).
+    pub(crate) lease: Option<super::backend::Lease>,
 }
 
 impl JobMeta {
     pub fn is_last_attempt(&self) -> bool {
         self.attempt >= self.max_attempts
+    }
+
+    /// Whether this worker still owns the job: false once another worker has reclaimed it (after
+    /// this one stalled past its lease, frozen or cut off). A handler about to do what must not
+    /// happen twice (send an email) asks right before; the worker asks before starting each
+    /// job. Cheap while the worker's heartbeats are on time (a local check); after a stall it
+    /// asks Redis. When Redis cannot answer, it says true: delivery stays at least once.
+    pub async fn still_owned(&self) -> bool {
+        match &self.lease {
+            None => true,
+            Some(lease) => lease.still_owned(&self.id, &self.entry).await,
+        }
     }
 }
 

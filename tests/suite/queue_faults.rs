@@ -103,6 +103,56 @@ async fn live_workers_never_run_the_same_job_even_when_jobs_outlast_the_lease() 
     b.stop().await;
 }
 
+/// A worker frozen (SIGSTOP) past its lease while holding a prefetched batch loses the batch to
+/// a live worker, which runs it; once thawed (SIGCONT) it starts none of the jobs it lost. (It
+/// used to run them all again: nothing checked ownership before a prefetched job started.) Only
+/// the job it was running when frozen can have run twice.
+#[tokio::test]
+async fn a_worker_thawed_after_its_lease_starts_none_of_the_jobs_it_lost() {
+    let tq = TestQueue::new();
+    let ids = tq
+        .push_probes((0..60).map(|n| Probe {
+            sleep_ms: 100,
+            ..Probe::new(n)
+        }))
+        .await;
+    let mut frozen = ChildWorker::spawn(&tq, 1, 40);
+    wait_for("the child to start jobs", LIMIT, || async {
+        (tq.counts("runs").await.len() >= 2).then_some(())
+    })
+    .await;
+    assert!(crate::helpers::send_signal("STOP", frozen.pid()));
+    let live = spawn_worker(&tq, tq.options()).await;
+    tq.wait_all(&ids, JobStatus::Succeeded, LIMIT).await;
+
+    let thawed_at = chrono::Utc::now();
+    assert!(crate::helpers::send_signal("CONT", frozen.pid()));
+    // Two heartbeats after the thaw: the first let the lost jobs go, the second reports none
+    // held. A thawed worker without the check would have started several of them meanwhile.
+    let pid = serde_json::json!(frozen.pid());
+    wait_for(
+        "the thawed worker to report holding nothing",
+        LIMIT,
+        || async {
+            let workers = tq.queues.workers(&tq.queue).await.ok()?;
+            let me = workers.iter().find(|w| w.info["pid"] == pid)?;
+            let held = me.info["held"].as_u64()?;
+            (me.last_heartbeat > thawed_at + chrono::Duration::milliseconds(400) && held == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    let runs = tq.counts("runs").await;
+    assert_eq!(runs.len(), 60, "every job ran");
+    let twice: Vec<_> = runs.iter().filter(|(_, r)| **r > 1).collect();
+    assert!(
+        twice.len() <= 1,
+        "only the job running at the freeze may run twice: {twice:?}"
+    );
+    frozen.kill9();
+    live.stop().await;
+}
+
 #[tokio::test]
 async fn sigterm_finishes_running_jobs_and_hands_back_the_rest_at_once() {
     let tq = TestQueue::new();

@@ -120,6 +120,13 @@ pub async fn handle(
 
     let message = build_message(&deps.mailer, &email)
         .map_err(|e| JobError::permanent(format!("the email cannot be built: {e}")))?;
+    // Fencing, right before the send: a worker that stalled past its lease (frozen, cut off) may
+    // have lost this job to another worker, which sends the email itself.
+    if !meta.still_owned().await {
+        return Err(JobError::retry(
+            "another worker took this job over while this one stalled; it sends the email",
+        ));
+    }
     match deps.mailer.transport.send(message).await {
         Ok(response) => {
             let reply = format!(

@@ -178,6 +178,13 @@ where
             let Some(meta) = meta else {
                 return Err("a task without job metadata reached the queue backend".into());
             };
+            // Fencing: a job fetched before this worker stalled past its lease may be another
+            // worker's by now; it is not started (and its outcome is the new owner's to report).
+            if !meta.still_owned().await {
+                tracing::warn!(queue = %layer.queue, job_id = %meta.id,
+                    "not starting a job another worker took over while this one stalled");
+                return Ok(());
+            }
             let waited = Duration::from_millis((layer.clock.now_ms() - meta.created_at_ms).max(0) as u64);
             metrics::started(&layer.queue, waited);
             let span = tracing::info_span!("job", queue = %layer.queue, job_id = %meta.id,

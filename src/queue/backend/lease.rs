@@ -49,6 +49,7 @@ pub(super) async fn keep_loop<Args: DeserializeOwned + Send + 'static>(
 
 /// Refreshes the leases of every held job and records the worker's heartbeat.
 pub(super) async fn beat(shared: &Shared) -> redis::RedisResult<()> {
+    let began = shared.queues.settings().clock.now_ms();
     let held: Vec<(String, String)> = shared
         .held
         .lock()
@@ -94,6 +95,9 @@ pub(super) async fn beat(shared: &Shared) -> redis::RedisResult<()> {
         );
     }
     shared.release_ids(lost.into_iter().map(|(id, _)| id));
+    shared
+        .renewed_ms
+        .fetch_max(began, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 

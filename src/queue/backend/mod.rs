@@ -43,6 +43,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -139,8 +140,66 @@ struct Shared {
     consumer: String,
     options: WorkerOptions,
     /// Jobs this worker holds (fetched, running or awaiting their ack): id → stream entry.
-    held: Mutex<HashMap<String, String>>,
+    held: Arc<Mutex<HashMap<String, String>>>,
+    /// When the last heartbeat that refreshed every held job's lease began (ms, the clock's).
+    renewed_ms: Arc<AtomicI64>,
     started_at_ms: i64,
+}
+
+/// A worker's hold on its jobs, as a job's [`JobMeta`] carries it: the fencing check of
+/// [`JobMeta::still_owned`]. A job this worker holds is its own while the last heartbeat that
+/// renewed every held job's lease is recent (under half a lease ago); after longer (the worker
+/// was frozen, or Redis was out of reach) its job record in Redis says whose it is.
+#[derive(Clone)]
+pub(crate) struct Lease {
+    queues: Queues,
+    keys: QueueKeys,
+    consumer: Arc<str>,
+    held: Arc<Mutex<HashMap<String, String>>>,
+    renewed_ms: Arc<AtomicI64>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    pub(crate) async fn still_owned(&self, id: &str, entry: &str) -> bool {
+        // A heartbeat that found the job another's has let it go.
+        if !self.held.lock().unwrap().contains_key(id) {
+            return false;
+        }
+        let settings = self.queues.settings();
+        let since = settings.clock.now_ms() - self.renewed_ms.load(Ordering::Relaxed);
+        if since < (settings.lease / 2).as_millis() as i64 {
+            return true;
+        }
+        let owner: redis::RedisResult<(Option<String>, Option<String>)> = async {
+            let mut conn = self.queues.redis().conn().await?;
+            redis::cmd("HMGET")
+                .arg(self.keys.job(id))
+                .arg("worker")
+                .arg("entry")
+                .query_async(&mut conn)
+                .await
+        }
+        .await;
+        match owner {
+            Ok((worker, held_entry)) => {
+                let owned = worker.as_deref() == Some(&*self.consumer)
+                    && held_entry.as_deref() == Some(entry);
+                if !owned {
+                    self.held.lock().unwrap().remove(id);
+                }
+                owned
+            }
+            Err(_) => true,
+        }
+    }
 }
 
 impl Shared {
@@ -158,6 +217,16 @@ impl Shared {
         }
     }
 
+    fn lease(&self) -> Lease {
+        Lease {
+            queues: self.queues.clone(),
+            keys: self.keys.clone(),
+            consumer: self.consumer.as_str().into(),
+            held: self.held.clone(),
+            renewed_ms: self.renewed_ms.clone(),
+        }
+    }
+
     fn meta(&self, raw: &RawJob) -> JobMeta {
         JobMeta {
             id: raw.id.clone(),
@@ -168,6 +237,7 @@ impl Shared {
             max_attempts: raw.max_attempts,
             created_at_ms: raw.created_at_ms,
             entry: raw.entry.clone(),
+            lease: Some(self.lease()),
         }
     }
 
@@ -304,7 +374,8 @@ where
             queues,
             consumer,
             options,
-            held: Mutex::new(HashMap::new()),
+            held: Arc::new(Mutex::new(HashMap::new())),
+            renewed_ms: Arc::new(AtomicI64::new(started_at_ms)),
             started_at_ms,
         });
         Self {
