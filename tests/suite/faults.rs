@@ -900,6 +900,73 @@ async fn postgres_crashed_and_restarted_mid_run_applies_every_adjustment_exactly
 
 /// emails.rs has the relay that is down from the start; here it dies after the workers' pool
 /// has connections to it, and several emails wait for it.
+/// The external fault run saw an email go out twice when Postgres was away for a few seconds
+/// right after the SMTP server's `250`: recording "sent" failed, the whole job was retried, and
+/// the email was sent again. Now only the record is retried. Here Postgres refuses exactly that
+/// record (a trigger raising `admin_shutdown`, as a server going down does) until the server has
+/// the message; then it takes it.
+#[tokio::test]
+async fn postgres_refusing_the_sent_record_after_the_smtp_250_still_sends_once() {
+    let smtp = SmtpServer::start().await;
+    let app = spawn_app_with({
+        let url = smtp.url();
+        move |s| {
+            s.smtp_url = Some(url);
+            s.mail_from = "Backroom Test <noreply@backroom.test>".into();
+            s.emails_per_minute = 1000;
+            s.queue.retry_base = Duration::from_millis(200);
+            s.queue.retry_cap = Duration::from_millis(500);
+        }
+    })
+    .await;
+    let t = app.create_tenant("recorded").await;
+    sqlx::raw_sql(
+        r#"CREATE FUNCTION refuse_sent() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN RAISE EXCEPTION 'the database system is shutting down' USING ERRCODE = '57P01'; END $$;
+           CREATE TRIGGER refuse_sent BEFORE UPDATE ON emails FOR EACH ROW
+           WHEN (NEW.status = 'sent') EXECUTE FUNCTION refuse_sent();"#,
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let _workers = app.start_workers("emails");
+    let email = post_email(&app, &t.key, 1).await;
+    wait_for("the SMTP server to have the message", LIMIT, || async {
+        (!smtp.messages().is_empty()).then_some(())
+    })
+    .await;
+    let status = "SELECT status FROM emails WHERE id = $1";
+    let unrecorded: String = sqlx::query_scalar(status)
+        .bind(email)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_ne!(
+        unrecorded, "sent",
+        "the record is refused while the trigger stands"
+    );
+
+    sqlx::raw_sql("DROP TRIGGER refuse_sent ON emails; DROP FUNCTION refuse_sent();")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    wait_for("the send to be recorded", LIMIT, || async {
+        let now: String = sqlx::query_scalar(status)
+            .bind(email)
+            .fetch_one(&app.db)
+            .await
+            .ok()?;
+        (now == "sent").then_some(())
+    })
+    .await;
+    let received = received_message_ids(&smtp);
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert!(
+        received.values().all(|&n| n == 1),
+        "sent once: {received:?}"
+    );
+}
+
 #[tokio::test]
 async fn emails_waiting_for_a_relay_that_died_go_out_once_each_when_it_returns() {
     let mut first = SmtpServer::start().await;

@@ -200,3 +200,74 @@ fn every_kind_declares_its_queue_and_a_bounded_run() {
         );
     }
 }
+
+/// A delivery that finds the SMTP server accepted this email on an earlier delivery (noted in
+/// Redis when the "sent" record could not be written) records it and does not send it again.
+#[tokio::test]
+async fn an_email_accepted_earlier_but_not_recorded_is_recorded_not_sent_again() {
+    use backroom::jobs::emails::{EmailJob, worker as email_worker};
+    let smtp = SmtpServer::start().await;
+    let app = spawn_app_with({
+        let url = smtp.url();
+        move |s| {
+            s.smtp_url = Some(url);
+            s.mail_from = "Backroom Test <noreply@backroom.test>".into();
+        }
+    })
+    .await;
+    let t = app.create_tenant("accepted").await;
+    let posted = app
+        .post_json(
+            "/v1/emails",
+            Some(&t.key),
+            &json!({"to": "reader@example.org", "subject": "Notice", "text": "Hello.",
+                    "idempotency_key": "notice-1"}),
+        )
+        .await;
+    assert_eq!(posted.status(), 202);
+    let body: serde_json::Value = posted.json().await.unwrap();
+    let email_id: Uuid = body["email_id"].as_str().unwrap().parse().unwrap();
+
+    let mut conn = redis::Client::open(app.settings.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!(
+        "{{{}:emails}}:accepted:{email_id}",
+        app.settings.redis_namespace
+    );
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("250 2.0.0 OK earlier")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+
+    let job = EmailJob::Requested {
+        tenant_id: t.id.parse().unwrap(),
+        email_id,
+    };
+    let deps = email_worker::deps(&app.worker_context()).expect("the mailer is configured");
+    let done = jobs::perform(email_worker::handle, job, deps, 2)
+        .await
+        .expect("the job succeeds");
+    assert_eq!(done["recorded_late"], true, "{done}");
+    let (status, reply): (String, Option<String>) =
+        sqlx::query_as("SELECT status, smtp_reply FROM emails WHERE id = $1")
+            .bind(email_id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), reply.as_deref()),
+        ("sent", Some("250 2.0.0 OK earlier"))
+    );
+    assert!(smtp.messages().is_empty(), "nothing was sent again");
+    let left: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, None, "the note goes once the record is written");
+}

@@ -118,6 +118,13 @@ pub async fn handle(
         }));
     }
 
+    // An earlier delivery whose send the server accepted, but which could not record it.
+    if let Some(reply) = accepted_reply(&deps, email.id).await {
+        record_sent(&deps, email.id, &reply).await?;
+        return Ok(serde_json::json!({
+            "email_id": email.id, "status": "sent", "smtp_reply": reply, "recorded_late": true,
+        }));
+    }
     let message = build_message(&deps.mailer, &email)
         .map_err(|e| JobError::permanent(format!("the email cannot be built: {e}")))?;
     // Fencing, right before the send: a worker that stalled past its lease (frozen, cut off) may
@@ -134,13 +141,9 @@ pub async fn handle(
                 response.code(),
                 response.message().collect::<Vec<_>>().join(" ")
             );
-            sqlx::query!(
-                "UPDATE emails SET status = 'sent', smtp_reply = $2, sent_at = now(), last_error = NULL, sending_until = NULL WHERE id = $1",
-                email.id,
-                reply
-            )
-            .execute(&deps.db)
-            .await?;
+            // The server has the message: from here on, only the record of it may be retried.
+            remember_accepted(&deps, email.id, &reply).await;
+            record_sent(&deps, email.id, &reply).await?;
             Ok(serde_json::json!({"email_id": email.id, "status": "sent", "smtp_reply": reply}))
         }
         Err(e) => {
@@ -166,6 +169,78 @@ pub async fn handle(
             } else {
                 Err(JobError::retry(format!("SMTP: {reason}")))
             }
+        }
+    }
+}
+
+/// How long a delivery keeps trying to record a send the server accepted (the job's timeout is
+/// 60 s) before it leaves that to the next delivery, which finds the acceptance in Redis.
+const RECORD_SENT_FOR: Duration = Duration::from_secs(40);
+
+/// Where the acceptance of an email is kept until the send is recorded in Postgres.
+fn accepted_key(deps: &EmailDeps, email_id: Uuid) -> String {
+    format!("{{{}:emails}}:accepted:{email_id}", deps.namespace)
+}
+
+/// Notes in Redis that the server accepted the email (for a week), so that a delivery after a
+/// failed record tells "sent, not recorded" from "never sent". Best effort: Postgres is tried too.
+async fn remember_accepted(deps: &EmailDeps, email_id: Uuid, reply: &str) {
+    let noted: redis::RedisResult<()> = async {
+        let mut conn = deps.redis.conn().await?;
+        redis::cmd("SET")
+            .arg(accepted_key(deps, email_id))
+            .arg(reply)
+            .arg("EX")
+            .arg(7 * 24 * 3600)
+            .query_async(&mut conn)
+            .await
+    }
+    .await;
+    if let Err(e) = noted {
+        tracing::warn!(error = %e, %email_id, "could not note an accepted email in Redis");
+    }
+}
+
+/// The server's reply to an earlier delivery's send of this email, if one was accepted.
+async fn accepted_reply(deps: &EmailDeps, email_id: Uuid) -> Option<String> {
+    let mut conn = deps.redis.conn().await.ok()?;
+    redis::cmd("GET")
+        .arg(accepted_key(deps, email_id))
+        .query_async::<Option<String>>(&mut conn)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Records the email as sent, retrying with backoff for [`RECORD_SENT_FOR`] while Postgres is
+/// out of reach, rather than failing the job (a retried job would send it again).
+async fn record_sent(deps: &EmailDeps, email_id: Uuid, reply: &str) -> Result<(), JobError> {
+    let deadline = tokio::time::Instant::now() + RECORD_SENT_FOR;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let recorded = sqlx::query!(
+            "UPDATE emails SET status = 'sent', smtp_reply = $2, sent_at = now(), last_error = NULL, sending_until = NULL WHERE id = $1",
+            email_id,
+            reply
+        )
+        .execute(&deps.db)
+        .await;
+        match recorded {
+            Ok(_) => {
+                if let Ok(mut conn) = deps.redis.conn().await {
+                    let _: redis::RedisResult<()> = redis::cmd("DEL")
+                        .arg(accepted_key(deps, email_id))
+                        .query_async(&mut conn)
+                        .await;
+                }
+                return Ok(());
+            }
+            Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                tracing::warn!(error = %e, %email_id, "the email was sent; recording it failed, retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }
