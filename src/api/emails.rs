@@ -125,7 +125,7 @@ pub async fn send_email(
                     .await?
                     .remove(0)
                     .id;
-                record_job(&state, first.id, &job_id).await?;
+                record_job(&state, first.id, &job_id).await;
                 job_id
             }
         };
@@ -145,7 +145,7 @@ pub async fn send_email(
         sqlx::query!("DELETE FROM emails WHERE id = $1", email_id),
     )
     .await?;
-    record_job(&state, email_id, &job_id).await?;
+    record_job(&state, email_id, &job_id).await;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(EmailAccepted {
@@ -165,16 +165,21 @@ fn send_job(tenant_id: Uuid, email_id: Uuid) -> Enqueue<EmailJob> {
     Enqueue::new(&job).key(format!("email:{email_id}"))
 }
 
-/// Records the job that sends a stored email.
-async fn record_job(state: &AppState, email_id: Uuid, job_id: &str) -> Result<()> {
-    sqlx::query!(
+/// Records the job that sends a stored email. Once the job is queued the email is accepted, so
+/// a failure here is logged, not answered: the row is the record and the job is on its way (the
+/// worker records its id when it claims the send, and a repeated request finds the job by its
+/// key). Answering 503 here told a client "not accepted" about an email that went out.
+async fn record_job(state: &AppState, email_id: Uuid, job_id: &str) {
+    let recorded = sqlx::query!(
         "UPDATE emails SET job_id = $2 WHERE id = $1",
         email_id,
         job_id
     )
     .execute(&state.db)
-    .await?;
-    Ok(())
+    .await;
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, %email_id, job_id, "email accepted; recording its job id failed");
+    }
 }
 
 /// An email's delivery status.

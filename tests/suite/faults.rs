@@ -967,6 +967,47 @@ async fn postgres_refusing_the_sent_record_after_the_smtp_250_still_sends_once()
     );
 }
 
+/// Nothing is half-accepted: the fault run saw `POST /v1/emails` answer 503 for an email that
+/// was stored and queued (and went out). Once its job is queued an email is accepted, whatever
+/// happens to the bookkeeping after. Here Postgres refuses the API's note of the job's id.
+#[tokio::test]
+async fn an_email_whose_job_is_queued_is_accepted_even_if_noting_the_job_fails() {
+    let smtp = SmtpServer::start().await;
+    let app = spawn_app_with({
+        let url = smtp.url();
+        move |s| {
+            s.smtp_url = Some(url);
+            s.mail_from = "Backroom Test <noreply@backroom.test>".into();
+        }
+    })
+    .await;
+    let t = app.create_tenant("accepted").await;
+    // Refuses an update that changes only the job id (the API's note; the worker's claim also
+    // counts an attempt).
+    sqlx::raw_sql(
+        r#"CREATE FUNCTION refuse_note() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN RAISE EXCEPTION 'the database system is shutting down' USING ERRCODE = '57P01'; END $$;
+           CREATE TRIGGER refuse_note BEFORE UPDATE ON emails FOR EACH ROW
+           WHEN (NEW.job_id IS DISTINCT FROM OLD.job_id AND NEW.attempts = OLD.attempts)
+           EXECUTE FUNCTION refuse_note();"#,
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let email = post_email(&app, &t.key, 1).await;
+    let _workers = app.start_workers("emails");
+    wait_for("the accepted email to be sent", LIMIT, || async {
+        let status: String = sqlx::query_scalar("SELECT status FROM emails WHERE id = $1")
+            .bind(email)
+            .fetch_one(&app.db)
+            .await
+            .ok()?;
+        (status == "sent").then_some(())
+    })
+    .await;
+    assert_eq!(received_message_ids(&smtp).len(), 1);
+}
+
 #[tokio::test]
 async fn emails_waiting_for_a_relay_that_died_go_out_once_each_when_it_returns() {
     let mut first = SmtpServer::start().await;

@@ -79,13 +79,19 @@ pub async fn start_run(
         sqlx::query!("DELETE FROM forecast_runs WHERE id = $1", run_id),
     )
     .await?;
-    sqlx::query!(
+    // The run is started once its plan job is queued: failing to note the job's id on the run
+    // (Postgres blinked) is logged, not returned, or the caller would hear "not started" about a
+    // run that goes ahead.
+    let noted = sqlx::query!(
         "UPDATE forecast_runs SET job_id = $2 WHERE id = $1",
         run_id,
         job_id
     )
     .execute(db)
-    .await?;
+    .await;
+    if let Err(e) = noted {
+        tracing::warn!(error = %e, %run_id, job_id, "forecast run started; noting its job id failed");
+    }
     Ok((run_id, job_id))
 }
 
