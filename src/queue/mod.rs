@@ -28,8 +28,17 @@
 //! # Delivery
 //! - **At least once, nothing lost.** A job leaves Redis only when its outcome is recorded. A
 //!   worker that dies keeps its PEL entries; any live worker's `XAUTOCLAIM` takes them over once
-//!   they sit idle longer than the lease (30 s by default), and so does the same machine's next
-//!   process (every process start is a new consumer name: `host-pid-random`).
+//!   they sit idle longer than the lease (30 s by default), as many at a time as its prefetch
+//!   buffer has room for, and again at once while there are more (every lease/4 otherwise). A
+//!   worker of the same machine takes a dead neighbour's jobs over at once, without waiting for
+//!   the lease: each worker's heartbeat records its pid and the kernel's boot id, and a process of
+//!   the same host and boot whose pid is gone from `/proc` is dead (a restart after a kill, as
+//!   Sidekiq Enterprise's super_fetch does). Every process start is a new consumer name:
+//!   `host-pid-random`.
+//! - **Fenced.** A job is started only while its worker still owns it
+//!   ([`JobMeta::still_owned`]): a worker frozen past its lease finds, when it thaws, that its
+//!   prefetched jobs are another's and starts none of them; the email worker asks again right
+//!   before the SMTP send.
 //! - **No duplicates among live workers.** A worker refreshes the lease (`XCLAIM … JUSTID`, which
 //!   resets idle time) of every job it holds — running *and* prefetched — every lease/3, so a
 //!   live worker's jobs are never idle long enough to be reclaimed, however long the job. Outcomes

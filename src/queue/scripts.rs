@@ -316,6 +316,35 @@ return out
     )
 });
 
+/// Takes over the jobs of a worker known to be dead (a process of this machine that is gone),
+/// without waiting for their leases to expire. ARGV: prefix, group, consumer, now, dead_ttl,
+/// dead_consumer, count. Returns 8 per job, as `RECLAIM`; forgets the dead consumer once it
+/// holds nothing.
+pub static TAKE_OVER: LazyLock<Script> = LazyLock::new(|| {
+    with_common(
+        r#"
+local stream, prefix, group, consumer = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local now, dead_ttl, dead, count = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local out = {}
+local pending = redis.call('XPENDING', stream, group, '-', '+', count, dead)
+for _, p in ipairs(pending) do
+  local claimed = redis.call('XCLAIM', stream, group, consumer, 0, p[1])
+  local e = claimed[1]
+  if e and e[2] then
+    take(prefix, stream, group, consumer, now, dead_ttl, e[1], e[2][2], out)
+  elseif e then
+    redis.call('XACK', stream, group, e[1])
+  end
+end
+if #redis.call('XPENDING', stream, group, '-', '+', 1, dead) == 0 then
+  redis.call('XGROUP', 'DELCONSUMER', stream, group, dead)
+  redis.call('ZREM', prefix .. ':workers', dead)
+end
+return out
+"#,
+    )
+});
+
 /// Keeps a live worker's leases fresh and records its heartbeat. ARGV: prefix, group,
 /// consumer, now, worker_ttl_ms, info_json, then 2 per held job: id, entry. Returns, for each job
 /// the worker no longer owns, its id and who holds it now: another worker's name when it was

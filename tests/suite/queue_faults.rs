@@ -25,7 +25,9 @@ async fn a_worker_killed_mid_batch_loses_nothing_its_jobs_finish_after_the_lease
         (tq.counts("done").await.len() >= 60).then_some(())
     })
     .await;
-    victim.kill9();
+    // Unreaped, it looks like a worker of another machine: its leases are all that tell it died
+    // (a same-machine restart takes the jobs at once, see the test after this one).
+    victim.kill9_unreaped();
     let killed_at = chrono::Utc::now();
     let orphans = tq
         .queues
@@ -38,7 +40,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_its_jobs_finish_after_the_lease
         "the victim held leased jobs when it died"
     );
 
-    // The machine's next worker process (a new identity) takes the orphans over.
+    // Another worker process (a new identity) takes the orphans over once their leases expire.
     let _restarted = ChildWorker::spawn(&tq, concurrency, 100);
     tq.wait_all(&ids, JobStatus::Succeeded, LIMIT).await;
 
@@ -101,6 +103,79 @@ async fn live_workers_never_run_the_same_job_even_when_jobs_outlast_the_lease() 
     );
     a.stop().await;
     b.stop().await;
+}
+
+/// A worker killed and started again on the same machine runs its predecessor's jobs at once:
+/// the new process sees the old one's pid gone (same boot, same host) and takes its jobs over,
+/// as Sidekiq Enterprise's super_fetch does, instead of waiting out a 30 s lease.
+#[tokio::test]
+async fn a_worker_restarted_on_the_same_machine_runs_its_predecessors_jobs_at_once() {
+    let lease = Duration::from_secs(30);
+    let tq = TestQueue::with(
+        QueueSettings {
+            lease,
+            ..test_settings()
+        },
+        &crate::helpers::redis_url(),
+    );
+    let ids = tq
+        .push_probes((0..60).map(|n| Probe {
+            sleep_ms: 20,
+            ..Probe::new(n)
+        }))
+        .await;
+    let mut first = ChildWorker::spawn(&tq, 1, 40);
+    wait_for("the first worker to run jobs", LIMIT, || async {
+        (tq.counts("runs").await.len() >= 2).then_some(())
+    })
+    .await;
+    first.kill9();
+    let restarted = std::time::Instant::now();
+    let _second = ChildWorker::spawn(&tq, 4, 40);
+    tq.wait_all(&ids, JobStatus::Succeeded, Duration::from_secs(5))
+        .await;
+    assert!(
+        restarted.elapsed() < lease / 4,
+        "done {:?} after the restart, not after the lease",
+        restarted.elapsed()
+    );
+}
+
+/// A dead worker elsewhere (its process is not visible here) gives its jobs back when its leases
+/// expire, and all of them at once: 1,500 prefetched jobs run within one lease plus 5 s (they
+/// came back 100 per half lease before).
+#[tokio::test]
+async fn fifteen_hundred_jobs_of_a_dead_worker_all_run_within_a_lease_and_five_seconds() {
+    let lease = Duration::from_secs(3);
+    let tq = TestQueue::with(
+        QueueSettings {
+            lease,
+            ..test_settings()
+        },
+        &crate::helpers::redis_url(),
+    );
+    let ids = tq
+        .push_probes((0..1500).map(|n| Probe {
+            sleep_ms: 50,
+            ..Probe::new(n)
+        }))
+        .await;
+    let mut dead = ChildWorker::spawn(&tq, 1, 1500);
+    wait_for("the worker to hold every job", LIMIT, || async {
+        let c = tq.queues.counts(&tq.queue).await.ok()?;
+        (c.pending == 0).then_some(())
+    })
+    .await;
+    dead.kill9_unreaped();
+    let killed = std::time::Instant::now();
+    let mut options = tq.options();
+    options.concurrency = 64;
+    options.prefetch = 256;
+    let live = spawn_worker(&tq, options).await;
+    tq.wait_all(&ids, JobStatus::Succeeded, lease + Duration::from_secs(5))
+        .await;
+    assert!(killed.elapsed() < lease + Duration::from_secs(5));
+    live.stop().await;
 }
 
 /// A worker frozen (SIGSTOP) past its lease while holding a prefetched batch loses the batch to

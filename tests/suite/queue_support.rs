@@ -366,6 +366,12 @@ impl ChildWorker {
         self.child.id()
     }
 
+    /// SIGKILL without reaping: the process stays a zombie (its `/proc` entry remains), as a
+    /// worker on another machine looks from here, so only its leases tell it is gone.
+    pub fn kill9_unreaped(&mut self) {
+        let _ = self.child.kill();
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

@@ -11,7 +11,7 @@ pub(super) async fn keep_loop<Args: DeserializeOwned + Send + 'static>(
 ) {
     let lease = shared.queues.settings().lease;
     let mut heartbeat = tokio::time::interval(lease / 3);
-    let mut reclaim = tokio::time::interval((lease / 2).max(Duration::from_millis(50)));
+    let mut reclaim = tokio::time::interval((lease / 4).max(Duration::from_millis(50)));
     let mut promote = tokio::time::interval(shared.options.promote_every);
     let mut trim = tokio::time::interval(Duration::from_secs(60));
     for t in [&mut heartbeat, &mut reclaim, &mut promote, &mut trim] {
@@ -34,7 +34,18 @@ pub(super) async fn keep_loop<Args: DeserializeOwned + Send + 'static>(
         let result = tokio::select! {
             _ = stop.changed() => return,
             _ = heartbeat.tick() => beat(&shared).await,
-            _ = reclaim.tick() => reclaim_expired(&shared, &jobs, &acks, &mut cursor).await,
+            _ = reclaim.tick() => {
+                let taken = take_over_dead_neighbours(&shared, &jobs, &acks).await;
+                match reclaim_expired(&shared, &jobs, &acks, &mut cursor).await {
+                    // A full batch: there may be more waiting; go again as soon as there is room
+                    // rather than a tick later, so a dead worker's whole prefetch comes back at once.
+                    Ok(full) if full || taken.as_ref().is_ok_and(|&n| n > 0) => {
+                        reclaim.reset_after(Duration::from_millis(100));
+                        Ok(())
+                    }
+                    other => other.map(|_| ()),
+                }
+            }
             _ = promote.tick() => shared.queues.promote_due(&shared.queue).await.map(|_| ()),
             _ = trim.tick() => shared.queues.trim(&shared.queue).await.map(|_| ()),
         };
@@ -64,6 +75,7 @@ pub(super) async fn beat(shared: &Shared) -> redis::RedisResult<()> {
         "started_at": crate::queue::client::ms_to_time(shared.started_at_ms),
         "concurrency": shared.options.concurrency,
         "held": held.len(),
+        "boot_id": boot_id(),
     })
     .to_string();
     let mut call = scripts::HEARTBEAT.prepare_invoke();
@@ -101,16 +113,17 @@ pub(super) async fn beat(shared: &Shared) -> redis::RedisResult<()> {
     Ok(())
 }
 
-/// Takes over jobs whose lease expired, as many as the prefetch buffer has room for.
+/// Takes over jobs whose lease expired, as many as the prefetch buffer has room for; says
+/// whether it filled that room (more may be waiting).
 pub(super) async fn reclaim_expired<Args: DeserializeOwned + Send + 'static>(
     shared: &Shared,
     jobs: &mpsc::Sender<Task<Args>>,
     acks: &mpsc::UnboundedSender<AckMsg>,
     cursor: &mut String,
-) -> redis::RedisResult<()> {
-    let room = jobs.capacity().min(100);
+) -> redis::RedisResult<bool> {
+    let room = jobs.capacity();
     if room == 0 {
-        return Ok(());
+        return Ok(true);
     }
     let settings = shared.queues.settings();
     let mut conn = shared.conn().await?;
@@ -132,22 +145,107 @@ pub(super) async fn reclaim_expired<Args: DeserializeOwned + Send + 'static>(
         .and_then(string)
         .unwrap_or_else(|| "0-0".into());
     let raws = raw_jobs(&reply[1.min(reply.len())..]);
+    let full = raws.len() >= room;
     if !raws.is_empty() {
         tracing::info!(
             count = raws.len(),
             "reclaimed jobs whose worker stopped heartbeating"
         );
     }
+    hand_over(shared, jobs, acks, raws).await;
+    Ok(full)
+}
+
+/// Queues taken-over jobs for this worker to run.
+async fn hand_over<Args: DeserializeOwned + Send + 'static>(
+    shared: &Shared,
+    jobs: &mpsc::Sender<Task<Args>>,
+    acks: &mpsc::UnboundedSender<AckMsg>,
+    raws: Vec<RawJob>,
+) {
     for raw in raws {
         if let Some(task) = into_task(shared, acks, raw) {
-            // Room was checked above and only the fetcher competes for it; if it filled the
-            // buffer meanwhile, the job stays held (and leased) until there is room.
+            // Room was checked by the caller and only the fetcher competes for it; if it filled
+            // the buffer meanwhile, the job stays held (and leased) until there is room.
             if jobs.send(task).await.is_err() {
                 break;
             }
         }
     }
-    Ok(())
+}
+
+/// The host part of a consumer name (`host-pid-random`).
+fn host_of(consumer: &str) -> Option<&str> {
+    let mut parts = consumer.rsplitn(3, '-');
+    let (_random, _pid) = (parts.next()?, parts.next()?);
+    parts.next()
+}
+
+/// This boot of this machine (Linux's `boot_id`): with a pid, it names a process uniquely, so a
+/// worker can tell that another worker's process is gone. Empty where it cannot be read.
+fn boot_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// Takes over the jobs of workers that ran on this machine, in this boot, in processes that are
+/// gone (a worker killed and started again, as `super_fetch` does), at once rather than after
+/// their leases. Returns how many jobs it took.
+pub(super) async fn take_over_dead_neighbours<Args: DeserializeOwned + Send + 'static>(
+    shared: &Shared,
+    jobs: &mpsc::Sender<Task<Args>>,
+    acks: &mpsc::UnboundedSender<AckMsg>,
+) -> redis::RedisResult<usize> {
+    let me = boot_id();
+    if me.is_empty() {
+        return Ok(0);
+    }
+    let mut taken = 0;
+    for worker in shared.queues.workers(&shared.queue).await? {
+        let room = jobs.capacity();
+        if room == 0 {
+            break;
+        }
+        let pid = worker.info["pid"].as_u64().unwrap_or(0) as u32;
+        // The same kernel boot and the same host name (containers share a kernel, not a host
+        // name or, mostly, a pid namespace): then `/proc` answers for its pid.
+        let same_machine = worker.info["boot_id"].as_str() == Some(me)
+            && host_of(&worker.id) == host_of(&shared.consumer);
+        let gone = pid != 0
+            && pid != std::process::id()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if worker.id == shared.consumer || !same_machine || !gone || worker.in_flight == 0 {
+            continue;
+        }
+        let settings = shared.queues.settings();
+        let mut conn = shared.conn().await?;
+        let reply: Vec<Value> = scripts::TAKE_OVER
+            .key(shared.keys.stream())
+            .arg(shared.keys.prefix())
+            .arg(GROUP)
+            .arg(&shared.consumer)
+            .arg(settings.clock.now_ms())
+            .arg(settings.dead_retention.as_millis() as u64)
+            .arg(&worker.id)
+            .arg(room)
+            .invoke_async(&mut conn)
+            .await?;
+        let raws = raw_jobs(&reply);
+        if !raws.is_empty() {
+            tracing::info!(
+                count = raws.len(),
+                dead = %worker.id,
+                "took over the jobs of a worker of this machine whose process is gone"
+            );
+        }
+        taken += raws.len();
+        hand_over(shared, jobs, acks, raws).await;
+    }
+    Ok(taken)
 }
 
 /// Of the jobs a heartbeat found this worker no longer owns, as (id, holder): how many another
@@ -163,6 +261,12 @@ fn lost_jobs(consumer: &str, lost: &[(String, String)]) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_consumer_names_its_host_before_its_pid() {
+        assert_eq!(host_of("db-1.example-4242-a1b2c3d4"), Some("db-1.example"));
+        assert_eq!(host_of("solo"), None);
+    }
 
     #[test]
     fn only_jobs_another_worker_holds_count_as_reclaimed() {
