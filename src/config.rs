@@ -69,7 +69,7 @@ pub struct Settings {
     /// loaded at once (default 3); another upload is 409 until one finishes.
     pub max_queued_imports: u32,
     /// `BACKROOM_TENANT_CONCURRENCY`: each queue's default limit on one tenant's jobs running at
-    /// once across every worker, as `queue=n` pairs (default `forecasts=2,imports=1`; a queue
+    /// once across every worker, as `queue=n` pairs (default `forecasts=2,imports=1,webhooks=8`; a queue
     /// not named has no default limit). Per-tenant overrides: `PATCH /admin/v1/tenants/{slug}`.
     pub tenant_concurrency: std::collections::BTreeMap<String, u32>,
     /// `BACKROOM_TENANT_RATE_PER_SECOND` (default 1,000; 0 turns the limit off) and
@@ -92,6 +92,8 @@ pub struct Settings {
     pub client_address_header: Option<axum::http::HeaderName>,
     /// Nightly forecasting.
     pub forecast: ForecastSettings,
+    /// Webhook deliveries.
+    pub webhooks: WebhookSettings,
     /// `BACKROOM_JOB_LEASE_SECS`, `BACKROOM_RETENTION_SUCCEEDED_SECS`,
     /// `BACKROOM_RETENTION_DEAD_SECS`, `BACKROOM_IDEMPOTENCY_RETENTION_SECS`.
     pub queue: QueueSettings,
@@ -116,6 +118,74 @@ pub struct ForecastSettings {
     /// `BACKROOM_FORECAST_HISTORY_DAYS`: the most days of history a forecast reads per SKU
     /// (default 1096, three years: two yearly seasons and a backtest), whatever the database holds.
     pub history_days: i32,
+}
+
+/// Webhook delivery settings.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// `BACKROOM_WEBHOOK_TIMEOUT_SECS`: the longest one delivery may take, answer included
+    /// (default 10).
+    pub timeout: Duration,
+    /// `BACKROOM_WEBHOOKS_ALLOW_PRIVATE`: `true` lets endpoints be on loopback, private and
+    /// link-local addresses (tests, on-premises receivers); default `false`, public addresses only.
+    pub allow_private: bool,
+    /// `BACKROOM_WEBHOOK_RETRY_SECS`: the delays before each retry, comma-separated seconds
+    /// (default `5,300,1800,7200,18000,36000,36000,36000`: about 37 hours; at most 15 delays).
+    pub retry_after: Vec<Duration>,
+}
+
+impl WebhookSettings {
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let timeout: f64 = parse_or(
+            get("BACKROOM_WEBHOOK_TIMEOUT_SECS"),
+            "BACKROOM_WEBHOOK_TIMEOUT_SECS",
+            "10",
+            "a number of seconds",
+        )?;
+        if !(0.1..=120.0).contains(&timeout) {
+            return Err(SettingsError {
+                var: "BACKROOM_WEBHOOK_TIMEOUT_SECS",
+                message: "must be between 0.1 and 120".into(),
+            });
+        }
+        let allow_private = match get("BACKROOM_WEBHOOKS_ALLOW_PRIVATE")
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => {
+                return Err(SettingsError {
+                    var: "BACKROOM_WEBHOOKS_ALLOW_PRIVATE",
+                    message: format!("'{other}' is not true or false"),
+                });
+            }
+        };
+        let var = "BACKROOM_WEBHOOK_RETRY_SECS";
+        let raw = get(var).unwrap_or_else(|| "5,300,1800,7200,18000,36000,36000,36000".into());
+        let mut retry_after = vec![];
+        for part in raw.split(',').map(str::trim) {
+            let secs: f64 = parse_or(Some(part.to_string()), var, "", "a list of seconds")?;
+            if !(0.01..=86_400.0).contains(&secs) {
+                return Err(SettingsError {
+                    var,
+                    message: format!("{part}: each delay must be between 0.01 and 86400 seconds"),
+                });
+            }
+            retry_after.push(Duration::from_secs_f64(secs));
+        }
+        if retry_after.len() > 15 {
+            return Err(SettingsError {
+                var,
+                message: "at most 15 delays".into(),
+            });
+        }
+        Ok(WebhookSettings {
+            timeout: Duration::from_secs_f64(timeout),
+            allow_private,
+            retry_after,
+        })
+    }
 }
 
 impl Settings {
@@ -281,7 +351,8 @@ impl Settings {
             });
         }
         let tenant_concurrency = parse_concurrency(
-            &get("BACKROOM_TENANT_CONCURRENCY").unwrap_or_else(|| "forecasts=2,imports=1".into()),
+            &get("BACKROOM_TENANT_CONCURRENCY")
+                .unwrap_or_else(|| "forecasts=2,imports=1,webhooks=8".into()),
         )?;
         let tenant_rate = RateLimit {
             per_second: parse_or(
@@ -465,6 +536,7 @@ impl Settings {
                 full_backtest_max_skus,
                 history_days,
             },
+            webhooks: WebhookSettings::from_lookup(get)?,
             queue,
         })
     }
@@ -596,8 +668,17 @@ mod tests {
         assert!(s.client_address_header.is_none());
         assert_eq!(
             s.tenant_concurrency,
-            [("forecasts".to_string(), 2), ("imports".to_string(), 1)].into()
+            [
+                ("forecasts".to_string(), 2),
+                ("imports".to_string(), 1),
+                ("webhooks".to_string(), 8)
+            ]
+            .into()
         );
+        assert_eq!(s.webhooks.timeout, Duration::from_secs(10));
+        assert!(!s.webhooks.allow_private);
+        assert_eq!(s.webhooks.retry_after.len(), 8);
+        assert_eq!(s.webhooks.retry_after[1], Duration::from_secs(300));
     }
 
     #[test]
@@ -625,6 +706,22 @@ mod tests {
             ("BACKROOM_METRICS_BIND", Some("9090"), "socket address"),
             ("BACKROOM_MAIL_FROM", Some("not a mailbox"), "not a mailbox"),
             ("BACKROOM_EMAILS_PER_MINUTE", Some("lots"), "whole number"),
+            (
+                "BACKROOM_WEBHOOK_TIMEOUT_SECS",
+                Some("0"),
+                "between 0.1 and 120",
+            ),
+            (
+                "BACKROOM_WEBHOOKS_ALLOW_PRIVATE",
+                Some("yes"),
+                "true or false",
+            ),
+            (
+                "BACKROOM_WEBHOOK_RETRY_SECS",
+                Some("5,soon"),
+                "list of seconds",
+            ),
+            ("BACKROOM_WEBHOOK_RETRY_SECS", Some("5,0"), "between 0.01"),
             ("BACKROOM_MAX_PAST_DAYS", Some("0"), "between 1 and 36500"),
             ("BACKROOM_MAX_QUEUED_IMPORTS", Some("0"), "at least 1"),
             ("BACKROOM_HEADER_TIMEOUT_SECS", Some("0"), "at least 1"),

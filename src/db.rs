@@ -25,8 +25,12 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub enum Role {
     /// `serve`: requests answer in milliseconds, and the whole request has a 60 s deadline.
     Api,
-    /// `work` and `schedule`: short transactions (the stock ledger's batches), long statements
-    /// (a forecast chunk's `COPY`, an import's load) bounded by the job's own timeout too.
+    /// `work` and `schedule`: short transactions (the stock ledger's batches: tens of ms, never
+    /// idle between their statements), long statements (a forecast chunk's `COPY`, an import's
+    /// load) bounded by the job's own timeout too. A worker frozen inside a transaction holds
+    /// its rows locked for the idle timeout (3 s): the other workers' batches wait at most a lock
+    /// timeout (2 s) each and give their jobs back, so the ledger never stops for 5 s (the fault
+    /// test `a_worker_frozen_mid_transaction…`; with 15 s it stopped for as long as the freeze).
     Worker,
     /// One-off commands (`migrate`, `create-tenant`, `forecast run`): no statement timeout, since
     /// a migration may take long, but the same lock and idle bounds.
@@ -38,7 +42,7 @@ impl Role {
     pub fn timeouts(self) -> (&'static str, &'static str, &'static str) {
         match self {
             Role::Api => ("3s", "10s", "15s"),
-            Role::Worker => ("5s", "15s", "5min"),
+            Role::Worker => ("2s", "3s", "5min"),
             Role::Tool => ("5s", "60s", "0"),
         }
     }

@@ -471,6 +471,16 @@ impl ChildProcess {
         self.child.id()
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, `KILL`, …) with kill(1); false if it could not.
+    pub fn signal(&self, signal: &str) -> bool {
+        std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// `Some(status)` once the process has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         let status = self.child.try_wait().ok().flatten();
@@ -704,6 +714,9 @@ pub struct Children {
     pub logs: PathBuf,
     /// The port `serve` listens on (127.0.0.1).
     pub port: u16,
+    /// What the children were started with, for [`Children::spawn`].
+    binary: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Children {
@@ -751,6 +764,8 @@ impl Children {
             sink,
             logs,
             port,
+            binary: binary.to_path_buf(),
+            env,
         };
         eprintln!(
             "  started {} serve (pid {}, port {port}) and work (pid {}); logs in {}",
@@ -781,6 +796,18 @@ impl Children {
         })
         .await?;
         Ok(children)
+    }
+
+    /// Another child like the first two: `backroom <command>` with the same environment,
+    /// logging to `<logs>/<name>.log` (appended to). For more workers, or a restart.
+    pub fn spawn(&self, name: &str, command: &str) -> anyhow::Result<ChildProcess> {
+        ChildProcess::spawn(
+            name,
+            &self.binary,
+            &[command],
+            &self.env,
+            &self.logs.join(format!("{name}.log")),
+        )
     }
 
     /// `http://127.0.0.1:<port>`.

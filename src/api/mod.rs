@@ -24,6 +24,7 @@ pub mod rate_limit;
 pub mod session;
 pub mod stock;
 pub mod tenants;
+pub mod webhooks;
 
 use crate::config::Settings;
 use crate::queue::Queues;
@@ -145,6 +146,15 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(forecasts::create_run))
         .routes(routes!(forecasts::get_run))
         .routes(routes!(forecasts::get_product_forecast))
+        .routes(routes!(webhooks::create_endpoint, webhooks::list_endpoints))
+        .routes(routes!(
+            webhooks::get_endpoint,
+            webhooks::update_endpoint,
+            webhooks::delete_endpoint
+        ))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::retry_delivery))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::list_queues))
         .routes(routes!(jobs::list_jobs))

@@ -22,6 +22,7 @@ pub mod imports;
 pub mod invoices;
 pub mod queues;
 pub mod stock;
+pub mod webhooks;
 
 pub use queues::Queue;
 

@@ -13,15 +13,17 @@ pub enum Queue {
     Emails,
     Forecasts,
     Imports,
+    Webhooks,
 }
 
 impl Queue {
-    pub const ALL: [Queue; 5] = [
+    pub const ALL: [Queue; 6] = [
         Queue::Stock,
         Queue::Invoices,
         Queue::Emails,
         Queue::Forecasts,
         Queue::Imports,
+        Queue::Webhooks,
     ];
 
     /// The queue's name in the API, in Redis keys and in job ids.
@@ -32,6 +34,7 @@ impl Queue {
             Queue::Emails => "emails",
             Queue::Forecasts => "forecasts",
             Queue::Imports => "imports",
+            Queue::Webhooks => "webhooks",
         }
     }
 
@@ -71,7 +74,7 @@ mod tests {
         assert_eq!(Queue::parse("nope"), None);
         assert_eq!(
             Queue::names(),
-            "stock, invoices, emails, forecasts, imports"
+            "stock, invoices, emails, forecasts, imports, webhooks"
         );
     }
 }

@@ -155,6 +155,7 @@ pub async fn run(
             Queue::Emails => start!(emails, jobs::emails::EmailJob),
             Queue::Forecasts => start!(forecasts, jobs::forecasts::ForecastJob),
             Queue::Imports => start!(imports, jobs::imports::SalesImport),
+            Queue::Webhooks => start!(webhooks, jobs::webhooks::DeliverWebhook),
         }
     }
     running.spawn({

@@ -35,6 +35,10 @@
 //!   the same host and boot whose pid is gone from `/proc` is dead (a restart after a kill, as
 //!   Sidekiq Enterprise's super_fetch does). Every process start is a new consumer name:
 //!   `host-pid-random`.
+//! - **A worker holds what it can finish soon.** It takes no more jobs (running, prefetched,
+//!   reclaimed) than it finishes in a quarter of a lease at its measured pace, never fewer than it
+//!   runs at once, never more than its concurrency plus prefetch: a slow worker leaves the backlog
+//!   in the queue for the others, and a worker that dies or freezes strands little.
 //! - **Fenced.** A job is started only while its worker still owns it
 //!   ([`JobMeta::still_owned`]): a worker frozen past its lease finds, when it thaws, that its
 //!   prefetched jobs are another's and starts none of them; the email worker asks again right

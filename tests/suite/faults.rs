@@ -792,6 +792,120 @@ async fn a_product_held_locked_elsewhere_stalls_only_its_own_tenants_stock() {
     assert_eq!((keys.len(), total), (3, 3), "each adjustment applied once");
 }
 
+/// A worker frozen (SIGSTOP) in the middle of a ledger transaction holds row locks that every
+/// other worker's batches need. With adjustments arriving steadily, the others must keep applying
+/// them: never 5 s without one while some wait (the server ends the frozen session's idle
+/// transaction, releasing its locks, well before; without that bound the stall lasted as long
+/// as the freeze). Thawed, the frozen worker applies nothing twice.
+#[tokio::test]
+async fn a_worker_frozen_mid_transaction_never_stops_the_others_for_five_seconds() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("steady").await;
+    let skus = 8;
+    for s in 0..skus {
+        put_product(&app, &t.key, &format!("SKU-{s}")).await;
+    }
+    let mut frozen = WorkerProcess::spawn(&app, "stock", &[]);
+    let _live = WorkerProcess::spawn(&app, "stock", &[]);
+
+    // Steady arrivals: a batch of 40 adjustments every 50 ms, until told to stop.
+    let feeding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let feeder = {
+        let (feeding, client, url, key) = (
+            feeding.clone(),
+            app.client.clone(),
+            format!("{}/v1/stock-adjustments/batch", app.address),
+            t.key.clone(),
+        );
+        tokio::spawn(async move {
+            let mut posted = 0usize;
+            while feeding.load(std::sync::atomic::Ordering::Relaxed) {
+                let adjustments: Vec<Value> = (posted..posted + 40)
+                    .map(|i| {
+                        json!({"sku": format!("SKU-{}", i % skus), "delta": 1,
+                                    "reason": "receipt", "idempotency_key": format!("k-{i}")})
+                    })
+                    .collect();
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&json!({"adjustments": adjustments}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                posted += 40;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            posted
+        })
+    };
+    let applied = || {
+        count(
+            &app.db,
+            "SELECT count(*) FROM stock_movements WHERE tenant_id = $1",
+            tenant_id(&t),
+        )
+    };
+    wait_for("the workers to apply adjustments", LIMIT, || async {
+        (applied().await > 200).then_some(())
+    })
+    .await;
+
+    // Freeze the worker until it is caught holding a transaction (its session idle in one).
+    let idle_in_transaction =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+        AND state = 'idle in transaction' AND state_change < now() - interval '200 milliseconds'";
+    let mut caught = false;
+    for attempt in 0..100 {
+        assert!(send_signal("STOP", frozen.pid()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let idle: i64 = sqlx::query_scalar(idle_in_transaction)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        if idle > 0 {
+            caught = true;
+            break;
+        }
+        assert!(send_signal("CONT", frozen.pid()));
+        tokio::time::sleep(Duration::from_millis(7 * (attempt % 5) + 3)).await;
+    }
+    assert!(caught, "the worker was never frozen inside a transaction");
+
+    // Frozen for 8 s, four leases: the longest time without a new ledger row must stay short.
+    let frozen_at = Instant::now();
+    let (mut last_count, mut last_change, mut longest) =
+        (applied().await, Instant::now(), Duration::ZERO);
+    while frozen_at.elapsed() < Duration::from_secs(8) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = applied().await;
+        if now > last_count {
+            (last_count, last_change) = (now, Instant::now());
+        }
+        longest = longest.max(last_change.elapsed());
+    }
+    assert!(send_signal("CONT", frozen.pid()));
+    eprintln!("longest time without a new ledger row behind the frozen worker: {longest:?}");
+    feeding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let posted = feeder.await.unwrap();
+    assert!(
+        longest < Duration::from_secs(5),
+        "no adjustment applied for {longest:?} behind a frozen worker's locks"
+    );
+    wait_for("every adjustment to apply", LIMIT, || async {
+        (applied().await == posted as i64).then_some(())
+    })
+    .await;
+    let (keys, total) = checked_ledger(&app.db, tenant_id(&t)).await;
+    assert_eq!(
+        (keys.len(), total),
+        (posted, posted as i64),
+        "each applied once"
+    );
+    frozen.kill9();
+}
+
 /// "Jobs were reclaimed by another worker" must mean that: a worker that was never stopped,
 /// working 20,000 jobs with heartbeats every two thirds of a second, never logs it. (It did
 /// when its own acks crossed a heartbeat: the jobs had just finished, and were counted as lost.)

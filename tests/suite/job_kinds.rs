@@ -162,6 +162,7 @@ async fn a_performed_job_touches_only_its_own_tenants_rows() {
 #[test]
 fn every_kind_declares_its_queue_and_a_bounded_run() {
     use backroom::jobs::invoices::RenderInvoice;
+    use backroom::jobs::webhooks::DeliverWebhook;
     use backroom::jobs::{emails::EmailJob, forecasts::ForecastJob, imports::SalesImport};
     let declared = [
         (
@@ -184,6 +185,11 @@ fn every_kind_declares_its_queue_and_a_bounded_run() {
             SalesImport::QUEUE,
             SalesImport::MAX_ATTEMPTS,
             SalesImport::TIMEOUT,
+        ),
+        (
+            DeliverWebhook::QUEUE,
+            DeliverWebhook::MAX_ATTEMPTS,
+            DeliverWebhook::TIMEOUT,
         ),
     ];
     let queues: Vec<Queue> = declared.iter().map(|d| d.0).collect();

@@ -29,3 +29,4 @@ mod stock;
 mod tenant_abuse;
 mod tenant_limits;
 mod tenant_quotas;
+mod webhooks;

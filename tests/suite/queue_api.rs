@@ -89,7 +89,14 @@ async fn admins_see_queue_counts_and_job_pages() {
         .collect();
     assert_eq!(
         names,
-        ["stock", "invoices", "emails", "forecasts", "imports"]
+        [
+            "stock",
+            "invoices",
+            "emails",
+            "forecasts",
+            "imports",
+            "webhooks"
+        ]
     );
     let stock = &queues["items"][0];
     assert_eq!(stock["pending"], 3);

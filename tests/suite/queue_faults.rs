@@ -178,6 +178,53 @@ async fn fifteen_hundred_jobs_of_a_dead_worker_all_run_within_a_lease_and_five_s
     live.stop().await;
 }
 
+/// A worker holds no more jobs than it finishes in a quarter of a lease (never fewer than it
+/// runs at once): a slow worker with a large prefetch leaves the backlog in the queue, for other
+/// workers and so that its death or a freeze strands little. (It held its concurrency plus its
+/// whole prefetch, whatever its pace: here 202 jobs, ten seconds of its work.)
+#[tokio::test]
+async fn a_slow_worker_holds_what_it_finishes_in_a_quarter_lease_not_its_whole_prefetch() {
+    let tq = TestQueue::new();
+    let lease = tq.queues.settings().lease;
+    let probe = |n| Probe {
+        sleep_ms: 100,
+        ..Probe::new(n)
+    };
+    let mut options = tq.options();
+    options.concurrency = 2;
+    options.prefetch = 200;
+    // A first second of work measures its pace: 2 at a time, 100 ms each, at most 20 a second.
+    let first = tq.push_probes((0..20).map(probe)).await;
+    let worker = spawn_worker(&tq, options).await;
+    tq.wait_all(&first, JobStatus::Succeeded, LIMIT).await;
+
+    let backlog = 400;
+    tq.push_probes((20..20 + backlog).map(probe)).await;
+    let bound = (20.0 * lease.as_secs_f64() / 4.0).ceil() as u64;
+    let (mut most, mut samples) = (0, 0);
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let workers = tq.queues.workers(&tq.queue).await.unwrap();
+        if let Some(held) = workers.first().and_then(|w| w.info["held"].as_u64()) {
+            most = most.max(held);
+            samples += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(samples > 10, "the worker heartbeats");
+    // The bound, plus a few whose outcome is on its way to Redis.
+    assert!(
+        (2..=bound + 4).contains(&most),
+        "held at most {most} jobs (bound {bound})"
+    );
+    let counts = tq.queues.counts(&tq.queue).await.unwrap();
+    assert!(
+        counts.pending >= backlog - 80 - bound,
+        "the backlog stays in the queue: {counts:?}"
+    );
+    worker.stop().await;
+}
+
 /// A worker frozen (SIGSTOP) past its lease while holding a prefetched batch loses the batch to
 /// a live worker, which runs it; once thawed (SIGCONT) it starts none of the jobs it lost. (It
 /// used to run them all again: nothing checked ownership before a prefetched job started.) Only

@@ -134,6 +134,16 @@ pub struct SinkStats {
     /// Per message after the first on a connection, µs from the previous message's final 250
     /// to this message's first command: time the client spent elsewhere.
     pub between_us: std::sync::Mutex<Vec<u64>>,
+    /// How often each `Message-ID` arrived: more than once is an email sent twice.
+    pub message_ids: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl SinkStats {
+    /// Messages whose `Message-ID` arrived more than once, counting each repeat.
+    pub fn repeats(&self) -> u64 {
+        let ids = self.message_ids.lock().unwrap();
+        ids.values().map(|&n| u64::from(n.saturating_sub(1))).sum()
+    }
 }
 
 /// A minimal SMTP sink (just enough of RFC 5321 for lettre: 220 greeting, EHLO/HELO 250,
@@ -263,6 +273,7 @@ async fn smtp_session(stream: tokio::net::TcpStream, stats: Arc<SinkStats>) {
                 b"DATA" => {
                     write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
                     let mut first_line = None;
+                    let mut message_id = None;
                     loop {
                         line.clear();
                         if reader.read_until(b'\n', &mut line).await? == 0 {
@@ -272,6 +283,16 @@ async fn smtp_session(stream: tokio::net::TcpStream, stats: Arc<SinkStats>) {
                             break;
                         }
                         first_line.get_or_insert_with(Instant::now);
+                        if message_id.is_none()
+                            && line.len() > 11
+                            && line[..11].eq_ignore_ascii_case(b"message-id:")
+                        {
+                            message_id =
+                                Some(String::from_utf8_lossy(&line[11..]).trim().to_string());
+                        }
+                    }
+                    if let Some(id) = message_id {
+                        *stats.message_ids.lock().unwrap().entry(id).or_default() += 1;
                     }
                     let waited = first_line.map_or(0, |t| t.elapsed().as_micros() as u64);
                     stats.terminator_wait_us.lock().unwrap().push(waited);

@@ -13,7 +13,8 @@ use super::EmailJob;
 use super::mailer::{Mailer, render};
 use crate::clock::Clock;
 use crate::domain::{EmailAddress, format_amount};
-use crate::jobs::{WorkerContext, worker_options};
+use crate::jobs::webhooks::events::{self, Event, EventType};
+use crate::jobs::{JobKind, WorkerContext, worker_options};
 use crate::queue::{JobError, JobMeta, WorkerOptions};
 use crate::redis_conn::RedisHandle;
 use anyhow::Context;
@@ -150,6 +151,8 @@ pub async fn handle(
             let reason = e.to_string();
             let permanent = e.is_permanent();
             let give_up = permanent || meta.is_last_attempt();
+            // A failure for good is recorded with its `email.failed` webhook event.
+            let mut tx = deps.db.begin().await?;
             sqlx::query!(
                 r#"UPDATE emails SET last_error = $2, sending_until = NULL,
                        smtp_reply = COALESCE($3, smtp_reply),
@@ -160,8 +163,20 @@ pub async fn handle(
                 e.status().map(|code| code.to_string()),
                 give_up
             )
-            .execute(&deps.db)
+            .execute(&mut *tx)
             .await?;
+            if give_up {
+                let event = Event::new(
+                    job.tenant_id(),
+                    EventType::EmailFailed,
+                    serde_json::json!({
+                        "email_id": email.id, "kind": job.kind(), "to": email.recipient,
+                        "error": reason,
+                    }),
+                );
+                events::record(&mut tx, &[event]).await?;
+            }
+            tx.commit().await?;
             if permanent {
                 Err(JobError::permanent(format!(
                     "SMTP refused the email: {reason}"
@@ -218,13 +233,7 @@ async fn record_sent(deps: &EmailDeps, email_id: Uuid, reply: &str) -> Result<()
     let deadline = tokio::time::Instant::now() + RECORD_SENT_FOR;
     let mut wait = Duration::from_millis(100);
     loop {
-        let recorded = sqlx::query!(
-            "UPDATE emails SET status = 'sent', smtp_reply = $2, sent_at = now(), last_error = NULL, sending_until = NULL WHERE id = $1",
-            email_id,
-            reply
-        )
-        .execute(&deps.db)
-        .await;
+        let recorded = record_sent_once(&deps.db, email_id, reply).await;
         match recorded {
             Ok(_) => {
                 if let Ok(mut conn) = deps.redis.conn().await {
@@ -243,6 +252,33 @@ async fn record_sent(deps: &EmailDeps, email_id: Uuid, reply: &str) -> Result<()
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Marks the email sent, with its `email.sent` webhook event, in one transaction (once: an email
+/// already recorded sent is left as it is).
+async fn record_sent_once(db: &sqlx::PgPool, email_id: Uuid, reply: &str) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    let sent = sqlx::query!(
+        "UPDATE emails SET status = 'sent', smtp_reply = $2, sent_at = now(), last_error = NULL, sending_until = NULL
+         WHERE id = $1 AND status <> 'sent'
+         RETURNING tenant_id, kind, recipient, message_id",
+        email_id,
+        reply
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(row) = sent {
+        let event = Event::new(
+            row.tenant_id,
+            EventType::EmailSent,
+            serde_json::json!({
+                "email_id": email_id, "kind": row.kind, "to": row.recipient,
+                "message_id": row.message_id,
+            }),
+        );
+        events::record(&mut tx, &[event]).await?;
+    }
+    tx.commit().await
 }
 
 fn build_message(mailer: &Mailer, email: &Prepared) -> anyhow::Result<Message> {

@@ -19,6 +19,7 @@ use super::RenderInvoice;
 use super::pdf::{self, Fonts, InvoiceDocument, InvoiceLine};
 use crate::clock::Clock;
 use crate::domain::format_amount;
+use crate::jobs::webhooks::events::{self, Event, EventType};
 use crate::jobs::{WorkerContext, worker_options};
 use crate::queue::{JobError, JobMeta, WorkerOptions};
 use anyhow::Context;
@@ -181,6 +182,8 @@ async fn render_and_store(
     .and_then(|r| r)
     .map_err(|e| JobError::retry(format!("rendering the PDF: {e:#}")))?;
     let size = pdf.len();
+    // Stored with its `invoice.ready` event (for the tenant's webhooks), or neither.
+    let mut tx = deps.db.begin().await?;
     let stored = sqlx::query!(
         r#"UPDATE invoices SET status = 'ready', pdf = $3, ready_at = now(), failure_reason = NULL
            WHERE id = $1 AND tenant_id = $2 AND status <> 'ready'"#,
@@ -188,10 +191,21 @@ async fn render_and_store(
         job.tenant_id,
         pdf
     )
-    .execute(&deps.db)
+    .execute(&mut *tx)
     .await?;
     if stored.rows_affected() == 0 {
         return Ok(serde_json::json!({"number": number, "rendered": false}));
     }
+    let ready = Event::new(
+        job.tenant_id,
+        EventType::InvoiceReady,
+        serde_json::json!({
+            "invoice_id": job.invoice_id, "order_id": invoice.order_id, "number": number,
+            "total": invoice.total.to_string(), "currency": currency,
+            "pdf_url": format!("/v1/invoices/{}/pdf", job.invoice_id),
+        }),
+    );
+    events::record(&mut tx, &[ready]).await?;
+    tx.commit().await?;
     Ok(serde_json::json!({"number": number, "rendered": true, "pdf_bytes": size}))
 }

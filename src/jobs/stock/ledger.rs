@@ -12,7 +12,8 @@
 //!    one-by-one processing would: an adjustment that would take a product without
 //!    `allow_negative` below zero is rejected (`insufficient_stock`) and changes nothing;
 //! 4. write movements, levels, daily sales and low-stock alerts with one set-based statement
-//!    each (`UNNEST` arrays).
+//!    each (`UNNEST` arrays), and the `stock.adjusted` and `stock.low` webhook events of the
+//!    tenants that want them.
 //!
 //! A database error fails the whole batch; each job then retries with backoff, and step 2 makes
 //! the retry safe.
@@ -20,6 +21,7 @@
 use crate::domain::{Delta, IdempotencyKey, Reason, Sku};
 use crate::jobs;
 use crate::jobs::emails::EmailJob;
+use crate::jobs::webhooks::events::{self, Event, EventType};
 use crate::outbox::{self, OutboxJob};
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -191,14 +193,21 @@ pub async fn apply_batch(
         accepted,
         repeats,
         alerts,
+        mut crossings,
     } = decide(items, &mut levels, &existing);
     let ids = write_movements(&mut tx, items, &accepted).await?;
+    let mut moved = Vec::with_capacity(accepted.len() + crossings.len());
     for (&(i, after), id) in accepted.iter().zip(ids) {
         outcomes[i] = Some(Applied::Moved {
             movement_id: id,
             on_hand_after: after,
         });
+        moved.push(adjusted_event(items[i].0, id, after));
     }
+    moved.append(&mut crossings);
+    events::record(&mut tx, &moved)
+        .await
+        .context("while recording webhook events")?;
     for (i, first) in repeats {
         outcomes[i] = Some(match outcomes[first].clone() {
             Some(Applied::Moved {
@@ -224,6 +233,20 @@ pub async fn apply_batch(
         .into_iter()
         .map(|o| o.expect("every adjustment decided"))
         .collect())
+}
+
+/// The `stock.adjusted` event of an applied adjustment.
+fn adjusted_event(a: &Adjustment, movement_id: i64, on_hand_after: i64) -> Event {
+    Event::new(
+        a.tenant_id,
+        EventType::StockAdjusted,
+        serde_json::json!({
+            "sku": a.sku.as_str(), "delta": a.delta.get(), "reason": a.reason.as_str(),
+            "on_hand_after": on_hand_after, "idempotency_key": a.idempotency_key.as_str(),
+            "reference": a.reference, "movement_id": movement_id,
+            "occurred_at": a.occurred_at,
+        }),
+    )
 }
 
 /// The products a batch touches, locked in (tenant, sku) order, by (tenant, sku).
@@ -305,6 +328,8 @@ struct Decided {
     repeats: Vec<(usize, usize)>,
     /// Low-stock alerts for the crossings below a reorder point.
     alerts: Vec<OutboxJob>,
+    /// Those crossings as webhook events.
+    crossings: Vec<Event>,
 }
 
 /// Decides each adjustment in order, exactly as one-by-one processing would, updating `levels`
@@ -327,6 +352,7 @@ fn decide(
     let mut first_with_key: HashMap<(Uuid, &str), usize> = HashMap::new();
     let mut repeats: Vec<(usize, usize)> = vec![];
     let mut alerts: Vec<OutboxJob> = vec![];
+    let mut crossings: Vec<Event> = vec![];
     for i in order {
         let a = items[i].0;
         let key = (a.tenant_id, a.idempotency_key.as_str().to_string());
@@ -378,6 +404,14 @@ fn decide(
                     a.idempotency_key.as_str()
                 ),
             ));
+            crossings.push(Event::new(
+                a.tenant_id,
+                EventType::StockLow,
+                serde_json::json!({
+                    "sku": a.sku.as_str(), "on_hand": after, "reorder_point": level.reorder_point,
+                    "idempotency_key": a.idempotency_key.as_str(),
+                }),
+            ));
         }
         level.below_reorder = below;
         accepted.push((i, after));
@@ -387,6 +421,7 @@ fn decide(
         accepted,
         repeats,
         alerts,
+        crossings,
     }
 }
 

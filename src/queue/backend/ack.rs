@@ -23,6 +23,7 @@ pub(super) async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceive
             match complete(&shared, &batch).await {
                 Ok(()) => {
                     backoff.ok();
+                    shared.finished(batch.len());
                     shared.release_ids(batch.drain(..).map(|o| o.id));
                 }
                 Err(e) => tokio::time::sleep(backoff.delay("recording outcomes", &e)).await,

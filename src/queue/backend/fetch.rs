@@ -48,15 +48,24 @@ pub(super) async fn fetch_loop<Args: DeserializeOwned + Send + 'static>(
     let mut backoff = Backoff::new();
     let mut blocking: Option<RedisConn> = None;
     loop {
-        // Wait for room in the prefetch buffer, then ask for as many jobs as fit.
+        // Wait for room in the prefetch buffer, then ask for as many jobs as fit, within what
+        // this worker's pace lets it hold (waiting for jobs to finish when it holds that much).
         let room = tokio::select! {
             permit = jobs.reserve() => match permit {
-                Ok(permit) => { drop(permit); jobs.capacity() }
+                Ok(permit) => { drop(permit); shared.room(jobs.capacity()) }
                 Err(_) => return,
             },
             _ = stop.changed() => return,
         };
-        let count = room.clamp(1, shared.options.batch);
+        if room == 0 {
+            tokio::select! {
+                _ = shared.pace.released.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+            continue;
+        }
+        let count = room.min(shared.options.batch);
         // Not cancelled by `stop`: a fetch that ran in Redis must reach `held`, or its jobs
         // would sit leased to a stopped worker until the lease expires.
         match fetch_once(&shared, count).await {

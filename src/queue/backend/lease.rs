@@ -113,7 +113,7 @@ pub(super) async fn beat(shared: &Shared) -> redis::RedisResult<()> {
     Ok(())
 }
 
-/// Takes over jobs whose lease expired, as many as the prefetch buffer has room for; says
+/// Takes over jobs whose lease expired, as many as the worker has room for ([`Shared::room`]); says
 /// whether it filled that room (more may be waiting).
 pub(super) async fn reclaim_expired<Args: DeserializeOwned + Send + 'static>(
     shared: &Shared,
@@ -121,7 +121,7 @@ pub(super) async fn reclaim_expired<Args: DeserializeOwned + Send + 'static>(
     acks: &mpsc::UnboundedSender<AckMsg>,
     cursor: &mut String,
 ) -> redis::RedisResult<bool> {
-    let room = jobs.capacity();
+    let room = shared.room(jobs.capacity());
     if room == 0 {
         return Ok(true);
     }
@@ -206,7 +206,7 @@ pub(super) async fn take_over_dead_neighbours<Args: DeserializeOwned + Send + 's
     }
     let mut taken = 0;
     for worker in shared.queues.workers(&shared.queue).await? {
-        let room = jobs.capacity();
+        let room = shared.room(jobs.capacity());
         if room == 0 {
             break;
         }

@@ -144,6 +144,51 @@ struct Shared {
     /// When the last heartbeat that refreshed every held job's lease began (ms, the clock's).
     renewed_ms: Arc<AtomicI64>,
     started_at_ms: i64,
+    pace: Pace,
+}
+
+/// How fast this worker finishes jobs, which bounds how many it holds: no more than it finishes
+/// in a quarter of a lease, never fewer than it runs at once, never more than it runs plus its
+/// prefetch. A worker that dies or freezes strands at most that much until its lease ends (a
+/// stock worker used to hold 1,536 jobs whatever its pace); the rest stays in the queue for the
+/// other workers. The pace is measured over windows of a second in which the worker finished
+/// something, or held jobs and finished nothing (then it is zero); idle windows keep the last
+/// figure. Until the first measurement the bound is the configured one.
+struct Pace {
+    finished: std::sync::atomic::AtomicU64,
+    /// (window start, finished then, jobs per second measured so far).
+    window: Mutex<(Instant, u64, Option<f64>)>,
+    /// Signalled when held jobs are let go, for a fetcher waiting for room.
+    released: tokio::sync::Notify,
+}
+
+impl Pace {
+    fn new() -> Self {
+        Pace {
+            finished: Default::default(),
+            window: Mutex::new((Instant::now(), 0, None)),
+            released: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Jobs a second, refreshed when a window has passed; `held` is what the worker holds now.
+    fn per_second(&self, held: usize) -> Option<f64> {
+        let mut window = self.window.lock().unwrap();
+        let (started, finished_then, rate) = *window;
+        let elapsed = started.elapsed().as_secs_f64();
+        if elapsed < 1.0 {
+            return rate;
+        }
+        let finished = self.finished.load(Ordering::Relaxed);
+        let measured = (finished - finished_then) as f64 / elapsed;
+        let rate = if measured > 0.0 || held > 0 {
+            Some(rate.map_or(measured, |r| (r + measured) / 2.0))
+        } else {
+            rate
+        };
+        *window = (Instant::now(), finished, rate);
+        rate
+    }
 }
 
 /// A worker's hold on its jobs, as a job's [`JobMeta`] carries it: the fencing check of
@@ -215,6 +260,37 @@ impl Shared {
         for id in ids {
             held.remove(&id);
         }
+        self.pace.released.notify_one();
+    }
+
+    /// Counts jobs whose outcome is recorded, for the pace.
+    fn finished(&self, count: usize) {
+        self.pace
+            .finished
+            .fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    /// Most jobs this worker may hold now (see [`Pace`]).
+    fn hold_limit(&self) -> usize {
+        let held = self.held.lock().unwrap().len();
+        let (running, most) = (
+            self.options.concurrency.max(1),
+            self.options.concurrency + self.options.prefetch,
+        );
+        let quarter_lease = self.queues.settings().lease.as_secs_f64() / 4.0;
+        match self.pace.per_second(held) {
+            Some(rate) => {
+                ((rate * quarter_lease).ceil() as usize).clamp(running, most.max(running))
+            }
+            None => most,
+        }
+    }
+
+    /// How many more jobs to take now: the room in the prefetch buffer (`buffer_room`), within
+    /// [`Shared::hold_limit`].
+    fn room(&self, buffer_room: usize) -> usize {
+        let held = self.held.lock().unwrap().len();
+        buffer_room.min(self.hold_limit().saturating_sub(held))
     }
 
     fn lease(&self) -> Lease {
@@ -377,6 +453,7 @@ where
             held: Arc::new(Mutex::new(HashMap::new())),
             renewed_ms: Arc::new(AtomicI64::new(started_at_ms)),
             started_at_ms,
+            pace: Pace::new(),
         });
         Self {
             shared,

@@ -1,0 +1,202 @@
+//! Events: what happened to a tenant's work, recorded in the transaction of the change itself.
+//!
+//! [`record`] writes each event once (`webhook_events`, its body as it will be sent), a delivery
+//! per enabled endpoint that wants its type, and each delivery's job into the outbox, all in the
+//! caller's transaction: the change commits with its events or rolls back without them. A
+//! tenant without endpoints costs one indexed query per call and writes nothing.
+
+use super::DeliverWebhook;
+use crate::jobs;
+use crate::outbox;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// The version of every event body's shape (`{"type", "id", "created_at", "version", "data"}`).
+pub const VERSION: u32 = 1;
+
+/// The event types, one list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// A stock adjustment applied: `sku`, `delta`, `reason`, `on_hand_after`, `idempotency_key`,
+    /// `reference`, `movement_id`.
+    StockAdjusted,
+    /// A product went below its reorder point: `sku`, `on_hand`, `reorder_point`.
+    StockLow,
+    /// An invoice's PDF is ready: `invoice_id`, `order_id`, `number`, `pdf_url`.
+    InvoiceReady,
+    /// An email was accepted by the SMTP server: `email_id`, `kind`, `to`, `message_id`.
+    EmailSent,
+    /// An email failed for good: `email_id`, `kind`, `to`, `error`.
+    EmailFailed,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 5] = [
+        EventType::StockAdjusted,
+        EventType::StockLow,
+        EventType::InvoiceReady,
+        EventType::EmailSent,
+        EventType::EmailFailed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventType::StockAdjusted => "stock.adjusted",
+            EventType::StockLow => "stock.low",
+            EventType::InvoiceReady => "invoice.ready",
+            EventType::EmailSent => "email.sent",
+            EventType::EmailFailed => "email.failed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.name() == raw)
+    }
+
+    /// Every type's name, comma-separated (for messages that list them).
+    pub fn names() -> String {
+        EventType::ALL.map(EventType::name).join(", ")
+    }
+}
+
+/// One event of one tenant.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub tenant_id: Uuid,
+    pub event_type: EventType,
+    pub data: Value,
+}
+
+impl Event {
+    pub fn new(tenant_id: Uuid, event_type: EventType, data: Value) -> Self {
+        Event {
+            tenant_id,
+            event_type,
+            data,
+        }
+    }
+}
+
+/// The body every delivery of an event carries.
+pub fn body(id: &str, event_type: EventType, created_at: DateTime<Utc>, data: &Value) -> Value {
+    json!({
+        "type": event_type.name(),
+        "id": id,
+        "created_at": created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "version": VERSION,
+        "data": data,
+    })
+}
+
+/// Records `events` in the caller's transaction (see the module docs); returns how many
+/// deliveries it queued.
+pub async fn record(tx: &mut PgConnection, events: &[Event]) -> sqlx::Result<usize> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let mut tenants: Vec<Uuid> = events.iter().map(|e| e.tenant_id).collect();
+    tenants.sort();
+    tenants.dedup();
+    let endpoints = sqlx::query!(
+        "SELECT id, tenant_id, event_types FROM webhook_endpoints
+         WHERE tenant_id = ANY($1) AND enabled",
+        &tenants
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if endpoints.is_empty() {
+        return Ok(0);
+    }
+    let now = Utc::now();
+    let mut rows = Rows::default();
+    for event in events {
+        let name = event.event_type.name();
+        let mut wanted = endpoints.iter().filter(|p| {
+            p.tenant_id == event.tenant_id
+                && (p.event_types.is_empty() || p.event_types.iter().any(|t| t == name))
+        });
+        let Some(first) = wanted.next() else {
+            continue;
+        };
+        let id = format!("msg_{}", Uuid::now_v7().simple());
+        for endpoint in std::iter::once(first).chain(wanted) {
+            let delivery_id = Uuid::now_v7();
+            rows.deliveries
+                .push((delivery_id, endpoint.id, id.clone(), event));
+        }
+        rows.events.push((
+            id.clone(),
+            event,
+            body(&id, event.event_type, now, &event.data),
+        ));
+    }
+    let queued = rows.deliveries.len();
+    rows.insert(tx).await?;
+    Ok(queued)
+}
+
+#[derive(Default)]
+struct Rows<'a> {
+    events: Vec<(String, &'a Event, Value)>,
+    deliveries: Vec<(Uuid, Uuid, String, &'a Event)>,
+}
+
+impl Rows<'_> {
+    async fn insert(self, tx: &mut PgConnection) -> sqlx::Result<()> {
+        let ids: Vec<String> = self.events.iter().map(|e| e.0.clone()).collect();
+        let tenants: Vec<Uuid> = self.events.iter().map(|e| e.1.tenant_id).collect();
+        let types: Vec<String> = self
+            .events
+            .iter()
+            .map(|e| e.1.event_type.name().to_string())
+            .collect();
+        let bodies: Vec<Value> = self.events.into_iter().map(|e| e.2).collect();
+        sqlx::query!(
+            "INSERT INTO webhook_events (id, tenant_id, type, body)
+             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::jsonb[])",
+            &ids,
+            &tenants,
+            &types,
+            &bodies
+        )
+        .execute(&mut *tx)
+        .await?;
+
+        let ids: Vec<Uuid> = self.deliveries.iter().map(|d| d.0).collect();
+        let tenants: Vec<Uuid> = self.deliveries.iter().map(|d| d.3.tenant_id).collect();
+        let endpoints: Vec<Uuid> = self.deliveries.iter().map(|d| d.1).collect();
+        let events: Vec<String> = self.deliveries.iter().map(|d| d.2.clone()).collect();
+        let types: Vec<String> = self
+            .deliveries
+            .iter()
+            .map(|d| d.3.event_type.name().to_string())
+            .collect();
+        sqlx::query!(
+            "INSERT INTO webhook_deliveries (id, tenant_id, endpoint_id, event_id, event_type)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[])",
+            &ids,
+            &tenants,
+            &endpoints,
+            &events,
+            &types
+        )
+        .execute(&mut *tx)
+        .await?;
+        let jobs: Vec<outbox::OutboxJob> = self
+            .deliveries
+            .iter()
+            .map(|(delivery_id, _, _, event)| {
+                jobs::outbox_job(
+                    &DeliverWebhook {
+                        tenant_id: event.tenant_id,
+                        delivery_id: *delivery_id,
+                    },
+                    format!("webhook:{delivery_id}"),
+                )
+            })
+            .collect();
+        outbox::add(tx, &jobs).await
+    }
+}

@@ -1,0 +1,610 @@
+//! Webhooks (issue #17): a real HTTP receiver started by each test (axum on port 0) that records
+//! what arrives and answers as scripted, and signatures checked with an independent
+//! implementation of the Standard Webhooks spec (Python's `hmac`, not ours).
+
+use crate::helpers::*;
+use crate::support;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// What the receiver answers to the next request.
+#[derive(Clone, Copy)]
+enum Reply {
+    Status(u16),
+    /// Never answers (until the test ends).
+    Hang,
+}
+
+/// One request as the receiver saw it.
+#[derive(Clone, Debug)]
+struct Received {
+    id: String,
+    timestamp: String,
+    signature: String,
+    raw: String,
+    body: Value,
+}
+
+/// A webhook receiver on 127.0.0.1: answers 200 unless scripted otherwise.
+struct Receiver {
+    url: String,
+    seen: Arc<Mutex<Vec<Received>>>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start(script: &[Reply]) -> Self {
+        let seen: Arc<Mutex<Vec<Received>>> = Default::default();
+        let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
+        let (s, q) = (seen.clone(), script.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, raw: String| {
+                let (seen, script) = (s.clone(), q.clone());
+                async move {
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    seen.lock().unwrap().push(Received {
+                        id: header("webhook-id"),
+                        timestamp: header("webhook-timestamp"),
+                        signature: header("webhook-signature"),
+                        body: serde_json::from_str(&raw).unwrap_or(Value::Null),
+                        raw,
+                    });
+                    let reply = script.lock().unwrap().pop_front();
+                    match reply.unwrap_or(Reply::Status(200)) {
+                        Reply::Status(code) => (StatusCode::from_u16(code).unwrap(), "noted"),
+                        Reply::Hang => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            (StatusCode::OK, "late")
+                        }
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver {
+            url,
+            seen,
+            _server: server,
+        }
+    }
+
+    fn seen(&self) -> Vec<Received> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        wait_for(what, LIMIT, || async {
+            let seen = self.seen();
+            done(&seen).then_some(seen)
+        })
+        .await
+    }
+}
+
+/// Whether `received` carries a valid signature made with `secret`, checked by Python's `hmac`
+/// (an independent implementation of the spec's "v1,<base64 HMAC-SHA256>").
+fn signed_with(received: &Received, secret: &str) -> bool {
+    let script = r#"
+import base64, hashlib, hmac, sys
+secret, msg_id, ts, header = sys.argv[1:5]
+body = sys.stdin.buffer.read()
+key = base64.b64decode(secret.removeprefix("whsec_"))
+expected = base64.b64encode(hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()).decode()
+print("ok" if any(s == "v1," + expected for s in header.split(" ")) else "no")
+"#;
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            secret,
+            &received.id,
+            &received.timestamp,
+            &received.signature,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(received.raw.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "ok"
+}
+
+/// An app whose webhooks may go to loopback, retried after 0.2 s (three times), cut after 1 s.
+async fn webhook_app() -> TestApp {
+    spawn_app_with(|s| {
+        s.webhooks.allow_private = true;
+        s.webhooks.retry_after = vec![Duration::from_millis(200); 3];
+        s.webhooks.timeout = Duration::from_secs(1);
+    })
+    .await
+}
+
+/// Creates an endpoint; returns its id and secret.
+async fn create_endpoint(app: &TestApp, key: &str, url: &str, types: &[&str]) -> (String, String) {
+    let r = app
+        .post_json(
+            "/v1/webhooks/endpoints",
+            Some(key),
+            &json!({"url": url, "event_types": types, "description": "the ERP"}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    (
+        body["endpoint"]["id"].as_str().unwrap().to_string(),
+        body["secret"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn put_product(app: &TestApp, key: &str, sku: &str, reorder_point: i64) {
+    let r = app
+        .send_json(
+            reqwest::Method::PUT,
+            &format!("/v1/products/{sku}"),
+            Some(key),
+            &json!({"name": format!("Article {sku}"), "unit_price": "12.50", "currency": "EUR",
+                    "reorder_point": reorder_point, "reorder_quantity": 10, "lead_time_days": 3,
+                    "allow_negative": true}),
+        )
+        .await;
+    assert!(r.status().is_success());
+}
+
+async fn adjust(app: &TestApp, key: &str, sku: &str, delta: i64, n: usize) {
+    let reason = if delta < 0 { "sale" } else { "receipt" };
+    let r = app
+        .post_json(
+            "/v1/stock-adjustments",
+            Some(key),
+            &json!({"sku": sku, "delta": delta, "reason": reason,
+                    "idempotency_key": format!("adj-{n}")}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+}
+
+async fn deliveries(app: &TestApp, key: &str, query: &str) -> Vec<Value> {
+    let r = app
+        .get(&format!("/v1/webhooks/deliveries{query}"), Some(key))
+        .await;
+    assert_eq!(r.status(), 200);
+    let page: Value = r.json().await.unwrap();
+    page["items"].as_array().unwrap().clone()
+}
+
+async fn wait_for_delivery(app: &TestApp, key: &str, status: &str) -> Value {
+    wait_for(&format!("a {status} delivery"), LIMIT, || async {
+        deliveries(app, key, "")
+            .await
+            .into_iter()
+            .find(|d| d["status"] == status)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn every_event_arrives_once_signed_verifiably_with_its_own_id() {
+    let smtp = support::smtp::SmtpServer::start().await;
+    let smtp_url = smtp.url();
+    let app = spawn_app_with(move |s| {
+        s.webhooks.allow_private = true;
+        s.smtp_url = Some(smtp_url);
+        s.emails_per_minute = 10_000;
+    })
+    .await;
+    let t = app.create_tenant("erp").await;
+    let receiver = Receiver::start(&[]).await;
+    let (_, secret) = create_endpoint(&app, &t.key, &receiver.url, &[]).await;
+    let _workers = app.start_workers("stock,invoices,emails,webhooks");
+
+    put_product(&app, &t.key, "SKU-1", 5).await;
+    adjust(&app, &t.key, "SKU-1", 10, 1).await;
+    adjust(&app, &t.key, "SKU-1", -8, 2).await;
+    let order = app
+        .post_json(
+            "/v1/orders",
+            Some(&t.key),
+            &json!({"customer": {"name": "Ada", "email": "ada@example.org", "address": "London"},
+                    "currency": "EUR", "tax_rate": "0.2",
+                    "lines": [{"sku": "SKU-1", "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(order.status(), 201);
+    let email = app
+        .post_json(
+            "/v1/emails",
+            Some(&t.key),
+            &json!({"to": "ops@example.org", "subject": "Hello", "text": "Hi"}),
+        )
+        .await;
+    assert_eq!(email.status(), 202);
+
+    // Two adjustments and the order's sale; one crossing below 5; the invoice; two emails (the
+    // order's invoice email and the requested one).
+    let count = |seen: &[Received], t: &str| seen.iter().filter(|r| r.body["type"] == t).count();
+    let seen = receiver
+        .wait_for("every event", |seen| {
+            count(seen, "stock.adjusted") >= 3
+                && count(seen, "stock.low") >= 1
+                && count(seen, "invoice.ready") >= 1
+                && count(seen, "email.sent") >= 2
+        })
+        .await;
+    for (kind, n) in [
+        ("stock.adjusted", 3),
+        ("stock.low", 1),
+        ("invoice.ready", 1),
+        ("email.sent", 2),
+    ] {
+        assert_eq!(count(&seen, kind), n, "{kind} once each: {seen:#?}");
+    }
+    let mut ids = std::collections::HashSet::new();
+    for r in &seen {
+        assert!(signed_with(r, &secret), "a valid signature: {r:?}");
+        assert!(!signed_with(r, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+        assert!(
+            r.id.starts_with("msg_") && ids.insert(r.id.clone()),
+            "one id per event"
+        );
+        assert_eq!(r.body["id"], r.id.as_str());
+        assert_eq!(r.body["version"], 1);
+        let age = chrono::Utc::now().timestamp() - r.timestamp.parse::<i64>().unwrap();
+        assert!((0..60).contains(&age), "a current timestamp");
+    }
+    let low = seen.iter().find(|r| r.body["type"] == "stock.low").unwrap();
+    assert_eq!(low.body["data"]["on_hand"], 2);
+    let invoice = seen
+        .iter()
+        .find(|r| r.body["type"] == "invoice.ready")
+        .unwrap();
+    let pdf = app
+        .get(
+            invoice.body["data"]["pdf_url"].as_str().unwrap(),
+            Some(&t.key),
+        )
+        .await;
+    assert_eq!(pdf.status(), 200, "the event links to the PDF");
+    let listed = deliveries(&app, &t.key, "?status=delivered").await;
+    assert_eq!(listed.len(), seen.len());
+    assert!(listed.iter().all(|d| d["attempts"] == 1));
+}
+
+#[tokio::test]
+async fn a_failing_receiver_gets_three_attempts_under_one_id_then_the_delivery_succeeds() {
+    let app = webhook_app().await;
+    let t = app.create_tenant("flaky").await;
+    let receiver = Receiver::start(&[Reply::Status(500), Reply::Status(500)]).await;
+    let (endpoint, _) = create_endpoint(&app, &t.key, &receiver.url, &["stock.adjusted"]).await;
+    let _workers = app.start_workers("stock,webhooks");
+    put_product(&app, &t.key, "SKU-1", 0).await;
+    adjust(&app, &t.key, "SKU-1", 3, 1).await;
+
+    let delivered = wait_for_delivery(&app, &t.key, "delivered").await;
+    assert_eq!(delivered["attempts"], 3);
+    assert_eq!(delivered["response_status"], 200);
+    assert_eq!(delivered["endpoint_id"], endpoint.as_str());
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|r| r.id == seen[0].id),
+        "one webhook-id: {seen:?}"
+    );
+    let filtered = deliveries(&app, &t.key, "?event_type=stock.low").await;
+    assert!(filtered.is_empty());
+}
+
+#[tokio::test]
+async fn a_hanging_receiver_is_cut_at_the_timeout_and_tried_again() {
+    let app = webhook_app().await;
+    let t = app.create_tenant("slow").await;
+    let receiver = Receiver::start(&[Reply::Hang]).await;
+    create_endpoint(&app, &t.key, &receiver.url, &[]).await;
+    let _workers = app.start_workers("stock,webhooks");
+    put_product(&app, &t.key, "SKU-1", 0).await;
+    let started = Instant::now();
+    adjust(&app, &t.key, "SKU-1", 3, 1).await;
+
+    let delivered = wait_for_delivery(&app, &t.key, "delivered").await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the first attempt waited the timeout"
+    );
+    assert_eq!(delivered["attempts"], 2);
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].id, seen[1].id);
+}
+
+#[tokio::test]
+async fn gone_disables_the_endpoint_at_once() {
+    let app = webhook_app().await;
+    let t = app.create_tenant("gone").await;
+    let receiver = Receiver::start(&[Reply::Status(410)]).await;
+    let (endpoint, _) = create_endpoint(&app, &t.key, &receiver.url, &[]).await;
+    let _workers = app.start_workers("stock,webhooks");
+    put_product(&app, &t.key, "SKU-1", 0).await;
+    adjust(&app, &t.key, "SKU-1", 3, 1).await;
+
+    let failed = wait_for_delivery(&app, &t.key, "failed").await;
+    assert_eq!(failed["attempts"], 1, "not retried");
+    assert_eq!(failed["response_status"], 410);
+    let shown: Value = app
+        .get(&format!("/v1/webhooks/endpoints/{endpoint}"), Some(&t.key))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["enabled"], false);
+    assert!(shown["disabled_reason"].as_str().unwrap().contains("410"));
+    // Later events are not delivered to it.
+    adjust(&app, &t.key, "SKU-1", 3, 2).await;
+    wait_for("the second adjustment to apply", LIMIT, || async {
+        let level: i64 = sqlx::query_scalar("SELECT on_hand FROM products WHERE sku = 'SKU-1'")
+            .fetch_one(&app.db)
+            .await
+            .ok()?;
+        (level == 6).then_some(())
+    })
+    .await;
+    assert_eq!(deliveries(&app, &t.key, "").await.len(), 1);
+    assert_eq!(receiver.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_rotated_secret_keeps_signing_beside_the_new_one_during_the_grace_period() {
+    let app = webhook_app().await;
+    let t = app.create_tenant("rotating").await;
+    let receiver = Receiver::start(&[]).await;
+    let (endpoint, old) = create_endpoint(&app, &t.key, &receiver.url, &[]).await;
+    let r = app
+        .post_json(
+            &format!("/v1/webhooks/endpoints/{endpoint}/rotate-secret"),
+            Some(&t.key),
+            &json!({"grace_hours": 24}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let new = r.json::<Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(new, old);
+    let _workers = app.start_workers("stock,webhooks");
+    put_product(&app, &t.key, "SKU-1", 0).await;
+    adjust(&app, &t.key, "SKU-1", 3, 1).await;
+    let seen = receiver.wait_for("a delivery", |s| !s.is_empty()).await;
+    assert_eq!(seen[0].signature.split(' ').count(), 2);
+    assert!(signed_with(&seen[0], &old), "the old secret still verifies");
+    assert!(signed_with(&seen[0], &new), "the new secret verifies");
+    let too_long = app
+        .post_json(
+            &format!("/v1/webhooks/endpoints/{endpoint}/rotate-secret"),
+            Some(&t.key),
+            &json!({"grace_hours": 1000}),
+        )
+        .await;
+    assert_problem(too_long, 422, "grace").await;
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_unless_allowed() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("careful").await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/",
+        "http://localhost:8080/",
+        "ftp://example.com/",
+    ] {
+        let r = app
+            .post_json("/v1/webhooks/endpoints", Some(&t.key), &json!({"url": url}))
+            .await;
+        let body = assert_problem(r, 422, url).await;
+        assert_eq!(problem_fields(&body), vec!["url"], "{url}");
+    }
+    let r = app
+        .post_json(
+            "/v1/webhooks/endpoints",
+            Some(&t.key),
+            &json!({"url": "https://hooks.example.com/in", "event_types": ["stock.nope"]}),
+        )
+        .await;
+    let body = assert_problem(r, 422, "event type").await;
+    assert_eq!(problem_fields(&body), vec!["event_types"]);
+
+    // Saved while allowed, then delivered by workers that do not allow it: refused, not sent.
+    let receiver = Receiver::start(&[]).await;
+    let allowing = webhook_app().await;
+    let u = allowing.create_tenant("on-prem").await;
+    create_endpoint(&allowing, &u.key, &receiver.url, &[]).await;
+    let mut strict = allowing.settings.clone();
+    strict.webhooks.allow_private = false;
+    strict.database_max_connections = 4;
+    let workers = support::app::InProcessWorkers::start(&strict, "stock,webhooks", None).unwrap();
+    put_product(&allowing, &u.key, "SKU-1", 0).await;
+    adjust(&allowing, &u.key, "SKU-1", 3, 1).await;
+    let failed = wait_for_delivery(&allowing, &u.key, "failed").await;
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not a public address"),
+        "{failed}"
+    );
+    assert!(receiver.seen().is_empty(), "nothing was sent");
+    workers.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_see_change_or_replay_anothers_endpoints_or_deliveries() {
+    let app = webhook_app().await;
+    let a = app.create_tenant("tenant-a").await;
+    let b = app.create_tenant("tenant-b").await;
+    // Four failures: every attempt of the schedule (the first and three retries).
+    let receiver = Receiver::start(&[Reply::Status(503); 4]).await;
+    let (endpoint, _) = create_endpoint(&app, &a.key, &receiver.url, &[]).await;
+    let _workers = app.start_workers("stock,webhooks");
+    put_product(&app, &a.key, "SKU-1", 0).await;
+    adjust(&app, &a.key, "SKU-1", 3, 1).await;
+    let failed = wait_for_delivery(&app, &a.key, "failed").await;
+    assert_eq!(failed["attempts"], 4);
+    assert_eq!(failed["response_status"], 503);
+    let delivery = failed["id"].as_str().unwrap();
+
+    let path = format!("/v1/webhooks/endpoints/{endpoint}");
+    assert_eq!(app.get(&path, Some(&b.key)).await.status(), 404);
+    for (method, path, body) in [
+        (
+            reqwest::Method::PATCH,
+            path.clone(),
+            json!({"enabled": true}),
+        ),
+        (reqwest::Method::DELETE, path.clone(), json!({})),
+        (
+            reqwest::Method::POST,
+            format!("{path}/rotate-secret"),
+            json!({}),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/webhooks/deliveries/{delivery}/retry"),
+            json!({}),
+        ),
+    ] {
+        let r = app
+            .send_json(method.clone(), &path, Some(&b.key), &body)
+            .await;
+        assert_eq!(r.status(), 404, "{method} {path}");
+    }
+    let listed: Value = app
+        .get("/v1/webhooks/endpoints", Some(&b.key))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed, json!([]));
+    assert!(deliveries(&app, &b.key, "").await.is_empty());
+    let filtered = deliveries(&app, &b.key, &format!("?endpoint_id={endpoint}")).await;
+    assert!(filtered.is_empty());
+    // The owner can replay it: one more attempt under the same id.
+    let r = app
+        .post_json(
+            &format!("/v1/webhooks/deliveries/{delivery}/retry"),
+            Some(&a.key),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let delivered = wait_for_delivery(&app, &a.key, "delivered").await;
+    assert_eq!(delivered["id"], delivery);
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 5);
+    assert!(seen.iter().all(|r| r.id == seen[0].id));
+}
+
+/// An event is written in the transaction of its change: a ledger batch that rolls back (here a
+/// trigger refuses the level's update, after the event rows were written) sends nothing; once it
+/// commits, the event goes out once.
+#[tokio::test]
+async fn a_change_that_rolls_back_sends_no_event() {
+    let app = webhook_app().await;
+    let t = app.create_tenant("rollback").await;
+    let receiver = Receiver::start(&[]).await;
+    create_endpoint(&app, &t.key, &receiver.url, &[]).await;
+    put_product(&app, &t.key, "SKU-1", 0).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN IF EXISTS (SELECT 1 FROM refusing) THEN RAISE EXCEPTION 'refused'; END IF;
+              RETURN NEW; END $$;
+         CREATE TABLE refusing (x int);
+         INSERT INTO refusing VALUES (1);
+         CREATE TRIGGER refuse BEFORE UPDATE ON products FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let _workers = app.start_workers("stock,webhooks");
+    adjust(&app, &t.key, "SKU-1", 3, 1).await;
+    wait_for("the batch to be refused", LIMIT, || async {
+        let jobs = app
+            .queues
+            .list(
+                &backroom::jobs::Queue::Stock.id(),
+                backroom::queue::JobStatus::Retrying,
+                10,
+                None,
+            )
+            .await
+            .ok()?;
+        (!jobs.items.is_empty()).then_some(())
+    })
+    .await;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "no event of a rolled-back change");
+    sqlx::query("DELETE FROM refusing")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let seen = receiver
+        .wait_for("the event once applied", |s| !s.is_empty())
+        .await;
+    assert_eq!(seen[0].body["type"], "stock.adjusted");
+    assert_eq!(seen[0].body["data"]["on_hand_after"], 3);
+}
+
+/// A worker SIGKILLed while its delivery waits on the receiver: the delivery is attempted once
+/// more, by the next worker, under the same `webhook-id`, and ends delivered.
+#[tokio::test]
+async fn a_worker_killed_mid_delivery_leads_to_one_more_attempt_under_the_same_id() {
+    let app = webhook_app().await;
+    let t = app.create_tenant("killed").await;
+    let receiver = Receiver::start(&[Reply::Hang]).await;
+    create_endpoint(&app, &t.key, &receiver.url, &[]).await;
+    let env = [
+        ("BACKROOM_WEBHOOKS_ALLOW_PRIVATE", "true".to_string()),
+        ("BACKROOM_WEBHOOK_TIMEOUT_SECS", "60".to_string()),
+    ];
+    let mut first = WorkerProcess::spawn(&app, "stock,webhooks", &env);
+    put_product(&app, &t.key, "SKU-1", 0).await;
+    adjust(&app, &t.key, "SKU-1", 3, 1).await;
+    receiver
+        .wait_for("the first attempt", |s| s.len() == 1)
+        .await;
+    first.kill9();
+    let _second = WorkerProcess::spawn(&app, "webhooks", &env);
+    let delivered = wait_for_delivery(&app, &t.key, "delivered").await;
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 2, "one more attempt");
+    assert_eq!(seen[0].id, seen[1].id);
+    assert_eq!(
+        delivered["attempts"], 1,
+        "the killed attempt never recorded an outcome"
+    );
+}
