@@ -16,8 +16,8 @@
 //! and restarted at once (same machine: its successor takes over its jobs); at 65 % `work-3` is
 //! SIGKILLed and restarted 10 s later (its jobs wait out the lease); at 80 % `serve` is SIGKILLed
 //! and restarted at once. Load, open loop on one tenant: single stock adjustments
-//! (`STORM_STOCK_RATE`, 100/s), emails (`STORM_EMAIL_RATE`, 30/s), orders (`STORM_ORDER_RATE`,
-//! 5/s: a sale per line, an invoice PDF and an email each). After the load, up to 120 s to drain.
+//! (`STORM_STOCK_RATE`, 300/s), emails (`STORM_EMAIL_RATE`, 50/s), orders (`STORM_ORDER_RATE`,
+//! 10/s: a sale per line, an invoice PDF and an email each). After the load, up to 120 s to drain.
 //!
 //! `STORM_BINARY` runs another build of backroom instead of the one built with this bench (an
 //! older commit, for before/after figures). Run with `cargo bench --bench storm` (or `-- --smoke`);
@@ -52,9 +52,9 @@ impl Config {
         Ok(Config {
             secs: env_or("STORM_SECS", if smoke { 60.0 } else { 150.0 })?,
             lease_secs: env_or("STORM_LEASE_SECS", if smoke { 10 } else { 30 })?,
-            stock_rate: env_or("STORM_STOCK_RATE", 100.0)?,
-            email_rate: env_or("STORM_EMAIL_RATE", 30.0)?,
-            order_rate: env_or("STORM_ORDER_RATE", 5.0)?,
+            stock_rate: env_or("STORM_STOCK_RATE", 300.0)?,
+            email_rate: env_or("STORM_EMAIL_RATE", 50.0)?,
+            order_rate: env_or("STORM_ORDER_RATE", 10.0)?,
             binary: std::env::var_os("STORM_BINARY").map(PathBuf::from),
         })
     }
@@ -139,7 +139,7 @@ fn start_load(base: &str, key: &str, config: &Config, until: Instant) -> Arc<Ans
             as Arc<dyn Fn(u64) -> reqwest::RequestBuilder + Send + Sync>
     };
     let streams = [
-        (config.stock_rate, post("/v1/stock/adjustments", stock_body)),
+        (config.stock_rate, post("/v1/stock-adjustments", stock_body)),
         (config.email_rate, post("/v1/emails", email_body)),
         (config.order_rate, post("/v1/orders", order_body)),
     ];
@@ -218,20 +218,30 @@ async fn storm(
     let mut kills = vec![];
 
     tokio::time::sleep_until(at(0.10).into()).await;
-    eprintln!("  storm: SIGSTOP work-1 for {} s", freeze.as_secs());
+    eprintln!(
+        "  storm: SIGSTOP work-1 for {} s at {:.1} s",
+        freeze.as_secs(),
+        started.elapsed().as_secs_f64()
+    );
     children.work.signal("STOP");
     tokio::time::sleep(freeze).await;
     children.work.signal("CONT");
     eprintln!("  storm: SIGCONT work-1");
 
     tokio::time::sleep_until(at(0.50).into()).await;
-    eprintln!("  storm: SIGKILL work-2, restarted at once");
+    eprintln!(
+        "  storm: SIGKILL work-2, restarted at once, at {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     kills.push(("work-2, restarted at once".into(), chrono::Utc::now()));
     workers[0].signal("KILL");
     workers[0] = children.spawn("work-2", "work")?;
 
     tokio::time::sleep_until(at(0.65).into()).await;
-    eprintln!("  storm: SIGKILL work-3, restarted after 10 s");
+    eprintln!(
+        "  storm: SIGKILL work-3, restarted after 10 s, at {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     kills.push(("work-3, restarted after 10 s".into(), chrono::Utc::now()));
     workers[1].signal("KILL");
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -345,6 +355,12 @@ async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
     let ids = answers.accepted.lock().unwrap().clone();
     let (done, unfinished) = finish_times(&queues, &ids).await;
     let (sent, repeats) = (children.sink.received(), children.sink.stats.repeats());
+    for (at, id) in children.sink.stats.repeated_at.lock().unwrap().iter() {
+        println!(
+            "email sent again at {:.1} s of the run: {id}",
+            at.duration_since(started).as_secs_f64()
+        );
+    }
     for worker in workers {
         worker.stop(Duration::from_secs(10)).await?;
     }

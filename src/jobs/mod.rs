@@ -168,16 +168,13 @@ where
     F: FnOnce(K, Data<JobMeta>, Data<D>) -> Fut,
     Fut: std::future::Future<Output = Result<serde_json::Value, JobError>>,
 {
-    let meta = JobMeta {
-        id: crate::queue::JobId::new(&K::QUEUE.id()).to_string(),
-        queue: K::QUEUE.name().to_string(),
-        kind: payload.kind().to_string(),
-        tenant: payload.tenant(),
+    let meta = JobMeta::outside_queue(
+        crate::queue::JobId::new(&K::QUEUE.id()).to_string(),
+        K::QUEUE.name(),
+        payload.kind(),
+        payload.tenant(),
         attempt,
-        max_attempts: K::MAX_ATTEMPTS,
-        created_at_ms: Utc::now().timestamp_millis(),
-        entry: String::new(),
-        lease: None,
-    };
+        K::MAX_ATTEMPTS,
+    );
     handle(payload, Data(meta), Data(deps)).await
 }

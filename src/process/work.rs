@@ -122,6 +122,10 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut handles: Vec<WorkerHandle> = vec![];
     let mut running = tokio::task::JoinSet::new();
+    // Every kind's final outcomes become `job.*` webhook events (but the deliveries' own).
+    let job_events = crate::queue::Hook(std::sync::Arc::new(
+        jobs::webhooks::job_events::JobEvents::new(pool.clone()),
+    ));
     for queue in &plan.queues {
         let mut stopped = stop_rx.clone();
         let signal = async move {
@@ -136,7 +140,10 @@ pub async fn run(
         // One worker of a kind: its options and dependencies come from the kind's folder.
         macro_rules! start {
             ($kind:ident, $job:ty) => {{
-                let options = jobs::$kind::worker::options(plan.concurrency);
+                let mut options = jobs::$kind::worker::options(plan.concurrency);
+                if *queue != Queue::Webhooks {
+                    options.on_outcome = Some(job_events.clone());
+                }
                 let deps = jobs::$kind::worker::deps(&ctx)?;
                 let backend: RedisBackend<$job> =
                     RedisBackend::new(queues.clone(), options.clone());

@@ -23,6 +23,28 @@ pub struct JobMeta {
 }
 
 impl JobMeta {
+    /// A job's facts outside any queue worker (for `jobs::perform` and tests); created now.
+    pub fn outside_queue(
+        id: impl Into<String>,
+        queue: &str,
+        kind: &str,
+        tenant: Option<uuid::Uuid>,
+        attempt: u32,
+        max_attempts: u32,
+    ) -> Self {
+        JobMeta {
+            id: id.into(),
+            queue: queue.to_string(),
+            kind: kind.to_string(),
+            tenant,
+            attempt,
+            max_attempts,
+            created_at_ms: chrono::Utc::now().timestamp_millis(),
+            entry: String::new(),
+            lease: None,
+        }
+    }
+
     pub fn is_last_attempt(&self) -> bool {
         self.attempt >= self.max_attempts
     }

@@ -96,7 +96,7 @@ mod keys;
 pub mod metrics;
 mod scripts;
 
-pub use backend::{RedisBackend, WorkerHandle, WorkerOptions};
+pub use backend::{Hook, OutcomeHook, RedisBackend, WorkerHandle, WorkerOptions};
 pub use client::{
     ActionOutcome, JobRecord, JobStatus, LimitChange, ListedJobs, NewJob, Pushed, QueueCounts,
     Queues, TenantQueueState, WorkerInfo,

@@ -217,7 +217,14 @@ async fn every_event_arrives_once_signed_verifiably_with_its_own_id() {
     .await;
     let t = app.create_tenant("erp").await;
     let receiver = Receiver::start(&[]).await;
-    let (_, secret) = create_endpoint(&app, &t.key, &receiver.url, &[]).await;
+    let types = [
+        "stock.adjusted",
+        "stock.low",
+        "invoice.ready",
+        "email.sent",
+        "email.failed",
+    ];
+    let (_, secret) = create_endpoint(&app, &t.key, &receiver.url, &types).await;
     let _workers = app.start_workers("stock,invoices,emails,webhooks");
 
     put_product(&app, &t.key, "SKU-1", 5).await;
@@ -321,7 +328,7 @@ async fn a_hanging_receiver_is_cut_at_the_timeout_and_tried_again() {
     let app = webhook_app().await;
     let t = app.create_tenant("slow").await;
     let receiver = Receiver::start(&[Reply::Hang]).await;
-    create_endpoint(&app, &t.key, &receiver.url, &[]).await;
+    create_endpoint(&app, &t.key, &receiver.url, &["stock.adjusted"]).await;
     let _workers = app.start_workers("stock,webhooks");
     put_product(&app, &t.key, "SKU-1", 0).await;
     let started = Instant::now();
@@ -343,7 +350,7 @@ async fn gone_disables_the_endpoint_at_once() {
     let app = webhook_app().await;
     let t = app.create_tenant("gone").await;
     let receiver = Receiver::start(&[Reply::Status(410)]).await;
-    let (endpoint, _) = create_endpoint(&app, &t.key, &receiver.url, &[]).await;
+    let (endpoint, _) = create_endpoint(&app, &t.key, &receiver.url, &["stock.adjusted"]).await;
     let _workers = app.start_workers("stock,webhooks");
     put_product(&app, &t.key, "SKU-1", 0).await;
     adjust(&app, &t.key, "SKU-1", 3, 1).await;
@@ -378,7 +385,7 @@ async fn a_rotated_secret_keeps_signing_beside_the_new_one_during_the_grace_peri
     let app = webhook_app().await;
     let t = app.create_tenant("rotating").await;
     let receiver = Receiver::start(&[]).await;
-    let (endpoint, old) = create_endpoint(&app, &t.key, &receiver.url, &[]).await;
+    let (endpoint, old) = create_endpoint(&app, &t.key, &receiver.url, &["stock.adjusted"]).await;
     let r = app
         .post_json(
             &format!("/v1/webhooks/endpoints/{endpoint}/rotate-secret"),
@@ -466,7 +473,7 @@ async fn a_tenant_cannot_see_change_or_replay_anothers_endpoints_or_deliveries()
     let b = app.create_tenant("tenant-b").await;
     // Four failures: every attempt of the schedule (the first and three retries).
     let receiver = Receiver::start(&[Reply::Status(503); 4]).await;
-    let (endpoint, _) = create_endpoint(&app, &a.key, &receiver.url, &[]).await;
+    let (endpoint, _) = create_endpoint(&app, &a.key, &receiver.url, &["stock.adjusted"]).await;
     let _workers = app.start_workers("stock,webhooks");
     put_product(&app, &a.key, "SKU-1", 0).await;
     adjust(&app, &a.key, "SKU-1", 3, 1).await;
@@ -534,7 +541,7 @@ async fn a_change_that_rolls_back_sends_no_event() {
     let app = webhook_app().await;
     let t = app.create_tenant("rollback").await;
     let receiver = Receiver::start(&[]).await;
-    create_endpoint(&app, &t.key, &receiver.url, &[]).await;
+    create_endpoint(&app, &t.key, &receiver.url, &["stock.adjusted"]).await;
     put_product(&app, &t.key, "SKU-1", 0).await;
     sqlx::raw_sql(
         "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
@@ -586,7 +593,7 @@ async fn a_worker_killed_mid_delivery_leads_to_one_more_attempt_under_the_same_i
     let app = webhook_app().await;
     let t = app.create_tenant("killed").await;
     let receiver = Receiver::start(&[Reply::Hang]).await;
-    create_endpoint(&app, &t.key, &receiver.url, &[]).await;
+    create_endpoint(&app, &t.key, &receiver.url, &["stock.adjusted"]).await;
     let env = [
         ("BACKROOM_WEBHOOKS_ALLOW_PRIVATE", "true".to_string()),
         ("BACKROOM_WEBHOOK_TIMEOUT_SECS", "60".to_string()),
@@ -607,4 +614,80 @@ async fn a_worker_killed_mid_delivery_leads_to_one_more_attempt_under_the_same_i
         delivered["attempts"], 1,
         "the killed attempt never recorded an outcome"
     );
+}
+
+/// Every kind's final outcome is an event (`job.succeeded` with the result, `job.failed` with
+/// the error), and an outcome told twice — a worker that died after recording the event and
+/// before recording the outcome runs the job again — is delivered once.
+#[tokio::test]
+async fn job_outcomes_are_events_and_an_outcome_told_twice_is_delivered_once() {
+    let app = webhook_app().await;
+    let t = app.create_tenant("jobs").await;
+    let receiver = Receiver::start(&[]).await;
+    create_endpoint(
+        &app,
+        &t.key,
+        &receiver.url,
+        &["job.succeeded", "job.failed"],
+    )
+    .await;
+    let r = app
+        .send_json(
+            reqwest::Method::PUT,
+            "/v1/products/SKU-1",
+            Some(&t.key),
+            &json!({"name": "Strict", "unit_price": "1.00", "currency": "EUR",
+                    "reorder_point": 0, "reorder_quantity": 1, "lead_time_days": 1,
+                    "allow_negative": false}),
+        )
+        .await;
+    assert!(r.status().is_success());
+    let _workers = app.start_workers("stock,webhooks");
+    adjust(&app, &t.key, "SKU-1", 1, 1).await;
+    adjust(&app, &t.key, "SKU-1", -5, 2).await;
+    let seen = receiver.wait_for("both outcomes", |s| s.len() >= 2).await;
+    let of = |kind: &str| {
+        seen.iter()
+            .find(|r| r.body["type"] == kind)
+            .unwrap()
+            .clone()
+    };
+    let succeeded = of("job.succeeded");
+    assert_eq!(succeeded.body["data"]["queue"], "stock");
+    assert_eq!(succeeded.body["data"]["status"], "succeeded");
+    assert_eq!(succeeded.body["data"]["result"]["on_hand_after"], 1);
+    let failed = of("job.failed");
+    assert!(
+        failed.body["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient"),
+        "{failed:?}"
+    );
+    assert_eq!(seen.len(), 2, "the deliveries' own outcomes are not events");
+
+    use backroom::queue::OutcomeHook as _;
+    let hook = backroom::jobs::webhooks::job_events::JobEvents::new(app.db.clone());
+    let tenant: uuid::Uuid = t.id.parse().unwrap();
+    let meta = backroom::queue::JobMeta::outside_queue(
+        "stock:told-twice",
+        "stock",
+        "stock_adjustment",
+        Some(tenant),
+        1,
+        5,
+    );
+    hook.finished(&meta, "succeeded", "{}").await;
+    hook.finished(&meta, "succeeded", "{}").await;
+    let deliveries: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_deliveries WHERE event_id = 'msg_job_stock:told-twice_1'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(deliveries, 1);
+    let seen = receiver
+        .wait_for("the told-twice event", |s| s.len() >= 3)
+        .await;
+    assert_eq!(seen[2].id, "msg_job_stock:told-twice_1");
 }

@@ -136,6 +136,8 @@ pub struct SinkStats {
     pub between_us: std::sync::Mutex<Vec<u64>>,
     /// How often each `Message-ID` arrived: more than once is an email sent twice.
     pub message_ids: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// When each repeat arrived, with its `Message-ID`.
+    pub repeated_at: std::sync::Mutex<Vec<(Instant, String)>>,
 }
 
 impl SinkStats {
@@ -292,7 +294,12 @@ async fn smtp_session(stream: tokio::net::TcpStream, stats: Arc<SinkStats>) {
                         }
                     }
                     if let Some(id) = message_id {
-                        *stats.message_ids.lock().unwrap().entry(id).or_default() += 1;
+                        let mut ids = stats.message_ids.lock().unwrap();
+                        let seen = ids.entry(id.clone()).or_default();
+                        *seen += 1;
+                        if *seen > 1 {
+                            stats.repeated_at.lock().unwrap().push((Instant::now(), id));
+                        }
                     }
                     let waited = first_line.map_or(0, |t| t.elapsed().as_micros() as u64);
                     stats.terminator_wait_us.lock().unwrap().push(waited);

@@ -30,15 +30,25 @@ pub enum EventType {
     EmailSent,
     /// An email failed for good: `email_id`, `kind`, `to`, `error`.
     EmailFailed,
+    /// A job of any kind (but webhook deliveries) succeeded: `job_id`, `queue`, `kind`,
+    /// `status`, `attempts`, `result`.
+    JobSucceeded,
+    /// A job failed for good (its handler said it never will work): as above, with `error`.
+    JobFailed,
+    /// A job ran out of attempts, panicked or could not be read: as above, with `error`.
+    JobDead,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 8] = [
         EventType::StockAdjusted,
         EventType::StockLow,
         EventType::InvoiceReady,
         EventType::EmailSent,
         EventType::EmailFailed,
+        EventType::JobSucceeded,
+        EventType::JobFailed,
+        EventType::JobDead,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -48,6 +58,9 @@ impl EventType {
             EventType::InvoiceReady => "invoice.ready",
             EventType::EmailSent => "email.sent",
             EventType::EmailFailed => "email.failed",
+            EventType::JobSucceeded => "job.succeeded",
+            EventType::JobFailed => "job.failed",
+            EventType::JobDead => "job.dead",
         }
     }
 
@@ -67,6 +80,9 @@ pub struct Event {
     pub tenant_id: Uuid,
     pub event_type: EventType,
     pub data: Value,
+    /// Set when the event may be recorded twice (a job's outcome, told again after a crash):
+    /// the second recording is then ignored. Otherwise a new `msg_<uuid>`.
+    pub id: Option<String>,
 }
 
 impl Event {
@@ -75,6 +91,7 @@ impl Event {
             tenant_id,
             event_type,
             data,
+            id: None,
         }
     }
 }
@@ -120,7 +137,10 @@ pub async fn record(tx: &mut PgConnection, events: &[Event]) -> sqlx::Result<usi
         let Some(first) = wanted.next() else {
             continue;
         };
-        let id = format!("msg_{}", Uuid::now_v7().simple());
+        let id = event
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("msg_{}", Uuid::now_v7().simple()));
         for endpoint in std::iter::once(first).chain(wanted) {
             let delivery_id = Uuid::now_v7();
             rows.deliveries
@@ -132,9 +152,10 @@ pub async fn record(tx: &mut PgConnection, events: &[Event]) -> sqlx::Result<usi
             body(&id, event.event_type, now, &event.data),
         ));
     }
-    let queued = rows.deliveries.len();
-    rows.insert(tx).await?;
-    Ok(queued)
+    if rows.events.is_empty() {
+        return Ok(0);
+    }
+    rows.insert(tx).await
 }
 
 #[derive(Default)]
@@ -144,7 +165,9 @@ struct Rows<'a> {
 }
 
 impl Rows<'_> {
-    async fn insert(self, tx: &mut PgConnection) -> sqlx::Result<()> {
+    /// Inserts the events (an id recorded before is skipped, with its deliveries) and their
+    /// deliveries and jobs; returns how many deliveries were queued.
+    async fn insert(mut self, tx: &mut PgConnection) -> sqlx::Result<usize> {
         let ids: Vec<String> = self.events.iter().map(|e| e.0.clone()).collect();
         let tenants: Vec<Uuid> = self.events.iter().map(|e| e.1.tenant_id).collect();
         let types: Vec<String> = self
@@ -153,16 +176,24 @@ impl Rows<'_> {
             .map(|e| e.1.event_type.name().to_string())
             .collect();
         let bodies: Vec<Value> = self.events.into_iter().map(|e| e.2).collect();
-        sqlx::query!(
+        let inserted: std::collections::HashSet<String> = sqlx::query_scalar!(
             "INSERT INTO webhook_events (id, tenant_id, type, body)
-             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::jsonb[])",
+             SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::jsonb[])
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id",
             &ids,
             &tenants,
             &types,
             &bodies
         )
-        .execute(&mut *tx)
-        .await?;
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        self.deliveries.retain(|d| inserted.contains(&d.2));
+        if self.deliveries.is_empty() {
+            return Ok(0);
+        }
 
         let ids: Vec<Uuid> = self.deliveries.iter().map(|d| d.0).collect();
         let tenants: Vec<Uuid> = self.deliveries.iter().map(|d| d.3.tenant_id).collect();
@@ -197,6 +228,7 @@ impl Rows<'_> {
                 )
             })
             .collect();
-        outbox::add(tx, &jobs).await
+        outbox::add(tx, &jobs).await?;
+        Ok(jobs.len())
     }
 }

@@ -13,6 +13,7 @@
 //! slow or dead endpoint of one tenant from holding the workers every tenant shares.
 
 pub mod events;
+pub mod job_events;
 pub mod sign;
 pub mod target;
 pub mod worker;

@@ -76,6 +76,7 @@ pub struct AckLayer {
     pub(super) retry_base: Duration,
     pub(super) retry_cap: Duration,
     pub(super) clock: crate::clock::Clock,
+    pub(super) hook: Option<Hook>,
 }
 
 impl<S> Layer<S> for AckLayer {
@@ -220,6 +221,15 @@ where
             metrics::finished(&layer.queue, outcome.kind, started.elapsed());
             if outcome.kind != "succeeded" {
                 span.in_scope(|| tracing::warn!(outcome = outcome.kind, error = %outcome.data, "job did not succeed"));
+            }
+            if let Some(hook) = &layer.hook
+                && outcome.kind != "retry"
+            {
+                tracing::Instrument::instrument(
+                    hook.0.finished(&meta, outcome.kind, &outcome.data),
+                    span,
+                )
+                .await;
             }
             layer
                 .acks

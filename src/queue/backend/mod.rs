@@ -66,6 +66,31 @@ pub struct WorkerOptions {
     pub block: Duration,
     /// How often due scheduled and retrying jobs are promoted.
     pub promote_every: Duration,
+    /// Told of each job's final outcome before it is recorded (see [`OutcomeHook`]).
+    pub on_outcome: Option<Hook>,
+}
+
+/// Told of every job that reached a final outcome (`succeeded`, `failed` or `dead`, with the
+/// result or the error), before the outcome is recorded in Redis. A worker that dies in between
+/// runs the job again and tells again, so a hook must be idempotent per job id and attempt. It
+/// handles its own failures: nothing it does changes the job's outcome.
+pub trait OutcomeHook: Send + Sync + 'static {
+    fn finished<'a>(
+        &'a self,
+        meta: &'a JobMeta,
+        status: &'static str,
+        detail: &'a str,
+    ) -> BoxFuture<'a, ()>;
+}
+
+/// An [`OutcomeHook`] in the options.
+#[derive(Clone)]
+pub struct Hook(pub Arc<dyn OutcomeHook>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutcomeHook")
+    }
 }
 
 impl WorkerOptions {
@@ -78,6 +103,7 @@ impl WorkerOptions {
             job_timeout: Duration::from_secs(300),
             block: Duration::from_secs(2),
             promote_every: Duration::from_millis(100),
+            on_outcome: None,
         }
     }
 }
@@ -602,6 +628,7 @@ impl<Args> BackendConfig for RedisBackend<Args> {
             retry_base: self.shared.queues.settings().retry_base,
             retry_cap: self.shared.queues.settings().retry_cap,
             clock: self.shared.queues.settings().clock.clone(),
+            hook: self.shared.options.on_outcome.clone(),
         }
     }
 }
