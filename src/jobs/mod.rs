@@ -178,3 +178,19 @@ where
     );
     handle(payload, Data(meta), Data(deps)).await
 }
+
+/// Like [`perform`], as the delivery `meta` describes (a given job id and attempt: a job
+/// delivered again).
+pub async fn perform_as<K, D, F, Fut>(
+    handle: F,
+    payload: K,
+    deps: D,
+    meta: JobMeta,
+) -> Result<serde_json::Value, JobError>
+where
+    K: JobKind,
+    F: FnOnce(K, Data<JobMeta>, Data<D>) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, JobError>>,
+{
+    handle(payload, Data(meta), Data(deps)).await
+}

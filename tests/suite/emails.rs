@@ -171,16 +171,17 @@ async fn a_permanent_refusal_fails_at_once_with_the_servers_reply() {
             .contains("mailbox unavailable"),
         "{failed}"
     );
-    let job: Value = app
-        .get(
-            &format!("/v1/jobs/{}", accepted["job_id"].as_str().unwrap()),
-            Some(&t.key),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(job["status"], "failed");
+    // The job's outcome is recorded in Redis just after the email's row: wait for it.
+    let job_path = format!("/v1/jobs/{}", accepted["job_id"].as_str().unwrap());
+    wait_for(
+        "the job to be recorded failed",
+        Duration::from_secs(10),
+        || async {
+            let job: Value = app.get(&job_path, Some(&t.key)).await.json().await.ok()?;
+            (job["status"] == "failed").then_some(())
+        },
+    )
+    .await;
     assert!(smtp.messages().is_empty());
     workers.stop().await;
 }

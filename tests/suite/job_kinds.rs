@@ -277,3 +277,87 @@ async fn an_email_accepted_earlier_but_not_recorded_is_recorded_not_sent_again()
         .unwrap();
     assert_eq!(left, None, "the note goes once the record is written");
 }
+
+/// A later delivery of an email's job finds the send claimed by an earlier delivery of the same
+/// job, whose worker stalled past its lease (frozen, maybe right after the server's 250): it does
+/// not send, it waits for the claim to lapse; by then the stalled delivery has recorded the send,
+/// and the retry sends nothing. (It used to take the claim over and send at once: the storm bench
+/// saw emails sent twice as the lease of a frozen worker ran out.)
+#[tokio::test]
+async fn a_redelivered_email_job_waits_for_a_stalled_delivery_instead_of_sending_again() {
+    use backroom::jobs::emails::{EmailJob, worker as email_worker};
+    use backroom::queue::JobMeta;
+    let smtp = SmtpServer::start().await;
+    let app = spawn_app_with({
+        let url = smtp.url();
+        move |s| {
+            s.smtp_url = Some(url);
+            s.mail_from = "Backroom Test <noreply@backroom.test>".into();
+        }
+    })
+    .await;
+    let t = app.create_tenant("stalled").await;
+    let posted = app
+        .post_json(
+            "/v1/emails",
+            Some(&t.key),
+            &json!({"to": "reader@example.org", "subject": "Notice", "text": "Hello."}),
+        )
+        .await;
+    assert_eq!(posted.status(), 202);
+    let body: serde_json::Value = posted.json().await.unwrap();
+    let email_id: Uuid = body["email_id"].as_str().unwrap().parse().unwrap();
+    let job_id = body["job_id"].as_str().unwrap().to_string();
+    let tenant: Uuid = t.id.parse().unwrap();
+    // The first delivery claimed the send, and its worker stalled.
+    sqlx::query(
+        "UPDATE emails SET job_id = $2, claim_attempt = 1,
+                           sending_until = now() + interval '20 seconds' WHERE id = $1",
+    )
+    .bind(email_id)
+    .bind(&job_id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let job = EmailJob::Requested {
+        tenant_id: tenant,
+        email_id,
+    };
+    let deps = email_worker::deps(&app.worker_context()).expect("the mailer is configured");
+    let delivery = |attempt| {
+        JobMeta::outside_queue(
+            job_id.clone(),
+            "emails",
+            "requested_email",
+            Some(tenant),
+            attempt,
+            8,
+        )
+    };
+    let waited = jobs::perform_as(email_worker::handle, job.clone(), deps.clone(), delivery(2))
+        .await
+        .expect_err("the second delivery waits");
+    match waited {
+        JobError::Retry {
+            after: Some(after), ..
+        } => assert!(
+            (15..=22).contains(&after.as_secs()),
+            "it waits for the claim: {after:?}"
+        ),
+        other => panic!("a retry after the claim, got {other:?}"),
+    }
+    assert!(smtp.messages().is_empty(), "nothing was sent");
+
+    // The stalled delivery comes back and records its send; the retry then sends nothing.
+    sqlx::query("UPDATE emails SET status = 'sent', sent_at = now() WHERE id = $1")
+        .bind(email_id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let done = jobs::perform_as(email_worker::handle, job, deps, delivery(3))
+        .await
+        .expect("the retry finds the email sent");
+    assert_eq!(done["duplicate"], true, "{done}");
+    assert!(smtp.messages().is_empty(), "nothing was sent twice");
+}

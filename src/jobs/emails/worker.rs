@@ -44,6 +44,7 @@ pub fn deps(ctx: &WorkerContext) -> anyhow::Result<EmailDeps> {
         mailer: Arc::new(Mailer::new(smtp, &ctx.settings.mail_from)?),
         per_tenant_per_minute: ctx.settings.emails_per_minute,
         clock: ctx.settings.queue.clock.clone(),
+        lease: ctx.settings.queue.lease,
     })
 }
 
@@ -56,6 +57,8 @@ pub struct EmailDeps {
     pub mailer: Arc<Mailer>,
     pub per_tenant_per_minute: u32,
     pub clock: Clock,
+    /// The queue's lease: a send claim lasts three of them.
+    pub lease: Duration,
 }
 
 /// An email ready to send, as stored in the log.
@@ -97,23 +100,43 @@ pub async fn handle(
         .await?;
         return Err(wait);
     }
-    // Claim the send. The job holding the claim owns the email until it is sent or fails: a
-    // duplicate delivery (another job for the same email) finds the claim and is done, since the
-    // owner finishes the work. The owner itself may take its claim back at once: the queue
-    // re-delivers a job only after its previous lease lapsed (its sender died mid-send). A claim
-    // whose owner is gone for good expires after two minutes and any delivery may take it.
+    // Claim the send. The delivery holding the claim owns the email until it is sent or fails
+    // (a failed send lets the claim go). Another job for the same email finds the claim and is
+    // done, since the owner finishes the work. A later delivery of the *same* job means the
+    // owner's worker lost its lease: it died, or it froze — possibly after the server's 250 and
+    // before any record of it — and may yet come back and record the send. So it waits for the
+    // claim to lapse (three leases: a thawed worker has recorded by then) rather than sending
+    // again at once; then any delivery may take it.
+    let claim_for = deps.lease * 3;
     let claimed = sqlx::query_scalar!(
-        r#"UPDATE emails SET attempts = attempts + 1, job_id = $2,
-                             sending_until = now() + interval '2 minutes'
+        r#"UPDATE emails SET attempts = attempts + 1, job_id = $2, claim_attempt = $3,
+                             sending_until = now() + make_interval(secs => $4)
            WHERE id = $1 AND status <> 'sent'
-             AND (sending_until IS NULL OR sending_until < now() OR job_id = $2)
+             AND (sending_until IS NULL OR sending_until < now()
+                  OR (job_id = $2 AND claim_attempt = $3))
            RETURNING id"#,
         email.id,
-        meta.id
+        meta.id,
+        meta.attempt as i32,
+        claim_for.as_secs_f64()
     )
     .fetch_optional(&deps.db)
     .await?;
     if claimed.is_none() {
+        let holder = sqlx::query!(
+            r#"SELECT job_id, status, GREATEST(EXTRACT(EPOCH FROM sending_until - now()), 0)::float8 AS "left!"
+               FROM emails WHERE id = $1"#,
+            email.id
+        )
+        .fetch_one(&deps.db)
+        .await?;
+        if holder.status != "sent" && holder.job_id.as_deref() == Some(meta.id.as_str()) {
+            return Err(JobError::retry_after(
+                "an earlier delivery of this job, whose worker stalled or died, holds the send; \
+                 waiting for its claim to lapse rather than sending twice",
+                Duration::from_secs_f64(holder.left + 1.0),
+            ));
+        }
         return Ok(serde_json::json!({
             "email_id": email.id, "status": "sending", "duplicate": true,
         }));
