@@ -90,6 +90,7 @@ impl AppState {
         description = "Job-queue platform for multi-tenant inventory and order businesses."
     ),
     modifiers(&SecuritySchemes),
+    components(schemas(webhooks::WebhookEvent, webhooks::WebhookEventType)),
     tags(
         (name = "health", description = "Liveness and readiness"),
         (name = "tenant", description = "Calls made with a tenant API key"),

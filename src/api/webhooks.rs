@@ -120,6 +120,50 @@ pub struct DeliveryFilter {
     cursor: Option<String>,
 }
 
+/// The body of every webhook delivery, POSTed to the tenant's endpoint (documented here; not
+/// served). Headers: `webhook-id` (= `id`, the same on every attempt), `webhook-timestamp` (Unix
+/// seconds), `webhook-signature` (`v1,<base64 HMAC-SHA256 of "id.timestamp.body">` per secret in
+/// use, space-separated; Standard Webhooks). `data` by type:
+/// - `stock.adjusted`: `sku`, `delta`, `reason`, `on_hand_after`, `idempotency_key`,
+///   `reference`, `movement_id`, `occurred_at`
+/// - `stock.low`: `sku`, `on_hand`, `reorder_point`, `idempotency_key` (of the adjustment)
+/// - `invoice.ready`: `invoice_id`, `order_id`, `number`, `total`, `currency`, `pdf_url`
+/// - `email.sent`: `email_id`, `kind`, `to`, `message_id`
+/// - `email.failed`: `email_id`, `kind`, `to`, `error`
+/// - `job.succeeded` / `job.failed` / `job.dead`: `job_id`, `queue`, `kind`, `status`,
+///   `attempts`, `max_attempts`, and `result` (succeeded) or `error`
+#[derive(Serialize, ToSchema)]
+pub struct WebhookEvent {
+    r#type: WebhookEventType,
+    /// `msg_…`: the event's id, also its `webhook-id`.
+    id: String,
+    created_at: DateTime<Utc>,
+    /// The version of this shape (1).
+    version: u32,
+    data: serde_json::Value,
+}
+
+/// The event types (the same list as `jobs::webhooks::events::EventType`; a test checks it).
+#[derive(Serialize, ToSchema)]
+pub enum WebhookEventType {
+    #[serde(rename = "stock.adjusted")]
+    StockAdjusted,
+    #[serde(rename = "stock.low")]
+    StockLow,
+    #[serde(rename = "invoice.ready")]
+    InvoiceReady,
+    #[serde(rename = "email.sent")]
+    EmailSent,
+    #[serde(rename = "email.failed")]
+    EmailFailed,
+    #[serde(rename = "job.succeeded")]
+    JobSucceeded,
+    #[serde(rename = "job.failed")]
+    JobFailed,
+    #[serde(rename = "job.dead")]
+    JobDead,
+}
+
 /// Checks event type names: known, at most 20, each once.
 fn event_types(raw: &[String]) -> std::result::Result<Vec<String>, String> {
     if raw.len() > MAX_EVENT_TYPES {

@@ -321,6 +321,20 @@ async fn a_failing_receiver_gets_three_attempts_under_one_id_then_the_delivery_s
     );
     let filtered = deliveries(&app, &t.key, "?event_type=stock.low").await;
     assert!(filtered.is_empty());
+    // Each test runs in a process of its own, so the process's counters are this test's.
+    let metrics = app
+        .get("/metrics", Some(ADMIN_TOKEN))
+        .await
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"backroom_webhook_attempts_total{outcome="retry"} 2"#,
+        r#"backroom_webhook_attempts_total{outcome="delivered"} 1"#,
+        "backroom_webhook_attempt_seconds_count 3",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -690,4 +704,29 @@ async fn job_outcomes_are_events_and_an_outcome_told_twice_is_delivered_once() {
         .wait_for("the told-twice event", |s| s.len() >= 3)
         .await;
     assert_eq!(seen[2].id, "msg_job_stock:told-twice_1");
+}
+
+/// The delivery body is documented in the OpenAPI document, with every event type there is.
+#[tokio::test]
+async fn the_openapi_document_describes_the_event_body_and_every_type() {
+    let app = spawn_app().await;
+    let spec: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    let schemas = &spec["components"]["schemas"];
+    let body = &schemas["WebhookEvent"];
+    for field in ["type", "id", "created_at", "version", "data"] {
+        assert!(body["properties"][field].is_object(), "{field} in {body}");
+    }
+    let mut documented: Vec<String> = schemas["WebhookEventType"]["enum"]
+        .as_array()
+        .expect("the types as an enum")
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let mut known: Vec<String> = backroom::jobs::webhooks::events::EventType::ALL
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect();
+    documented.sort();
+    known.sort();
+    assert_eq!(documented, known);
 }

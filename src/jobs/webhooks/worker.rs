@@ -7,7 +7,9 @@
 //! that is not public — is retried after the next delay of the schedule
 //! (`BACKROOM_WEBHOOK_RETRY_SECS`: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, 10 h by default,
 //! about 37 hours in all, each ±10 %), then the delivery is `failed`. Every attempt is recorded
-//! on the delivery: the receiver's status, the error, the latency and the start of its answer.
+//! on the delivery: the receiver's status, the error, the latency and the start of its answer;
+//! Prometheus counts attempts by outcome (`backroom_webhook_attempts_total{outcome=delivered|
+//! retry|failed|gone}`) and their latency (`backroom_webhook_attempt_seconds`).
 
 use super::sign::signature_header;
 use super::target::{self, PublicOnly};
@@ -121,6 +123,15 @@ pub async fn handle(
         _ => "pending",
     };
     record_attempt(&deps.db, &job, status, &attempt).await?;
+    let outcome = match () {
+        _ if delivered => "delivered",
+        _ if gone => "gone",
+        _ if exhausted => "failed",
+        _ => "retry",
+    };
+    metrics::counter!("backroom_webhook_attempts_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("backroom_webhook_attempt_seconds")
+        .record(f64::from(attempt.latency_ms) / 1000.0);
     if gone {
         sqlx::query!(
             "UPDATE webhook_endpoints SET enabled = false, updated_at = now(),
