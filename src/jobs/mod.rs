@@ -176,7 +176,7 @@ where
         attempt,
         K::MAX_ATTEMPTS,
     );
-    handle(payload, Data(meta), Data(deps)).await
+    perform_as(handle, payload, deps, meta).await
 }
 
 /// Like [`perform`], as the delivery `meta` describes (a given job id and attempt: a job

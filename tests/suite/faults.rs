@@ -1087,14 +1087,7 @@ async fn postgres_refusing_the_sent_record_after_the_smtp_250_still_sends_once()
 #[tokio::test]
 async fn an_email_whose_job_is_queued_is_accepted_even_if_noting_the_job_fails() {
     let smtp = SmtpServer::start().await;
-    let app = spawn_app_with({
-        let url = smtp.url();
-        move |s| {
-            s.smtp_url = Some(url);
-            s.mail_from = "Backroom Test <noreply@backroom.test>".into();
-        }
-    })
-    .await;
+    let app = spawn_app_mailing_to(&smtp).await;
     let t = app.create_tenant("accepted").await;
     // Refuses an update that changes only the job id (the API's note; the worker's claim also
     // counts an attempt).

@@ -72,6 +72,16 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_app_on(&database_server_url(), customize).await
 }
 
+/// An app (and its in-process workers) mailing to `smtp` as "Backroom Test".
+pub async fn spawn_app_mailing_to(smtp: &SmtpServer) -> TestApp {
+    let url = smtp.url();
+    spawn_app_with(move |s| {
+        s.smtp_url = Some(url);
+        s.mail_from = "Backroom Test <noreply@backroom.test>".into();
+    })
+    .await
+}
+
 /// Like [`spawn_app_with`], with the app's database on the Postgres server at
 /// `database_server_url` (e.g. a [`PostgresServer`] the test crashes and restarts).
 pub async fn spawn_app_on(

@@ -213,14 +213,7 @@ fn every_kind_declares_its_queue_and_a_bounded_run() {
 async fn an_email_accepted_earlier_but_not_recorded_is_recorded_not_sent_again() {
     use backroom::jobs::emails::{EmailJob, worker as email_worker};
     let smtp = SmtpServer::start().await;
-    let app = spawn_app_with({
-        let url = smtp.url();
-        move |s| {
-            s.smtp_url = Some(url);
-            s.mail_from = "Backroom Test <noreply@backroom.test>".into();
-        }
-    })
-    .await;
+    let app = spawn_app_mailing_to(&smtp).await;
     let t = app.create_tenant("accepted").await;
     let posted = app
         .post_json(
@@ -288,14 +281,7 @@ async fn a_redelivered_email_job_waits_for_a_stalled_delivery_instead_of_sending
     use backroom::jobs::emails::{EmailJob, worker as email_worker};
     use backroom::queue::JobMeta;
     let smtp = SmtpServer::start().await;
-    let app = spawn_app_with({
-        let url = smtp.url();
-        move |s| {
-            s.smtp_url = Some(url);
-            s.mail_from = "Backroom Test <noreply@backroom.test>".into();
-        }
-    })
-    .await;
+    let app = spawn_app_mailing_to(&smtp).await;
     let t = app.create_tenant("stalled").await;
     let posted = app
         .post_json(

@@ -16,6 +16,8 @@ const LIMIT: Duration = Duration::from_secs(30);
 #[derive(Clone, Copy)]
 enum Reply {
     Status(u16),
+    /// This status with a 100 KiB body.
+    Large(u16),
     /// Never answers (until the test ends).
     Hang,
 }
@@ -63,10 +65,15 @@ impl Receiver {
                     });
                     let reply = script.lock().unwrap().pop_front();
                     match reply.unwrap_or(Reply::Status(200)) {
-                        Reply::Status(code) => (StatusCode::from_u16(code).unwrap(), "noted"),
+                        Reply::Status(code) => {
+                            (StatusCode::from_u16(code).unwrap(), "noted".into())
+                        }
+                        Reply::Large(code) => {
+                            (StatusCode::from_u16(code).unwrap(), "x".repeat(100 * 1024))
+                        }
                         Reply::Hang => {
                             tokio::time::sleep(Duration::from_secs(3600)).await;
-                            (StatusCode::OK, "late")
+                            (StatusCode::OK, "late".to_string())
                         }
                     }
                 }
@@ -363,7 +370,7 @@ async fn a_hanging_receiver_is_cut_at_the_timeout_and_tried_again() {
 async fn gone_disables_the_endpoint_at_once() {
     let app = webhook_app().await;
     let t = app.create_tenant("gone").await;
-    let receiver = Receiver::start(&[Reply::Status(410)]).await;
+    let receiver = Receiver::start(&[Reply::Large(410)]).await;
     let (endpoint, _) = create_endpoint(&app, &t.key, &receiver.url, &["stock.adjusted"]).await;
     let _workers = app.start_workers("stock,webhooks");
     put_product(&app, &t.key, "SKU-1", 0).await;
@@ -372,6 +379,8 @@ async fn gone_disables_the_endpoint_at_once() {
     let failed = wait_for_delivery(&app, &t.key, "failed").await;
     assert_eq!(failed["attempts"], 1, "not retried");
     assert_eq!(failed["response_status"], 410);
+    let excerpt = failed["response_excerpt"].as_str().unwrap();
+    assert_eq!(excerpt.len(), 2048, "a 100 KiB answer is kept to its start");
     let shown: Value = app
         .get(&format!("/v1/webhooks/endpoints/{endpoint}"), Some(&t.key))
         .await
@@ -729,4 +738,112 @@ async fn the_openapi_document_describes_the_event_body_and_every_type() {
     documented.sort();
     known.sort();
     assert_eq!(documented, known);
+}
+
+/// The bounds of the endpoints API, per field, and per tenant: a tenant at its 20 endpoints gets
+/// 409, and another tenant still creates its own.
+#[tokio::test]
+async fn endpoint_inputs_are_bounded_and_one_tenants_cap_is_its_own() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("many").await;
+    let b = app.create_tenant("few").await;
+    let url = "https://hooks.example.com/in";
+    let all_types: Vec<&str> = std::iter::repeat_n("stock.adjusted", 21).collect();
+    let cases = [
+        (
+            json!({"url": format!("https://example.com/{}", "a".repeat(2048))}),
+            "url",
+        ),
+        (json!({"url": url, "event_types": all_types}), "event_types"),
+        (
+            json!({"url": url, "description": "d".repeat(501)}),
+            "description",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = app
+            .post_json("/v1/webhooks/endpoints", Some(&a.key), &body)
+            .await;
+        let problem = assert_problem(r, 422, field).await;
+        assert_eq!(problem_fields(&problem), vec![field]);
+    }
+    for _ in 0..20 {
+        create_endpoint(&app, &a.key, url, &[]).await;
+    }
+    let over = app
+        .post_json("/v1/webhooks/endpoints", Some(&a.key), &json!({"url": url}))
+        .await;
+    assert_problem(over, 409, "at most 20").await;
+    create_endpoint(&app, &b.key, url, &[]).await;
+    let listed: Value = app
+        .get("/v1/webhooks/endpoints", Some(&b.key))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+}
+
+/// One tenant's endpoint that never answers holds at most that tenant's share of the webhook
+/// workers (`webhooks=8`): with 10 slots and 30 of its deliveries hanging, another tenant's
+/// delivery still goes out at once, well before the first hanging one times out. (Without the
+/// per-tenant limit all 10 slots hang for the whole timeout.)
+#[tokio::test]
+async fn a_hanging_endpoint_of_one_tenant_leaves_anothers_deliveries_on_time() {
+    let app = spawn_app_with(|s| {
+        s.webhooks.allow_private = true;
+        s.webhooks.retry_after = vec![Duration::from_secs(60)];
+        s.webhooks.timeout = Duration::from_secs(5);
+    })
+    .await;
+    let a = app.create_tenant("hanging").await;
+    let b = app.create_tenant("healthy").await;
+    let stuck = Receiver::start(&[Reply::Hang; 40]).await;
+    let fine = Receiver::start(&[]).await;
+    create_endpoint(&app, &a.key, &stuck.url, &["stock.adjusted"]).await;
+    create_endpoint(&app, &b.key, &fine.url, &["stock.adjusted"]).await;
+    put_product(&app, &a.key, "SKU-1", 0).await;
+    put_product(&app, &b.key, "SKU-1", 0).await;
+    let mut settings = app.settings.clone();
+    settings.database_max_connections = 8;
+    let workers =
+        support::app::InProcessWorkers::start(&settings, "stock,webhooks", Some(10)).unwrap();
+    let adjustments: Vec<Value> = (0..30)
+        .map(|n| {
+            json!({"sku": "SKU-1", "delta": 1, "reason": "receipt",
+                         "idempotency_key": format!("a-{n}")})
+        })
+        .collect();
+    let r = app
+        .post_json(
+            "/v1/stock-adjustments/batch",
+            Some(&a.key),
+            &json!({"adjustments": adjustments}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let first_hang = Instant::now();
+    stuck
+        .wait_for("the hanging tenant's share", |s| s.len() >= 8)
+        .await;
+
+    let sent = Instant::now();
+    adjust(&app, &b.key, "SKU-1", 1, 1).await;
+    fine.wait_for("the other tenant's delivery", |s| s.len() == 1)
+        .await;
+    let took = sent.elapsed();
+    assert!(
+        first_hang.elapsed() < Duration::from_secs(5),
+        "measured before any hanging delivery timed out"
+    );
+    assert_eq!(
+        stuck.seen().len(),
+        8,
+        "the hanging tenant holds 8 slots, not all 10"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the other tenant waited {took:?}"
+    );
+    workers.stop().await.unwrap();
 }
