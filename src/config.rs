@@ -132,6 +132,9 @@ pub struct WebhookSettings {
     /// `BACKROOM_WEBHOOK_RETRY_SECS`: the delays before each retry, comma-separated seconds
     /// (default `5,300,1800,7200,18000,36000,36000,36000`: about 37 hours; at most 15 delays).
     pub retry_after: Vec<Duration>,
+    /// `BACKROOM_WEBHOOK_DISABLE_AFTER_DAYS`: an endpoint whose attempts have all failed for this
+    /// long is disabled and its tenant told by email (default 5; 0.001 to 365).
+    pub disable_after: Duration,
 }
 
 impl WebhookSettings {
@@ -180,10 +183,19 @@ impl WebhookSettings {
                 message: "at most 15 delays".into(),
             });
         }
+        let var = "BACKROOM_WEBHOOK_DISABLE_AFTER_DAYS";
+        let days: f64 = parse_or(get(var), var, "5", "a number of days")?;
+        if !(0.001..=365.0).contains(&days) {
+            return Err(SettingsError {
+                var,
+                message: "must be between 0.001 and 365".into(),
+            });
+        }
         Ok(WebhookSettings {
             timeout: Duration::from_secs_f64(timeout),
             allow_private,
             retry_after,
+            disable_after: Duration::from_secs_f64(days * 86_400.0),
         })
     }
 }

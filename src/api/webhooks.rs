@@ -55,8 +55,12 @@ pub struct EndpointView {
     /// Empty: every type.
     event_types: Vec<String>,
     enabled: bool,
-    /// Why the platform disabled it (a `410 Gone`), if it did.
+    /// Why the platform disabled it (a `410 Gone`, or failing for days), if it did.
     disabled_reason: Option<String>,
+    /// When the platform disabled it, if it did.
+    disabled_at: Option<DateTime<Utc>>,
+    /// Since when no attempt has succeeded (absent while the last attempt succeeded).
+    failing_since: Option<DateTime<Utc>>,
     /// While a rotated-out secret still signs alongside the new one: until when.
     previous_secret_until: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
@@ -128,10 +132,17 @@ pub struct DeliveryFilter {
 ///   `reference`, `movement_id`, `occurred_at`
 /// - `stock.low`: `sku`, `on_hand`, `reorder_point`, `idempotency_key` (of the adjustment)
 /// - `invoice.ready`: `invoice_id`, `order_id`, `number`, `total`, `currency`, `pdf_url`
+/// - `invoice.failed`: `invoice_id`, `order_id`, `reason`
 /// - `email.sent`: `email_id`, `kind`, `to`, `message_id`
 /// - `email.failed`: `email_id`, `kind`, `to`, `error`
 /// - `job.succeeded` / `job.failed` / `job.dead`: `job_id`, `queue`, `kind`, `status`,
 ///   `attempts`, `max_attempts`, and `result` (succeeded) or `error`
+/// - `import.finished`: `import_id`, `status` (`loaded` or `failed`), `rows`, `rows_loaded`,
+///   `rows_rejected`, `days_written`, `skus`, `first_day`, `last_day`, `error`
+/// - `forecast.run.finished`: `run_id`, `status` (`succeeded` or `failed`), `trigger`,
+///   `skus_total`, `models` (SKUs per chosen model), `reorder` (`sku`, `on_hand`,
+///   `reorder_point`, `order_quantity`, `stockout_date`; most urgent first, at most 100),
+///   `reorder_count`, `error`
 #[derive(Serialize, ToSchema)]
 pub struct WebhookEvent {
     r#type: WebhookEventType,
@@ -152,6 +163,8 @@ pub enum WebhookEventType {
     StockLow,
     #[serde(rename = "invoice.ready")]
     InvoiceReady,
+    #[serde(rename = "invoice.failed")]
+    InvoiceFailed,
     #[serde(rename = "email.sent")]
     EmailSent,
     #[serde(rename = "email.failed")]
@@ -162,6 +175,10 @@ pub enum WebhookEventType {
     JobFailed,
     #[serde(rename = "job.dead")]
     JobDead,
+    #[serde(rename = "import.finished")]
+    ImportFinished,
+    #[serde(rename = "forecast.run.finished")]
+    ForecastRunFinished,
 }
 
 /// Checks event type names: known, at most 20, each once.
@@ -232,7 +249,7 @@ pub async fn create_endpoint(
         EndpointView,
         r#"INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, enabled, secret)
            VALUES ($1, $2, $3, $4, $5, $6, $7)
-           RETURNING id, url, description, event_types, enabled, disabled_reason,
+           RETURNING id, url, description, event_types, enabled, disabled_reason, disabled_at, failing_since,
                      previous_secret_until, created_at, updated_at"#,
         id,
         tenant.id,
@@ -261,7 +278,7 @@ pub async fn list_endpoints(
 ) -> Result<axum::Json<Vec<EndpointView>>> {
     let rows = sqlx::query_as!(
         EndpointView,
-        r#"SELECT id, url, description, event_types, enabled, disabled_reason,
+        r#"SELECT id, url, description, event_types, enabled, disabled_reason, disabled_at, failing_since,
                   previous_secret_until, created_at, updated_at
            FROM webhook_endpoints WHERE tenant_id = $1 ORDER BY created_at, id"#,
         tenant.id
@@ -284,7 +301,7 @@ pub async fn get_endpoint(
     let id = endpoint_id(&id)?;
     sqlx::query_as!(
         EndpointView,
-        r#"SELECT id, url, description, event_types, enabled, disabled_reason,
+        r#"SELECT id, url, description, event_types, enabled, disabled_reason, disabled_at, failing_since,
                   previous_secret_until, created_at, updated_at
            FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2"#,
         id,
@@ -336,9 +353,11 @@ pub async fn update_endpoint(
            SET url = coalesce($3, url), event_types = coalesce($4, event_types),
                description = coalesce($5, description), enabled = coalesce($6, enabled),
                disabled_reason = CASE WHEN $6 THEN NULL ELSE disabled_reason END,
+               disabled_at = CASE WHEN $6 THEN NULL ELSE disabled_at END,
+               failing_since = CASE WHEN $6 AND NOT enabled THEN NULL ELSE failing_since END,
                updated_at = now()
            WHERE id = $1 AND tenant_id = $2
-           RETURNING id, url, description, event_types, enabled, disabled_reason,
+           RETURNING id, url, description, event_types, enabled, disabled_reason, disabled_at, failing_since,
                      previous_secret_until, created_at, updated_at"#,
         id,
         tenant.id,
@@ -508,10 +527,18 @@ pub async fn retry_delivery(
 ) -> Result<(StatusCode, axum::Json<DeliveryView>)> {
     let id =
         Uuid::parse_str(&id).map_err(|_| Error::NotFound(format!("no webhook delivery '{id}'")))?;
+    let view = replay(&state, tenant.id, id).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(view)))
+}
+
+/// Queues a delivery that has ended (delivered or failed) again, with a fresh count of
+/// attempts; the tenant's API and the dashboard's replay button both come here. `Conflict` while
+/// the delivery is still pending.
+pub(crate) async fn replay(state: &AppState, tenant_id: Uuid, id: Uuid) -> Result<DeliveryView> {
     let current = sqlx::query_scalar!(
         "SELECT status FROM webhook_deliveries WHERE id = $1 AND tenant_id = $2",
         id,
-        tenant.id
+        tenant_id
     )
     .fetch_optional(&state.db)
     .await?
@@ -532,7 +559,7 @@ pub async fn retry_delivery(
                      last_error, latency_ms, response_excerpt, created_at, last_attempt_at,
                      delivered_at"#,
         id,
-        tenant.id
+        tenant_id
     )
     .fetch_optional(&state.db)
     .await?
@@ -541,19 +568,19 @@ pub async fn retry_delivery(
         field: None,
     })?;
     let job = DeliverWebhook {
-        tenant_id: tenant.id,
+        tenant_id,
         delivery_id: id,
     };
     if let Err(e) = jobs::enqueue(&state.queues, [Enqueue::new(&job)]).await {
         sqlx::query!(
             "UPDATE webhook_deliveries SET status = $3 WHERE id = $1 AND tenant_id = $2",
             id,
-            tenant.id,
+            tenant_id,
             current
         )
         .execute(&state.db)
         .await?;
         return Err(e.into());
     }
-    Ok((StatusCode::ACCEPTED, axum::Json(view)))
+    Ok(view)
 }

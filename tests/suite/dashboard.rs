@@ -63,6 +63,7 @@ async fn every_admin_page_needs_a_session_and_every_action_its_csrf_token() {
         "/admin/queues/stock",
         "/admin/tenants",
         "/admin/emails",
+        "/admin/webhooks",
         "/admin/forecasts",
         "/admin/forecasts/00000000-0000-0000-0000-000000000000",
         "/admin/forecasts/00000000-0000-0000-0000-000000000000/SKU-1",
@@ -638,4 +639,134 @@ async fn an_admin_limits_and_pauses_one_tenant_from_its_page() {
     let shop = rules("shop").await;
     assert_eq!(shop["invoices"], (None, false));
     assert_eq!(shop["stock"], (None, false));
+}
+
+/// A tenant's endpoint fails; the admin finds it with the "failing endpoints only" filter (the
+/// other tenant's healthy endpoint is not listed), and once the receiver is back, replays the
+/// failed delivery from the page: it is delivered under its event's id.
+#[tokio::test]
+async fn an_admin_finds_a_failing_webhook_endpoint_and_replays_its_delivery() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = spawn_app_with(|s| {
+        s.webhooks.allow_private = true;
+        s.webhooks.retry_after = vec![Duration::from_millis(100)];
+        s.webhooks.timeout = Duration::from_secs(1);
+    })
+    .await;
+    let up = Arc::new(AtomicBool::new(false));
+    let answers = up.clone();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let up = answers.clone();
+            async move {
+                if up.load(Ordering::SeqCst) {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+
+    let erp = app.create_tenant("erp").await;
+    let calm = app.create_tenant("calm").await;
+    for (t, types) in [(&erp, ["stock.adjusted"]), (&calm, ["invoice.ready"])] {
+        let r = app
+            .post_json(
+                "/v1/webhooks/endpoints",
+                Some(&t.key),
+                &json!({"url": url, "event_types": types}),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+    }
+    let _workers = app.start_workers("stock,webhooks");
+    let r = app
+        .send_json(
+            reqwest::Method::PUT,
+            "/v1/products/SKU-1",
+            Some(&erp.key),
+            &json!({"name": "Article", "unit_price": "1.00", "currency": "EUR",
+                    "reorder_point": 0, "reorder_quantity": 1, "lead_time_days": 1}),
+        )
+        .await;
+    assert!(r.status().is_success());
+    let r = app
+        .post_json(
+            "/v1/stock-adjustments",
+            Some(&erp.key),
+            &json!({"sku": "SKU-1", "delta": 2, "reason": "receipt", "idempotency_key": "r-1"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let delivery_status = || async {
+        let page: serde_json::Value = app
+            .get("/v1/webhooks/deliveries", Some(&erp.key))
+            .await
+            .json()
+            .await
+            .unwrap();
+        page["items"][0]["status"].as_str().map(str::to_string)
+    };
+    wait_for("the delivery to fail", LIMIT, || async {
+        (delivery_status().await.as_deref() == Some("failed")).then_some(())
+    })
+    .await;
+
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    browser.sign_in(&app).await;
+    b.goto(&format!("{}/admin", app.address)).await.unwrap();
+    browser
+        .wait_find("a[href='/admin/webhooks']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_find("input[name=failing]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.find(Locator::Css("form.filters button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_text("tr[data-tenant=erp] td.state", "failing")
+        .await;
+    assert!(
+        b.find(Locator::Css("tr[data-tenant=calm]")).await.is_err(),
+        "a healthy endpoint is not listed as failing"
+    );
+    browser
+        .wait_text("#deliveries tr[data-delivery] td.status", "failed")
+        .await;
+    browser.screenshot("dashboard-webhooks").await;
+
+    up.store(true, Ordering::SeqCst);
+    browser.confirm_click("#deliveries button.replay").await;
+    browser.wait_text(".flash", "Delivery queued again.").await;
+    wait_for("the replayed delivery to arrive", LIMIT, || async {
+        (delivery_status().await.as_deref() == Some("delivered")).then_some(())
+    })
+    .await;
+    // Healthy again, it has left the failing filter; the tenant's own view shows it delivered.
+    b.goto(&format!("{}/admin/webhooks?tenant=erp", app.address))
+        .await
+        .unwrap();
+    browser
+        .wait_text("#deliveries tr[data-delivery] td.status", "delivered")
+        .await;
+    browser
+        .wait_text("tr[data-tenant=erp] td.state", "healthy")
+        .await;
 }

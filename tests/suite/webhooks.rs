@@ -847,3 +847,269 @@ async fn a_hanging_endpoint_of_one_tenant_leaves_anothers_deliveries_on_time() {
     );
     workers.stop().await.unwrap();
 }
+
+/// The ends of longer work are events: an import (loaded, with its counts; or failed, with the
+/// reason), a forecast run (its model mix and the SKUs to reorder, as stored) and an invoice
+/// that could not be made.
+#[tokio::test]
+async fn imports_forecast_runs_and_failed_invoices_are_events() {
+    let app = spawn_app_with(|s| {
+        s.webhooks.allow_private = true;
+        s.invoice_font_dir = Some("/nonexistent/fonts".into());
+        s.queue.retry_base = Duration::from_millis(20);
+        s.queue.retry_cap = Duration::from_millis(100);
+    })
+    .await;
+    let t = app.create_tenant("ends").await;
+    let yesterday = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+    let skus = backroom::forecast::demo::generate(12, 200, yesterday, 7);
+    backroom::forecast::demo::load(&app.db, t.id.parse().unwrap(), &skus)
+        .await
+        .unwrap();
+    put_product(&app, &t.key, "SKU-X", 0).await;
+    let receiver = Receiver::start(&[]).await;
+    let types = ["import.finished", "forecast.run.finished", "invoice.failed"];
+    create_endpoint(&app, &t.key, &receiver.url, &types).await;
+    let _workers = app.start_workers("imports,forecasts,invoices,webhooks");
+
+    let upload = |csv: &'static str| {
+        let app = &app;
+        let key = t.key.clone();
+        async move {
+            let r = app
+                .request(reqwest::Method::POST, "/v1/sales/import", Some(&key))
+                .header("content-type", "text/csv")
+                .body(csv)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            r.json::<Value>().await.unwrap()["import_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let loaded = upload("date,sku,quantity\n2026-10-01,SKU-X,3\n2026-10-02,SKU-X,x\n").await;
+    let failed = upload("day,sku,quantity\n2026-10-01,SKU-X,3\n").await;
+    let r = app
+        .post_json(
+            "/v1/forecasts/runs",
+            Some(&t.key),
+            &json!({"horizon_days": 7}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let run_id = r.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let order = app
+        .post_json(
+            "/v1/orders",
+            Some(&t.key),
+            &json!({"customer": {"name": "Ada", "email": "ada@example.org", "address": "London"},
+                    "currency": "EUR", "tax_rate": "0.2",
+                    "lines": [{"sku": "SKU-X", "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(order.status(), 201);
+    let invoice_id = order.json::<Value>().await.unwrap()["invoice_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let count = |seen: &[Received], t: &str| seen.iter().filter(|r| r.body["type"] == t).count();
+    let seen = receiver
+        .wait_for("every end", |seen| {
+            count(seen, "import.finished") >= 2
+                && count(seen, "forecast.run.finished") >= 1
+                && count(seen, "invoice.failed") >= 1
+        })
+        .await;
+    let data = |t: &str, key: &str, value: &str| {
+        seen.iter()
+            .find(|r| r.body["type"] == t && r.body["data"][key] == value)
+            .map(|r| r.body["data"].clone())
+            .unwrap_or_else(|| panic!("a {t} with {key} = {value}: {seen:#?}"))
+    };
+    let import = data("import.finished", "import_id", &loaded);
+    assert_eq!(import["status"], "loaded");
+    assert_eq!(
+        (
+            &import["rows"],
+            &import["rows_loaded"],
+            &import["rows_rejected"]
+        ),
+        (&json!(2), &json!(1), &json!(1))
+    );
+    let import = data("import.finished", "import_id", &failed);
+    assert_eq!(import["status"], "failed");
+    assert!(
+        import["error"].as_str().unwrap().contains("date"),
+        "{import}"
+    );
+
+    let run = data("forecast.run.finished", "run_id", &run_id);
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["trigger"], "api");
+    let skus_total = run["skus_total"].as_i64().unwrap();
+    assert!(skus_total >= 12, "{run}");
+    let mix: i64 = run["models"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_i64().unwrap())
+        .sum();
+    assert_eq!(mix, skus_total, "every SKU's model counted: {run}");
+    let due: Vec<String> = sqlx::query_scalar(
+        "SELECT sku FROM forecast_results WHERE run_id = $1::uuid AND on_hand <= reorder_point
+         ORDER BY stockout_date NULLS LAST, sku",
+    )
+    .bind(&run_id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let listed: Vec<&str> = run["reorder"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["sku"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, due, "the SKUs to reorder, most urgent first");
+    assert_eq!(run["reorder_count"], due.len());
+
+    let invoice = data("invoice.failed", "invoice_id", &invoice_id);
+    assert!(
+        invoice["reason"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/fonts"),
+        "{invoice}"
+    );
+    assert_eq!(
+        count(&seen, "invoice.failed"),
+        1,
+        "once, on the last attempt"
+    );
+}
+
+/// An endpoint that fails without a success for `BACKROOM_WEBHOOK_DISABLE_AFTER_DAYS` (5) is
+/// disabled at its next failure and its tenant told once by email; another tenant's healthy
+/// endpoint is untouched; enabling it again starts afresh.
+#[tokio::test]
+async fn an_endpoint_failing_for_days_is_disabled_and_its_tenant_told_once_by_email() {
+    let smtp = support::smtp::SmtpServer::start().await;
+    let smtp_url = smtp.url();
+    let app = spawn_app_with(move |s| {
+        s.webhooks.allow_private = true;
+        s.webhooks.retry_after = vec![Duration::from_millis(300); 10];
+        s.webhooks.timeout = Duration::from_secs(1);
+        s.smtp_url = Some(smtp_url);
+    })
+    .await;
+    let t = app.create_tenant("broken").await;
+    let other = app.create_tenant("healthy").await;
+    let r = app
+        .send_json(
+            reqwest::Method::PATCH,
+            "/admin/v1/tenants/broken",
+            Some(ADMIN_TOKEN),
+            &json!({"alert_email": "dev@broken.example"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let failing = Receiver::start(&[Reply::Status(500); 30]).await;
+    let healthy = Receiver::start(&[]).await;
+    let (endpoint, _) = create_endpoint(&app, &t.key, &failing.url, &["stock.adjusted"]).await;
+    let (fine, _) = create_endpoint(&app, &other.key, &healthy.url, &["stock.adjusted"]).await;
+    let _workers = app.start_workers("stock,webhooks,emails");
+    for (key, n) in [(&t.key, 1), (&other.key, 2)] {
+        put_product(&app, key, "SKU-1", 0).await;
+        adjust(&app, key, "SKU-1", 3, n).await;
+    }
+    let view = |key: String, id: String| {
+        let app = &app;
+        async move {
+            app.get(&format!("/v1/webhooks/endpoints/{id}"), Some(&key))
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+
+    let first = wait_for("the first failure to start the clock", LIMIT, || async {
+        let v = view(t.key.clone(), endpoint.clone()).await;
+        (!v["failing_since"].is_null()).then_some(v)
+    })
+    .await;
+    assert_eq!(first["enabled"], true, "one failure disables nothing");
+    // Six days without a success pass (the clock moved by hand).
+    sqlx::query(
+        "UPDATE webhook_endpoints SET failing_since = failing_since - interval '6 days' WHERE id = $1::uuid",
+    )
+    .bind(&endpoint)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let disabled = wait_for("the next failure to disable it", LIMIT, || async {
+        let v = view(t.key.clone(), endpoint.clone()).await;
+        (v["enabled"] == false).then_some(v)
+    })
+    .await;
+    assert!(
+        disabled["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("no delivery succeeded for 5 days"),
+        "{disabled}"
+    );
+    assert!(!disabled["disabled_at"].is_null());
+    let failed = wait_for_delivery(&app, &t.key, "failed").await;
+    assert!(failed["attempts"].as_i64().unwrap() >= 2, "{failed}");
+
+    let notices = || {
+        smtp.messages()
+            .into_iter()
+            .map(|m| String::from_utf8_lossy(&m).into_owned())
+            .filter(|m| m.contains("Subject: A webhook endpoint was disabled"))
+            .collect::<Vec<_>>()
+    };
+    let told = wait_for("the tenant's email", LIMIT, || async {
+        let n = notices();
+        (!n.is_empty()).then_some(n)
+    })
+    .await;
+    assert!(told[0].contains("To: dev@broken.example"), "{}", told[0]);
+    assert!(
+        told[0].contains(&endpoint),
+        "names the endpoint: {}",
+        told[0]
+    );
+
+    // The other tenant's endpoint delivered and stays healthy.
+    let fine_view = view(other.key.clone(), fine.clone()).await;
+    assert_eq!(fine_view["enabled"], true);
+    assert!(fine_view["failing_since"].is_null(), "{fine_view}");
+    assert_eq!(
+        deliveries(&app, &other.key, "?status=delivered")
+            .await
+            .len(),
+        1
+    );
+
+    // Enabled again by its tenant: the clock starts afresh.
+    let r = app
+        .send_json(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/endpoints/{endpoint}"),
+            Some(&t.key),
+            &json!({"enabled": true}),
+        )
+        .await;
+    let enabled: Value = r.json().await.unwrap();
+    assert_eq!(enabled["enabled"], true);
+    assert!(enabled["failing_since"].is_null() && enabled["disabled_reason"].is_null());
+    assert_eq!(notices().len(), 1, "one email per disabling");
+}

@@ -25,6 +25,7 @@ mod documents;
 mod forecasts;
 mod queues;
 mod tenants;
+mod webhooks;
 
 const TEMPLATES: &[(&str, &str)] = &[
     (
@@ -70,6 +71,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     (
         "forecast_sku.html",
         include_str!("../../../templates/dashboard/forecast_sku.html"),
+    ),
+    (
+        "webhooks.html",
+        include_str!("../../../templates/dashboard/webhooks.html"),
     ),
 ];
 
@@ -160,6 +165,11 @@ pub fn router() -> Router<AppState> {
             get(forecasts::forecast_sku_page),
         )
         .route("/admin/invoices/{id}/pdf", get(documents::invoice_pdf))
+        .route("/admin/webhooks", get(webhooks::webhooks_page))
+        .route(
+            "/admin/webhooks/deliveries/{id}/replay",
+            post(webhooks::replay_delivery),
+        )
 }
 
 async fn css() -> impl IntoResponse {

@@ -80,6 +80,14 @@ fn templates() -> &'static minijinja::Environment<'static> {
                 "reorder_digest.html.j2",
                 include_str!("../../../templates/emails/reorder_digest.html.j2"),
             ),
+            (
+                "webhook_disabled.txt.j2",
+                include_str!("../../../templates/emails/webhook_disabled.txt.j2"),
+            ),
+            (
+                "webhook_disabled.html.j2",
+                include_str!("../../../templates/emails/webhook_disabled.html.j2"),
+            ),
         ] {
             env.add_template(name, source).expect("templates parse");
         }

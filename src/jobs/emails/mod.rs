@@ -1,7 +1,8 @@
 //! The email kind: every email the platform sends (invoices, low-stock alerts, reorder digests,
 //! and the ones tenants ask for), logged in `emails` and sent once over SMTP.
 //!
-//! Producers: `POST /v1/emails`, invoices and the stock ledger (through the outbox), forecast runs.
+//! Producers: `POST /v1/emails`, invoices and the stock ledger (through the outbox), forecast runs,
+//! webhook deliveries (an endpoint disabled).
 
 pub mod mailer;
 pub mod worker;
@@ -30,6 +31,14 @@ pub enum EmailJob {
     Requested { tenant_id: Uuid, email_id: Uuid },
     /// After a nightly forecast run: the SKUs due to reorder, to the tenant's `alert_email`.
     ReorderDigest { tenant_id: Uuid, run_id: Uuid },
+    /// The platform disabled one of the tenant's webhook endpoints (410 Gone, or failing for
+    /// days); to the tenant's `alert_email`. `disabled_at` (Unix microseconds) names the
+    /// disabling: one email per disabling.
+    WebhookDisabled {
+        tenant_id: Uuid,
+        endpoint_id: Uuid,
+        disabled_at: i64,
+    },
 }
 
 impl JobKind for EmailJob {
@@ -43,6 +52,7 @@ impl JobKind for EmailJob {
             EmailJob::LowStock { .. } => "low_stock_alert",
             EmailJob::Requested { .. } => "requested_email",
             EmailJob::ReorderDigest { .. } => "reorder_digest",
+            EmailJob::WebhookDisabled { .. } => "webhook_disabled",
         }
     }
 
@@ -57,7 +67,8 @@ impl EmailJob {
             EmailJob::Invoice { tenant_id, .. }
             | EmailJob::LowStock { tenant_id, .. }
             | EmailJob::Requested { tenant_id, .. }
-            | EmailJob::ReorderDigest { tenant_id, .. } => *tenant_id,
+            | EmailJob::ReorderDigest { tenant_id, .. }
+            | EmailJob::WebhookDisabled { tenant_id, .. } => *tenant_id,
         }
     }
 }

@@ -386,6 +386,11 @@ async fn prepare(
         EmailJob::ReorderDigest { tenant_id, run_id } => {
             prepare_reorder_digest(deps, *tenant_id, *run_id).await
         }
+        EmailJob::WebhookDisabled {
+            tenant_id,
+            endpoint_id,
+            disabled_at,
+        } => prepare_webhook_disabled(deps, *tenant_id, *endpoint_id, *disabled_at).await,
     }
 }
 
@@ -616,6 +621,51 @@ async fn prepare_reorder_digest(
         &format!("reorder-digest:{run_id}"),
         &alert_email,
         &format!("{} SKUs due to reorder at {}", due.len(), tenant.name),
+        bodies,
+        None,
+    )
+    .await
+    .map(Some)
+}
+
+/// "Your webhook endpoint was disabled": to the tenant's `alert_email`, once per disabling.
+async fn prepare_webhook_disabled(
+    deps: &EmailDeps,
+    tenant_id: Uuid,
+    endpoint_id: Uuid,
+    disabled_at: i64,
+) -> Result<Option<Prepared>, JobError> {
+    let row = sqlx::query!(
+        r#"SELECT t.name AS seller, t.alert_email, p.url, p.description, p.disabled_reason,
+                  p.failing_since
+           FROM tenants t JOIN webhook_endpoints p ON p.tenant_id = t.id
+           WHERE t.id = $1 AND p.id = $2"#,
+        tenant_id,
+        endpoint_id
+    )
+    .fetch_optional(&deps.db)
+    .await?
+    .ok_or_else(|| JobError::permanent("the webhook endpoint no longer exists"))?;
+    let Some(alert_email) = row.alert_email else {
+        return Ok(None);
+    };
+    let bodies = render(
+        "webhook_disabled",
+        minijinja::context! {
+            seller => row.seller, url => row.url, description => row.description,
+            endpoint_id => endpoint_id.to_string(),
+            reason => row.disabled_reason.unwrap_or_else(|| "disabled by the platform".into()),
+            failing_since => row.failing_since.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()),
+        },
+    )
+    .map_err(|e| JobError::permanent(format!("template: {e:#}")))?;
+    record(
+        deps,
+        tenant_id,
+        "webhook_disabled",
+        &format!("webhook-disabled:{endpoint_id}:{disabled_at}"),
+        &alert_email,
+        "A webhook endpoint was disabled",
         bodies,
         None,
     )

@@ -1,11 +1,67 @@
-//! Starting runs (on demand, from the CLI, nightly) and pruning old ones.
+//! Starting runs (on demand, from the CLI, nightly), telling how one ended, and pruning old
+//! ones.
 
 use super::{DAILY_SEASON, ForecastJob};
+use crate::jobs::webhooks::events::{self, Event, EventType};
 use crate::jobs::{self, Enqueue};
 use crate::queue::Queues;
 use chrono::NaiveDate;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+/// Most SKUs to reorder listed in a `forecast.run.finished` event (`reorder_count` has them all).
+const MAX_REORDER_LISTED: i64 = 100;
+
+/// Records the `forecast.run.finished` event of a run that has just ended, in the transaction
+/// that ended it: its outcome, the mix of models chosen and the SKUs due to reorder.
+pub(super) async fn record_finished(tx: &mut PgConnection, run_id: Uuid) -> sqlx::Result<()> {
+    let run = sqlx::query!(
+        "SELECT tenant_id, status, trigger, skus_total, error FROM forecast_runs WHERE id = $1",
+        run_id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let models: serde_json::Map<String, serde_json::Value> = sqlx::query!(
+        r#"SELECT model, count(*) AS "skus!" FROM forecast_results WHERE run_id = $1
+           GROUP BY model ORDER BY model"#,
+        run_id
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| (r.model, r.skus.into()))
+    .collect();
+    let reorder_count = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM forecast_results WHERE run_id = $1 AND on_hand <= reorder_point"#,
+        run_id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let reorder: Vec<serde_json::Value> = sqlx::query!(
+        r#"SELECT sku, on_hand, reorder_point, order_quantity, stockout_date FROM forecast_results
+           WHERE run_id = $1 AND on_hand <= reorder_point
+           ORDER BY stockout_date NULLS LAST, sku LIMIT $2"#,
+        run_id,
+        MAX_REORDER_LISTED
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| {
+        serde_json::json!({
+            "sku": r.sku, "on_hand": r.on_hand, "reorder_point": r.reorder_point,
+            "order_quantity": r.order_quantity, "stockout_date": r.stockout_date,
+        })
+    })
+    .collect();
+    let data = serde_json::json!({
+        "run_id": run_id, "status": run.status, "trigger": run.trigger,
+        "skus_total": run.skus_total, "models": models, "reorder": reorder,
+        "reorder_count": reorder_count, "error": run.error,
+    });
+    let event = Event::new(run.tenant_id, EventType::ForecastRunFinished, data);
+    events::record(tx, &[event]).await.map(|_| ())
+}
 
 /// Who started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,17 +178,21 @@ pub async fn create_run(
     )
     .execute(&mut *tx)
     .await?;
-    sqlx::query!(
+    let abandoned = sqlx::query_scalar!(
         r#"UPDATE forecast_runs
            SET status = 'failed', finished_at = now(),
                error = 'abandoned: still unfinished after ' || $2::float8 || ' hours'
            WHERE tenant_id = $1 AND status IN ('queued', 'running')
-             AND created_at < now() - $2::float8 * interval '1 hour'"#,
+             AND created_at < now() - $2::float8 * interval '1 hour'
+           RETURNING id"#,
         tenant,
         ABANDONED_AFTER_HOURS
     )
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
+    for run in abandoned {
+        record_finished(&mut tx, run).await?;
+    }
     if night.is_none()
         && let Some(active) = sqlx::query_scalar!(
             "SELECT id FROM forecast_runs WHERE tenant_id = $1 AND status IN ('queued', 'running') ORDER BY created_at LIMIT 1",

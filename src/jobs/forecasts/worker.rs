@@ -5,10 +5,11 @@
 //!   pushes the chunk jobs (idempotently, so a re-delivered plan pushes nothing twice).
 //! - **Chunk**: forecasts its SKUs, then in one transaction writes results and points with
 //!   `COPY`, marks the chunk done and advances the run's progress. A chunk delivered twice finds
-//!   itself done and does nothing; the chunk that completes the run finishes it and, for a
-//!   nightly run, queues the tenant's reorder digest through the outbox.
+//!   itself done and does nothing; the chunk that completes the run finishes it, records its
+//!   `forecast.run.finished` event and, for a nightly run, queues the tenant's reorder digest
+//!   through the outbox.
 
-use super::{CHUNK_SKUS, ForecastJob, RunOptions};
+use super::{CHUNK_SKUS, ForecastJob, RunOptions, runs};
 use crate::forecast::history::{self, csv_quoted};
 use crate::forecast::pipeline::{self, Artifacts, Outcome, RunSettings};
 use crate::forecast::reorder;
@@ -92,16 +93,28 @@ pub async fn handle(
             let run_id = match &job {
                 ForecastJob::Plan { run_id, .. } | ForecastJob::Chunk { run_id, .. } => *run_id,
             };
-            let _ = sqlx::query!(
-                "UPDATE forecast_runs SET status = 'failed', error = $2, finished_at = now() WHERE id = $1 AND status IN ('queued', 'running')",
-                run_id,
-                error.to_string()
-            )
-            .execute(&deps.db)
-            .await;
+            if let Err(e) = mark_failed(&deps.db, run_id, &error.to_string()).await {
+                tracing::warn!(error = %e, "could not mark the forecast run failed");
+            }
         }
     }
     result
+}
+
+/// Ends a run as failed, with its event (once: a run already ended is left as it is).
+async fn mark_failed(db: &PgPool, run_id: Uuid, error: &str) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    let failed = sqlx::query!(
+        "UPDATE forecast_runs SET status = 'failed', error = $2, finished_at = now() WHERE id = $1 AND status IN ('queued', 'running')",
+        run_id,
+        error
+    )
+    .execute(&mut *tx)
+    .await?;
+    if failed.rows_affected() > 0 {
+        runs::record_finished(&mut tx, run_id).await?;
+    }
+    tx.commit().await
 }
 
 /// Loaded run parameters.
@@ -182,7 +195,8 @@ pub async fn plan(
         .await?;
     }
     let finished = skus.is_empty();
-    sqlx::query!(
+    let mut tx = db.begin().await?;
+    let updated = sqlx::query!(
         r#"UPDATE forecast_runs
            SET status = CASE WHEN $4 THEN 'succeeded' ELSE 'running' END,
                skus_total = $2, chunks_total = $3,
@@ -194,8 +208,12 @@ pub async fn plan(
         chunks.len() as i32,
         finished
     )
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
+    if finished && updated.rows_affected() > 0 {
+        runs::record_finished(&mut tx, run_id).await?;
+    }
+    tx.commit().await?;
     Ok(chunks)
 }
 
@@ -317,12 +335,15 @@ pub async fn run_chunk(
     // Counted on the run's row: concurrent chunks serialise on its lock, so exactly one of
     // them sees the last chunk done.
     if progress.chunks_done >= progress.chunks_total {
-        sqlx::query!(
+        let ended = sqlx::query!(
             "UPDATE forecast_runs SET status = 'succeeded', finished_at = now(), skus_done = skus_total WHERE id = $1 AND status = 'running'",
             run_id
         )
         .execute(&mut *tx)
         .await?;
+        if ended.rows_affected() > 0 {
+            runs::record_finished(&mut tx, run_id).await?;
+        }
         if progress.trigger == "schedule" {
             let email = EmailJob::ReorderDigest {
                 tenant_id: tenant,

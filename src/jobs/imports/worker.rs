@@ -9,6 +9,7 @@ use super::validate::validate;
 use crate::clock::Clock;
 use crate::domain::DateWindow;
 use crate::forecast::history;
+use crate::jobs::webhooks::events::{self, Event, EventType};
 use crate::jobs::{WorkerContext, worker_options};
 use crate::queue::{JobError, JobMeta, WorkerOptions};
 use anyhow::Context;
@@ -112,6 +113,13 @@ pub async fn handle(
             .execute(&mut *tx)
             .await?;
             upload::drop_file(&mut tx, job.import_id).await?;
+            let failed = serde_json::json!({
+                "import_id": job.import_id, "status": "failed", "rows": 0, "rows_loaded": 0,
+                "rows_rejected": 0, "days_written": 0, "skus": 0, "first_day": null,
+                "last_day": null, "error": report["error"],
+            });
+            let event = Event::new(job.tenant_id, EventType::ImportFinished, failed);
+            events::record(&mut tx, &[event]).await?;
             tx.commit().await?;
             return Err(JobError::permanent(unreadable.0));
         }
@@ -131,6 +139,14 @@ pub async fn handle(
     .execute(&mut *tx)
     .await?;
     upload::drop_file(&mut tx, job.import_id).await?;
+    let loaded = serde_json::json!({
+        "import_id": job.import_id, "status": "loaded", "rows": report.rows,
+        "rows_loaded": report.rows_loaded, "rows_rejected": report.rows_rejected,
+        "days_written": report.days_written, "skus": report.skus,
+        "first_day": report.first_day, "last_day": report.last_day, "error": null,
+    });
+    let event = Event::new(job.tenant_id, EventType::ImportFinished, loaded);
+    events::record(&mut tx, &[event]).await?;
     tx.commit().await?;
     tracing::info!(
         rows = report.rows,

@@ -81,16 +81,29 @@ pub async fn handle(
     }
 }
 
+/// Marks the invoice failed with its `invoice.failed` event, in one transaction (once: an
+/// invoice already failed or ready is left as it is).
 async fn mark_failed(db: &PgPool, job: &RenderInvoice, reason: &str) -> sqlx::Result<()> {
-    sqlx::query!(
-        "UPDATE invoices SET status = 'failed', failure_reason = $3 WHERE id = $1 AND tenant_id = $2 AND status = 'pending'",
+    let mut tx = db.begin().await?;
+    let order_id = sqlx::query_scalar!(
+        "UPDATE invoices SET status = 'failed', failure_reason = $3 WHERE id = $1 AND tenant_id = $2 AND status = 'pending' RETURNING order_id",
         job.invoice_id,
         job.tenant_id,
         reason
     )
-    .execute(db)
-    .await
-    .map(|_| ())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(order_id) = order_id {
+        let failed = Event::new(
+            job.tenant_id,
+            EventType::InvoiceFailed,
+            serde_json::json!({
+                "invoice_id": job.invoice_id, "order_id": order_id, "reason": reason,
+            }),
+        );
+        events::record(&mut tx, &[failed]).await?;
+    }
+    tx.commit().await
 }
 
 async fn render_and_store(

@@ -26,6 +26,8 @@ pub enum EventType {
     StockLow,
     /// An invoice's PDF is ready: `invoice_id`, `order_id`, `number`, `pdf_url`.
     InvoiceReady,
+    /// An invoice could not be made, for good: `invoice_id`, `order_id`, `reason`.
+    InvoiceFailed,
     /// An email was accepted by the SMTP server: `email_id`, `kind`, `to`, `message_id`.
     EmailSent,
     /// An email failed for good: `email_id`, `kind`, `to`, `error`.
@@ -37,18 +39,29 @@ pub enum EventType {
     JobFailed,
     /// A job ran out of attempts, panicked or could not be read: as above, with `error`.
     JobDead,
+    /// A sales import ended: `import_id`, `status` (`loaded` or `failed`), the counts (`rows`,
+    /// `rows_loaded`, `rows_rejected`, `days_written`, `skus`), `first_day`, `last_day`, and
+    /// `error` when the file could not be read.
+    ImportFinished,
+    /// A forecast run ended: `run_id`, `status` (`succeeded` or `failed`), `trigger`,
+    /// `skus_total`, `models` (SKUs per chosen model), `reorder` (the SKUs at or below their
+    /// reorder point, most urgent first, at most 100), `reorder_count`, `error`.
+    ForecastRunFinished,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 11] = [
         EventType::StockAdjusted,
         EventType::StockLow,
         EventType::InvoiceReady,
+        EventType::InvoiceFailed,
         EventType::EmailSent,
         EventType::EmailFailed,
         EventType::JobSucceeded,
         EventType::JobFailed,
         EventType::JobDead,
+        EventType::ImportFinished,
+        EventType::ForecastRunFinished,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -56,11 +69,14 @@ impl EventType {
             EventType::StockAdjusted => "stock.adjusted",
             EventType::StockLow => "stock.low",
             EventType::InvoiceReady => "invoice.ready",
+            EventType::InvoiceFailed => "invoice.failed",
             EventType::EmailSent => "email.sent",
             EventType::EmailFailed => "email.failed",
             EventType::JobSucceeded => "job.succeeded",
             EventType::JobFailed => "job.failed",
             EventType::JobDead => "job.dead",
+            EventType::ImportFinished => "import.finished",
+            EventType::ForecastRunFinished => "forecast.run.finished",
         }
     }
 

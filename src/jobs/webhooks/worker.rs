@@ -3,7 +3,8 @@
 //! The body is the event's, as recorded; `webhook-id` is the event's id, the same on every
 //! attempt and for every endpoint, so a receiver can drop repeats (a worker killed mid-delivery
 //! leads to one more attempt with the same id). A 2xx is delivered. A `410 Gone` disables the
-//! endpoint at once. Anything else — another status, a timeout, a refused connection, an address
+//! endpoint at once, and so does a failure when nothing has been delivered to the endpoint for
+//! `BACKROOM_WEBHOOK_DISABLE_AFTER_DAYS` (5); the tenant is told by email. Anything else — another status, a timeout, a refused connection, an address
 //! that is not public — is retried after the next delay of the schedule
 //! (`BACKROOM_WEBHOOK_RETRY_SECS`: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, 10 h by default,
 //! about 37 hours in all, each ±10 %), then the delivery is `failed`. Every attempt is recorded
@@ -15,7 +16,9 @@ use super::sign::signature_header;
 use super::target::{self, PublicOnly};
 use super::{DeliverWebhook, EXCERPT_CHARS, MAX_RESPONSE_BYTES};
 use crate::config::WebhookSettings;
-use crate::jobs::{WorkerContext, worker_options};
+use crate::jobs::emails::EmailJob;
+use crate::jobs::{self, WorkerContext, worker_options};
+use crate::outbox;
 use crate::queue::{JobError, JobMeta, WorkerOptions};
 use apalis::prelude::Data;
 use chrono::Utc;
@@ -132,17 +135,7 @@ pub async fn handle(
     metrics::counter!("backroom_webhook_attempts_total", "outcome" => outcome).increment(1);
     metrics::histogram!("backroom_webhook_attempt_seconds")
         .record(f64::from(attempt.latency_ms) / 1000.0);
-    if gone {
-        sqlx::query!(
-            "UPDATE webhook_endpoints SET enabled = false, updated_at = now(),
-                    disabled_reason = 'the receiver answered 410 Gone'
-             WHERE id = $1 AND tenant_id = $2",
-            d.endpoint_id,
-            job.tenant_id
-        )
-        .execute(&deps.db)
-        .await?;
-    }
+    endpoint_health(&deps, &job, d.endpoint_id, delivered, gone).await?;
     let error = attempt.error.unwrap_or_default();
     match () {
         _ if delivered => Ok(json!({
@@ -159,6 +152,70 @@ pub async fn handle(
             jittered(deps.settings.retry_after[number - 1]),
         )),
     }
+}
+
+/// Keeps the endpoint's health with each attempt: a success clears `failing_since`; a failure
+/// sets it if unset. A `410 Gone`, or a failure with nothing delivered for
+/// `BACKROOM_WEBHOOK_DISABLE_AFTER_DAYS`, disables the endpoint and queues the email that tells
+/// the tenant, both in one transaction, once per disabling.
+async fn endpoint_health(
+    deps: &WebhookDeps,
+    job: &DeliverWebhook,
+    endpoint_id: uuid::Uuid,
+    delivered: bool,
+    gone: bool,
+) -> sqlx::Result<()> {
+    if delivered {
+        sqlx::query!(
+            "UPDATE webhook_endpoints SET failing_since = NULL
+             WHERE id = $1 AND tenant_id = $2 AND failing_since IS NOT NULL",
+            endpoint_id,
+            job.tenant_id
+        )
+        .execute(&deps.db)
+        .await?;
+        return Ok(());
+    }
+    let mut tx = deps.db.begin().await?;
+    let disabled = sqlx::query_scalar!(
+        r#"UPDATE webhook_endpoints
+           SET failing_since = coalesce(failing_since, now()),
+               enabled = false, disabled_at = now(), updated_at = now(),
+               disabled_reason = CASE WHEN $3 THEN 'the receiver answered 410 Gone'
+                   ELSE 'no delivery succeeded for ' || $4::float8 || ' days' END
+           WHERE id = $1 AND tenant_id = $2 AND enabled
+             AND ($3 OR failing_since < now() - make_interval(secs => $4::float8 * 86400))
+           RETURNING disabled_at AS "disabled_at!""#,
+        endpoint_id,
+        job.tenant_id,
+        gone,
+        deps.settings.disable_after.as_secs_f64() / 86_400.0
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    match disabled {
+        Some(at) => {
+            tracing::warn!(endpoint = %endpoint_id, gone, "webhook endpoint disabled");
+            let email = EmailJob::WebhookDisabled {
+                tenant_id: job.tenant_id,
+                endpoint_id,
+                disabled_at: at.timestamp_micros(),
+            };
+            let key = format!("webhook-disabled:{endpoint_id}:{}", at.timestamp_micros());
+            outbox::add(&mut tx, &[jobs::outbox_job(&email, key)]).await?;
+        }
+        None => {
+            sqlx::query!(
+                "UPDATE webhook_endpoints SET failing_since = now()
+                 WHERE id = $1 AND tenant_id = $2 AND failing_since IS NULL",
+                endpoint_id,
+                job.tenant_id
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await
 }
 
 /// One POST, its answer read up to [`MAX_RESPONSE_BYTES`], all within the client's timeout.
