@@ -7,7 +7,7 @@
 //! tenant) against a fresh database and Redis namespace, with
 //! `BACKROOM_WEBHOOKS_ALLOW_PRIVATE=true` so they may call the receiver on 127.0.0.1, and every
 //! other setting at its default (10 s delivery timeout). The receiver is an HTTP server inside
-//! this bench: it answers 200 at once on `/ok/<tenant>` and never on `/hang/<tenant>`, and notes
+//! this bench: it answers 200 at once on `/ok` and never on `/hang`, and notes
 //! when each `webhook-id` first arrives.
 //!
 //! Events are `stock.adjusted`, produced the way tenants produce them: stock adjustments through
@@ -38,7 +38,7 @@
 mod common;
 
 use anyhow::Context as _;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use common::*;
 use serde_json::{Value, json};
@@ -59,22 +59,17 @@ const HANGING_FACTOR: f64 = 2.0;
 const SLACK_MS: f64 = 10.0;
 const FINISH_WAIT: Duration = Duration::from_secs(120);
 
-/// What the receiver saw: per `webhook-id`, the first arrival (Unix ms), the event's
-/// `created_at` (Unix ms) and the tenant; and how many arrivals repeated an id.
+/// What the receiver saw: per `webhook-id`, the first arrival and the event's `created_at`
+/// (both Unix ms); and how many arrivals repeated an id.
 #[derive(Default)]
 struct Seen {
-    first: HashMap<String, (i64, i64, usize)>,
+    first: HashMap<String, (i64, i64)>,
     repeats: u64,
 }
 
 type Shared = Arc<Mutex<Seen>>;
 
-async fn ok(
-    State(seen): State<Shared>,
-    Path(tenant): Path<usize>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> StatusCode {
+async fn ok(State(seen): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
     let now = chrono::Utc::now().timestamp_millis();
     let id = headers
         .get("webhook-id")
@@ -87,10 +82,12 @@ async fn ok(
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
         .map_or(now, |t| t.timestamp_millis());
     let mut seen = seen.lock().unwrap();
-    if seen.first.contains_key(&id) {
-        seen.repeats += 1;
-    } else {
-        seen.first.insert(id, (now, created, tenant));
+    let seen = &mut *seen;
+    match seen.first.entry(id) {
+        std::collections::hash_map::Entry::Occupied(_) => seen.repeats += 1,
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert((now, created));
+        }
     }
     StatusCode::OK
 }
@@ -103,8 +100,8 @@ async fn hang() -> StatusCode {
 /// Starts the receiver on 127.0.0.1; returns its base URL.
 async fn receiver(seen: Shared) -> anyhow::Result<String> {
     let app = axum::Router::new()
-        .route("/ok/{tenant}", axum::routing::post(ok))
-        .route("/hang/{tenant}", axum::routing::post(hang))
+        .route("/ok", axum::routing::post(ok))
+        .route("/hang", axum::routing::post(hang))
         .with_state(seen);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -199,6 +196,17 @@ impl Phase {
     fn p(&self, q: f64) -> f64 {
         percentile(&self.latencies, q)
     }
+
+    /// "p50 … ms, p99 … ms (arrived of events)".
+    fn latency(&self) -> String {
+        format!(
+            "p50 {} ms, p99 {} ms ({} of {})",
+            dec(self.p(0.5), 0),
+            dec(self.p(0.99), 0),
+            self.arrived,
+            self.events
+        )
+    }
 }
 
 /// Starts a phase: forgets what the receiver saw.
@@ -224,7 +232,7 @@ async fn finish(ctx: &Ctx, events: usize, started: Instant) -> Phase {
     let mut latencies: Vec<f64> = seen
         .first
         .values()
-        .map(|(at, created, _)| (at - created) as f64)
+        .map(|(at, created)| (at - created) as f64)
         .collect();
     latencies.sort_by(f64::total_cmp);
     let arrivals = seen.first.values().map(|v| v.0);
@@ -342,23 +350,9 @@ async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
     let base = children.base();
     let mut tenants = vec![];
     for t in 0..TENANTS {
-        tenants.push(
-            tenant(
-                &http,
-                &base,
-                &format!("hooks-{t}"),
-                &format!("{url}/ok/{t}"),
-            )
-            .await?,
-        );
+        tenants.push(tenant(&http, &base, &format!("hooks-{t}"), &format!("{url}/ok")).await?);
     }
-    let hanging = tenant(
-        &http,
-        &base,
-        "hooks-hanging",
-        &format!("{url}/hang/{TENANTS}"),
-    )
-    .await?;
+    let hanging = tenant(&http, &base, "hooks-hanging", &format!("{url}/hang")).await?;
     let ctx = Arc::new(Ctx {
         http,
         base,
@@ -436,13 +430,7 @@ async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
         },
         Verdict {
             target: format!("event-to-delivery p99 at {rate} events/s ≤ {P99_MS} ms"),
-            measured: format!(
-                "p50 {} ms, p99 {} ms ({} of {})",
-                dec(healthy.p(0.5), 0),
-                dec(healthy.p(0.99), 0),
-                healthy.arrived,
-                healthy.events
-            ),
+            measured: healthy.latency(),
             pass: healthy.arrived == healthy.events && healthy.p(0.99) <= P99_MS,
         },
         Verdict {
@@ -450,13 +438,7 @@ async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
                 "with one tenant's endpoint hanging, the others' p99 ≤ {HANGING_FACTOR}× healthy ({} ms)",
                 dec(bound, 0)
             ),
-            measured: format!(
-                "p50 {} ms, p99 {} ms ({} of {})",
-                dec(with_hang.p(0.5), 0),
-                dec(with_hang.p(0.99), 0),
-                with_hang.arrived,
-                with_hang.events
-            ),
+            measured: with_hang.latency(),
             pass: with_hang.arrived == with_hang.events && with_hang.p(0.99) <= bound,
         },
         Verdict {

@@ -691,6 +691,7 @@ mod tests {
         assert!(!s.webhooks.allow_private);
         assert_eq!(s.webhooks.retry_after.len(), 8);
         assert_eq!(s.webhooks.retry_after[1], Duration::from_secs(300));
+        assert_eq!(s.webhooks.disable_after, Duration::from_secs(5 * 86_400));
     }
 
     #[test]
@@ -734,6 +735,16 @@ mod tests {
                 "list of seconds",
             ),
             ("BACKROOM_WEBHOOK_RETRY_SECS", Some("5,0"), "between 0.01"),
+            (
+                "BACKROOM_WEBHOOK_DISABLE_AFTER_DAYS",
+                Some("0"),
+                "between 0.001 and 365",
+            ),
+            (
+                "BACKROOM_WEBHOOK_DISABLE_AFTER_DAYS",
+                Some("a week"),
+                "number of days",
+            ),
             ("BACKROOM_MAX_PAST_DAYS", Some("0"), "between 1 and 36500"),
             ("BACKROOM_MAX_QUEUED_IMPORTS", Some("0"), "at least 1"),
             ("BACKROOM_HEADER_TIMEOUT_SECS", Some("0"), "at least 1"),

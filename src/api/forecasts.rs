@@ -410,16 +410,7 @@ pub async fn get_run(
     .fetch_optional(&state.db)
     .await?
     .ok_or_else(not_found)?;
-    let models = sqlx::query!(
-        r#"SELECT model, count(*) AS "n!" FROM forecast_results WHERE run_id = $1 AND tenant_id = $2 GROUP BY model"#,
-        run_id,
-        tenant.id
-    )
-    .fetch_all(&state.db)
-    .await?
-    .into_iter()
-    .map(|r| (r.model, r.n))
-    .collect();
+    let models = forecasts::runs::model_mix(&state.db, tenant.id, run_id).await?;
     let backtest = sqlx::query!(
         r#"SELECT avg(mase) AS mase, avg(rmsse) AS rmsse FROM forecast_results WHERE run_id = $1 AND tenant_id = $2"#,
         run_id,

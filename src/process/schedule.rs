@@ -3,8 +3,9 @@
 //! Every scheduler process runs the same schedules; what they trigger is safe to run from
 //! several processes at once (pruning and trimming are idempotent, and each nightly job is keyed
 //! so that it happens once however many schedulers fire).
-//! - every ten minutes: prune relayed outbox rows older than a week, trim each queue's
-//!   finished-job sets to their retention, and keep each tenant's newest forecast runs only;
+//! - every ten minutes: prune relayed outbox rows older than a week and webhook events older
+//!   than 30 days (once none of their deliveries is pending), trim each queue's finished-job
+//!   sets to their retention, and keep each tenant's newest forecast runs only;
 //! - nightly (`BACKROOM_FORECAST_CRON`, default 02:00 UTC): start a forecast run for every
 //!   active tenant with sales history. A run is keyed by tenant and night in Postgres, so the
 //!   night's tick from every scheduler starts one run per tenant.
@@ -12,6 +13,7 @@
 use crate::config::{ForecastSettings, Settings};
 use crate::jobs::Queue;
 use crate::jobs::forecasts;
+use crate::jobs::webhooks::events;
 use crate::queue::{JobError, Queues};
 use crate::{db, outbox};
 use apalis::prelude::*;
@@ -33,10 +35,15 @@ pub struct SchedulerDeps {
 /// Relayed outbox rows are kept this long for inspection.
 const OUTBOX_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The maintenance tick: prune the outbox, trim the queues.
+/// Webhook events (and their deliveries' records) are kept this long for tenants to list and
+/// replay.
+const WEBHOOK_EVENTS_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The maintenance tick: prune the outbox and old webhook events, trim the queues.
 pub async fn maintain(tick: Tick, deps: Data<SchedulerDeps>) -> Result<(), JobError> {
     let pruned = outbox::prune(&deps.db, OUTBOX_KEEP).await?;
     let runs_pruned = forecasts::prune_runs(&deps.db, deps.forecast.keep_runs).await?;
+    let events_pruned = events::prune(&deps.db, WEBHOOK_EVENTS_KEEP).await?;
     let mut trimmed = 0;
     for queue in Queue::ALL {
         trimmed += deps.queues.trim(&queue.id()).await?;
@@ -46,6 +53,7 @@ pub async fn maintain(tick: Tick, deps: Data<SchedulerDeps>) -> Result<(), JobEr
         pruned,
         trimmed,
         runs_pruned,
+        events_pruned,
         "maintenance done"
     );
     Ok(())

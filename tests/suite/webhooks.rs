@@ -193,6 +193,21 @@ async fn adjust(app: &TestApp, key: &str, sku: &str, delta: i64, n: usize) {
     assert_eq!(r.status(), 202);
 }
 
+/// An order of one `sku` (an invoice, its email, a sale); returns the answer.
+async fn order(app: &TestApp, key: &str, sku: &str) -> Value {
+    let r = app
+        .post_json(
+            "/v1/orders",
+            Some(key),
+            &json!({"customer": {"name": "Ada", "email": "ada@example.org", "address": "London"},
+                    "currency": "EUR", "tax_rate": "0.2",
+                    "lines": [{"sku": sku, "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    r.json().await.unwrap()
+}
+
 async fn deliveries(app: &TestApp, key: &str, query: &str) -> Vec<Value> {
     let r = app
         .get(&format!("/v1/webhooks/deliveries{query}"), Some(key))
@@ -237,27 +252,21 @@ async fn every_event_arrives_once_signed_verifiably_with_its_own_id() {
     put_product(&app, &t.key, "SKU-1", 5).await;
     adjust(&app, &t.key, "SKU-1", 10, 1).await;
     adjust(&app, &t.key, "SKU-1", -8, 2).await;
-    let order = app
-        .post_json(
-            "/v1/orders",
-            Some(&t.key),
-            &json!({"customer": {"name": "Ada", "email": "ada@example.org", "address": "London"},
-                    "currency": "EUR", "tax_rate": "0.2",
-                    "lines": [{"sku": "SKU-1", "quantity": 1}]}),
-        )
-        .await;
-    assert_eq!(order.status(), 201);
-    let email = app
-        .post_json(
-            "/v1/emails",
-            Some(&t.key),
-            &json!({"to": "ops@example.org", "subject": "Hello", "text": "Hi"}),
-        )
-        .await;
-    assert_eq!(email.status(), 202);
+    order(&app, &t.key, "SKU-1").await;
+    // One email the server takes, one it refuses for good (the sink answers 550 to "reject…").
+    for to in ["ops@example.org", "reject-me@example.org"] {
+        let email = app
+            .post_json(
+                "/v1/emails",
+                Some(&t.key),
+                &json!({"to": to, "subject": "Hello", "text": "Hi"}),
+            )
+            .await;
+        assert_eq!(email.status(), 202);
+    }
 
-    // Two adjustments and the order's sale; one crossing below 5; the invoice; two emails (the
-    // order's invoice email and the requested one).
+    // Two adjustments and the order's sale; one crossing below 5; the invoice; two emails sent
+    // (the order's invoice email and the requested one) and one failed.
     let count = |seen: &[Received], t: &str| seen.iter().filter(|r| r.body["type"] == t).count();
     let seen = receiver
         .wait_for("every event", |seen| {
@@ -265,6 +274,7 @@ async fn every_event_arrives_once_signed_verifiably_with_its_own_id() {
                 && count(seen, "stock.low") >= 1
                 && count(seen, "invoice.ready") >= 1
                 && count(seen, "email.sent") >= 2
+                && count(seen, "email.failed") >= 1
         })
         .await;
     for (kind, n) in [
@@ -272,6 +282,7 @@ async fn every_event_arrives_once_signed_verifiably_with_its_own_id() {
         ("stock.low", 1),
         ("invoice.ready", 1),
         ("email.sent", 2),
+        ("email.failed", 1),
     ] {
         assert_eq!(count(&seen, kind), n, "{kind} once each: {seen:#?}");
     }
@@ -288,6 +299,18 @@ async fn every_event_arrives_once_signed_verifiably_with_its_own_id() {
         let age = chrono::Utc::now().timestamp() - r.timestamp.parse::<i64>().unwrap();
         assert!((0..60).contains(&age), "a current timestamp");
     }
+    let failed = seen
+        .iter()
+        .find(|r| r.body["type"] == "email.failed")
+        .unwrap();
+    assert_eq!(failed.body["data"]["to"], "reject-me@example.org");
+    assert!(
+        failed.body["data"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("550"),
+        "{failed:?}"
+    );
     let low = seen.iter().find(|r| r.body["type"] == "stock.low").unwrap();
     assert_eq!(low.body["data"]["on_hand"], 2);
     let invoice = seen
@@ -862,8 +885,14 @@ async fn imports_forecast_runs_and_failed_invoices_are_events() {
     .await;
     let t = app.create_tenant("ends").await;
     let yesterday = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
-    let skus = backroom::forecast::demo::generate(12, 200, yesterday, 7);
+    // More SKUs due to reorder than an event lists: every product out of stock.
+    let skus = backroom::forecast::demo::generate(105, 90, yesterday, 7);
     backroom::forecast::demo::load(&app.db, t.id.parse().unwrap(), &skus)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE products SET on_hand = 0 WHERE tenant_id = $1::uuid")
+        .bind(&t.id)
+        .execute(&app.db)
         .await
         .unwrap();
     put_product(&app, &t.key, "SKU-X", 0).await;
@@ -904,17 +933,7 @@ async fn imports_forecast_runs_and_failed_invoices_are_events() {
         .as_str()
         .unwrap()
         .to_string();
-    let order = app
-        .post_json(
-            "/v1/orders",
-            Some(&t.key),
-            &json!({"customer": {"name": "Ada", "email": "ada@example.org", "address": "London"},
-                    "currency": "EUR", "tax_rate": "0.2",
-                    "lines": [{"sku": "SKU-X", "quantity": 1}]}),
-        )
-        .await;
-    assert_eq!(order.status(), 201);
-    let invoice_id = order.json::<Value>().await.unwrap()["invoice_id"]
+    let invoice_id = order(&app, &t.key, "SKU-X").await["invoice_id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -954,7 +973,7 @@ async fn imports_forecast_runs_and_failed_invoices_are_events() {
     assert_eq!(run["status"], "succeeded");
     assert_eq!(run["trigger"], "api");
     let skus_total = run["skus_total"].as_i64().unwrap();
-    assert!(skus_total >= 12, "{run}");
+    assert!(skus_total >= 105, "{run}");
     let mix: i64 = run["models"]
         .as_object()
         .unwrap()
@@ -976,8 +995,13 @@ async fn imports_forecast_runs_and_failed_invoices_are_events() {
         .iter()
         .map(|r| r["sku"].as_str().unwrap())
         .collect();
-    assert_eq!(listed, due, "the SKUs to reorder, most urgent first");
-    assert_eq!(run["reorder_count"], due.len());
+    assert!(due.len() > 100, "{} due", due.len());
+    assert_eq!(
+        listed,
+        due[..100],
+        "the 100 most urgent SKUs to reorder, in order"
+    );
+    assert_eq!(run["reorder_count"], due.len(), "and how many in all");
 
     let invoice = data("invoice.failed", "invoice_id", &invoice_id);
     assert!(
@@ -1112,4 +1136,48 @@ async fn an_endpoint_failing_for_days_is_disabled_and_its_tenant_told_once_by_em
     assert_eq!(enabled["enabled"], true);
     assert!(enabled["failing_since"].is_null() && enabled["disabled_reason"].is_null());
     assert_eq!(notices().len(), 1, "one email per disabling");
+}
+
+/// Events are kept (listed, replayable) for 30 days, then pruned with their deliveries — never
+/// one whose delivery is still pending.
+#[tokio::test]
+async fn old_events_are_pruned_with_their_deliveries_unless_one_is_pending() {
+    let app = webhook_app().await;
+    let t = app.create_tenant("old").await;
+    let receiver = Receiver::start(&[]).await;
+    create_endpoint(&app, &t.key, &receiver.url, &["stock.adjusted"]).await;
+    let _workers = app.start_workers("stock,webhooks");
+    put_product(&app, &t.key, "SKU-1", 0).await;
+    adjust(&app, &t.key, "SKU-1", 3, 1).await;
+    adjust(&app, &t.key, "SKU-1", 4, 2).await;
+    wait_for("both deliveries", LIMIT, || async {
+        let done = deliveries(&app, &t.key, "?status=delivered").await;
+        (done.len() == 2).then_some(())
+    })
+    .await;
+    let keep = Duration::from_secs(30 * 24 * 3600);
+    let prune = || backroom::jobs::webhooks::events::prune(&app.db, keep);
+    assert_eq!(prune().await.unwrap(), 0, "nothing is old yet");
+
+    // A month passes; one of the two is being delivered again.
+    sqlx::query("UPDATE webhook_events SET created_at = now() - interval '31 days'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let again: String = sqlx::query_scalar(
+        "UPDATE webhook_deliveries SET status = 'pending'
+         WHERE id = (SELECT id FROM webhook_deliveries ORDER BY id LIMIT 1) RETURNING id::text",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(prune().await.unwrap(), 1);
+    let left = deliveries(&app, &t.key, "").await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["id"], again.as_str(), "the pending one stays");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(events, 1);
 }

@@ -40,13 +40,14 @@ pub(super) async fn webhooks_page(
     let failing = f.failing.as_deref().is_some_and(|v| !v.is_empty());
     let endpoints: Vec<minijinja::Value> = sqlx::query!(
         r#"SELECT p.id, t.slug, p.url, p.description, p.enabled, p.disabled_reason, p.failing_since,
-                  (SELECT count(*) FROM webhook_deliveries d WHERE d.endpoint_id = p.id
-                     AND d.status = 'delivered' AND d.created_at > now() - interval '1 day') AS "delivered!",
-                  (SELECT count(*) FROM webhook_deliveries d WHERE d.endpoint_id = p.id
-                     AND d.status = 'failed' AND d.created_at > now() - interval '1 day') AS "failed!",
-                  (SELECT count(*) FROM webhook_deliveries d WHERE d.endpoint_id = p.id
-                     AND d.status = 'pending') AS "pending!"
+                  c.delivered AS "delivered!", c.failed AS "failed!", c.pending AS "pending!"
            FROM webhook_endpoints p JOIN tenants t ON t.id = p.tenant_id
+           CROSS JOIN LATERAL (
+               SELECT count(*) FILTER (WHERE status = 'delivered' AND recent) AS delivered,
+                      count(*) FILTER (WHERE status = 'failed' AND recent) AS failed,
+                      count(*) FILTER (WHERE status = 'pending') AS pending
+               FROM (SELECT status, created_at > now() - interval '1 day' AS recent
+                     FROM webhook_deliveries d WHERE d.endpoint_id = p.id) d) c
            WHERE ($1::text IS NULL OR t.slug = $1)
              AND (NOT $2 OR p.failing_since IS NOT NULL OR p.disabled_at IS NOT NULL)
            ORDER BY p.failing_since NULLS LAST, t.slug, p.created_at

@@ -497,7 +497,7 @@ async fn prepare_invoice(
     let recipient = EmailAddress::parse(&i.customer_email)
         .map_err(|e| JobError::permanent(format!("customer email {e}")))?;
     let money = |d| format_amount(d, &i.currency);
-    let bodies = render(
+    let bodies = rendered(
         "invoice",
         minijinja::context! {
             customer_name => i.customer_name,
@@ -510,8 +510,7 @@ async fn prepare_invoice(
             currency => i.currency,
             seller => i.seller,
         },
-    )
-    .map_err(|e| JobError::permanent(format!("template: {e:#}")))?;
+    )?;
     record(
         deps,
         tenant_id,
@@ -546,15 +545,14 @@ async fn prepare_low_stock(
     let Some(alert_email) = t.alert_email else {
         return Ok(None);
     };
-    let bodies = render(
+    let bodies = rendered(
         "low_stock",
         minijinja::context! {
             seller => t.seller, sku => sku, name => t.name, on_hand => on_hand,
             reorder_point => reorder_point, reorder_quantity => t.reorder_quantity,
             lead_time_days => t.lead_time_days,
         },
-    )
-    .map_err(|e| JobError::permanent(format!("template: {e:#}")))?;
+    )?;
     record(
         deps,
         tenant_id,
@@ -609,11 +607,10 @@ async fn prepare_reorder_digest(
             }
         })
         .collect();
-    let bodies = render(
+    let bodies = rendered(
         "reorder_digest",
         minijinja::context! { seller => tenant.name, count => due.len(), rows => rows },
-    )
-    .map_err(|e| JobError::permanent(format!("template: {e:#}")))?;
+    )?;
     record(
         deps,
         tenant_id,
@@ -626,6 +623,12 @@ async fn prepare_reorder_digest(
     )
     .await
     .map(Some)
+}
+
+/// An email's text and HTML bodies from its templates; a template that fails to render fails
+/// the email for good (retrying renders the same).
+fn rendered(template: &str, context: minijinja::Value) -> Result<(String, String), JobError> {
+    render(template, context).map_err(|e| JobError::permanent(format!("template: {e:#}")))
 }
 
 /// "Your webhook endpoint was disabled": to the tenant's `alert_email`, once per disabling.
@@ -649,7 +652,7 @@ async fn prepare_webhook_disabled(
     let Some(alert_email) = row.alert_email else {
         return Ok(None);
     };
-    let bodies = render(
+    let bodies = rendered(
         "webhook_disabled",
         minijinja::context! {
             seller => row.seller, url => row.url, description => row.description,
@@ -657,8 +660,7 @@ async fn prepare_webhook_disabled(
             reason => row.disabled_reason.unwrap_or_else(|| "disabled by the platform".into()),
             failing_since => row.failing_since.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()),
         },
-    )
-    .map_err(|e| JobError::permanent(format!("template: {e:#}")))?;
+    )?;
     record(
         deps,
         tenant_id,

@@ -7,10 +7,28 @@ use crate::jobs::{self, Enqueue};
 use crate::queue::Queues;
 use chrono::NaiveDate;
 use sqlx::{PgConnection, PgPool};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// Most SKUs to reorder listed in a `forecast.run.finished` event (`reorder_count` has them all).
 const MAX_REORDER_LISTED: i64 = 100;
+
+/// How many of a run's SKUs each model was chosen for.
+pub async fn model_mix(
+    db: impl sqlx::PgExecutor<'_>,
+    tenant_id: Uuid,
+    run_id: Uuid,
+) -> sqlx::Result<BTreeMap<String, i64>> {
+    let rows = sqlx::query!(
+        r#"SELECT model, count(*) AS "n!" FROM forecast_results
+           WHERE run_id = $1 AND tenant_id = $2 GROUP BY model"#,
+        run_id,
+        tenant_id
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.model, r.n)).collect())
+}
 
 /// Records the `forecast.run.finished` event of a run that has just ended, in the transaction
 /// that ended it: its outcome, the mix of models chosen and the SKUs due to reorder.
@@ -21,39 +39,29 @@ pub(super) async fn record_finished(tx: &mut PgConnection, run_id: Uuid) -> sqlx
     )
     .fetch_one(&mut *tx)
     .await?;
-    let models: serde_json::Map<String, serde_json::Value> = sqlx::query!(
-        r#"SELECT model, count(*) AS "skus!" FROM forecast_results WHERE run_id = $1
-           GROUP BY model ORDER BY model"#,
-        run_id
-    )
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|r| (r.model, r.skus.into()))
-    .collect();
-    let reorder_count = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM forecast_results WHERE run_id = $1 AND on_hand <= reorder_point"#,
-        run_id
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    let reorder: Vec<serde_json::Value> = sqlx::query!(
-        r#"SELECT sku, on_hand, reorder_point, order_quantity, stockout_date FROM forecast_results
+    let models = model_mix(&mut *tx, run.tenant_id, run_id).await?;
+    // The most urgent SKUs to reorder, each row carrying how many there are in all.
+    let due = sqlx::query!(
+        r#"SELECT sku, on_hand, reorder_point, order_quantity, stockout_date,
+                  count(*) OVER () AS "total!"
+           FROM forecast_results
            WHERE run_id = $1 AND on_hand <= reorder_point
            ORDER BY stockout_date NULLS LAST, sku LIMIT $2"#,
         run_id,
         MAX_REORDER_LISTED
     )
     .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|r| {
-        serde_json::json!({
-            "sku": r.sku, "on_hand": r.on_hand, "reorder_point": r.reorder_point,
-            "order_quantity": r.order_quantity, "stockout_date": r.stockout_date,
+    .await?;
+    let reorder_count = due.first().map_or(0, |r| r.total);
+    let reorder: Vec<serde_json::Value> = due
+        .into_iter()
+        .map(|r| {
+            serde_json::json!({
+                "sku": r.sku, "on_hand": r.on_hand, "reorder_point": r.reorder_point,
+                "order_quantity": r.order_quantity, "stockout_date": r.stockout_date,
+            })
         })
-    })
-    .collect();
+        .collect();
     let data = serde_json::json!({
         "run_id": run_id, "status": run.status, "trigger": run.trigger,
         "skus_total": run.skus_total, "models": models, "reorder": reorder,

@@ -5,7 +5,7 @@
 
 use super::SalesImport;
 use super::upload;
-use super::validate::validate;
+use super::validate::{ImportReport, validate};
 use crate::clock::Clock;
 use crate::domain::DateWindow;
 use crate::forecast::history;
@@ -37,6 +37,23 @@ pub struct ImportDeps {
     pub db: PgPool,
     pub dates: DateWindow,
     pub clock: Clock,
+}
+
+/// The import's `import.finished` event: its counts (without the rejected rows' list) and the
+/// reason a file could not be read.
+fn finished(
+    job: &SalesImport,
+    status: &str,
+    report: &ImportReport,
+    error: &serde_json::Value,
+) -> Event {
+    let data = serde_json::json!({
+        "import_id": job.import_id, "status": status, "rows": report.rows,
+        "rows_loaded": report.rows_loaded, "rows_rejected": report.rows_rejected,
+        "days_written": report.days_written, "skus": report.skus,
+        "first_day": report.first_day, "last_day": report.last_day, "error": error,
+    });
+    Event::new(job.tenant_id, EventType::ImportFinished, data)
 }
 
 /// Postgres `jsonb` cannot hold U+0000, and a report quotes the cells it rejects: a NUL byte
@@ -113,13 +130,8 @@ pub async fn handle(
             .execute(&mut *tx)
             .await?;
             upload::drop_file(&mut tx, job.import_id).await?;
-            let failed = serde_json::json!({
-                "import_id": job.import_id, "status": "failed", "rows": 0, "rows_loaded": 0,
-                "rows_rejected": 0, "days_written": 0, "skus": 0, "first_day": null,
-                "last_day": null, "error": report["error"],
-            });
-            let event = Event::new(job.tenant_id, EventType::ImportFinished, failed);
-            events::record(&mut tx, &[event]).await?;
+            let failed = finished(&job, "failed", &ImportReport::default(), &report["error"]);
+            events::record(&mut tx, &[failed]).await?;
             tx.commit().await?;
             return Err(JobError::permanent(unreadable.0));
         }
@@ -139,14 +151,8 @@ pub async fn handle(
     .execute(&mut *tx)
     .await?;
     upload::drop_file(&mut tx, job.import_id).await?;
-    let loaded = serde_json::json!({
-        "import_id": job.import_id, "status": "loaded", "rows": report.rows,
-        "rows_loaded": report.rows_loaded, "rows_rejected": report.rows_rejected,
-        "days_written": report.days_written, "skus": report.skus,
-        "first_day": report.first_day, "last_day": report.last_day, "error": null,
-    });
-    let event = Event::new(job.tenant_id, EventType::ImportFinished, loaded);
-    events::record(&mut tx, &[event]).await?;
+    let loaded = finished(&job, "loaded", &report, &serde_json::Value::Null);
+    events::record(&mut tx, &[loaded]).await?;
     tx.commit().await?;
     tracing::info!(
         rows = report.rows,

@@ -10,7 +10,8 @@ use crate::jobs;
 use crate::outbox;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// The version of every event body's shape (`{"type", "id", "created_at", "version", "data"}`).
@@ -246,5 +247,35 @@ impl Rows<'_> {
             .collect();
         outbox::add(tx, &jobs).await?;
         Ok(jobs.len())
+    }
+}
+
+/// Most events one [`prune`] statement deletes, so that no prune holds its locks for long.
+const PRUNE_SLICE: i64 = 10_000;
+
+/// Deletes events older than `keep` none of whose deliveries is still pending (their deliveries
+/// go with them), a slice at a time; returns how many (called by the scheduler). Until then a
+/// tenant can list and replay them.
+pub async fn prune(db: &PgPool, keep: Duration) -> sqlx::Result<u64> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(keep).unwrap_or_default();
+    let mut pruned = 0;
+    loop {
+        let done = sqlx::query!(
+            "DELETE FROM webhook_events WHERE id IN (
+                 SELECT e.id FROM webhook_events e
+                 WHERE e.created_at < $1
+                   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                                   WHERE d.event_id = e.id AND d.status = 'pending')
+                 LIMIT $2)",
+            cutoff,
+            PRUNE_SLICE
+        )
+        .execute(db)
+        .await?
+        .rows_affected();
+        pruned += done;
+        if done < PRUNE_SLICE as u64 {
+            return Ok(pruned);
+        }
     }
 }

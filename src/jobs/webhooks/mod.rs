@@ -10,7 +10,9 @@
 //! Per-tenant bounds: at most [`MAX_ENDPOINTS`] endpoints; each delivery times out
 //! (`BACKROOM_WEBHOOK_TIMEOUT_SECS`, 10 s) and reads at most [`MAX_RESPONSE_BYTES`] of the answer;
 //! the queue's fair scheduling and per-tenant concurrency limit (`webhooks=8` by default) keep a
-//! slow or dead endpoint of one tenant from holding the workers every tenant shares.
+//! slow or dead endpoint of one tenant from holding the workers every tenant shares. Events older than
+//! 30 days with no delivery pending are pruned ([`events::prune`], by the scheduler), so what a
+//! tenant's traffic leaves in Postgres is bounded by its rate over a month.
 
 pub mod events;
 pub mod job_events;

@@ -4,8 +4,8 @@
 //! attempt and for every endpoint, so a receiver can drop repeats (a worker killed mid-delivery
 //! leads to one more attempt with the same id). A 2xx is delivered. A `410 Gone` disables the
 //! endpoint at once, and so does a failure when nothing has been delivered to the endpoint for
-//! `BACKROOM_WEBHOOK_DISABLE_AFTER_DAYS` (5); the tenant is told by email. Anything else — another status, a timeout, a refused connection, an address
-//! that is not public — is retried after the next delay of the schedule
+//! `BACKROOM_WEBHOOK_DISABLE_AFTER_DAYS` (5); the tenant is told by email. Anything else —
+//! another status, a timeout, a refused connection, an address that is not public — is retried after the next delay of the schedule
 //! (`BACKROOM_WEBHOOK_RETRY_SECS`: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, 10 h by default,
 //! about 37 hours in all, each ±10 %), then the delivery is `failed`. Every attempt is recorded
 //! on the delivery: the receiver's status, the error, the latency and the start of its answer;
@@ -21,7 +21,7 @@ use crate::jobs::{self, WorkerContext, worker_options};
 use crate::outbox;
 use crate::queue::{JobError, JobMeta, WorkerOptions};
 use apalis::prelude::Data;
-use chrono::Utc;
+use chrono::{DateTime, TimeDelta, Utc};
 use rand::Rng as _;
 use serde_json::json;
 use sqlx::PgPool;
@@ -81,7 +81,8 @@ pub async fn handle(
     }
     let d = sqlx::query!(
         r#"SELECT d.status, d.attempts, d.event_id, e.body, p.id AS endpoint_id, p.url,
-                  p.enabled, p.secret, p.previous_secret, p.previous_secret_until
+                  p.enabled, p.secret, p.previous_secret, p.previous_secret_until,
+                  p.failing_since
            FROM webhook_deliveries d
            JOIN webhook_events e ON e.id = d.event_id
            JOIN webhook_endpoints p ON p.id = d.endpoint_id
@@ -135,7 +136,13 @@ pub async fn handle(
     metrics::counter!("backroom_webhook_attempts_total", "outcome" => outcome).increment(1);
     metrics::histogram!("backroom_webhook_attempt_seconds")
         .record(f64::from(attempt.latency_ms) / 1000.0);
-    endpoint_health(&deps, &job, d.endpoint_id, delivered, gone).await?;
+    let health = Health {
+        endpoint_id: d.endpoint_id,
+        failing_since: d.failing_since,
+        delivered,
+        gone,
+    };
+    endpoint_health(&deps, &job, health).await?;
     let error = attempt.error.unwrap_or_default();
     match () {
         _ if delivered => Ok(json!({
@@ -154,26 +161,48 @@ pub async fn handle(
     }
 }
 
-/// Keeps the endpoint's health with each attempt: a success clears `failing_since`; a failure
-/// sets it if unset. A `410 Gone`, or a failure with nothing delivered for
-/// `BACKROOM_WEBHOOK_DISABLE_AFTER_DAYS`, disables the endpoint and queues the email that tells
-/// the tenant, both in one transaction, once per disabling.
-async fn endpoint_health(
-    deps: &WebhookDeps,
-    job: &DeliverWebhook,
+/// An attempt's outcome for its endpoint, and the endpoint's `failing_since` as read before it.
+struct Health {
     endpoint_id: uuid::Uuid,
+    failing_since: Option<DateTime<Utc>>,
     delivered: bool,
     gone: bool,
-) -> sqlx::Result<()> {
-    if delivered {
-        sqlx::query!(
-            "UPDATE webhook_endpoints SET failing_since = NULL
-             WHERE id = $1 AND tenant_id = $2 AND failing_since IS NOT NULL",
-            endpoint_id,
-            job.tenant_id
-        )
-        .execute(&deps.db)
-        .await?;
+}
+
+/// Keeps the endpoint's health with each attempt: a success clears `failing_since`, the first
+/// failure sets it; the usual attempt, a success of a healthy endpoint, writes nothing. A `410
+/// Gone`, or a failure with nothing delivered for `BACKROOM_WEBHOOK_DISABLE_AFTER_DAYS`, disables
+/// the endpoint and queues the email that tells the tenant, both in one transaction, once per
+/// disabling (the update re-checks both conditions, so a success meanwhile wins).
+async fn endpoint_health(deps: &WebhookDeps, job: &DeliverWebhook, h: Health) -> sqlx::Result<()> {
+    let endpoint_id = h.endpoint_id;
+    if h.delivered {
+        if h.failing_since.is_some() {
+            sqlx::query!(
+                "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND tenant_id = $2",
+                endpoint_id,
+                job.tenant_id
+            )
+            .execute(&deps.db)
+            .await?;
+        }
+        return Ok(());
+    }
+    let after = TimeDelta::from_std(deps.settings.disable_after).unwrap_or(TimeDelta::MAX);
+    let overdue = h
+        .failing_since
+        .is_some_and(|since| Utc::now() - since > after);
+    if !h.gone && !overdue {
+        if h.failing_since.is_none() {
+            sqlx::query!(
+                "UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, now())
+                 WHERE id = $1 AND tenant_id = $2",
+                endpoint_id,
+                job.tenant_id
+            )
+            .execute(&deps.db)
+            .await?;
+        }
         return Ok(());
     }
     let mut tx = deps.db.begin().await?;
@@ -188,32 +217,20 @@ async fn endpoint_health(
            RETURNING disabled_at AS "disabled_at!""#,
         endpoint_id,
         job.tenant_id,
-        gone,
+        h.gone,
         deps.settings.disable_after.as_secs_f64() / 86_400.0
     )
     .fetch_optional(&mut *tx)
     .await?;
-    match disabled {
-        Some(at) => {
-            tracing::warn!(endpoint = %endpoint_id, gone, "webhook endpoint disabled");
-            let email = EmailJob::WebhookDisabled {
-                tenant_id: job.tenant_id,
-                endpoint_id,
-                disabled_at: at.timestamp_micros(),
-            };
-            let key = format!("webhook-disabled:{endpoint_id}:{}", at.timestamp_micros());
-            outbox::add(&mut tx, &[jobs::outbox_job(&email, key)]).await?;
-        }
-        None => {
-            sqlx::query!(
-                "UPDATE webhook_endpoints SET failing_since = now()
-                 WHERE id = $1 AND tenant_id = $2 AND failing_since IS NULL",
-                endpoint_id,
-                job.tenant_id
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
+    if let Some(at) = disabled {
+        tracing::warn!(endpoint = %endpoint_id, gone = h.gone, "webhook endpoint disabled");
+        let email = EmailJob::WebhookDisabled {
+            tenant_id: job.tenant_id,
+            endpoint_id,
+            disabled_at: at.timestamp_micros(),
+        };
+        let key = format!("webhook-disabled:{endpoint_id}:{}", at.timestamp_micros());
+        outbox::add(&mut tx, &[jobs::outbox_job(&email, key)]).await?;
     }
     tx.commit().await
 }
