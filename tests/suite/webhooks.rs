@@ -674,7 +674,7 @@ async fn job_outcomes_are_events_and_an_outcome_told_twice_is_delivered_once() {
         &app,
         &t.key,
         &receiver.url,
-        &["job.succeeded", "job.failed"],
+        &["job.succeeded", "job.failed", "job.dead"],
     )
     .await;
     let r = app
@@ -691,7 +691,14 @@ async fn job_outcomes_are_events_and_an_outcome_told_twice_is_delivered_once() {
     let _workers = app.start_workers("stock,webhooks");
     adjust(&app, &t.key, "SKU-1", 1, 1).await;
     adjust(&app, &t.key, "SKU-1", -5, 2).await;
-    let seen = receiver.wait_for("both outcomes", |s| s.len() >= 2).await;
+    // A job of this tenant whose payload no worker can read: dead at once.
+    let unreadable = backroom::queue::NewJob::new("stock_adjustment", &json!({"n": 1}))
+        .tenant(t.id.parse().unwrap());
+    let stock = backroom::jobs::Queue::Stock.id();
+    let dead_id = app.queues.push(&stock, vec![unreadable]).await.unwrap()[0]
+        .id
+        .clone();
+    let seen = receiver.wait_for("three outcomes", |s| s.len() >= 3).await;
     let of = |kind: &str| {
         seen.iter()
             .find(|r| r.body["type"] == kind)
@@ -710,7 +717,11 @@ async fn job_outcomes_are_events_and_an_outcome_told_twice_is_delivered_once() {
             .contains("insufficient"),
         "{failed:?}"
     );
-    assert_eq!(seen.len(), 2, "the deliveries' own outcomes are not events");
+    let dead = of("job.dead");
+    assert_eq!(dead.body["data"]["job_id"], json!(dead_id));
+    assert_eq!(dead.body["data"]["status"], "dead");
+    assert!(dead.body["data"]["error"].is_string(), "{dead:?}");
+    assert_eq!(seen.len(), 3, "the deliveries' own outcomes are not events");
 
     use backroom::queue::OutcomeHook as _;
     let hook = backroom::jobs::webhooks::job_events::JobEvents::new(app.db.clone());
@@ -733,9 +744,9 @@ async fn job_outcomes_are_events_and_an_outcome_told_twice_is_delivered_once() {
     .unwrap();
     assert_eq!(deliveries, 1);
     let seen = receiver
-        .wait_for("the told-twice event", |s| s.len() >= 3)
+        .wait_for("the told-twice event", |s| s.len() >= 4)
         .await;
-    assert_eq!(seen[2].id, "msg_job_stock:told-twice_1");
+    assert_eq!(seen[3].id, "msg_job_stock:told-twice_1");
 }
 
 /// The delivery body is documented in the OpenAPI document, with every event type there is.

@@ -395,13 +395,27 @@ fn into_task<Args: DeserializeOwned>(
         Err(e) => {
             tracing::warn!(job_id = %raw.id, error = %e, "poison payload: dead-lettered");
             metrics::finished(shared.queue.as_str(), "dead", Duration::ZERO);
-            let _ = acks.send(AckMsg::Outcome(Outcome {
+            let meta = shared.meta(&raw);
+            let outcome = Outcome {
                 id: raw.id,
                 entry: raw.entry,
                 kind: "dead",
                 data: format!("payload does not decode as a {} job: {e}", raw.kind),
                 retry_at_ms: 0,
-            }));
+            };
+            // Told like every other outcome: the hook first, then the record (see `AckLayer`).
+            match shared.options.on_outcome.clone() {
+                Some(hook) => {
+                    let acks = acks.clone();
+                    tokio::spawn(async move {
+                        hook.0.finished(&meta, outcome.kind, &outcome.data).await;
+                        let _ = acks.send(AckMsg::Outcome(outcome));
+                    });
+                }
+                None => {
+                    let _ = acks.send(AckMsg::Outcome(outcome));
+                }
+            }
             None
         }
     }
