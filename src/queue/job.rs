@@ -54,6 +54,21 @@ impl JobMeta {
     /// happen twice (send an email) asks right before; the worker asks before starting each
     /// job. Cheap while the worker's heartbeats are on time (a local check); after a stall it
     /// asks Redis. When Redis cannot answer, it says true: delivery stays at least once.
+    /// The worker process running this delivery, as a name to store with what it claims
+    /// (`None` outside a queue worker).
+    pub fn process_name(&self) -> Option<String> {
+        self.lease.as_ref().map(|lease| lease.process_name())
+    }
+
+    /// Whether the worker process `name` (a [`JobMeta::process_name`] stored earlier) is known to
+    /// be gone: it ran on this machine, in this boot, and its pid is no more. False when that
+    /// cannot be known (another machine: it may be frozen rather than dead).
+    pub fn process_is_gone(&self, name: &str) -> bool {
+        self.lease
+            .as_ref()
+            .is_some_and(|lease| lease.process_is_gone(name))
+    }
+
     pub async fn still_owned(&self) -> bool {
         match &self.lease {
             None => true,

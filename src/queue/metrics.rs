@@ -40,14 +40,35 @@ pub fn started(queue: &str, waited: Duration) {
         .record(waited.as_secs_f64());
 }
 
-/// `outcome`: succeeded, retry, failed or dead.
-pub fn finished(queue: &str, outcome: &'static str, took: Duration) {
+/// `outcome`: succeeded, retry, failed or dead. Failures (retry, failed, dead) are also counted
+/// per tenant, so an operator sees whose jobs fail; successes are not (one series per tenant and
+/// queue would be the bulk of the scrape for nothing an alert needs).
+pub fn finished(queue: &str, tenant: Option<uuid::Uuid>, outcome: &'static str, took: Duration) {
     counter!("backroom_jobs_finished_total", "queue" => queue.to_string(), "outcome" => outcome)
         .increment(1);
+    if let Some(tenant) = tenant
+        && outcome != "succeeded"
+    {
+        counter!("backroom_tenant_jobs_failed_total", "queue" => queue.to_string(),
+            "tenant" => tenant.to_string(), "outcome" => outcome)
+        .increment(1);
+    }
     histogram!("backroom_job_duration_seconds", "queue" => queue.to_string())
         .record(took.as_secs_f64());
 }
 
 pub fn depth(queue: &str, status: &'static str, n: u64) {
     gauge!("backroom_queue_jobs", "queue" => queue.to_string(), "status" => status).set(n as f64);
+}
+
+/// Worker processes of a queue whose heartbeat is recent (read at scrape time).
+pub fn workers(queue: &str, n: usize) {
+    gauge!("backroom_queue_workers", "queue" => queue.to_string()).set(n as f64);
+}
+
+/// Gauges read from Postgres at scrape time: the age of the oldest unsent outbox row (seconds,
+/// 0 when none) and the enabled webhook endpoints whose deliveries are failing.
+pub fn system(outbox_lag_secs: f64, webhook_endpoints_failing: i64) {
+    gauge!("backroom_outbox_oldest_unsent_seconds").set(outbox_lag_secs);
+    gauge!("backroom_webhook_endpoints_failing").set(webhook_endpoints_failing as f64);
 }

@@ -420,6 +420,110 @@ async fn a_worker_killed_mid_send_leaves_every_email_delivered_under_its_message
     );
 }
 
+/// Posts one email to `to` and returns its id.
+async fn post_one_email(app: &TestApp, key: &str, to: &str) -> Uuid {
+    let r = app
+        .post_json(
+            "/v1/emails",
+            Some(key),
+            &json!({"to": to, "subject": "Held", "text": "Caught between RCPT and DATA."}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    body["email_id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn email_status(db: &PgPool, email: Uuid) -> String {
+    sqlx::query_scalar("SELECT status FROM emails WHERE id = $1")
+        .bind(email)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+fn smtp_file_exists(smtp: &SmtpServer, prefix: &str) -> bool {
+    std::fs::read_dir(&smtp.dir).is_ok_and(|dir| {
+        dir.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+    })
+}
+
+/// A worker frozen between `RCPT` and `DATA` (the server has taken the envelope) loses the job to
+/// another worker, which sends the email. Thawed, the frozen worker asks whether it still owns
+/// the job right before `DATA`, finds it does not, resets the transaction and sends nothing: one
+/// message. (With lettre's pooled send, the ownership check came before the connection and the
+/// envelope, and a thawed worker went on to `DATA`: two messages.)
+#[tokio::test]
+async fn a_worker_frozen_between_rcpt_and_data_sends_nothing_once_it_lost_the_job() {
+    let smtp = SmtpServer::start().await;
+    let app = spawn_app().await;
+    let t = app.create_tenant("fenced").await;
+    let mut env = mail_env(&smtp);
+    env.push(("BACKROOM_JOB_LEASE_SECS", "1".into()));
+    let frozen = WorkerProcess::spawn(&app, "emails", &env);
+    let email = post_one_email(&app, &t.key, "holdrcpt-fenced@example.org").await;
+    wait_for("the server to hold the RCPT", LIMIT, || async {
+        smtp_file_exists(&smtp, "held").then_some(())
+    })
+    .await;
+    assert!(send_signal("STOP", frozen.pid()));
+    // Another worker takes the job over once the lease is gone and, once the frozen delivery's
+    // claim has lapsed too (it may only be frozen), sends the email.
+    let _other = WorkerProcess::spawn(&app, "emails", &env);
+    wait_for("the other worker to send the email", LIMIT, || async {
+        (email_status(&app.db, email).await == "sent").then_some(())
+    })
+    .await;
+    std::fs::write(smtp.dir.join("release"), b"").unwrap();
+    assert!(send_signal("CONT", frozen.pid()));
+    wait_for(
+        "the thawed worker to reset its transaction",
+        LIMIT,
+        || async { smtp_file_exists(&smtp, "rset-").then_some(()) },
+    )
+    .await;
+    let received = received_message_ids(&smtp);
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(
+        received.values().sum::<usize>(),
+        1,
+        "the email arrived once: {received:?}"
+    );
+}
+
+/// A worker killed mid-send (its claim on the email taken, the server holding its `RCPT`) is
+/// known to be gone by a worker started on the same machine: that one takes the job over at once
+/// and the send claim too, instead of waiting for the claim to lapse (three leases, 30 s here).
+#[tokio::test]
+async fn a_killed_workers_send_claim_is_taken_at_once_by_its_successor_on_the_same_machine() {
+    let smtp = SmtpServer::start().await;
+    let app = spawn_app().await;
+    let t = app.create_tenant("successor").await;
+    let mut env = mail_env(&smtp);
+    env.push(("BACKROOM_JOB_LEASE_SECS", "10".into()));
+    let mut victim = WorkerProcess::spawn(&app, "emails", &env);
+    let email = post_one_email(&app, &t.key, "holdrcpt-successor@example.org").await;
+    wait_for("the server to hold the RCPT", LIMIT, || async {
+        smtp_file_exists(&smtp, "held").then_some(())
+    })
+    .await;
+    victim.kill9();
+    std::fs::write(smtp.dir.join("release"), b"").unwrap();
+    let started = Instant::now();
+    let _successor = WorkerProcess::spawn(&app, "emails", &env);
+    wait_for("the successor to send the email", LIMIT, || async {
+        (email_status(&app.db, email).await == "sent").then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "sent {took:?} after the successor started: within one lease (10 s), not the claim's 30 s"
+    );
+    assert_eq!(received_message_ids(&smtp).values().sum::<usize>(), 1);
+}
+
 #[tokio::test]
 async fn a_worker_killed_mid_forecast_run_leaves_the_run_finished_with_each_sku_once() {
     let app = spawn_app().await;

@@ -10,7 +10,7 @@
 //! tenant from flooding the relay: over it, jobs wait for the next minute.
 
 use super::EmailJob;
-use super::mailer::{Mailer, render};
+use super::mailer::{Mailer, Sent, render};
 use crate::clock::Clock;
 use crate::domain::{EmailAddress, format_amount};
 use crate::jobs::webhooks::events::{self, Event, EventType};
@@ -19,9 +19,9 @@ use crate::queue::{JobError, JobMeta, WorkerOptions};
 use crate::redis_conn::RedisHandle;
 use anyhow::Context;
 use apalis::prelude::Data;
+use lettre::Message;
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
-use lettre::{AsyncTransport, Message};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,46 +100,8 @@ pub async fn handle(
         .await?;
         return Err(wait);
     }
-    // Claim the send. The delivery holding the claim owns the email until it is sent or fails
-    // (a failed send lets the claim go). Another job for the same email finds the claim and is
-    // done, since the owner finishes the work. A later delivery of the *same* job means the
-    // owner's worker lost its lease: it died, or it froze — possibly after the server's 250 and
-    // before any record of it — and may yet come back and record the send. So it waits for the
-    // claim to lapse (three leases: a thawed worker has recorded by then) rather than sending
-    // again at once; then any delivery may take it.
-    let claim_for = deps.lease * 3;
-    let claimed = sqlx::query_scalar!(
-        r#"UPDATE emails SET attempts = attempts + 1, job_id = $2, claim_attempt = $3,
-                             sending_until = now() + make_interval(secs => $4)
-           WHERE id = $1 AND status <> 'sent'
-             AND (sending_until IS NULL OR sending_until < now()
-                  OR (job_id = $2 AND claim_attempt = $3))
-           RETURNING id"#,
-        email.id,
-        meta.id,
-        meta.attempt as i32,
-        claim_for.as_secs_f64()
-    )
-    .fetch_optional(&deps.db)
-    .await?;
-    if claimed.is_none() {
-        let holder = sqlx::query!(
-            r#"SELECT job_id, status, GREATEST(EXTRACT(EPOCH FROM sending_until - now()), 0)::float8 AS "left!"
-               FROM emails WHERE id = $1"#,
-            email.id
-        )
-        .fetch_one(&deps.db)
-        .await?;
-        if holder.status != "sent" && holder.job_id.as_deref() == Some(meta.id.as_str()) {
-            return Err(JobError::retry_after(
-                "an earlier delivery of this job, whose worker stalled or died, holds the send; \
-                 waiting for its claim to lapse rather than sending twice",
-                Duration::from_secs_f64(holder.left + 1.0),
-            ));
-        }
-        return Ok(serde_json::json!({
-            "email_id": email.id, "status": "sending", "duplicate": true,
-        }));
+    if let Some(done) = claim_send(&deps, email.id, &meta).await? {
+        return Ok(done);
     }
 
     // An earlier delivery whose send the server accepted, but which could not record it.
@@ -151,20 +113,25 @@ pub async fn handle(
     }
     let message = build_message(&deps.mailer, &email)
         .map_err(|e| JobError::permanent(format!("the email cannot be built: {e}")))?;
-    // Fencing, right before the send: a worker that stalled past its lease (frozen, cut off) may
+    // Fencing, right before `DATA`: a worker that stalled past its lease (frozen, cut off) may
     // have lost this job to another worker, which sends the email itself.
-    if !meta.still_owned().await {
-        return Err(JobError::retry(
-            "another worker took this job over while this one stalled; it sends the email",
-        ));
-    }
-    match deps.mailer.transport.send(message).await {
-        Ok(response) => {
-            let reply = format!(
-                "{} {}",
-                response.code(),
-                response.message().collect::<Vec<_>>().join(" ")
-            );
+    match deps.mailer.send(&message, || meta.still_owned()).await {
+        Ok(Sent::NotOwned) => {
+            // Nothing was sent: the new owner need not wait for this delivery's claim.
+            sqlx::query!(
+                "UPDATE emails SET sending_until = NULL
+                 WHERE id = $1 AND job_id = $2 AND claim_attempt = $3 AND status <> 'sent'",
+                email.id,
+                meta.id,
+                meta.attempt as i32
+            )
+            .execute(&deps.db)
+            .await?;
+            Err(JobError::retry(
+                "another worker took this job over while this one stalled; it sends the email",
+            ))
+        }
+        Ok(Sent::Accepted(reply)) => {
             // The server has the message: from here on, only the record of it may be retried.
             remember_accepted(&deps, email.id, &reply).await;
             record_sent(&deps, email.id, &reply).await?;
@@ -183,7 +150,7 @@ pub async fn handle(
                    WHERE id = $1"#,
                 email.id,
                 reason,
-                e.status().map(|code| code.to_string()),
+                e.status(),
                 give_up
             )
             .execute(&mut *tx)
@@ -209,6 +176,87 @@ pub async fn handle(
             }
         }
     }
+}
+
+/// Claims the send of an email for this delivery; `Some(answer)` when this delivery must not
+/// send (the job then ends with that answer), an error when it must wait.
+///
+/// The delivery holding the claim owns the email until it is sent or fails (a failed send lets
+/// the claim go). Another job for the same email finds the claim and is done, since the owner
+/// finishes the work. A later delivery of the *same* job means the owner's worker lost its lease:
+/// it died, or it froze — possibly after the server's 250 and before any record of it — and may
+/// yet come back and record the send. So it waits for the claim to lapse (three leases: a thawed
+/// worker has recorded by then) rather than sending again at once; then any delivery may take
+/// it. When the holder's process is known to be gone (it ran on this machine and its pid is no
+/// more), nothing can come back: the claim is taken at once.
+async fn claim_send(
+    deps: &EmailDeps,
+    email_id: Uuid,
+    meta: &JobMeta,
+) -> Result<Option<serde_json::Value>, JobError> {
+    let claim_for = deps.lease * 3;
+    let process = meta.process_name();
+    let claimed = sqlx::query_scalar!(
+        r#"UPDATE emails SET attempts = attempts + 1, job_id = $2, claim_attempt = $3,
+                             sending_until = now() + make_interval(secs => $4),
+                             claim_process = $5
+           WHERE id = $1 AND status <> 'sent'
+             AND (sending_until IS NULL OR sending_until < now()
+                  OR (job_id = $2 AND claim_attempt = $3))
+           RETURNING id"#,
+        email_id,
+        meta.id,
+        meta.attempt as i32,
+        claim_for.as_secs_f64(),
+        process
+    )
+    .fetch_optional(&deps.db)
+    .await?;
+    if claimed.is_some() {
+        return Ok(None);
+    }
+    let holder = sqlx::query!(
+        r#"SELECT job_id, status, claim_process,
+                  GREATEST(EXTRACT(EPOCH FROM sending_until - now()), 0)::float8 AS "left!"
+           FROM emails WHERE id = $1"#,
+        email_id
+    )
+    .fetch_one(&deps.db)
+    .await?;
+    if holder.status == "sent" || holder.job_id.as_deref() != Some(meta.id.as_str()) {
+        return Ok(Some(serde_json::json!({
+            "email_id": email_id, "status": "sending", "duplicate": true,
+        })));
+    }
+    if let Some(dead) = holder
+        .claim_process
+        .filter(|holder| meta.process_is_gone(holder))
+    {
+        let taken = sqlx::query_scalar!(
+            r#"UPDATE emails SET attempts = attempts + 1, claim_attempt = $3,
+                                 sending_until = now() + make_interval(secs => $4),
+                                 claim_process = $5
+               WHERE id = $1 AND job_id = $2 AND claim_process = $6 AND status <> 'sent'
+               RETURNING id"#,
+            email_id,
+            meta.id,
+            meta.attempt as i32,
+            claim_for.as_secs_f64(),
+            process,
+            dead
+        )
+        .fetch_optional(&deps.db)
+        .await?;
+        if taken.is_some() {
+            tracing::info!(%email_id, holder = %dead, "took over the send claim of a worker process that is gone");
+            return Ok(None);
+        }
+    }
+    Err(JobError::retry_after(
+        "an earlier delivery of this job, whose worker stalled or died, holds the send; \
+         waiting for its claim to lapse rather than sending twice",
+        Duration::from_secs_f64(holder.left + 1.0),
+    ))
 }
 
 /// How long a delivery keeps trying to record a send the server accepted (the job's timeout is

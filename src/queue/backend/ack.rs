@@ -218,7 +218,7 @@ where
                 Ok(Ok(result)) => Ran::Finished(result),
             };
             let outcome = layer.outcome(&meta, ran);
-            metrics::finished(&layer.queue, outcome.kind, started.elapsed());
+            metrics::finished(&layer.queue, meta.tenant, outcome.kind, started.elapsed());
             if outcome.kind != "succeeded" {
                 span.in_scope(|| tracing::warn!(outcome = outcome.kind, error = %outcome.data, "job did not succeed"));
             }

@@ -192,6 +192,39 @@ fn boot_id() -> &'static str {
     })
 }
 
+/// Whether worker `consumer` (named `host-pid-random`, started in kernel boot `boot`) ran on
+/// this machine, in this boot, in a process that is gone. The same boot and the same host name
+/// (containers share a kernel, not a host name or, mostly, a pid namespace): then `/proc` answers
+/// for its pid. `me` is a consumer of this process. False whenever it cannot be known.
+pub(crate) fn gone_from_this_machine(boot: &str, consumer: &str, me: &str) -> bool {
+    let this_boot = boot_id();
+    let pid = consumer
+        .rsplit('-')
+        .nth(1)
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .unwrap_or(0);
+    !this_boot.is_empty()
+        && boot == this_boot
+        && host_of(consumer).is_some()
+        && host_of(consumer) == host_of(me)
+        && pid != 0
+        && pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A worker process's name for records that must later tell whether it is gone:
+/// `<boot id>/<consumer>` (see [`process_is_gone`]).
+pub(crate) fn process_name(consumer: &str) -> String {
+    format!("{}/{consumer}", boot_id())
+}
+
+/// Whether the process a [`process_name`] names is known to be gone: it ran on this machine,
+/// in this boot, and its pid is no more. `me` is a consumer of this process.
+pub(crate) fn process_is_gone(name: &str, me: &str) -> bool {
+    name.split_once('/')
+        .is_some_and(|(boot, consumer)| gone_from_this_machine(boot, consumer, me))
+}
+
 /// Takes over the jobs of workers that ran on this machine, in this boot, in processes that are
 /// gone (a worker killed and started again, as `super_fetch` does), at once rather than after
 /// their leases. Returns how many jobs it took.
@@ -210,15 +243,11 @@ pub(super) async fn take_over_dead_neighbours<Args: DeserializeOwned + Send + 's
         if room == 0 {
             break;
         }
-        let pid = worker.info["pid"].as_u64().unwrap_or(0) as u32;
-        // The same kernel boot and the same host name (containers share a kernel, not a host
-        // name or, mostly, a pid namespace): then `/proc` answers for its pid.
-        let same_machine = worker.info["boot_id"].as_str() == Some(me)
-            && host_of(&worker.id) == host_of(&shared.consumer);
-        let gone = pid != 0
-            && pid != std::process::id()
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if worker.id == shared.consumer || !same_machine || !gone || worker.in_flight == 0 {
+        let boot = worker.info["boot_id"].as_str().unwrap_or_default();
+        if worker.id == shared.consumer
+            || worker.in_flight == 0
+            || !gone_from_this_machine(boot, &worker.id, &shared.consumer)
+        {
             continue;
         }
         let settings = shared.queues.settings();

@@ -239,6 +239,16 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
+    /// This worker process's name for records (see [`lease::process_name`]).
+    pub(crate) fn process_name(&self) -> String {
+        lease::process_name(&self.consumer)
+    }
+
+    /// Whether the process `name` (a [`Lease::process_name`]) is known to be gone.
+    pub(crate) fn process_is_gone(&self, name: &str) -> bool {
+        lease::process_is_gone(name, &self.consumer)
+    }
+
     pub(crate) async fn still_owned(&self, id: &str, entry: &str) -> bool {
         // A heartbeat that found the job another's has let it go.
         if !self.held.lock().unwrap().contains_key(id) {
@@ -394,8 +404,8 @@ fn into_task<Args: DeserializeOwned>(
         }
         Err(e) => {
             tracing::warn!(job_id = %raw.id, error = %e, "poison payload: dead-lettered");
-            metrics::finished(shared.queue.as_str(), "dead", Duration::ZERO);
             let meta = shared.meta(&raw);
+            metrics::finished(shared.queue.as_str(), meta.tenant, "dead", Duration::ZERO);
             let outcome = Outcome {
                 id: raw.id,
                 entry: raw.entry,
