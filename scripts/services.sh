@@ -155,5 +155,8 @@ ensure_test_tools() {
   command -v qpdf >/dev/null 2>&1 || missing+=(qpdf)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  # The operations kit's tests: a real Prometheus, and promtool for the alert rules.
+  command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }

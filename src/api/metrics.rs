@@ -1,6 +1,8 @@
 //! `GET /metrics`: Prometheus text. On the API port it needs the admin token; a separate
 //! listener (`BACKROOM_METRICS_BIND`) serves it without credentials for a private network.
-//! Queue depths are read from Redis at scrape time, so any process reports every queue.
+//! Queue depths and live workers are read from Redis at scrape time, and the outbox's lag and
+//! failing webhook endpoints from Postgres, so any process reports the whole system (the Grafana
+//! dashboard and alert rules in `ops/` read these names).
 
 use super::AppState;
 use super::error::Result;
@@ -10,9 +12,15 @@ use crate::queue::{Queues, metrics};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use sqlx::PgPool;
 
-/// Renders every metric of this process plus the current queue depths.
-pub async fn render(queues: &Queues) -> redis::RedisResult<String> {
+/// Renders every metric of this process plus the system-wide gauges (queue depths, live
+/// workers, outbox lag, failing webhook endpoints). A gauge whose store does not answer is left
+/// at its last value rather than failing the scrape, except the queues' (Redis is the queue).
+pub async fn render(queues: &Queues, db: &PgPool) -> redis::RedisResult<String> {
+    let settings = queues.settings();
+    let alive_since =
+        settings.clock.now() - chrono::Duration::from_std(settings.lease * 3).unwrap_or_default();
     for queue in Queue::ALL {
         let name = queue.name();
         let c = queues.counts(&queue.id()).await?;
@@ -27,8 +35,38 @@ pub async fn render(queues: &Queues) -> redis::RedisResult<String> {
         ] {
             metrics::depth(name, status, n);
         }
+        let workers = queues.workers(&queue.id()).await?;
+        let alive = workers
+            .iter()
+            .filter(|w| w.last_heartbeat >= alive_since)
+            .count();
+        metrics::workers(name, alive);
+    }
+    match system_gauges(db).await {
+        Ok((outbox_lag, failing)) => metrics::system(outbox_lag, failing),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: could not read the outbox and webhook gauges")
+        }
     }
     Ok(metrics::handle().render())
+}
+
+/// The age of the oldest unsent outbox row (0 when none), and the enabled webhook endpoints
+/// whose deliveries are failing.
+async fn system_gauges(db: &PgPool) -> sqlx::Result<(f64, i64)> {
+    let lag = sqlx::query_scalar!(
+        r#"SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS "lag!"
+           FROM outbox WHERE sent_at IS NULL"#
+    )
+    .fetch_one(db)
+    .await?;
+    let failing = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM webhook_endpoints
+           WHERE enabled AND failing_since IS NOT NULL"#
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((lag, failing))
 }
 
 fn text(body: String) -> impl IntoResponse {
@@ -45,17 +83,17 @@ fn text(body: String) -> impl IntoResponse {
 #[utoipa::path(get, path = "/metrics", tag = "admin", security(("admin_token" = [])),
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics_admin(_: Admin, State(state): State<AppState>) -> Result<impl IntoResponse> {
-    Ok(text(render(&state.queues).await?))
+    Ok(text(render(&state.queues, &state.db).await?))
 }
 
 /// The router of the credential-free metrics listener.
-pub fn public_router(queues: Queues) -> axum::Router {
+pub fn public_router(queues: Queues, db: PgPool) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let queues = queues.clone();
+            let (queues, db) = (queues.clone(), db.clone());
             async move {
-                render(&queues)
+                render(&queues, &db)
                     .await
                     .map(text)
                     .map_err(super::error::Error::from)

@@ -54,7 +54,7 @@ impl Application {
         tracing::info!(port = self.port, "HTTP API listening");
         tokio::spawn(self.state.lookups.clone().listen(self.state.db.clone()));
         if let Some(bind) = self.state.settings.metrics_bind {
-            spawn_metrics_listener(bind, self.state.queues.clone()).await?;
+            spawn_metrics_listener(bind, self.state.queues.clone(), self.state.db.clone()).await?;
         }
         let (limits, drain) = (
             self.state.settings.connections,
@@ -99,13 +99,14 @@ pub async fn shutdown_signal() {
 pub async fn spawn_metrics_listener(
     bind: std::net::SocketAddr,
     queues: crate::queue::Queues,
+    db: sqlx::PgPool,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(bind)
         .await
         .with_context(|| format!("while binding {bind} (BACKROOM_METRICS_BIND)"))?;
     tracing::info!(%bind, "metrics listening");
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, api::metrics::public_router(queues)).await {
+        if let Err(e) = axum::serve(listener, api::metrics::public_router(queues, db)).await {
             tracing::error!(error = %e, "metrics listener stopped");
         }
     });

@@ -112,7 +112,7 @@ pub async fn run(
     let queues = Queues::new(redis, &settings.redis_namespace, settings.queue.clone());
     crate::queue::metrics::handle();
     if let Some(bind) = settings.metrics_bind {
-        super::serve::spawn_metrics_listener(bind, queues.clone()).await?;
+        super::serve::spawn_metrics_listener(bind, queues.clone(), pool.clone()).await?;
     }
 
     sync_tenant_rules(&pool, &queues, settings)
