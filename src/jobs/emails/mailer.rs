@@ -97,12 +97,24 @@ impl SendError {
     }
 }
 
+/// After a step's deadline, how long the step may still finish with what has already arrived.
+const STEP_GRACE: Duration = Duration::from_millis(200);
+
 /// Runs one step of the conversation within [`STEP_TIMEOUT`].
+///
+/// The deadline can pass while this process is stopped (SIGSTOP, a paused VM) with the server's
+/// reply already waiting in the socket; on waking, the timer fires before the reactor has seen
+/// the reply. A short grace lets the step read it, so a message the server accepted is not
+/// taken for a failed send (and sent again by the next delivery).
 async fn step<T>(
     what: &'static str,
     work: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
 ) -> Result<T, SendError> {
-    match tokio::time::timeout(STEP_TIMEOUT, work).await {
+    let mut work = std::pin::pin!(work);
+    if let Ok(done) = tokio::time::timeout(STEP_TIMEOUT, &mut work).await {
+        return Ok(done?);
+    }
+    match tokio::time::timeout(STEP_GRACE, &mut work).await {
         Ok(done) => Ok(done?),
         Err(_) => Err(SendError::TimedOut(what)),
     }
