@@ -78,6 +78,12 @@ impl<K: JobKind> Enqueue<K> {
         self
     }
 
+    /// At most `n` attempts instead of the kind's `MAX_ATTEMPTS`.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.job = self.job.max_attempts(n);
+        self
+    }
+
     /// Not before `at`.
     pub fn at(mut self, at: DateTime<Utc>) -> Self {
         self.job = self.job.run_at(at);

@@ -35,21 +35,21 @@ pub async fn run() -> anyhow::Result<()> {
     let pool = app.state().db.clone();
     db::migrate(&pool).await?;
     let demo_key = demo_tenant_key(&pool).await?;
-    seed_demo_sales(&app.state().db, &app.state().queues, &settings).await?;
+    let seeded = seed_demo_sales(&app.state().db, &app.state().queues, &settings).await?;
 
     let base = format!("http://127.0.0.1:{}", app.port());
-    println!();
-    println!("  backroom dev is running");
-    println!("  API            {base}  (contract: GET {base}/openapi.json)");
-    println!("  dashboard      {base}/admin  (sign in with the admin token)");
-    println!("  admin token    {}", settings.admin_token);
-    println!("  demo tenant    '{DEMO_SLUG}', API key {}", demo_key);
-    println!();
-    println!(
-        "  try:  curl -H 'Authorization: Bearer {}' {base}/v1/me",
-        demo_key
-    );
-    println!();
+    print_banner(&base, &settings.admin_token, &demo_key);
+    if seeded {
+        // The demo's traffic goes through the real API once it answers, so every dashboard page
+        // has something to show within a minute.
+        let (base, key) = (base.clone(), demo_key.clone());
+        let queues = app.state().queues.clone();
+        tokio::spawn(async move {
+            if let Err(e) = demo_traffic(&base, &key, &queues).await {
+                tracing::warn!(error = %e, "the demo's sample traffic did not go through");
+            }
+        });
+    }
 
     // One shutdown signal for the API and the workers.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -78,12 +78,13 @@ const DEMO_SKUS: usize = 300;
 const DEMO_DAYS: usize = 730;
 
 /// Gives a demo tenant without products two years of generated sales for a few hundred SKUs,
-/// and queues a forecast run so the dashboard has forecasts to show.
+/// and queues a forecast run so the dashboard has forecasts to show. Says whether it did (a
+/// demo tenant that already has products is left as it is).
 async fn seed_demo_sales(
     pool: &sqlx::PgPool,
     queues: &crate::queue::Queues,
     settings: &Settings,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let tenant_id = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", DEMO_SLUG)
         .fetch_one(pool)
         .await?;
@@ -94,7 +95,7 @@ async fn seed_demo_sales(
     .fetch_one(pool)
     .await?;
     if products > 0 {
-        return Ok(());
+        return Ok(false);
     }
     let yesterday = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
     let skus = crate::forecast::demo::generate(DEMO_SKUS, DEMO_DAYS, yesterday, 2026);
@@ -114,6 +115,164 @@ async fn seed_demo_sales(
     println!(
         "  demo data      {DEMO_SKUS} SKUs x {DEMO_DAYS} days of sales; forecast run {run_id} queued"
     );
+    Ok(true)
+}
+
+/// How to use the running demo: where to sign in, the demo tenant's key, three requests to copy,
+/// and where the emails go.
+fn print_banner(base: &str, admin_token: &str, key: &str) {
+    let auth = format!("-H 'Authorization: Bearer {key}'");
+    let json = "-H 'Content-Type: application/json'";
+    println!();
+    println!("  backroom dev is running");
+    println!("  dashboard      {base}/admin  (sign in with the admin token below)");
+    println!("  admin token    {admin_token}");
+    println!("  API            {base}  (contract: GET {base}/openapi.json)");
+    println!("  demo tenant    '{DEMO_SLUG}', API key {key}");
+    match std::env::var("BACKROOM_DEMO_MAIL_DIR") {
+        Ok(dir) => println!("  emails         each one the demo sends is a .eml file in {dir}"),
+        Err(_) => println!("  emails         sent to SMTP_URL"),
+    }
+    println!();
+    println!("  try:");
+    println!("  # receive 5 of SKU-00001 into stock");
+    println!(
+        "  curl {auth} {json} -d '{{\"sku\":\"SKU-00001\",\"delta\":5,\"reason\":\"receipt\",\"idempotency_key\":\"try-1\"}}' {base}/v1/stock-adjustments"
+    );
+    println!("  # an order: its invoice PDF is at /v1/invoices/<invoice_id>/pdf a moment later");
+    println!(
+        "  curl {auth} {json} -d '{{\"customer\":{{\"name\":\"Ada Lovelace\",\"email\":\"ada@example.com\"}},\"currency\":\"EUR\",\"tax_rate\":\"0.081\",\"lines\":[{{\"sku\":\"SKU-00002\",\"quantity\":2}}]}}' {base}/v1/orders"
+    );
+    println!("  curl {auth} -o invoice.pdf {base}/v1/invoices/<invoice_id>/pdf");
+    println!(
+        "  # the forecast of SKU-00001 (ready once the queued run has finished, within a minute or two)"
+    );
+    println!("  curl {auth} {base}/v1/products/SKU-00001/forecast");
+    println!();
+}
+
+/// The demo's first traffic, through the API: a few orders (invoices and emails), receipts,
+/// an email the SMTP sink refuses (a failed job), one it defers on the last attempt (a dead job,
+/// to try the dashboard's Retry on), a sales import with a broken header (a failed import), and
+/// a webhook endpoint whose host never resolves (failing deliveries).
+async fn demo_traffic(base: &str, key: &str, queues: &crate::queue::Queues) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+    };
+    for n in 1..=3 {
+        post(
+            "/v1/orders",
+            serde_json::json!({
+                "customer": {"name": format!("Demo customer {n}"), "email": format!("customer{n}@example.com")},
+                "currency": "EUR", "tax_rate": "0.081",
+                "lines": [{"sku": format!("SKU-0000{n}"), "quantity": n}, {"sku": "SKU-00010", "quantity": 1}],
+            }),
+        )
+        .await?
+        .error_for_status()?;
+    }
+    for n in 1..=5 {
+        post(
+            "/v1/stock-adjustments",
+            serde_json::json!({"sku": format!("SKU-0000{n}"), "delta": 10, "reason": "receipt",
+                               "idempotency_key": format!("demo-receipt-{n}")}),
+        )
+        .await?
+        .error_for_status()?;
+    }
+    post(
+        "/v1/emails",
+        serde_json::json!({"to": "reject-demo@example.com", "subject": "Refused by the sink",
+                           "text": "The demo's SMTP sink refuses recipients starting with 'reject'."}),
+    )
+    .await?
+    .error_for_status()?;
+    post(
+        "/v1/webhooks/endpoints",
+        serde_json::json!({"url": "https://hooks.example.invalid/backroom",
+                           "description": "demo: a host that never resolves"}),
+    )
+    .await?
+    .error_for_status()?;
+    client
+        .post(format!("{base}/v1/sales/import"))
+        .bearer_auth(key)
+        .header("content-type", "text/csv")
+        .body("day,product,units\n2026-01-01,SKU-00001,3\n")
+        .send()
+        .await?
+        .error_for_status()?;
+    dead_demo_email(&client, base, key, queues).await?;
+    Ok(())
+}
+
+/// An email to a recipient the sink always defers (451), sent by a job allowed one attempt: it
+/// goes to the dead set at once, with the server's reply as its error.
+async fn dead_demo_email(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    queues: &crate::queue::Queues,
+) -> anyhow::Result<()> {
+    use crate::jobs::emails::EmailJob;
+    let me: serde_json::Value = client
+        .get(format!("{base}/v1/me"))
+        .bearer_auth(key)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let tenant_id: uuid::Uuid = me["id"]
+        .as_str()
+        .context("GET /v1/me names the tenant")?
+        .parse()?;
+    // Accepted through the API with its own job (which keeps retrying, deferred), and sent once
+    // more by a job that may try once.
+    let accepted: serde_json::Value = client
+        .post(format!("{base}/v1/emails"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"to": "tempfail-demo@example.com", "subject": "Deferred by the sink",
+                                  "text": "The demo's SMTP sink defers recipients starting with 'tempfail'."}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let email_id: uuid::Uuid = accepted["email_id"]
+        .as_str()
+        .context("the email's id")?
+        .parse()?;
+    // Once its own job's first attempt has been deferred (and let go of the send), so the two
+    // jobs do not meet mid-send.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let email: serde_json::Value = client
+            .get(format!("{base}/v1/emails/{email_id}"))
+            .bearer_auth(key)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if !email["last_error"].is_null() {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the deferred email was never tried"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let job = EmailJob::Requested {
+        tenant_id,
+        email_id,
+    };
+    crate::jobs::enqueue(queues, [crate::jobs::Enqueue::new(&job).max_attempts(1)]).await?;
     Ok(())
 }
 
