@@ -289,3 +289,88 @@ async fn prometheus_scraping_serve_and_work_answers_every_dashboard_query() {
         assert_eq!(rule["health"], "ok", "{rule}");
     }
 }
+
+/// `backroom dev` (what `scripts/demo` runs) prints a banner a newcomer can act on, and its first
+/// traffic fills every dashboard page within a minute or two: emails (one refused), a dead job to
+/// retry, a failing webhook endpoint, a finished forecast run, the demo tenant.
+#[tokio::test]
+async fn the_demo_prints_its_story_and_fills_every_dashboard_page() {
+    let smtp = SmtpServer::start().await;
+    let app = spawn_app().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let out = tempfile_dir("demo").join("banner.txt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backroom"))
+        .arg("dev")
+        .envs(app.child_env())
+        .env("BACKROOM_BIND", format!("127.0.0.1:{port}"))
+        .env("SMTP_URL", smtp.url())
+        .env("BACKROOM_DEMO_MAIL_DIR", &smtp.dir)
+        .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("backroom dev starts");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cookie = wait_for("the demo to answer a sign-in", LIMIT, || {
+        let login = client
+            .post(format!("{base}/admin/login"))
+            .form(&[("token", ADMIN_TOKEN)])
+            .send();
+        async move {
+            let r = login.await.ok()?;
+            let cookie = r.headers().get("set-cookie")?.to_str().ok()?;
+            Some(cookie.split(';').next()?.to_string())
+        }
+    })
+    .await;
+
+    let banner = std::fs::read_to_string(&out).unwrap();
+    for expected in [
+        "/admin",
+        "admin token    ",
+        "API key bk_",
+        "/v1/stock-adjustments",
+        "/v1/orders",
+        "/pdf",
+        "/forecast",
+        smtp.dir.to_str().unwrap(),
+    ] {
+        assert!(
+            banner.contains(expected),
+            "the banner lacks {expected}: {banner}"
+        );
+    }
+    assert_eq!(banner.matches("curl ").count(), 4, "{banner}");
+
+    for (page, marker) in [
+        ("/admin", "stock"),
+        ("/admin/tenants", "Demo Outdoor Supply"),
+        ("/admin/emails", "reject-demo@example.com"),
+        ("/admin/queues/emails?status=dead", "requested_email"),
+        ("/admin/queues/imports?status=failed", "sales_import"),
+        ("/admin/webhooks", "hooks.example.invalid"),
+        ("/admin/forecasts", "succeeded"),
+    ] {
+        let (client, cookie, base) = (&client, &cookie, &base);
+        wait_for(
+            &format!("{page} to show {marker}"),
+            Duration::from_secs(180),
+            || async move {
+                let r = client
+                    .get(format!("{base}{page}"))
+                    .header("cookie", cookie)
+                    .send()
+                    .await
+                    .ok()?;
+                let text = r.text().await.ok()?;
+                text.contains(marker).then_some(())
+            },
+        )
+        .await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
