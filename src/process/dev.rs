@@ -151,98 +151,99 @@ fn print_banner(base: &str, admin_token: &str, key: &str) {
     println!();
 }
 
+/// The demo's own client of its API: the demo tenant's key on every request, and any answer
+/// but a 2xx an error.
+struct DemoApi {
+    client: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl DemoApi {
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+        let answer = request.bearer_auth(&self.key).send().await?;
+        Ok(answer.error_for_status()?.json().await?)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        self.send(self.client.post(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+}
+
 /// The demo's first traffic, through the API: a few orders (invoices and emails), receipts,
 /// an email the SMTP sink refuses (a failed job), one it defers on the last attempt (a dead job,
 /// to try the dashboard's Retry on), a sales import with a broken header (a failed import), and
 /// a webhook endpoint whose host never resolves (failing deliveries).
 async fn demo_traffic(base: &str, key: &str, queues: &crate::queue::Queues) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let post = |path: &str, body: serde_json::Value| {
-        client
-            .post(format!("{base}{path}"))
-            .bearer_auth(key)
-            .json(&body)
-            .send()
+    use serde_json::json;
+    let api = DemoApi {
+        client: reqwest::Client::new(),
+        base: base.to_string(),
+        key: key.to_string(),
     };
     for n in 1..=3 {
-        post(
+        api.post(
             "/v1/orders",
-            serde_json::json!({
+            json!({
                 "customer": {"name": format!("Demo customer {n}"), "email": format!("customer{n}@example.com")},
                 "currency": "EUR", "tax_rate": "0.081",
                 "lines": [{"sku": format!("SKU-0000{n}"), "quantity": n}, {"sku": "SKU-00010", "quantity": 1}],
             }),
         )
-        .await?
-        .error_for_status()?;
+        .await?;
     }
     for n in 1..=5 {
-        post(
+        api.post(
             "/v1/stock-adjustments",
-            serde_json::json!({"sku": format!("SKU-0000{n}"), "delta": 10, "reason": "receipt",
-                               "idempotency_key": format!("demo-receipt-{n}")}),
+            json!({"sku": format!("SKU-0000{n}"), "delta": 10, "reason": "receipt",
+                   "idempotency_key": format!("demo-receipt-{n}")}),
         )
-        .await?
-        .error_for_status()?;
+        .await?;
     }
-    post(
+    api.post(
         "/v1/emails",
-        serde_json::json!({"to": "reject-demo@example.com", "subject": "Refused by the sink",
-                           "text": "The demo's SMTP sink refuses recipients starting with 'reject'."}),
+        json!({"to": "reject-demo@example.com", "subject": "Refused by the sink",
+               "text": "The demo's SMTP sink refuses recipients starting with 'reject'."}),
     )
-    .await?
-    .error_for_status()?;
-    post(
+    .await?;
+    api.post(
         "/v1/webhooks/endpoints",
-        serde_json::json!({"url": "https://hooks.example.invalid/backroom",
-                           "description": "demo: a host that never resolves"}),
+        json!({"url": "https://hooks.example.invalid/backroom",
+               "description": "demo: a host that never resolves"}),
     )
-    .await?
-    .error_for_status()?;
-    client
+    .await?;
+    let broken = api
+        .client
         .post(format!("{base}/v1/sales/import"))
-        .bearer_auth(key)
         .header("content-type", "text/csv")
-        .body("day,product,units\n2026-01-01,SKU-00001,3\n")
-        .send()
-        .await?
-        .error_for_status()?;
-    dead_demo_email(&client, base, key, queues).await?;
-    Ok(())
+        .body("day,product,units\n2026-01-01,SKU-00001,3\n");
+    api.send(broken).await?;
+    dead_demo_email(&api, queues).await
 }
 
 /// An email to a recipient the sink always defers (451), sent by a job allowed one attempt: it
 /// goes to the dead set at once, with the server's reply as its error.
-async fn dead_demo_email(
-    client: &reqwest::Client,
-    base: &str,
-    key: &str,
-    queues: &crate::queue::Queues,
-) -> anyhow::Result<()> {
+async fn dead_demo_email(api: &DemoApi, queues: &crate::queue::Queues) -> anyhow::Result<()> {
     use crate::jobs::emails::EmailJob;
-    let me: serde_json::Value = client
-        .get(format!("{base}/v1/me"))
-        .bearer_auth(key)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let me = api.get("/v1/me").await?;
     let tenant_id: uuid::Uuid = me["id"]
         .as_str()
         .context("GET /v1/me names the tenant")?
         .parse()?;
     // Accepted through the API with its own job (which keeps retrying, deferred), and sent once
     // more by a job that may try once.
-    let accepted: serde_json::Value = client
-        .post(format!("{base}/v1/emails"))
-        .bearer_auth(key)
-        .json(&serde_json::json!({"to": "tempfail-demo@example.com", "subject": "Deferred by the sink",
-                                  "text": "The demo's SMTP sink defers recipients starting with 'tempfail'."}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
+    let accepted = api
+        .post(
+            "/v1/emails",
+            serde_json::json!({"to": "tempfail-demo@example.com", "subject": "Deferred by the sink",
+                               "text": "The demo's SMTP sink defers recipients starting with 'tempfail'."}),
+        )
         .await?;
     let email_id: uuid::Uuid = accepted["email_id"]
         .as_str()
@@ -251,17 +252,7 @@ async fn dead_demo_email(
     // Once its own job's first attempt has been deferred (and let go of the send), so the two
     // jobs do not meet mid-send.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let email: serde_json::Value = client
-            .get(format!("{base}/v1/emails/{email_id}"))
-            .bearer_auth(key)
-            .send()
-            .await?
-            .json()
-            .await?;
-        if !email["last_error"].is_null() {
-            break;
-        }
+    while api.get(&format!("/v1/emails/{email_id}")).await?["last_error"].is_null() {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "the deferred email was never tried"
