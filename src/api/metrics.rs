@@ -19,8 +19,8 @@ use sqlx::PgPool;
 /// at its last value rather than failing the scrape, except the queues' (Redis is the queue).
 pub async fn render(queues: &Queues, db: &PgPool) -> redis::RedisResult<String> {
     let settings = queues.settings();
-    let alive_since =
-        settings.clock.now() - chrono::Duration::from_std(settings.lease * 3).unwrap_or_default();
+    // A worker beats every third of a lease; three leases without one and it counts as gone.
+    let alive_since_ms = settings.clock.now_ms() - (settings.lease * 3).as_millis() as i64;
     for queue in Queue::ALL {
         let name = queue.name();
         let c = queues.counts(&queue.id()).await?;
@@ -35,11 +35,7 @@ pub async fn render(queues: &Queues, db: &PgPool) -> redis::RedisResult<String> 
         ] {
             metrics::depth(name, status, n);
         }
-        let workers = queues.workers(&queue.id()).await?;
-        let alive = workers
-            .iter()
-            .filter(|w| w.last_heartbeat >= alive_since)
-            .count();
+        let alive = queues.live_workers(&queue.id(), alive_since_ms).await?;
         metrics::workers(name, alive);
     }
     match system_gauges(db).await {
@@ -51,22 +47,20 @@ pub async fn render(queues: &Queues, db: &PgPool) -> redis::RedisResult<String> 
     Ok(metrics::handle().render())
 }
 
-/// The age of the oldest unsent outbox row (0 when none), and the enabled webhook endpoints
-/// whose deliveries are failing.
+/// The age of the oldest unsent outbox row (0 when none; the oldest by id, through the unsent
+/// rows' partial index), and the enabled webhook endpoints whose deliveries are failing. One
+/// round trip.
 async fn system_gauges(db: &PgPool) -> sqlx::Result<(f64, i64)> {
-    let lag = sqlx::query_scalar!(
-        r#"SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 AS "lag!"
-           FROM outbox WHERE sent_at IS NULL"#
+    let row = sqlx::query!(
+        r#"SELECT
+             COALESCE((SELECT EXTRACT(EPOCH FROM now() - created_at)::float8 FROM outbox
+                       WHERE sent_at IS NULL ORDER BY id LIMIT 1), 0) AS "lag!",
+             (SELECT count(*) FROM webhook_endpoints
+              WHERE enabled AND failing_since IS NOT NULL) AS "failing!""#
     )
     .fetch_one(db)
     .await?;
-    let failing = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "n!" FROM webhook_endpoints
-           WHERE enabled AND failing_since IS NOT NULL"#
-    )
-    .fetch_one(db)
-    .await?;
-    Ok((lag, failing))
+    Ok((row.lag, row.failing))
 }
 
 fn text(body: String) -> impl IntoResponse {

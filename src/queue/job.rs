@@ -49,11 +49,6 @@ impl JobMeta {
         self.attempt >= self.max_attempts
     }
 
-    /// Whether this worker still owns the job: false once another worker has reclaimed it (after
-    /// this one stalled past its lease, frozen or cut off). A handler about to do what must not
-    /// happen twice (send an email) asks right before; the worker asks before starting each
-    /// job. Cheap while the worker's heartbeats are on time (a local check); after a stall it
-    /// asks Redis. When Redis cannot answer, it says true: delivery stays at least once.
     /// The worker process running this delivery, as a name to store with what it claims
     /// (`None` outside a queue worker).
     pub fn process_name(&self) -> Option<String> {
@@ -69,6 +64,11 @@ impl JobMeta {
             .is_some_and(|lease| lease.process_is_gone(name))
     }
 
+    /// Whether this worker still owns the job: false once another worker has reclaimed it (after
+    /// this one stalled past its lease, frozen or cut off). A handler about to do what must not
+    /// happen twice (send an email) asks right before; the worker asks before starting each
+    /// job. Cheap while the worker's heartbeats are on time (a local check); after a stall it
+    /// asks Redis. When Redis cannot answer, it says true: delivery stays at least once.
     pub async fn still_owned(&self) -> bool {
         match &self.lease {
             None => true,

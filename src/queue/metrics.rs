@@ -62,7 +62,7 @@ pub fn depth(queue: &str, status: &'static str, n: u64) {
 }
 
 /// Worker processes of a queue whose heartbeat is recent (read at scrape time).
-pub fn workers(queue: &str, n: usize) {
+pub fn workers(queue: &str, n: u64) {
     gauge!("backroom_queue_workers", "queue" => queue.to_string()).set(n as f64);
 }
 

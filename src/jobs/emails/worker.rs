@@ -194,25 +194,7 @@ async fn claim_send(
     email_id: Uuid,
     meta: &JobMeta,
 ) -> Result<Option<serde_json::Value>, JobError> {
-    let claim_for = deps.lease * 3;
-    let process = meta.process_name();
-    let claimed = sqlx::query_scalar!(
-        r#"UPDATE emails SET attempts = attempts + 1, job_id = $2, claim_attempt = $3,
-                             sending_until = now() + make_interval(secs => $4),
-                             claim_process = $5
-           WHERE id = $1 AND status <> 'sent'
-             AND (sending_until IS NULL OR sending_until < now()
-                  OR (job_id = $2 AND claim_attempt = $3))
-           RETURNING id"#,
-        email_id,
-        meta.id,
-        meta.attempt as i32,
-        claim_for.as_secs_f64(),
-        process
-    )
-    .fetch_optional(&deps.db)
-    .await?;
-    if claimed.is_some() {
+    if take_claim(deps, email_id, meta, None).await? {
         return Ok(None);
     }
     let holder = sqlx::query!(
@@ -228,35 +210,47 @@ async fn claim_send(
             "email_id": email_id, "status": "sending", "duplicate": true,
         })));
     }
-    if let Some(dead) = holder
-        .claim_process
-        .filter(|holder| meta.process_is_gone(holder))
+    if let Some(dead) = holder.claim_process.filter(|p| meta.process_is_gone(p))
+        && take_claim(deps, email_id, meta, Some(&dead)).await?
     {
-        let taken = sqlx::query_scalar!(
-            r#"UPDATE emails SET attempts = attempts + 1, claim_attempt = $3,
-                                 sending_until = now() + make_interval(secs => $4),
-                                 claim_process = $5
-               WHERE id = $1 AND job_id = $2 AND claim_process = $6 AND status <> 'sent'
-               RETURNING id"#,
-            email_id,
-            meta.id,
-            meta.attempt as i32,
-            claim_for.as_secs_f64(),
-            process,
-            dead
-        )
-        .fetch_optional(&deps.db)
-        .await?;
-        if taken.is_some() {
-            tracing::info!(%email_id, holder = %dead, "took over the send claim of a worker process that is gone");
-            return Ok(None);
-        }
+        tracing::info!(%email_id, holder = %dead, "took over the send claim of a worker process that is gone");
+        return Ok(None);
     }
     Err(JobError::retry_after(
         "an earlier delivery of this job, whose worker stalled or died, holds the send; \
          waiting for its claim to lapse rather than sending twice",
         Duration::from_secs_f64(holder.left + 1.0),
     ))
+}
+
+/// Takes the send claim for this delivery (three leases long) when it is free, lapsed, already
+/// this delivery's, or held for this job by `dead_holder`, a process known to be gone; says
+/// whether it did.
+async fn take_claim(
+    deps: &EmailDeps,
+    email_id: Uuid,
+    meta: &JobMeta,
+    dead_holder: Option<&str>,
+) -> sqlx::Result<bool> {
+    let taken = sqlx::query_scalar!(
+        r#"UPDATE emails SET attempts = attempts + 1, job_id = $2, claim_attempt = $3,
+                             sending_until = now() + make_interval(secs => $4),
+                             claim_process = $5
+           WHERE id = $1 AND status <> 'sent'
+             AND (sending_until IS NULL OR sending_until < now()
+                  OR (job_id = $2 AND claim_attempt = $3)
+                  OR (job_id = $2 AND claim_process = $6))
+           RETURNING id"#,
+        email_id,
+        meta.id,
+        meta.attempt as i32,
+        (deps.lease * 3).as_secs_f64(),
+        meta.process_name(),
+        dead_holder
+    )
+    .fetch_optional(&deps.db)
+    .await?;
+    Ok(taken.is_some())
 }
 
 /// How long a delivery keeps trying to record a send the server accepted (the job's timeout is

@@ -291,6 +291,18 @@ impl Queues {
         Ok(volume)
     }
 
+    /// How many workers of this queue have sent a heartbeat since `since_ms` (one `ZCOUNT`; for
+    /// metrics scraped often, where [`Queues::workers`]' details are not needed).
+    pub async fn live_workers(&self, queue: &QueueName, since_ms: i64) -> RedisResult<u64> {
+        let mut conn = self.redis.conn().await?;
+        redis::cmd("ZCOUNT")
+            .arg(self.keys(queue).workers())
+            .arg(since_ms)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+    }
+
     /// Workers that heartbeat on this queue, most recent first.
     pub async fn workers(&self, queue: &QueueName) -> RedisResult<Vec<WorkerInfo>> {
         self.ensure_group(queue).await?;
