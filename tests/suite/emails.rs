@@ -13,6 +13,19 @@ async fn send(app: &TestApp, key: &str, body: &Value) -> reqwest::Response {
     app.post_json("/v1/emails", Some(key), body).await
 }
 
+/// Sends a plain email to `to` and returns its id once the API has accepted it.
+async fn send_accepted(app: &TestApp, key: &str, to: &str, subject: &str) -> String {
+    let r = send(
+        app,
+        key,
+        &json!({"to": to, "subject": subject, "text": "Body"}),
+    )
+    .await;
+    assert_eq!(r.status(), 202, "the email to {to} is accepted");
+    let accepted: Value = r.json().await.unwrap();
+    accepted["email_id"].as_str().unwrap().to_string()
+}
+
 async fn email(app: &TestApp, key: &str, id: &str) -> Value {
     app.get(&format!("/v1/emails/{id}"), Some(key))
         .await
@@ -298,22 +311,8 @@ async fn a_tenant_over_its_sending_limit_waits_for_the_next_minute() {
     .await;
     assert_eq!(throttled["status"], "queued");
     // Another tenant is not held back by the first one's flood.
-    let accepted: Value = send(
-        &app,
-        &other.key,
-        &json!({"to": "x@example.org", "subject": "Hi", "text": "Body"}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    wait_email(
-        &app,
-        &other.key,
-        accepted["email_id"].as_str().unwrap(),
-        "sent",
-    )
-    .await;
+    let id = send_accepted(&app, &other.key, "x@example.org", "Hi").await;
+    wait_email(&app, &other.key, &id, "sent").await;
     workers.stop().await;
 }
 
@@ -424,4 +423,57 @@ async fn an_order_sends_the_customer_the_invoice_pdf_and_low_stock_reaches_the_t
     );
     other_workers.stop().await;
     workers.stop().await;
+}
+
+/// A relay that stops answering one conversation (it holds one tenant's `RCPT`) costs that send
+/// at most the mailer's step limit (15 s): the job fails with a timeout and is retried, and the
+/// held conversation's message never goes out twice. Meanwhile another tenant's email goes out
+/// through another connection of the same worker.
+#[tokio::test]
+async fn a_relay_holding_one_tenants_send_times_it_out_and_another_tenants_email_goes_out() {
+    let smtp = SmtpServer::start().await;
+    let (app, workers) = app_with_smtp(&smtp.url(), 100).await;
+    let (held, other) = (
+        app.create_tenant("held").await,
+        app.create_tenant("other").await,
+    );
+    let held_id = send_accepted(&app, &held.key, "holdrcpt-held@example.org", "Held").await;
+    let dir = smtp.dir.clone();
+    wait_for("the relay to hold the RCPT", LIMIT, || {
+        let held = dir.join("held");
+        async move { held.exists().then_some(()) }
+    })
+    .await;
+    let started = std::time::Instant::now();
+
+    let other_id = send_accepted(&app, &other.key, "reader@example.org", "Meanwhile").await;
+    wait_email(&app, &other.key, &other_id, "sent").await;
+    let other_took = started.elapsed();
+    assert!(
+        other_took < Duration::from_secs(10),
+        "the other tenant's email waited {other_took:?} behind a held conversation"
+    );
+
+    let timed_out = wait_for("the held send to time out", LIMIT, || async {
+        let e = email(&app, &held.key, &held_id).await;
+        e["last_error"]
+            .as_str()
+            .is_some_and(|err| err.contains("did not answer RCPT"))
+            .then_some(e)
+    })
+    .await;
+    let held_for = started.elapsed();
+    assert!(
+        held_for >= Duration::from_secs(14) && held_for < Duration::from_secs(30),
+        "the held step ended after {held_for:?}: {timed_out}"
+    );
+    assert_eq!(
+        timed_out["status"], "queued",
+        "a timeout is retried, not failed"
+    );
+    // Released, the retry goes out, once.
+    std::fs::write(smtp.dir.join("release"), b"").unwrap();
+    wait_email(&app, &held.key, &held_id, "sent").await;
+    workers.stop().await;
+    assert_eq!(smtp.messages().len(), 2, "one message for each email");
 }

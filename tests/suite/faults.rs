@@ -38,20 +38,6 @@ async fn count(db: &PgPool, sql: &str, tenant: Uuid) -> i64 {
         .unwrap()
 }
 
-async fn put_product(app: &TestApp, key: &str, sku: &str) {
-    let r = app
-        .send_json(
-            Method::PUT,
-            &format!("/v1/products/{sku}"),
-            Some(key),
-            &json!({"name": format!("Article {sku}"), "unit_price": "12.50", "currency": "EUR",
-                    "reorder_point": 0, "reorder_quantity": 10, "lead_time_days": 3,
-                    "allow_negative": true}),
-        )
-        .await;
-    assert!(r.status().is_success(), "product {sku}: {}", r.status());
-}
-
 async fn place_order(app: &TestApp, key: &str, sku: &str, quantity: i64) -> Value {
     let r = app
         .post_json(

@@ -733,3 +733,19 @@ fn postgres_bin_dir() -> std::path::PathBuf {
         .expect("a Postgres server is installed under /usr/lib/postgresql");
     format!("/usr/lib/postgresql/{newest}/bin").into()
 }
+
+/// Creates product `sku` for the tenant of `key` (12.50 EUR, negative stock allowed, so every
+/// adjustment applies); panics unless the API accepts it.
+pub async fn put_product(app: &TestApp, key: &str, sku: &str) {
+    let r = app
+        .send_json(
+            Method::PUT,
+            &format!("/v1/products/{sku}"),
+            Some(key),
+            &serde_json::json!({"name": format!("Article {sku}"), "unit_price": "12.50", "currency": "EUR",
+                    "reorder_point": 0, "reorder_quantity": 10, "lead_time_days": 3,
+                    "allow_negative": true}),
+        )
+        .await;
+    assert!(r.status().is_success(), "product {sku}: {}", r.status());
+}
