@@ -110,6 +110,10 @@ struct Sizes {
     /// The busy tenant's flood in the fairness scenario, and the quiet tenant's jobs.
     flood: usize,
     quiet: usize,
+    /// Workflow scenario: chains (of [`CHAIN_LENGTH`]), the fan-in's parents, idle releases.
+    chains: usize,
+    fan_in: usize,
+    releases: usize,
 }
 
 impl Sizes {
@@ -125,6 +129,9 @@ impl Sizes {
             memory: Duration::from_secs(40),
             flood: 50_000,
             quiet: 100,
+            chains: 10_000,
+            fan_in: 10_000,
+            releases: 200,
         }
     }
 
@@ -140,6 +147,9 @@ impl Sizes {
             memory: Duration::from_secs(10),
             flood: 3_000,
             quiet: 10,
+            chains: 200,
+            fan_in: 500,
+            releases: 20,
         }
     }
 }
@@ -1451,9 +1461,168 @@ async fn scenario_fairness(env: &Env) -> anyhow::Result<Verdict> {
     })
 }
 
-const SCENARIOS: [&str; 7] = [
-    "enqueue", "drain", "idle", "steady", "backlog", "memory", "fairness",
+const SCENARIOS: [&str; 8] = [
+    "enqueue", "drain", "idle", "steady", "backlog", "memory", "fairness", "workflow",
 ];
+
+// ---------------------------------------------------------------------------------------------
+// 8. workflow: jobs that wait for jobs
+
+const CHAIN_LENGTH: usize = 10;
+/// Idle release latency target: from the last parent's start (its handler does nothing, so its
+/// end is microseconds later) to its child's start.
+const RELEASE_P99_TARGET_MS: f64 = 5.0;
+
+/// A job of the workflow scenario: it reports its start as an absolute time (`pushed_us` 0).
+fn stamped(env: &Env) -> NewJob {
+    NewJob::new(
+        "bench",
+        &Payload {
+            pushed_us: 0,
+            pad: env.pad.clone(),
+            work_ms: 0,
+            unrecorded: false,
+        },
+    )
+}
+
+async fn scenario_workflow(env: &Env, config: &DrainConfig) -> anyhow::Result<Vec<Verdict>> {
+    let chains = env.sizes.chains;
+    let total = chains * CHAIN_LENGTH + env.sizes.fan_in + 1;
+    println!(
+        "\n== 8. workflow: {chains} chains of {CHAIN_LENGTH} and a fan-in of {} into one job \
+         ({total} jobs), then {} idle releases ==",
+        env.sizes.fan_in, env.sizes.releases
+    );
+    let queue = env.queue("workflow");
+    let queues = env.queues()?;
+    queues.ensure_group(&queue).await?;
+
+    // The backlog: level by level, each chain's job waiting for the one before it.
+    let mut progress = Progress::new("pushing the workflows", total as u64);
+    let mut level: Vec<String> = vec![];
+    let mut pushed = 0;
+    for _ in 0..CHAIN_LENGTH {
+        let mut jobs = vec![];
+        for c in 0..chains {
+            let job = env.payload();
+            jobs.push(match level.get(c) {
+                Some(parent) => job.depends_on([parent]),
+                None => job,
+            });
+        }
+        level = queues
+            .push(&queue, jobs)
+            .await?
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        pushed += chains;
+        progress.update(pushed as u64);
+    }
+    let parents: Vec<String> = queues
+        .push(&queue, env.jobs(env.sizes.fan_in))
+        .await?
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    queues
+        .push(&queue, vec![env.payload().depends_on(&parents)])
+        .await?;
+    drop(progress);
+    let waiting = queues.counts(&queue).await?.waiting;
+
+    let workers = Workers::start(
+        env,
+        &options(&queue, config),
+        config.workers,
+        Recorder(None),
+    )?;
+    let started = Instant::now();
+    let outcome = wait_finished(
+        &queues,
+        &queue,
+        total as u64,
+        "workflow drain",
+        async |_| Ok(()),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    workers.stop().await?;
+    let counts = outcome?;
+    let rate = total as f64 / elapsed.as_secs_f64();
+    env.delete_keys(Some(&queue)).await?;
+    print_table(
+        &["jobs", "held at start", "succeeded", "seconds", "jobs/s"],
+        &[vec![
+            total.to_string(),
+            waiting.to_string(),
+            counts.succeeded.to_string(),
+            dec(elapsed.as_secs_f64(), 2),
+            dec(rate, 0),
+        ]],
+    );
+
+    // Idle release: one parent and its child at a time, on an idle worker.
+    let mut o = WorkerOptions::new(queue.clone());
+    o.block = Duration::from_secs(5);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let workers = Workers::start(env, &o, 1, Recorder(Some(tx)))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut samples = vec![];
+    let mut lost = 0;
+    let mut progress = Progress::new("releases", env.sizes.releases as u64);
+    let measured: anyhow::Result<()> = async {
+        for i in 0..env.sizes.releases {
+            let parent = queues.push(&queue, vec![stamped(env)]).await?.remove(0).id;
+            queues
+                .push(&queue, vec![stamped(env).depends_on([parent])])
+                .await?;
+            let mut stamps = vec![];
+            while stamps.len() < 2 {
+                match tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+                    Ok(Some(us)) => stamps.push(us),
+                    _ => break,
+                }
+            }
+            match stamps[..] {
+                [parent_start, child_start] => {
+                    samples.push(child_start.saturating_sub(parent_start))
+                }
+                _ => lost += 1,
+            }
+            progress.update(i as u64 + 1);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+    .await;
+    drop(progress);
+    workers.stop().await?;
+    measured?;
+    env.delete_keys(Some(&queue)).await?;
+    let lat = Latencies::new(samples);
+    println!("  release: the parent's start to its child's start");
+    lat.print();
+    let p99 = lat.ms(0.99);
+    let pass = lost == 0 && p99 <= RELEASE_P99_TARGET_MS;
+    println!(
+        "  target p99 ≤ {RELEASE_P99_TARGET_MS} ms: {p99:.2} ms  {}",
+        verdict(pass)
+    );
+    Ok(vec![
+        Verdict {
+            target: format!("workflow drain ({chains}×{CHAIN_LENGTH} chains + fan-in), jobs/s"),
+            measured: format!("{rate:.0} jobs/s"),
+            pass: counts.succeeded == total as u64,
+        },
+        Verdict {
+            target: format!("idle release p99 ≤ {RELEASE_P99_TARGET_MS} ms"),
+            measured: format!("p99 {p99:.2} ms, max {:.2} ms, {lost} lost", lat.ms(1.0)),
+            pass,
+        },
+    ])
+}
 
 /// Runs the selected scenarios in order. Without the drain scenario, the backlog is drained
 /// with the default options.
@@ -1482,6 +1651,9 @@ async fn run_all(env: &Env) -> anyhow::Result<Vec<Verdict>> {
     }
     if env.selected("fairness") {
         verdicts.push(scenario_fairness(env).await?);
+    }
+    if env.selected("workflow") {
+        verdicts.extend(scenario_workflow(env, &best).await?);
     }
     Ok(verdicts)
 }

@@ -8,7 +8,7 @@
 //! the idempotency key `outbox:<row key>`, so a row re-sent after a crash between the push and
 //! the commit maps to the job it already created.
 
-use crate::queue::{NewJob, QueueName, Queues};
+use crate::queue::{GroupSpec, JobId, NewJob, QueueName, Queues};
 use anyhow::Context;
 use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
@@ -24,6 +24,30 @@ pub struct OutboxJob {
     pub max_attempts: u32,
     /// Unique per logical job: the relay dedupes on it.
     pub idempotency_key: String,
+    /// The job's id, chosen when the row is written.
+    pub job_id: JobId,
+    /// Jobs this one waits for (ids of jobs already pushed or of rows of the same transaction).
+    pub depends_on: Vec<String>,
+    /// The group it counts in, and the group's size (see [`group`]).
+    pub group: Option<(Uuid, u32)>,
+}
+
+/// Makes `jobs` one queue group with id `id` (one status for all of them: `GET /v1/groups/{id}`).
+pub fn group(id: Uuid, mut jobs: Vec<OutboxJob>) -> Vec<OutboxJob> {
+    let total = jobs.len() as u32;
+    for job in &mut jobs {
+        job.group = Some((id, total));
+    }
+    jobs
+}
+
+impl OutboxJob {
+    /// Runs this job only once `parent` (a row of the same transaction, or a pushed job) has
+    /// succeeded.
+    pub fn after(mut self, parent: &OutboxJob) -> Self {
+        self.depends_on.push(parent.job_id.to_string());
+        self
+    }
 }
 
 /// Writes jobs into the outbox inside the caller's transaction.
@@ -37,15 +61,28 @@ pub async fn add(tx: &mut PgConnection, jobs: &[OutboxJob]) -> sqlx::Result<()> 
     let payloads: Vec<serde_json::Value> = jobs.iter().map(|j| j.payload.clone()).collect();
     let attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts as i32).collect();
     let keys: Vec<String> = jobs.iter().map(|j| j.idempotency_key.clone()).collect();
+    let job_ids: Vec<String> = jobs.iter().map(|j| j.job_id.to_string()).collect();
+    // Postgres arrays of arrays must be rectangular: dependencies travel as one
+    // space-separated string per row (job ids have no spaces).
+    let depends_on: Vec<String> = jobs.iter().map(|j| j.depends_on.join(" ")).collect();
+    let groups: Vec<Option<Uuid>> = jobs.iter().map(|j| j.group.map(|g| g.0)).collect();
+    let group_totals: Vec<Option<i32>> = jobs.iter().map(|j| j.group.map(|g| g.1 as i32)).collect();
     sqlx::query!(
-        r#"INSERT INTO outbox (tenant_id, queue, kind, payload, max_attempts, idempotency_key)
-           SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int[], $6::text[])"#,
+        r#"INSERT INTO outbox (tenant_id, queue, kind, payload, max_attempts, idempotency_key,
+                               job_id, depends_on, group_id, group_total)
+           SELECT t, q, k, p, m, i, j, coalesce(string_to_array(NULLIF(d, ''), ' '), '{}'), g, gt
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int[], $6::text[],
+                       $7::text[], $8::text[], $9::uuid[], $10::int[]) AS u(t, q, k, p, m, i, j, d, g, gt)"#,
         &tenants as &[Option<Uuid>],
         &queues,
         &kinds,
         &payloads,
         &attempts,
-        &keys
+        &keys,
+        &job_ids,
+        &depends_on,
+        &groups as &[Option<Uuid>],
+        &group_totals as &[Option<i32>]
     )
     .execute(&mut *tx)
     .await?;
@@ -59,7 +96,8 @@ pub async fn add(tx: &mut PgConnection, jobs: &[OutboxJob]) -> sqlx::Result<()> 
 pub async fn relay_once(db: &PgPool, queues: &Queues, limit: i64) -> anyhow::Result<usize> {
     let mut tx = db.begin().await?;
     let rows = sqlx::query!(
-        r#"SELECT id, tenant_id, queue, kind, payload, max_attempts, idempotency_key
+        r#"SELECT id, tenant_id, queue, kind, payload, max_attempts, idempotency_key, job_id,
+                  depends_on, group_id, group_total
            FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"#,
         limit
     )
@@ -72,6 +110,7 @@ pub async fn relay_once(db: &PgPool, queues: &Queues, limit: i64) -> anyhow::Res
     let mut job_ids = Vec::with_capacity(rows.len());
     // Rows are pushed per queue, keeping their order within each queue.
     let mut by_queue: Vec<(String, Vec<(i64, NewJob)>)> = vec![];
+    let mut opened = std::collections::HashSet::new();
     for row in rows {
         let Some(queue) = QueueName::parse(&row.queue) else {
             tracing::error!(outbox_id = row.id, queue = %row.queue, "outbox row names an unknown queue; skipped");
@@ -84,7 +123,33 @@ pub async fn relay_once(db: &PgPool, queues: &Queues, limit: i64) -> anyhow::Res
             max_attempts: row.max_attempts.max(1) as u32,
             run_at: None,
             idempotency_key: None,
+            // Rows written before ids were chosen up front have none: a new id then.
+            id: row
+                .job_id
+                .as_deref()
+                .and_then(JobId::parse)
+                .filter(|(q, _)| *q == queue)
+                .map(|(_, id)| id),
+            depends_on: row.depends_on,
+            on_parent_failure: Default::default(),
+            // The rows of one transaction are relayed in any order, by any relay.
+            parents_may_follow: true,
+            group: row.group_id,
         };
+        // Opened before its first member is pushed (opening again changes nothing).
+        if let (Some(id), Some(total)) = (row.group_id, row.group_total)
+            && opened.insert(id)
+        {
+            queues
+                .open_group(GroupSpec {
+                    id,
+                    tenant: row.tenant_id,
+                    total: total.max(0) as u64,
+                    follow_up: None,
+                })
+                .await
+                .context("while opening an outbox group in Redis")?;
+        }
         job = job.idempotency_key(format!("outbox:{}", row.idempotency_key));
         match by_queue.iter_mut().find(|(q, _)| q == queue.as_str()) {
             Some((_, jobs)) => jobs.push((row.id, job)),

@@ -7,7 +7,7 @@ use super::error::{Error, Result};
 use super::extract::{Admin, FieldErrors, Query, Tenant, queue_named};
 use super::pagination::{PageParams, encode_cursor};
 use crate::jobs::Queue;
-use crate::queue::{ActionOutcome, JobRecord, JobStatus, QueueName};
+use crate::queue::{ActionOutcome, GroupState, JobRecord, JobStatus, QueueName};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -20,8 +20,9 @@ use uuid::Uuid;
 pub struct JobView {
     id: String,
     kind: String,
-    /// queued, paused (queued while an admin has paused this tenant on the job's queue),
-    /// running, succeeded, retrying, failed or dead.
+    /// queued, waiting (held until the jobs it depends on succeed), paused (queued while an
+    /// admin has paused this tenant on the job's queue), running, succeeded, retrying, failed,
+    /// dead or cancelled (a job it depended on did not succeed).
     status: &'static str,
     attempts: u32,
     max_attempts: u32,
@@ -33,6 +34,8 @@ pub struct JobView {
     finished_at: Option<DateTime<Utc>>,
     /// For a scheduled or retrying job: when it runs next.
     run_at: Option<DateTime<Utc>>,
+    /// The group it counts in (`GET /v1/groups/{id}`), if any.
+    group_id: Option<Uuid>,
 }
 
 impl From<JobRecord> for JobView {
@@ -52,6 +55,7 @@ impl From<JobRecord> for JobView {
             created_at: j.created_at,
             finished_at: j.finished_at,
             run_at: j.run_at,
+            group_id: j.group,
         }
     }
 }
@@ -116,6 +120,10 @@ pub struct QueueView {
     succeeded: u64,
     failed: u64,
     dead: u64,
+    /// Held until the jobs they depend on succeed.
+    waiting: u64,
+    /// Ended without running: a job they depended on did not succeed.
+    cancelled: u64,
     paused: bool,
     /// Jobs finished in each of the last 60 minutes, oldest first.
     processed_per_minute: Vec<u64>,
@@ -189,6 +197,62 @@ pub async fn get_job(
     Ok(axum::Json(view))
 }
 
+/// A group of jobs as its tenant sees it: how many of its members ended how.
+#[derive(Serialize, ToSchema)]
+pub struct GroupOut {
+    id: Uuid,
+    /// running (some members have not finished), succeeded (all did) or
+    /// completed_with_failures (all finished, at least one did not succeed).
+    state: GroupState,
+    total: u64,
+    /// Members not finished yet (queued, waiting, running or retrying).
+    pending: u64,
+    succeeded: u64,
+    failed: u64,
+    dead: u64,
+    cancelled: u64,
+    discarded: u64,
+    created_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    /// The job pushed when the group completed, if it has one.
+    follow_up_job_id: Option<String>,
+}
+
+/// A group of the calling tenant's jobs (a stock batch, an order's work, a forecast run's
+/// chunks). Another tenant's group is 404, exactly like a missing one.
+#[utoipa::path(get, path = "/v1/groups/{id}", tag = "tenant", security(("tenant_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = GroupOut), (status = 404, body = super::error::Problem)))]
+#[tracing::instrument(skip_all, fields(group_id = %id))]
+pub async fn get_group(
+    tenant: Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<GroupOut>> {
+    let missing = || Error::NotFound(format!("no group '{id}'"));
+    let group_id = Uuid::parse_str(&id).map_err(|_| missing())?;
+    let g = state
+        .queues
+        .group(&group_id)
+        .await?
+        .filter(|g| g.tenant == Some(tenant.id))
+        .ok_or_else(missing)?;
+    Ok(axum::Json(GroupOut {
+        id: g.id,
+        state: g.state,
+        total: g.total,
+        pending: g.pending,
+        succeeded: g.succeeded,
+        failed: g.failed,
+        dead: g.dead,
+        cancelled: g.cancelled,
+        discarded: g.discarded,
+        created_at: g.created_at,
+        finished_at: g.finished_at,
+        follow_up_job_id: g.follow_up_job,
+    }))
+}
+
 /// Every queue's counts and its last hour of throughput.
 #[utoipa::path(get, path = "/admin/v1/queues", tag = "admin", security(("admin_token" = [])),
     responses((status = 200, body = QueueList)))]
@@ -210,6 +274,8 @@ pub async fn list_queues(_: Admin, State(state): State<AppState>) -> Result<axum
             succeeded: counts.succeeded,
             failed: counts.failed,
             dead: counts.dead,
+            waiting: counts.waiting,
+            cancelled: counts.cancelled,
             paused: counts.paused,
             processed_per_minute: per_minute,
         });

@@ -75,7 +75,10 @@ impl AppState {
                 redis.clone(),
                 &settings.redis_namespace,
                 settings.queue.clone(),
-            ),
+            )
+            .with_group_hook(crate::jobs::webhooks::group_events::GroupEvents::hook(
+                db.clone(),
+            )),
             db,
             redis,
             settings: Arc::new(settings),
@@ -157,6 +160,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(webhooks::retry_delivery))
         .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::get_group))
         .routes(routes!(jobs::list_queues))
         .routes(routes!(jobs::list_jobs))
         .routes(routes!(jobs::retry_job))

@@ -61,6 +61,9 @@ pub struct OrderCreated {
     order_number: String,
     status: String,
     invoice_id: Uuid,
+    /// The order's work (its stock sales, invoice PDF and email) as one group:
+    /// `GET /v1/groups/{id}`.
+    group_id: Uuid,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -186,6 +189,7 @@ pub async fn create_order(
             order_number,
             status: "placed".into(),
             invoice_id,
+            group_id: order_id,
         }),
     ))
 }
@@ -398,7 +402,7 @@ async fn insert_order(
 }
 
 /// The work an order causes, for the outbox: a `sale` adjustment per line, the invoice PDF and
-/// the customer's email.
+/// the customer's email; one queue group whose id is the order's.
 fn order_work(ids: &OrderIds<'_>, lines: &[PricedLine], now: DateTime<Utc>) -> Vec<OutboxJob> {
     let mut work: Vec<OutboxJob> = lines
         .iter()
@@ -420,19 +424,16 @@ fn order_work(ids: &OrderIds<'_>, lines: &[PricedLine], now: DateTime<Utc>) -> V
         tenant_id: ids.tenant,
         invoice_id: ids.invoice,
     };
-    work.push(jobs::outbox_job(
-        &render,
-        format!("invoice:{}", ids.invoice),
-    ));
+    let render = jobs::outbox_job(&render, format!("invoice:{}", ids.invoice));
     let email = EmailJob::Invoice {
         tenant_id: ids.tenant,
         invoice_id: ids.invoice,
     };
-    work.push(jobs::outbox_job(
-        &email,
-        format!("invoice-email:{}", ids.invoice),
-    ));
-    work
+    // The email waits for its PDF in the queue (`waiting`), rather than polling it with retries.
+    let email = jobs::outbox_job(&email, format!("invoice-email:{}", ids.invoice)).after(&render);
+    work.push(render);
+    work.push(email);
+    outbox::group(ids.order, work)
 }
 
 fn uuid_in_path(raw: &str, what: &str) -> Result<Uuid> {

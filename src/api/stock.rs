@@ -8,6 +8,7 @@ use super::extract::{FieldErrors, Json, Tenant};
 use crate::domain::{DateWindow, Delta, IdempotencyKey, Reason, Sku};
 use crate::jobs::stock::StockAdjustmentJob;
 use crate::jobs::{self, Enqueue};
+use crate::queue::{GroupSpec, Pushed};
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -54,6 +55,10 @@ pub struct BatchItem {
 
 #[derive(Serialize, ToSchema)]
 pub struct BatchAccepted {
+    /// The batch's group (`GET /v1/groups/{id}`: one status for all its jobs); a batch sent
+    /// again answers with the first sending's group. `null` only when every item's key named an
+    /// earlier single adjustment.
+    group_id: Option<Uuid>,
     jobs: Vec<BatchItem>,
 }
 
@@ -136,6 +141,34 @@ async fn unknown_skus(state: &AppState, tenant: Uuid, skus: &[String]) -> Result
 /// The job of an adjustment, keyed by its tenant's idempotency key.
 fn enqueue(job: &StockAdjustmentJob) -> Enqueue<StockAdjustmentJob> {
     Enqueue::new(job).key(format!("{}:{}", job.tenant_id, job.idempotency_key))
+}
+
+/// The group of a batch sent again (every key named an earlier job): the first job's group,
+/// opened again in case the first sending stopped between its push and its group's opening
+/// (its size: the jobs of this batch in it).
+async fn earlier_group(state: &AppState, tenant: Uuid, pushed: &[Pushed]) -> Result<Option<Uuid>> {
+    let Some(first) = pushed.first() else {
+        return Ok(None);
+    };
+    let Some(group) = state.queues.get(&first.id).await?.and_then(|r| r.group) else {
+        return Ok(None);
+    };
+    let mut total = 0;
+    for p in pushed {
+        if state.queues.get(&p.id).await?.and_then(|r| r.group) == Some(group) {
+            total += 1;
+        }
+    }
+    state
+        .queues
+        .open_group(GroupSpec {
+            id: group,
+            tenant: Some(tenant),
+            total,
+            follow_up: None,
+        })
+        .await?;
+    Ok(Some(group))
 }
 
 /// The status to report for the job a repeated key maps to; once the job itself has left
@@ -275,7 +308,29 @@ pub async fn create_batch(
     errors.finish()?;
     let jobs: Vec<StockAdjustmentJob> = jobs.into_iter().map(|j| j.expect("checked")).collect();
     // One push call for the whole batch (the push script takes up to 1,000): all or nothing.
-    let pushed = jobs::enqueue(&state.queues, jobs.iter().map(enqueue)).await?;
+    // Its new jobs form a group, opened once they exist (members that finish first are counted
+    // when it opens).
+    let group = Uuid::now_v7();
+    let pushed = jobs::enqueue(
+        &state.queues,
+        jobs.iter().map(|j| enqueue(j).in_group(group)),
+    )
+    .await?;
+    let created = pushed.iter().filter(|p| p.created).count() as u64;
+    let group_id = if created > 0 {
+        state
+            .queues
+            .open_group(GroupSpec {
+                id: group,
+                tenant: Some(tenant.id),
+                total: created,
+                follow_up: None,
+            })
+            .await?;
+        Some(group)
+    } else {
+        earlier_group(&state, tenant.id, &pushed).await?
+    };
     let mut items = Vec::with_capacity(n);
     for (job, p) in jobs.iter().zip(pushed) {
         let status = if p.created {
@@ -291,6 +346,9 @@ pub async fn create_batch(
     }
     Ok((
         StatusCode::ACCEPTED,
-        axum::Json(BatchAccepted { jobs: items }),
+        axum::Json(BatchAccepted {
+            group_id,
+            jobs: items,
+        }),
     ))
 }

@@ -179,6 +179,8 @@ pub enum WebhookEventType {
     ImportFinished,
     #[serde(rename = "forecast.run.finished")]
     ForecastRunFinished,
+    #[serde(rename = "group.completed")]
+    GroupCompleted,
 }
 
 /// Checks event type names: known, at most 20, each once.

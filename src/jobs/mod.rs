@@ -84,6 +84,17 @@ impl<K: JobKind> Enqueue<K> {
         self
     }
 
+    /// The engine's job (to hand to it as a group's follow-up).
+    pub fn into_new_job(self) -> NewJob {
+        self.job
+    }
+
+    /// Counts the job in `group` (see [`crate::queue::GroupSpec`]).
+    pub fn in_group(mut self, group: Uuid) -> Self {
+        self.job = self.job.in_group(group);
+        self
+    }
+
     /// Not before `at`.
     pub fn at(mut self, at: DateTime<Utc>) -> Self {
         self.job = self.job.run_at(at);
@@ -140,6 +151,9 @@ pub fn outbox_job<K: JobKind>(payload: &K, key: impl Into<String>) -> OutboxJob 
         payload: serde_json::to_value(payload).expect("job payloads serialize"),
         max_attempts: K::MAX_ATTEMPTS,
         idempotency_key: key.into(),
+        job_id: crate::queue::JobId::new(&crate::queue::QueueName::custom(K::QUEUE.name())),
+        depends_on: vec![],
+        group: None,
     }
 }
 

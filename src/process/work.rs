@@ -109,7 +109,10 @@ pub async fn run(
         crate::db::Role::Worker,
     )?;
     let redis = crate::redis_conn::RedisHandle::open(&settings.redis_url)?;
-    let queues = Queues::new(redis, &settings.redis_namespace, settings.queue.clone());
+    let queues = Queues::new(redis, &settings.redis_namespace, settings.queue.clone())
+        .with_group_hook(jobs::webhooks::group_events::GroupEvents::hook(
+            pool.clone(),
+        ));
     crate::queue::metrics::handle();
     if let Some(bind) = settings.metrics_bind {
         super::serve::spawn_metrics_listener(bind, queues.clone(), pool.clone()).await?;

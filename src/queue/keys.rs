@@ -79,6 +79,26 @@ impl QueueKeys {
         format!("{}:{}", self.prefix, which.suffix())
     }
 
+    /// The jobs waiting for job `id` (in `id`'s queue: edges live with the parent).
+    pub fn children(&self, id: &str) -> String {
+        format!("{}:children:{id}", self.prefix)
+    }
+
+    /// The parents of waiting job `id` and how each ended (in the child's queue).
+    pub fn parents(&self, id: &str) -> String {
+        format!("{}:parents:{id}", self.prefix)
+    }
+
+    /// Finished parents whose children are still to be told (score: when it finished).
+    pub fn settle(&self) -> String {
+        format!("{}:settle", self.prefix)
+    }
+
+    /// Waiting jobs whose edges are still to be recorded in their parents' queues.
+    pub fn linking(&self) -> String {
+        format!("{}:linking", self.prefix)
+    }
+
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
     }
@@ -92,6 +112,31 @@ impl QueueKeys {
     }
 }
 
+/// Redis key names of one group of jobs (see `client::groups`). A group's members may be on any
+/// queue, so it has a hash tag of its own: `{<namespace>:group:<id>}`.
+#[derive(Debug, Clone)]
+pub struct GroupKeys {
+    prefix: String,
+}
+
+impl GroupKeys {
+    pub fn new(namespace: &str, group: &str) -> Self {
+        Self {
+            prefix: format!("{{{namespace}:group:{group}}}"),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Tenant, total, counts by outcome, state, follow-up. (Beside it, `:members`: member job
+    /// id → `"<epoch>:<outcome>"`, written and read by the scripts only.)
+    pub fn meta(&self) -> String {
+        format!("{}:meta", self.prefix)
+    }
+}
+
 /// The sorted sets a job can sit in outside the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobSet {
@@ -100,6 +145,9 @@ pub enum JobSet {
     Succeeded,
     Failed,
     Dead,
+    /// Jobs held for their parents (score: when pushed).
+    Waiting,
+    Cancelled,
 }
 
 impl JobSet {
@@ -110,6 +158,8 @@ impl JobSet {
             JobSet::Succeeded => "succeeded",
             JobSet::Failed => "failed",
             JobSet::Dead => "dead",
+            JobSet::Waiting => "held",
+            JobSet::Cancelled => "cancelled",
         }
     }
 }
@@ -163,6 +213,12 @@ mod tests {
             k.set(JobSet::Succeeded),
             k.set(JobSet::Failed),
             k.set(JobSet::Dead),
+            k.set(JobSet::Waiting),
+            k.set(JobSet::Cancelled),
+            k.children("stock_0193"),
+            k.parents("stock_0193"),
+            k.settle(),
+            k.linking(),
             k.workers(),
             k.worker("host-1-abc"),
             k.stats_minute(29_000_000),

@@ -25,6 +25,10 @@
 //! - `…:paused`, `…:workers` (heartbeats), `…:worker:<id>` (identity), `…:stats:<minute>`
 //!   (succeeded/failed per minute for the dashboard chart).
 //!
+//! - `…:held`, `…:cancelled`, `…:children:<id>`, `…:parents:<id>`, `…:settle`, `…:linking` —
+//!   jobs that wait for other jobs and the edges between them ([`client::deps`] has the design:
+//!   each half of an edge lives in its own job's queue, so nothing spans two Cluster slots).
+//!
 //! # Delivery
 //! - **At least once, nothing lost.** A job leaves Redis only when its outcome is recorded. A
 //!   worker that dies keeps its PEL entries; any live worker's `XAUTOCLAIM` takes them over once
@@ -98,8 +102,9 @@ mod scripts;
 
 pub use backend::{Hook, OutcomeHook, RedisBackend, WorkerHandle, WorkerOptions};
 pub use client::{
-    ActionOutcome, JobRecord, JobStatus, LimitChange, ListedJobs, NewJob, Pushed, QueueCounts,
-    Queues, TenantQueueState, WorkerInfo,
+    ActionOutcome, JobRecord, JobStatus, LimitChange, ListedJobs, NewJob, ParentFailure, Pushed,
+    QueueCounts, Queues, TenantQueueState, WorkerInfo,
+    groups::{GroupHook, GroupSpec, GroupState, GroupView},
 };
 pub use job::{JobError, JobMeta};
 pub use keys::{JobSet, QueueKeys};

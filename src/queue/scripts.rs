@@ -22,12 +22,29 @@ local function add_error(jk, attempt, now, err)
   redis.call('HSET', jk, 'errors', cjson.encode(list), 'last_error', err)
 end
 
+-- Dependencies and groups (see `client::deps`, `client::groups`). A job that others wait for
+-- has the field `children` and a list `:children:<id>` of their ids; a member of a group has the
+-- field `group`. When such a job finishes, its `settles` count goes up (the epoch of this
+-- outcome), its id goes into `:settle` (the jobs whose children and group are still to be
+-- told: a crash before they are told is repaired from there), and the children list lives as
+-- long as the job.
+local function parent_finished(prefix, jk, id, now, ttl)
+  redis.call('HINCRBY', jk, 'settles', 1)
+  redis.call('ZADD', prefix .. ':settle', now, id)
+  redis.call('PEXPIRE', prefix .. ':children:' .. id, ttl)
+end
+
 -- Ends a job for good in a finished set (succeeded, failed, dead) with its retention.
 local function finish(prefix, jk, id, status, now, ttl)
   redis.call('HSET', jk, 'status', status, 'finished_at', now)
   redis.call('HDEL', jk, 'worker', 'entry')
   redis.call('ZADD', prefix .. ':' .. status, now, id)
   redis.call('PEXPIRE', jk, ttl)
+  redis.call('PEXPIRE', prefix .. ':parents:' .. id, ttl)
+  local h = redis.call('HMGET', jk, 'children', 'group')
+  local told = (h[1] or h[2]) and true or false
+  if told then parent_finished(prefix, jk, id, now, ttl) end
+  return told
 end
 
 -- Per-tenant concurrency limits and pause. `:active` counts each tenant's jobs in the stream
@@ -195,8 +212,12 @@ fn with_common(body: &str) -> Script {
     Script::new(&format!("{COMMON}\n{body}"))
 }
 
-/// Enqueues a batch. ARGV: prefix, now, idempotency_ttl_ms, count, then 7 per job:
-/// id, kind, tenant, payload, max_attempts, run_at (0 = now), idempotency key ('' = none).
+/// Enqueues a batch. ARGV: prefix, now, idempotency_ttl_ms, count, then per job: id, kind,
+/// tenant, payload, max_attempts, run_at (0 = now), idempotency key ('' = none), preset ('1' when
+/// the caller chose the id: children may already wait for it), on_fail ('cancel' or 'run'),
+/// group id ('' = none), the number of parents, and the parents' ids. A job with parents is `waiting` (in `:held`
+/// and, until its edges are recorded in the parents' queues, in `:linking`), its parents a hash
+/// `:parents:<id>` of parent id → "<epoch>:<state>" (epoch -1, state `pending` at first).
 /// Returns 2 per job: the job id (the earlier one for a repeated key) and 1 if new, 0 if not.
 pub static PUSH: LazyLock<Script> = LazyLock::new(|| {
     with_common(
@@ -209,7 +230,9 @@ local i = 5
 for _ = 1, n do
   local id, kind, tenant, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local max, run_at, idem = ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6]
-  i = i + 7
+  local preset, on_fail, group, ndeps = ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], tonumber(ARGV[i + 10])
+  local first_dep = i + 11
+  i = i + 11 + ndeps
   local earlier = false
   if idem ~= '' then
     local ik = prefix .. ':idem:' .. idem
@@ -221,9 +244,25 @@ for _ = 1, n do
     out[#out + 1] = 0
   else
     local jk = prefix .. ':job:' .. id
+    if preset == '1' and redis.call('EXISTS', prefix .. ':children:' .. id) == 1 then
+      redis.call('HSET', jk, 'children', 1)
+    end
+    if group ~= '' then redis.call('HSET', jk, 'group', group) end
     -- One HSET per job. A job due now waits in its tenant's ready list; the fetch moves it into
     -- the stream (see `fill`).
-    if run_at > now then
+    if ndeps > 0 then
+      redis.call('HSET', jk, 'kind', kind, 'tenant', tenant, 'payload', payload, 'attempts', 0,
+        'max_attempts', max, 'created_at', now, 'idem', idem, 'status', 'waiting',
+        'deps', ndeps, 'deps_left', ndeps, 'deps_failed', 0, 'on_fail', on_fail)
+      if run_at > 0 then redis.call('HSET', jk, 'run_at', run_at) end
+      local pk = prefix .. ':parents:' .. id
+      for d = first_dep, first_dep + ndeps - 1 do redis.call('HSET', pk, ARGV[d], '-1:pending') end
+      -- A parent named twice counts once.
+      local distinct = redis.call('HLEN', pk)
+      redis.call('HSET', jk, 'deps', distinct, 'deps_left', distinct)
+      redis.call('ZADD', prefix .. ':held', now, id)
+      redis.call('ZADD', prefix .. ':linking', now, id)
+    elseif run_at > now then
       redis.call('HSET', jk, 'kind', kind, 'tenant', tenant, 'payload', payload, 'attempts', 0,
         'max_attempts', max, 'created_at', now, 'idem', idem, 'status', 'scheduled', 'run_at', run_at)
       redis.call('ZADD', prefix .. ':scheduled', run_at, id)
@@ -384,7 +423,8 @@ return lost
 /// succeeded_ttl, dead_ttl, minute, count, then 5 per job: id, entry, outcome ('succeeded',
 /// 'retry', 'failed', 'dead'), data (result JSON or error text), retry_at. Outcomes for jobs the
 /// consumer no longer owns are ignored: the worker that reclaimed them reports instead.
-/// Returns the number of outcomes recorded.
+/// Returns the number of outcomes recorded, then the ids of the finished jobs that other jobs
+/// wait for or that belong to a group.
 pub static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     with_common(
         r#"
@@ -396,12 +436,14 @@ local per_tenant, slots = {}, {}
 -- Entries to acknowledge and succeeded jobs to index, sent in batched calls at the end (the
 -- common path costs four calls per job instead of eight).
 local entries, succeeded = {}, {}
+-- Jobs that finished with children waiting on them: returned, so the caller tells the children.
+local parents = {0}
 local i = 9
 for _ = 1, n do
   local id, entry, outcome, data, retry_at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   i = i + 5
   local jk = job_key(prefix, id)
-  local h = redis.call('HMGET', jk, 'worker', 'entry', 'attempts', 'tenant')
+  local h = redis.call('HMGET', jk, 'worker', 'entry', 'attempts', 'tenant', 'children', 'deps', 'group')
   if h[1] == consumer and h[2] == entry then
     local field = (h[4] or '') .. (outcome == 'succeeded' and ':succeeded' or ':failed')
     per_tenant[field] = (per_tenant[field] or 0) + 1
@@ -411,6 +453,11 @@ for _ = 1, n do
       redis.call('HSET', jk, 'result', data, 'status', 'succeeded', 'finished_at', now)
       redis.call('HDEL', jk, 'worker', 'entry')
       redis.call('PEXPIRE', jk, ok_ttl)
+      if h[6] then redis.call('PEXPIRE', prefix .. ':parents:' .. id, ok_ttl) end
+      if h[5] or h[7] then
+        parent_finished(prefix, jk, id, now, ok_ttl)
+        parents[#parents + 1] = id
+      end
       succeeded[#succeeded + 1] = now
       succeeded[#succeeded + 1] = id
       done = done + 1
@@ -420,8 +467,8 @@ for _ = 1, n do
         redis.call('HSET', jk, 'status', 'retrying', 'run_at', retry_at)
         redis.call('HDEL', jk, 'worker', 'entry')
         redis.call('ZADD', prefix .. ':retry', tonumber(retry_at), id)
-      else
-        finish(prefix, jk, id, outcome, now, dead_ttl)
+      elseif finish(prefix, jk, id, outcome, now, dead_ttl) then
+        parents[#parents + 1] = id
       end
       failed = failed + 1
     end
@@ -447,7 +494,8 @@ if done + failed > 0 then
   for field, count in pairs(per_tenant) do redis.call('HINCRBY', tk, field, count) end
   redis.call('PEXPIRE', tk, 691200000)
 end
-return done + failed
+parents[1] = done + failed
+return parents
 "#,
     )
 });
@@ -507,7 +555,8 @@ return moved
     )
 });
 
-/// Puts dead or failed jobs back in the queue with a fresh attempt budget (history kept).
+/// Puts dead, failed or cancelled jobs back in the queue (a cancelled job waiting for parents
+/// runs now: the admin's call) with a fresh attempt budget (history kept).
 /// ARGV: prefix, now, then job ids. Returns one status per id: 'retried' when re-queued,
 /// otherwise the job's status ('missing' if it does not exist).
 pub static RETRY: LazyLock<Script> = LazyLock::new(|| {
@@ -521,9 +570,11 @@ for i = 3, #ARGV do
   local jk = job_key(prefix, id)
   local h = redis.call('HMGET', jk, 'status', 'tenant')
   local status = h[1]
-  if status == 'dead' or status == 'failed' then
+  if status == 'dead' or status == 'failed' or status == 'cancelled' then
     redis.call('ZREM', prefix .. ':' .. status, id)
     redis.call('PERSIST', jk)
+    redis.call('PERSIST', prefix .. ':children:' .. id)
+    redis.call('PERSIST', prefix .. ':parents:' .. id)
     redis.call('HSET', jk, 'status', 'queued', 'attempts', 0)
     redis.call('HDEL', jk, 'finished_at', 'run_at', 'entry')
     make_ready(prefix, id, h[2] or '', false)
@@ -539,21 +590,23 @@ return out
     )
 });
 
-/// Deletes a job that is not running. ARGV: prefix, id. Returns 'deleted', 'running' (refused)
+/// Deletes a job that is not running. ARGV: prefix, id, now. Returns 'deleted', 'running' (refused)
 /// or 'missing'.
 pub static DISCARD: LazyLock<Script> = LazyLock::new(|| {
     with_common(
         r#"
 local stream, prefix, id = KEYS[1], ARGV[1], ARGV[2]
 local jk = job_key(prefix, id)
-local h = redis.call('HMGET', jk, 'status', 'entry', 'tenant')
+local h = redis.call('HMGET', jk, 'status', 'entry', 'tenant', 'children')
 if not h[1] then return 'missing' end
 if h[1] == 'running' then return 'running' end
 if h[1] == 'queued' then unready(prefix, stream, id, h[3], h[2]) end
-for _, set in ipairs({'scheduled', 'retry', 'succeeded', 'failed', 'dead'}) do
+for _, set in ipairs({'scheduled', 'retry', 'succeeded', 'failed', 'dead', 'cancelled', 'held', 'linking'}) do
   redis.call('ZREM', prefix .. ':' .. set, id)
 end
-redis.call('DEL', jk)
+redis.call('DEL', jk, prefix .. ':parents:' .. id)
+-- Jobs waiting for this one are told it is gone (as a failed parent).
+if h[4] then redis.call('ZADD', prefix .. ':settle', ARGV[3], id) end
 return 'deleted'
 "#,
     )
@@ -569,10 +622,12 @@ local stream, prefix, id, now, reason, ttl = KEYS[1], ARGV[1], ARGV[2], tonumber
 local jk = job_key(prefix, id)
 local h = redis.call('HMGET', jk, 'status', 'entry', 'attempts', 'tenant')
 if not h[1] then return 'missing' end
-if h[1] ~= 'queued' and h[1] ~= 'scheduled' and h[1] ~= 'retrying' then return h[1] end
+if h[1] ~= 'queued' and h[1] ~= 'scheduled' and h[1] ~= 'retrying' and h[1] ~= 'waiting' then return h[1] end
 if h[1] == 'queued' then unready(prefix, stream, id, h[4], h[2]) end
 redis.call('ZREM', prefix .. ':scheduled', id)
 redis.call('ZREM', prefix .. ':retry', id)
+redis.call('ZREM', prefix .. ':held', id)
+redis.call('ZREM', prefix .. ':linking', id)
 add_error(jk, tonumber(h[3] or '0'), now, reason)
 finish(prefix, jk, id, 'failed', now, ttl)
 return 'cancelled'
@@ -625,6 +680,214 @@ for _, t in ipairs(tenants) do
     end
   end
 end
+return 1
+"#,
+    )
+});
+
+/// Records edges in the parents' queue (every parent here is of this queue). ARGV: prefix, mode
+/// ('strict': a parent that does not exist is reported `missing`; 'lenient': its children list
+/// is started anyway, for a parent the outbox has yet to push with a preset id), then 2 per
+/// edge: parent id, child id. Returns 2 per edge: the parent's state for the child ('pending',
+/// 'ok', 'failed', 'missing') and its epoch.
+pub static LINK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stream, prefix, mode = KEYS[1], ARGV[1], ARGV[2]
+local out = {}
+for i = 3, #ARGV, 2 do
+  local parent, child = ARGV[i], ARGV[i + 1]
+  local jk = prefix .. ':job:' .. parent
+  local ck = prefix .. ':children:' .. parent
+  local h = redis.call('HMGET', jk, 'status', 'settles')
+  local status = h[1]
+  if not status and mode == 'strict' then
+    out[#out + 1] = 'missing'
+    out[#out + 1] = 0
+  else
+    redis.call('RPUSH', ck, child)
+    if status then redis.call('HSET', jk, 'children', 1) end
+    local state = 'pending'
+    if status == 'succeeded' then state = 'ok'
+    elseif status == 'failed' or status == 'dead' or status == 'cancelled' then state = 'failed' end
+    if state ~= 'pending' then
+      -- Finished already: its children list lives as long as it does.
+      local ttl = redis.call('PTTL', jk)
+      if ttl > 0 then redis.call('PEXPIRE', ck, ttl) end
+    end
+    out[#out + 1] = state
+    out[#out + 1] = tonumber(h[2] or '0')
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Tells children (all of this queue) how a parent ended. ARGV: prefix, now, dead_ttl, then 4 per
+/// edge: child id, parent id, epoch, state ('ok' or 'failed'). An edge is applied only when its
+/// epoch is newer than the one recorded (repeats and late arrivals change nothing). A waiting
+/// child whose parents all succeeded becomes ready (or scheduled); one with a failed parent is
+/// cancelled, unless pushed to run anyway, and comes back to waiting if that parent is retried
+/// and succeeds. Returns the number made ready, then the ids of cancelled children that have
+/// children of their own (to be told in turn).
+pub static DEP_SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    with_common(
+        r#"
+local stream, prefix = KEYS[1], ARGV[1]
+local now, dead_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ready = 0
+local out = {0}
+for i = 4, #ARGV, 4 do
+  local child, parent, epoch, state = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local jk = job_key(prefix, child)
+  local pk = prefix .. ':parents:' .. child
+  local prev = redis.call('HGET', pk, parent)
+  local h = redis.call('HMGET', jk, 'status', 'tenant', 'deps_left', 'deps_failed', 'on_fail', 'dep_cancelled', 'run_at', 'attempts')
+  if h[1] and prev then
+    local sep = string.find(prev, ':', 1, true)
+    local prev_epoch, prev_state = tonumber(string.sub(prev, 1, sep - 1)), string.sub(prev, sep + 1)
+    if epoch > prev_epoch then
+      redis.call('HSET', pk, parent, epoch .. ':' .. state)
+      local left, failed = tonumber(h[3] or '0'), tonumber(h[4] or '0')
+      if prev_state == 'ok' then left = left + 1 end
+      if state == 'ok' then left = left - 1 end
+      if prev_state == 'failed' then failed = failed - 1 end
+      if state == 'failed' then failed = failed + 1 end
+      redis.call('HSET', jk, 'deps_left', left, 'deps_failed', failed)
+      local status = h[1]
+      if status == 'cancelled' and h[6] == '1' and failed == 0 then
+        -- The failed parent was retried and succeeded: wait again.
+        redis.call('ZREM', prefix .. ':cancelled', child)
+        redis.call('PERSIST', jk)
+        redis.call('PERSIST', pk)
+        redis.call('PERSIST', prefix .. ':children:' .. child)
+        redis.call('HSET', jk, 'status', 'waiting')
+        redis.call('HDEL', jk, 'finished_at', 'dep_cancelled')
+        redis.call('ZADD', prefix .. ':held', now, child)
+        status = 'waiting'
+      end
+      if status == 'waiting' then
+        local run_anyway = h[5] == 'run'
+        if failed > 0 and not run_anyway then
+          redis.call('ZREM', prefix .. ':held', child)
+          redis.call('HSET', jk, 'dep_cancelled', 1)
+          add_error(jk, tonumber(h[8] or '0'), now, 'cancelled: parent ' .. parent .. ' did not succeed')
+          if finish(prefix, jk, child, 'cancelled', now, dead_ttl) then out[#out + 1] = child end
+        elseif left - failed == 0 then
+          redis.call('ZREM', prefix .. ':held', child)
+          local run_at = tonumber(h[7] or '0')
+          if run_at > now then
+            redis.call('HSET', jk, 'status', 'scheduled')
+            redis.call('ZADD', prefix .. ':scheduled', run_at, child)
+          else
+            redis.call('HSET', jk, 'status', 'queued')
+            make_ready(prefix, child, h[2] or '', false)
+            ready = ready + 1
+          end
+        end
+      end
+    end
+  end
+end
+readied(prefix, ready)
+out[1] = ready
+return out
+"#,
+    )
+});
+
+/// Forgets a parent from `:settle` once its children were told, unless it finished again since
+/// (its score is then newer). ARGV: prefix, id, score.
+pub static SETTLED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stream, prefix, id, score = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now = redis.call('ZSCORE', prefix .. ':settle', id)
+if now and tonumber(now) == score then redis.call('ZREM', prefix .. ':settle', id) end
+return 1
+"#,
+    )
+});
+
+/// What a group's scripts share: `check` decides, after any change, whether the group has
+/// completed (every member finished), records its state once it has, and says whether its
+/// follow-up is still to be pushed and its completion still to be announced (see
+/// `GroupHook`). Returns {state, follow-up due (1/0), announcement due (1/0)}.
+const GROUP_COMMON: &str = r#"
+local function n(v) return tonumber(v or '0') or 0 end
+local function check(prefix, now, ttl)
+  local mk = prefix .. ':meta'
+  local h = redis.call('HMGET', mk, 'total', 'succeeded', 'failed', 'dead', 'cancelled',
+    'discarded', 'state', 'follow_up', 'followed', 'announced')
+  if not h[1] then return {'opening', 0, 0} end
+  local bad = n(h[3]) + n(h[4]) + n(h[5]) + n(h[6])
+  if n(h[2]) + bad < n(h[1]) then return {h[7] or 'running', 0, 0} end
+  local state = bad == 0 and 'succeeded' or 'completed_with_failures'
+  if h[7] ~= state then
+    redis.call('HSET', mk, 'state', state)
+    redis.call('HSETNX', mk, 'finished_at', now)
+    -- A finished group follows the queues' retention.
+    redis.call('PEXPIRE', mk, ttl)
+    redis.call('PEXPIRE', prefix .. ':members', ttl)
+  end
+  local due = (h[8] and h[8] ~= '' and not h[9]) and 1 or 0
+  return {state, due, h[10] and 0 or 1}
+end
+"#;
+
+fn with_group_common(body: &str) -> Script {
+    Script::new(&format!("{GROUP_COMMON}\n{body}"))
+}
+
+/// Opens a group (repeats change nothing). KEYS: the group's meta key. ARGV: prefix, tenant,
+/// total, now, ttl, follow-up ('' = none). Members may finish before it opens: their outcomes
+/// wait in the counters. Returns {state, follow-up due}.
+pub static GROUP_OPEN: LazyLock<Script> = LazyLock::new(|| {
+    with_group_common(
+        r#"
+local prefix, now, ttl = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
+local mk = prefix .. ':meta'
+if redis.call('HSETNX', mk, 'total', ARGV[3]) == 1 then
+  redis.call('HSET', mk, 'tenant', ARGV[2], 'created_at', now, 'follow_up', ARGV[6])
+end
+return check(prefix, now, ttl)
+"#,
+    )
+});
+
+/// Records how a member ended. KEYS: the group's meta key. ARGV: prefix, job id, epoch,
+/// outcome ('succeeded', 'failed', 'dead', 'cancelled', 'discarded'), now, ttl. Applied only
+/// when the epoch is newer than the member's last one (a repeat counts once; a member retried
+/// by an admin moves from its old outcome to its new one). Returns {state, follow-up due}.
+pub static GROUP_NOTE: LazyLock<Script> = LazyLock::new(|| {
+    with_group_common(
+        r#"
+local prefix, id, epoch, outcome = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
+local members, mk = prefix .. ':members', prefix .. ':meta'
+local prev = redis.call('HGET', members, id)
+local prev_epoch, prev_outcome = -1, nil
+if prev then
+  local sep = string.find(prev, ':', 1, true)
+  prev_epoch, prev_outcome = tonumber(string.sub(prev, 1, sep - 1)), string.sub(prev, sep + 1)
+end
+if epoch > prev_epoch then
+  redis.call('HSET', members, id, epoch .. ':' .. outcome)
+  if prev_outcome then redis.call('HINCRBY', mk, prev_outcome, -1) end
+  redis.call('HINCRBY', mk, outcome, 1)
+end
+return check(prefix, now, ttl)
+"#,
+    )
+});
+
+/// Marks a step of a group's completion done: `followed` (the follow-up's job id) or
+/// `announced`. KEYS: meta key. ARGV: field, value.
+pub static GROUP_MARK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 "#,
     )

@@ -477,3 +477,95 @@ async fn a_relay_holding_one_tenants_send_times_it_out_and_another_tenants_email
     workers.stop().await;
     assert_eq!(smtp.messages().len(), 2, "one message for each email");
 }
+
+/// An order's email waits in the queue (`waiting`) for its invoice rather than polling it: it
+/// starts only once the invoice is ready, on its first attempt, with no "not ready" retries.
+#[tokio::test]
+async fn an_orders_email_waits_for_its_invoice_and_goes_out_on_its_first_attempt() {
+    let smtp = SmtpServer::start().await;
+    let (app, workers) = app_with_smtp(&smtp.url(), 100).await;
+    let t = app.create_tenant("shop").await;
+    put_product(&app, &t.key, "MUG").await;
+    let created: Value = app
+        .post_json(
+            "/v1/orders",
+            Some(&t.key),
+            &json!({"customer": {"name": "Ana", "email": "ana@example.com"},
+                    "currency": "EUR", "tax_rate": "0.1", "lines": [{"sku": "MUG", "quantity": 1}]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let email_job: String = wait_for("the order's email job to be relayed", LIMIT, || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT job_id FROM outbox WHERE kind = 'invoice_email' AND sent_at IS NOT NULL",
+        )
+        .fetch_optional(&app.db)
+        .await
+        .unwrap()
+    })
+    .await;
+    // No invoice worker runs yet: the email worker has nothing to do.
+    let held: Value = app
+        .get(&format!("/v1/jobs/{email_job}"), Some(&t.key))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(held["status"], "waiting", "{held}");
+    assert!(smtp.messages().is_empty());
+
+    let invoice_workers = app.start_workers("invoices");
+    wait_for("the invoice email", LIMIT, || async {
+        (!smtp.messages().is_empty()).then_some(())
+    })
+    .await;
+    let job: Value = wait_for("the email job to succeed", LIMIT, || async {
+        let j: Value = app
+            .get(&format!("/v1/jobs/{email_job}"), Some(&t.key))
+            .await
+            .json()
+            .await
+            .ok()?;
+        (j["status"] == "succeeded").then_some(j)
+    })
+    .await;
+    assert_eq!(
+        job["attempts"], 1,
+        "no retries while the invoice rendered: {job}"
+    );
+    assert!(job["last_error"].is_null(), "{job}");
+    let invoice: Value = app
+        .get(
+            &format!("/v1/invoices/{}", created["invoice_id"].as_str().unwrap()),
+            Some(&t.key),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(invoice["status"], "ready");
+
+    // The order's work (its sale, PDF and email) is one group with the order's id.
+    let group = created["group_id"].as_str().unwrap();
+    assert_eq!(group, created["order_id"].as_str().unwrap());
+    let stock_workers = app.start_workers("stock");
+    let done: Value = wait_for("the order's group to complete", LIMIT, || async {
+        let g: Value = app
+            .get(&format!("/v1/groups/{group}"), Some(&t.key))
+            .await
+            .json()
+            .await
+            .ok()?;
+        (g["state"] == "succeeded").then_some(g)
+    })
+    .await;
+    assert_eq!(
+        (done["total"].as_u64(), done["succeeded"].as_u64()),
+        (Some(3), Some(3))
+    );
+    stock_workers.stop().await;
+    invoice_workers.stop().await;
+    workers.stop().await;
+}

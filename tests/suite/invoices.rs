@@ -378,16 +378,31 @@ async fn two_relays_at_once_enqueue_every_outbox_row_exactly_once() {
     let (a, b) = (relay(7), relay(5));
     let moved = a.await.unwrap() + b.await.unwrap();
     assert_eq!(moved, rows, "each row relayed by exactly one relay");
-    let mut queued = 0;
-    for q in ["stock", "invoices", "emails"] {
-        queued += app
-            .queues
-            .counts(&QueueName::parse(q).unwrap())
-            .await
-            .unwrap()
-            .pending;
-    }
+    // Pending, or waiting for another job (an order's email waits for its invoice).
+    let jobs_in_queues = || async {
+        let mut n = 0;
+        for q in ["stock", "invoices", "emails"] {
+            let c = app
+                .queues
+                .counts(&QueueName::parse(q).unwrap())
+                .await
+                .unwrap();
+            n += c.pending + c.waiting;
+        }
+        n
+    };
+    let queued = jobs_in_queues().await;
     assert_eq!(queued, rows as u64, "one job per outbox row");
+    let emails = app
+        .queues
+        .counts(&QueueName::parse("emails").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (emails.pending, emails.waiting),
+        (0, 40),
+        "each email waits for its invoice"
+    );
     // A row relayed again (a crash between push and commit) maps to the job it created.
     sqlx::query(
         "UPDATE outbox SET sent_at = NULL WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 10)",
@@ -401,16 +416,7 @@ async fn two_relays_at_once_enqueue_every_outbox_row_exactly_once() {
             .unwrap(),
         10
     );
-    let mut after = 0;
-    for q in ["stock", "invoices", "emails"] {
-        after += app
-            .queues
-            .counts(&QueueName::parse(q).unwrap())
-            .await
-            .unwrap()
-            .pending;
-    }
-    assert_eq!(after, queued, "no duplicate jobs");
+    assert_eq!(jobs_in_queues().await, queued, "no duplicate jobs");
 }
 
 #[tokio::test]

@@ -25,6 +25,7 @@ mod queue_cluster;
 mod queue_engine;
 mod queue_faults;
 mod queue_support;
+mod queue_workflows;
 mod secrets;
 mod stock;
 mod tenant_abuse;

@@ -178,3 +178,83 @@ async fn the_queue_engine_runs_on_a_redis_cluster() {
         .unwrap();
     assert_eq!(tq.queues.counts(&other).await.unwrap().pending, 1);
 }
+
+/// The slot of a key, asked of the cluster.
+fn key_slot(cluster: &Cluster, key: &str) -> u16 {
+    let out = Command::new("redis-cli")
+        .args([
+            "-p",
+            &cluster.ports[0].to_string(),
+            "CLUSTER",
+            "KEYSLOT",
+            key,
+        ])
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Dependencies across queues whose keys live on different nodes: each step is a single-slot
+/// script, so chains, a fan-in and a failed parent's cancellation work without CROSSSLOT errors.
+#[tokio::test]
+async fn jobs_wait_for_jobs_of_queues_on_other_cluster_nodes() {
+    let cluster = Cluster::start().await;
+    let a = TestQueue::with(test_settings(), &cluster.url());
+    // Three masters split the slots in thirds: find a sibling queue in another third.
+    let third = |q: &TestQueue| key_slot(&cluster, &q.queues.keys(&q.queue).stream()) / 5462;
+    let b = [
+        "probe-b", "probe-c", "probe-d", "probe-e", "probe-f", "probe-g", "probe-h",
+    ]
+    .into_iter()
+    .map(|name| a.sibling(name))
+    .find(|b| third(b) != third(&a))
+    .expect("a queue on another node");
+
+    let parents = a
+        .push(
+            (0..50)
+                .map(|n| NewJob::new("probe", &Probe::new(n)))
+                .collect(),
+        )
+        .await;
+    let fan_in = b
+        .push(vec![
+            NewJob::new("probe", &Probe::new(100)).depends_on(&parents),
+        ])
+        .await;
+    let chained = a
+        .push(vec![
+            NewJob::new("probe", &Probe::new(101)).depends_on(&fan_in),
+        ])
+        .await;
+    let broken = a
+        .push(vec![NewJob::new(
+            "probe",
+            &Probe {
+                fail: "permanent".into(),
+                ..Probe::new(102)
+            },
+        )])
+        .await;
+    let cancelled = b
+        .push(vec![
+            NewJob::new("probe", &Probe::new(103)).depends_on(&broken),
+        ])
+        .await;
+    let workers = [
+        spawn_worker(&a, a.options()).await,
+        spawn_worker(&b, b.options()).await,
+    ];
+    a.wait_all(&chained, JobStatus::Succeeded, Duration::from_secs(30))
+        .await;
+    b.wait_all(&cancelled, JobStatus::Cancelled, Duration::from_secs(30))
+        .await;
+    let runs = a.counts("runs").await;
+    assert_eq!(
+        (runs.get(&100), runs.get(&101), runs.get(&103)),
+        (Some(&1), Some(&1), None)
+    );
+    for w in workers {
+        w.stop().await;
+    }
+}

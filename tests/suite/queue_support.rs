@@ -65,6 +65,14 @@ impl TestQueue {
         Self::with(test_settings(), &redis_url())
     }
 
+    /// Another queue of the same namespace (the probe counts are shared).
+    pub fn sibling(&self, queue: &str) -> Self {
+        TestQueue {
+            queue: QueueName::custom(queue),
+            ..self.clone()
+        }
+    }
+
     pub fn with(settings: QueueSettings, url: &str) -> Self {
         let namespace = format!("test-{}", Uuid::new_v4().simple());
         let redis = RedisHandle::open(url).expect("redis url");
@@ -341,6 +349,16 @@ pub struct ChildWorker {
 
 impl ChildWorker {
     pub fn spawn(tq: &TestQueue, concurrency: usize, prefetch: usize) -> Self {
+        Self::spawn_with(tq, concurrency, prefetch, true)
+    }
+
+    /// A worker process that leaves the jobs waiting on its finished jobs to queue upkeep (as a
+    /// process killed right after recording an outcome does).
+    pub fn spawn_not_releasing_children(tq: &TestQueue, concurrency: usize) -> Self {
+        Self::spawn_with(tq, concurrency, concurrency, false)
+    }
+
+    fn spawn_with(tq: &TestQueue, concurrency: usize, prefetch: usize, release: bool) -> Self {
         let settings = tq.queues.settings();
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
@@ -355,6 +373,7 @@ impl ChildWorker {
             .env("PROBE_LEASE_MS", settings.lease.as_millis().to_string())
             .env("PROBE_CONCURRENCY", concurrency.to_string())
             .env("PROBE_PREFETCH", prefetch.to_string())
+            .env("PROBE_RELEASE_CHILDREN", if release { "1" } else { "0" })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -423,6 +442,7 @@ fn child_worker_process() {
         let mut options = tq.options();
         options.concurrency = env("PROBE_CONCURRENCY").parse().unwrap();
         options.prefetch = env("PROBE_PREFETCH").parse().unwrap();
+        options.release_children = env("PROBE_RELEASE_CHILDREN") == "1";
         let worker = spawn_worker(&tq, options).await;
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();

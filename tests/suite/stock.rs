@@ -692,3 +692,81 @@ async fn a_worker_killed_holding_a_batch_applies_every_adjustment_exactly_once()
         .unwrap();
     assert_eq!(level, expected);
 }
+
+/// A batch is one group: `GET /v1/groups/{id}` counts its jobs by outcome and ends
+/// `completed_with_failures` when one adjustment is refused; the same batch sent again answers
+/// with the same group; another tenant cannot see it.
+#[tokio::test]
+async fn a_batch_is_one_group_with_one_status() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("outdoor").await;
+    let other = app.create_tenant("rival").await;
+    put_product(&app, &t.key, "TENT", &product(0, false)).await;
+    let _workers = app.start_workers("stock");
+    let receipt: Value = adjust(&app, &t.key, &adjustment("TENT", 10, "receipt", "in"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    wait_job_done(&app, &t.key, receipt["job_id"].as_str().unwrap()).await;
+    let mut batch = vec![];
+    for i in 0..5 {
+        batch.push(adjustment("TENT", -1, "sale", &format!("sale-{i}")));
+    }
+    // More than there is: refused for good.
+    batch.push(adjustment("TENT", -1000, "sale", "too-many"));
+    let body = json!({"adjustments": batch});
+    let accepted: Value = app
+        .post_json("/v1/stock-adjustments/batch", Some(&t.key), &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let group = accepted["group_id"]
+        .as_str()
+        .expect("the batch has a group")
+        .to_string();
+    let path = format!("/v1/groups/{group}");
+    let first: Value = app.get(&path, Some(&t.key)).await.json().await.unwrap();
+    assert_eq!(first["total"], 6);
+    let job = job(
+        &app,
+        &t.key,
+        accepted["jobs"][0]["job_id"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(job["group_id"].as_str(), Some(group.as_str()));
+
+    let done = wait_for("the batch's group to complete", LIMIT, || async {
+        let g: Value = app.get(&path, Some(&t.key)).await.json().await.unwrap();
+        (g["state"] != "running").then_some(g)
+    })
+    .await;
+    assert_eq!(done["state"], "completed_with_failures");
+    assert_eq!(
+        (done["succeeded"].as_u64(), done["failed"].as_u64()),
+        (Some(5), Some(1))
+    );
+    assert_eq!(done["pending"], 0);
+    assert!(done["finished_at"].is_string());
+
+    let again: Value = app
+        .post_json("/v1/stock-adjustments/batch", Some(&t.key), &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        again["group_id"].as_str(),
+        Some(group.as_str()),
+        "a batch sent again keeps its group"
+    );
+    assert_eq!(app.get(&path, Some(&other.key)).await.status(), 404);
+    assert_eq!(
+        app.get("/v1/groups/not-a-group", Some(&t.key))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(on_hand(&app, &t.key, "TENT").await, 5);
+}

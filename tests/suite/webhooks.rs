@@ -1192,3 +1192,59 @@ async fn old_events_are_pruned_with_their_deliveries_unless_one_is_pending() {
         .unwrap();
     assert_eq!(events, 1);
 }
+
+/// A group that completes (a stock batch) is one `group.completed` event with its counts; told
+/// twice (a process that stopped between telling and marking it told), it is delivered once.
+#[tokio::test]
+async fn a_completed_group_is_one_event_even_when_told_twice() {
+    let app = webhook_app().await;
+    let t = app.create_tenant("batches").await;
+    let receiver = Receiver::start(&[]).await;
+    create_endpoint(&app, &t.key, &receiver.url, &["group.completed"]).await;
+    put_product(&app, &t.key, "SKU-1", 0).await;
+    let batch: Vec<Value> = (0..4)
+        .map(|i| json!({"sku": "SKU-1", "delta": 1, "reason": "receipt", "idempotency_key": format!("g-{i}")}))
+        .collect();
+    let accepted: Value = app
+        .post_json(
+            "/v1/stock-adjustments/batch",
+            Some(&t.key),
+            &json!({"adjustments": batch}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let group = accepted["group_id"].as_str().unwrap().to_string();
+    let _workers = app.start_workers("stock,webhooks");
+    let seen = receiver
+        .wait_for("the group's event", |s| !s.is_empty())
+        .await;
+    let event = &seen[0].body;
+    assert_eq!(event["type"], "group.completed");
+    assert_eq!(event["data"]["group_id"], json!(group));
+    assert_eq!(event["data"]["state"], "succeeded");
+    assert_eq!(
+        (
+            event["data"]["total"].as_u64(),
+            event["data"]["succeeded"].as_u64()
+        ),
+        (Some(4), Some(4))
+    );
+
+    let view = app
+        .queues
+        .group(&group.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let hook = backroom::jobs::webhooks::group_events::GroupEvents::hook(app.db.clone());
+    hook.completed(&view).await;
+    let deliveries: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE event_id = $1")
+            .bind(format!("msg_group_{}", group.replace('-', "")))
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(deliveries, 1, "the repeat recorded nothing new");
+}

@@ -36,7 +36,7 @@ pub(super) async fn overview(
         queues.push(minijinja::context! {
             name, pending => c.pending, scheduled => c.scheduled, running => c.running,
             retrying => c.retrying, dead => c.dead, failed => c.failed, succeeded => c.succeeded,
-            paused => c.paused,
+            waiting => c.waiting, cancelled => c.cancelled, paused => c.paused,
             failure_rate => if finished == 0 { "—".to_string() } else {
                 format!("{:.1} %", 100.0 * failed_hour as f64 / finished as f64)
             },
@@ -167,7 +167,8 @@ pub(super) async fn queue_page(
         minijinja::context! {
             title => format!("Queue {queue}"), nav => "overview", csrf => s.csrf, flash => f.flash,
             queue => queue.as_str(), paused => counts.paused, status => status.as_str(),
-            statuses => ["queued", "scheduled", "running", "retrying", "succeeded", "failed", "dead"],
+            statuses => ["queued", "waiting", "scheduled", "running", "retrying", "succeeded", "failed",
+                "dead", "cancelled"],
             tenant => f.tenant.unwrap_or_default(), kind => f.kind.unwrap_or_default(),
             since => f.since.unwrap_or_default(), jobs, next_cursor => listed.next_cursor,
         },
@@ -280,6 +281,14 @@ pub(super) async fn job_page(
     }
     // Oldest first ("%Y-%m-%d %H:%M:%S" sorts as text; the sort is stable for equal times).
     timeline.sort_by_key(|e| e.get_attr("at").map(|v| v.to_string()).unwrap_or_default());
+    // The jobs it waits (or waited) for, the first few with their status.
+    const SHOWN_PARENTS: usize = 20;
+    let parent_ids = state.queues.parents_of(&job.id).await?;
+    let mut parents = vec![];
+    for parent in parent_ids.iter().take(SHOWN_PARENTS) {
+        let status = state.queues.get(parent).await?.map(|p| p.status.as_str());
+        parents.push(minijinja::context! { id => parent, status => status.unwrap_or("gone") });
+    }
     page(
         "job.html",
         minijinja::context! {
@@ -287,7 +296,7 @@ pub(super) async fn job_page(
             tenant => job.tenant.and_then(|t| slugs.get(&t).cloned()).unwrap_or_default(),
             payload => serde_json::to_string_pretty(&job.payload).unwrap_or_default(),
             result => job.result.as_ref().map(|r| serde_json::to_string_pretty(r).unwrap_or_default()),
-            timeline,
+            timeline, parents, more_parents => parent_ids.len().saturating_sub(SHOWN_PARENTS),
             job => minijinja::context! {
                 id => job.id, queue => job.queue, kind => job.kind, status => job.status.as_str(),
                 attempts => job.attempts, max_attempts => job.max_attempts,

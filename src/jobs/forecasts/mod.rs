@@ -35,6 +35,12 @@ pub enum ForecastJob {
         chunk_no: i32,
         skus: Vec<String>,
     },
+    /// Ends a run once every chunk has finished: the follow-up of the group of its chunks
+    /// (the group's id is the run's).
+    Finish {
+        tenant_id: Uuid,
+        run_id: Uuid,
+    },
 }
 
 impl JobKind for ForecastJob {
@@ -47,6 +53,7 @@ impl JobKind for ForecastJob {
         match self {
             ForecastJob::Plan { .. } => "forecast_plan",
             ForecastJob::Chunk { .. } => "forecast_chunk",
+            ForecastJob::Finish { .. } => "forecast_finish",
         }
     }
 
@@ -58,9 +65,9 @@ impl JobKind for ForecastJob {
 impl ForecastJob {
     fn tenant_id(&self) -> Uuid {
         match self {
-            ForecastJob::Plan { tenant_id, .. } | ForecastJob::Chunk { tenant_id, .. } => {
-                *tenant_id
-            }
+            ForecastJob::Plan { tenant_id, .. }
+            | ForecastJob::Chunk { tenant_id, .. }
+            | ForecastJob::Finish { tenant_id, .. } => *tenant_id,
         }
     }
 }

@@ -5,20 +5,23 @@
 //!   pushes the chunk jobs (idempotently, so a re-delivered plan pushes nothing twice).
 //! - **Chunk**: forecasts its SKUs, then in one transaction writes results and points with
 //!   `COPY`, marks the chunk done and advances the run's progress. A chunk delivered twice finds
-//!   itself done and does nothing; the chunk that completes the run finishes it, records its
+//!   itself done and does nothing.
+//! - **Finish**: the chunks are one queue group (its id is the run's) whose follow-up this is,
+//!   pushed once when every chunk has finished: it ends the run, records its
 //!   `forecast.run.finished` event and, for a nightly run, queues the tenant's reorder digest
-//!   through the outbox.
+//!   through the outbox. A run whose chunk died was ended `failed` by that chunk; its Finish
+//!   changes nothing.
 
 use super::{CHUNK_SKUS, ForecastJob, RunOptions, runs};
 use crate::forecast::history::{self, csv_quoted};
 use crate::forecast::pipeline::{self, Artifacts, Outcome, RunSettings};
 use crate::forecast::reorder;
 use crate::jobs::emails::EmailJob;
-use crate::jobs::{self, Enqueue};
+use crate::jobs::{self, Enqueue, JobKind};
 use crate::jobs::{WorkerContext, worker_options};
 use crate::outbox;
 use crate::queue::WorkerOptions;
-use crate::queue::{JobError, JobMeta, Queues, cancel};
+use crate::queue::{GroupSpec, JobError, JobMeta, Queues, cancel};
 use anyhow::Context;
 use apalis::prelude::Data;
 use chrono::NaiveDate;
@@ -71,6 +74,9 @@ pub async fn handle(
             push_chunks(&deps.queues, *tenant_id, *run_id, &chunks).await?;
             Ok(serde_json::json!({"chunks": chunks.len()}))
         }
+        ForecastJob::Finish { tenant_id, run_id } => finish_run(&deps.db, *tenant_id, *run_id)
+            .await
+            .map(|ended| serde_json::json!({"ended": ended})),
         ForecastJob::Chunk {
             tenant_id,
             run_id,
@@ -91,7 +97,9 @@ pub async fn handle(
         let last = matches!(error, JobError::Permanent { .. }) || meta.is_last_attempt();
         if last {
             let run_id = match &job {
-                ForecastJob::Plan { run_id, .. } | ForecastJob::Chunk { run_id, .. } => *run_id,
+                ForecastJob::Plan { run_id, .. }
+                | ForecastJob::Chunk { run_id, .. }
+                | ForecastJob::Finish { run_id, .. } => *run_id,
             };
             if let Err(e) = mark_failed(&deps.db, run_id, &error.to_string()).await {
                 tracing::warn!(error = %e, "could not mark the forecast run failed");
@@ -223,6 +231,24 @@ async fn push_chunks(
     run_id: Uuid,
     chunks: &[Vec<String>],
 ) -> Result<(), JobError> {
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    // The run's id names its group: a plan delivered again opens the same group (no change)
+    // and pushes nothing new.
+    let finish = ForecastJob::Finish {
+        tenant_id: tenant,
+        run_id,
+    };
+    let follow_up = Enqueue::new(&finish).into_new_job();
+    queues
+        .open_group(GroupSpec {
+            id: run_id,
+            tenant: Some(tenant),
+            total: chunks.len() as u64,
+            follow_up: Some((ForecastJob::QUEUE.id(), follow_up)),
+        })
+        .await?;
     for (first, batch) in chunks.chunks(500).enumerate() {
         let batch = batch.iter().enumerate().map(|(i, skus)| {
             let n = first * 500 + i;
@@ -232,7 +258,9 @@ async fn push_chunks(
                 chunk_no: n as i32,
                 skus: skus.clone(),
             };
-            Enqueue::new(&job).key(format!("forecast-chunk:{run_id}:{n}"))
+            Enqueue::new(&job)
+                .key(format!("forecast-chunk:{run_id}:{n}"))
+                .in_group(run_id)
         });
         jobs::enqueue(queues, batch).await?;
     }
@@ -323,41 +351,47 @@ pub async fn run_chunk(
     write_results(&mut tx, tenant, run_id, first_day, &rows)
         .await
         .map_err(|e| JobError::retry(format!("writing results: {e:#}")))?;
-    let progress = sqlx::query!(
-        r#"UPDATE forecast_runs SET skus_done = skus_done + $2, chunks_done = chunks_done + 1
-           WHERE id = $1
-           RETURNING trigger, chunks_done, chunks_total"#,
+    sqlx::query!(
+        "UPDATE forecast_runs SET skus_done = skus_done + $2, chunks_done = chunks_done + 1 WHERE id = $1",
         run_id,
         skus.len() as i32
     )
-    .fetch_one(&mut *tx)
+    .execute(&mut *tx)
     .await?;
-    // Counted on the run's row: concurrent chunks serialise on its lock, so exactly one of
-    // them sees the last chunk done.
-    if progress.chunks_done >= progress.chunks_total {
-        let ended = sqlx::query!(
-            "UPDATE forecast_runs SET status = 'succeeded', finished_at = now(), skus_done = skus_total WHERE id = $1 AND status = 'running'",
-            run_id
-        )
-        .execute(&mut *tx)
-        .await?;
-        if ended.rows_affected() > 0 {
-            runs::record_finished(&mut tx, run_id).await?;
-        }
-        if progress.trigger == "schedule" {
-            let email = EmailJob::ReorderDigest {
-                tenant_id: tenant,
-                run_id,
-            };
-            outbox::add(
-                &mut tx,
-                &[jobs::outbox_job(&email, format!("reorder-digest:{run_id}"))],
-            )
-            .await?;
-        }
-    }
     tx.commit().await?;
     Ok(rows.len())
+}
+
+/// Ends a run whose chunks have all finished (the group's follow-up); returns whether it did
+/// (false: a chunk died and the run ended failed, or a repeat).
+async fn finish_run(db: &PgPool, tenant: Uuid, run_id: Uuid) -> Result<bool, JobError> {
+    let mut tx = db.begin().await?;
+    let ended = sqlx::query!(
+        r#"UPDATE forecast_runs SET status = 'succeeded', finished_at = now(), skus_done = skus_total
+           WHERE id = $1 AND tenant_id = $2 AND status = 'running' AND chunks_done >= chunks_total
+           RETURNING trigger"#,
+        run_id,
+        tenant
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(ended) = ended else {
+        return Ok(false);
+    };
+    runs::record_finished(&mut tx, run_id).await?;
+    if ended.trigger == "schedule" {
+        let email = EmailJob::ReorderDigest {
+            tenant_id: tenant,
+            run_id,
+        };
+        outbox::add(
+            &mut tx,
+            &[jobs::outbox_job(&email, format!("reorder-digest:{run_id}"))],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Writes a chunk's results and points with `COPY`.
@@ -428,7 +462,7 @@ async fn write_results(
     Ok(())
 }
 
-/// Runs a whole forecast in this process (plan, then every chunk in turn), reporting progress
+/// Runs a whole forecast in this process (plan, every chunk in turn, finish), reporting progress
 /// as `(skus_done, skus_total)`; used by `backroom forecast run`.
 pub async fn run_in_process(
     db: &PgPool,
@@ -449,6 +483,12 @@ pub async fn run_in_process(
             .map_err(|e| anyhow::anyhow!("chunk {n}: {e}"))?;
         done += skus.len();
         progress(done, total);
+    }
+    // What the queue runs as the chunks' group follow-up, here once every chunk is done.
+    if !chunks.is_empty() {
+        finish_run(db, tenant, run_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("finishing: {e}"))?;
     }
     Ok(())
 }

@@ -48,10 +48,14 @@ pub enum EventType {
     /// `skus_total`, `models` (SKUs per chosen model), `reorder` (the SKUs at or below their
     /// reorder point, most urgent first, at most 100), `reorder_count`, `error`.
     ForecastRunFinished,
+    /// Every job of a group finished: `group_id`, `state` (`succeeded` or
+    /// `completed_with_failures`), `total`, `succeeded`, `failed`, `dead`, `cancelled`,
+    /// `discarded`, `follow_up_job_id`.
+    GroupCompleted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 12] = [
         EventType::StockAdjusted,
         EventType::StockLow,
         EventType::InvoiceReady,
@@ -63,6 +67,7 @@ impl EventType {
         EventType::JobDead,
         EventType::ImportFinished,
         EventType::ForecastRunFinished,
+        EventType::GroupCompleted,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -78,6 +83,7 @@ impl EventType {
             EventType::JobDead => "job.dead",
             EventType::ImportFinished => "import.finished",
             EventType::ForecastRunFinished => "forecast.run.finished",
+            EventType::GroupCompleted => "group.completed",
         }
     }
 

@@ -15,6 +15,7 @@
 //! tenant's traffic leaves in Postgres is bounded by its rate over a month.
 
 pub mod events;
+pub mod group_events;
 pub mod job_events;
 pub mod sign;
 pub mod target;

@@ -21,7 +21,20 @@ pub(super) async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceive
         }
         while !batch.is_empty() {
             match complete(&shared, &batch).await {
-                Ok(()) => {
+                Ok(parents) => {
+                    if !parents.is_empty() && shared.options.release_children {
+                        // Their children are told off the ack path; a failure here is repaired
+                        // by queue upkeep (`Queues::repair_dependencies`).
+                        let queues = shared.queues.clone();
+                        let queue = shared.queue.clone();
+                        tokio::spawn(async move {
+                            let parents = parents.into_iter().map(|p| (queue.clone(), p)).collect();
+                            if let Err(e) = queues.settle(parents).await {
+                                tracing::warn!(queue = %queue, error = %e,
+                                    "telling waiting jobs their parents finished failed; upkeep will redo it");
+                            }
+                        });
+                    }
                     backoff.ok();
                     shared.finished(batch.len());
                     shared.release_ids(batch.drain(..).map(|o| o.id));
@@ -35,7 +48,11 @@ pub(super) async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceive
     }
 }
 
-pub(super) async fn complete(shared: &Shared, batch: &[Outcome]) -> redis::RedisResult<()> {
+/// Records a batch of outcomes; returns the ids of finished jobs that other jobs wait for.
+pub(super) async fn complete(
+    shared: &Shared,
+    batch: &[Outcome],
+) -> redis::RedisResult<Vec<String>> {
     let settings = shared.queues.settings();
     let now = settings.clock.now_ms();
     let mut call = scripts::COMPLETE.prepare_invoke();
@@ -56,7 +73,12 @@ pub(super) async fn complete(shared: &Shared, batch: &[Outcome]) -> redis::Redis
             .arg(o.retry_at_ms);
     }
     let mut conn = shared.conn().await?;
-    call.invoke_async::<u64>(&mut conn).await.map(|_| ())
+    let reply: Vec<redis::Value> = call.invoke_async(&mut conn).await?;
+    Ok(reply
+        .iter()
+        .skip(1)
+        .filter_map(crate::queue::client::string)
+        .collect())
 }
 
 /// How a job's run ended.

@@ -1,5 +1,6 @@
 //! The keeper: refreshes the leases of every held job (`HEARTBEAT`), takes over expired leases
-//! of dead workers (`RECLAIM`), promotes due scheduled and retrying jobs and trims retention.
+//! of dead workers (`RECLAIM`), promotes due scheduled and retrying jobs, trims retention and
+//! repairs dependency work a stopped process left half done.
 
 use super::*;
 
@@ -14,7 +15,14 @@ pub(super) async fn keep_loop<Args: DeserializeOwned + Send + 'static>(
     let mut reclaim = tokio::time::interval((lease / 4).max(Duration::from_millis(50)));
     let mut promote = tokio::time::interval(shared.options.promote_every);
     let mut trim = tokio::time::interval(Duration::from_secs(60));
-    for t in [&mut heartbeat, &mut reclaim, &mut promote, &mut trim] {
+    let mut repair = tokio::time::interval(crate::queue::client::deps::REPAIR_AFTER / 2);
+    for t in [
+        &mut heartbeat,
+        &mut reclaim,
+        &mut promote,
+        &mut trim,
+        &mut repair,
+    ] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     let mut cursor = "0-0".to_string();
@@ -47,6 +55,7 @@ pub(super) async fn keep_loop<Args: DeserializeOwned + Send + 'static>(
                 }
             }
             _ = promote.tick() => shared.queues.promote_due(&shared.queue).await.map(|_| ()),
+            _ = repair.tick() => shared.queues.repair_dependencies(&shared.queue).await.map(|_| ()),
             _ = trim.tick() => shared.queues.trim(&shared.queue).await.map(|_| ()),
         };
         match result {

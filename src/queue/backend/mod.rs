@@ -68,6 +68,10 @@ pub struct WorkerOptions {
     pub promote_every: Duration,
     /// Told of each job's final outcome before it is recorded (see [`OutcomeHook`]).
     pub on_outcome: Option<Hook>,
+    /// Whether this worker tells the jobs waiting on a finished job right after recording its
+    /// outcome (true). False leaves it to queue upkeep's repair, a few seconds later: what a
+    /// process killed between the two leaves behind (the fault tests use it to stand there).
+    pub release_children: bool,
 }
 
 /// Told of every job that reached a final outcome (`succeeded`, `failed` or `dead`, with the
@@ -104,6 +108,7 @@ impl WorkerOptions {
             block: Duration::from_secs(2),
             promote_every: Duration::from_millis(100),
             on_outcome: None,
+            release_children: true,
         }
     }
 }

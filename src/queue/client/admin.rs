@@ -60,13 +60,29 @@ impl Queues {
         };
         let keys = self.keys(&queue);
         let mut conn = self.redis.conn().await?;
+        // A group counts its discarded members (the field is set at push and never changes).
+        let group: Option<String> = redis::cmd("HGET")
+            .arg(keys.job(id.as_str()))
+            .arg("group")
+            .query_async(&mut conn)
+            .await?;
         let reply: String = scripts::DISCARD
             .key(keys.stream())
             .arg(keys.prefix())
             .arg(id.as_str())
+            .arg(self.settings.clock.now_ms())
             .invoke_async(&mut conn)
             .await?;
-        Ok(action_outcome(Some(&reply), "deleted"))
+        let outcome = action_outcome(Some(&reply), "deleted");
+        if outcome == ActionOutcome::Done {
+            // Jobs waiting for it are told it is gone.
+            self.settle(vec![(queue, id.as_str().to_string())]).await?;
+            if let Some(group) = group.and_then(|g| Uuid::parse_str(&g).ok()) {
+                self.note_in_group(&group, id.as_str(), deps::GONE_EPOCH, "discarded")
+                    .await?;
+            }
+        }
+        Ok(outcome)
     }
 
     /// Cancels a job that has not started; it ends `failed` with `reason`.
@@ -85,7 +101,11 @@ impl Queues {
             .arg(self.settings.dead_retention.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
-        Ok(action_outcome(Some(&reply), "cancelled"))
+        let outcome = action_outcome(Some(&reply), "cancelled");
+        if outcome == ActionOutcome::Done {
+            self.settle(vec![(queue, id.as_str().to_string())]).await?;
+        }
+        Ok(outcome)
     }
 
     /// Sets one tenant's pause and limit on a queue (`tenant` `*` with a limit: the queue's
@@ -178,6 +198,7 @@ impl Queues {
                     .key(keys.stream())
                     .arg(keys.prefix())
                     .arg(id)
+                    .arg(self.settings.clock.now_ms())
                     .invoke_async(&mut conn)
                     .await?;
                 total += u64::from(reply == "deleted");

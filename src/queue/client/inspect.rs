@@ -48,6 +48,8 @@ impl Queues {
             JobSet::Succeeded,
             JobSet::Failed,
             JobSet::Dead,
+            JobSet::Waiting,
+            JobSet::Cancelled,
         ] {
             pipe.cmd("ZCARD").arg(keys.set(set));
         }
@@ -58,7 +60,7 @@ impl Queues {
         let n = |i: usize| int(&replies[i]).unwrap_or(0).max(0) as u64;
         let stream_len = n(0);
         let running = array(&replies[1]).first().and_then(int).unwrap_or(0).max(0) as u64;
-        let waiting = string(&replies[8])
+        let waiting = string(&replies[10])
             .and_then(|w| w.parse::<u64>().ok())
             .unwrap_or(0);
         Ok(QueueCounts {
@@ -70,7 +72,9 @@ impl Queues {
             succeeded: n(4),
             failed: n(5),
             dead: n(6),
-            paused: n(7) == 1,
+            waiting: n(7),
+            cancelled: n(8),
+            paused: n(9) == 1,
         })
     }
 
@@ -128,7 +132,10 @@ impl Queues {
                 let offset: isize = cursor.and_then(|c| c.parse().ok()).unwrap_or(0).max(0);
                 let newest_first = matches!(
                     status,
-                    JobStatus::Succeeded | JobStatus::Failed | JobStatus::Dead
+                    JobStatus::Succeeded
+                        | JobStatus::Failed
+                        | JobStatus::Dead
+                        | JobStatus::Cancelled
                 );
                 let ids: Vec<String> =
                     redis::cmd(if newest_first { "ZREVRANGE" } else { "ZRANGE" })

@@ -3,6 +3,8 @@
 //! workers use [`super::RedisBackend`].
 
 mod admin;
+pub mod deps;
+pub mod groups;
 mod inspect;
 mod push;
 mod upkeep;
@@ -34,6 +36,7 @@ pub struct Queues {
     namespace: Arc<str>,
     settings: QueueSettings,
     groups_ready: Arc<Mutex<HashSet<String>>>,
+    group_hook: Option<Arc<dyn groups::GroupHook>>,
 }
 
 /// A job to enqueue.
@@ -48,6 +51,28 @@ pub struct NewJob {
     /// Deduplicates pushes for the idempotency retention window (callers scope it, e.g. by
     /// tenant).
     pub idempotency_key: Option<String>,
+    /// The id to create the job with (the outbox assigns ids when it writes a row, so a row can
+    /// name another row's job as its parent); `None`: a new id.
+    pub id: Option<JobId>,
+    /// Jobs (of any queue) that must succeed before this one runs; see [`deps`].
+    pub depends_on: Vec<String>,
+    pub on_parent_failure: ParentFailure,
+    /// Whether a parent that does not exist yet is one still to be pushed (the outbox relays
+    /// rows of one transaction in any order) rather than a parent that is gone.
+    pub parents_may_follow: bool,
+    /// The group it counts in (see [`groups`]).
+    pub group: Option<Uuid>,
+}
+
+/// What a job waiting for parents does when one of them ends failed, dead or cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ParentFailure {
+    /// It is cancelled with the reason (the default); it waits again if that parent is retried
+    /// by an admin and then succeeds.
+    #[default]
+    Cancel,
+    /// It runs once every parent has ended, however they ended.
+    RunAnyway,
 }
 
 impl NewJob {
@@ -59,6 +84,11 @@ impl NewJob {
             max_attempts: 5,
             run_at: None,
             idempotency_key: None,
+            id: None,
+            depends_on: vec![],
+            on_parent_failure: ParentFailure::Cancel,
+            parents_may_follow: false,
+            group: None,
         }
     }
 
@@ -89,6 +119,29 @@ impl NewJob {
         self.idempotency_key = Some(key.into());
         self
     }
+
+    /// Holds the job (`waiting`) until every one of `parents` has succeeded.
+    pub fn depends_on(mut self, parents: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.depends_on.extend(parents.into_iter().map(Into::into));
+        self
+    }
+
+    /// Runs the job once its parents have ended, even if some failed.
+    pub fn run_if_parents_fail(mut self) -> Self {
+        self.on_parent_failure = ParentFailure::RunAnyway;
+        self
+    }
+
+    /// Counts the job in group `group` (opened with [`Queues::open_group`]).
+    pub fn in_group(mut self, group: Uuid) -> Self {
+        self.group = Some(group);
+        self
+    }
+
+    pub fn with_id(mut self, id: JobId) -> Self {
+        self.id = Some(id);
+        self
+    }
 }
 
 /// The result of a push: the job's id and whether this push created it (false when the
@@ -109,6 +162,10 @@ pub enum JobStatus {
     Succeeded,
     Failed,
     Dead,
+    /// Held until the jobs it depends on have succeeded.
+    Waiting,
+    /// Ended without running: a job it depended on did not succeed.
+    Cancelled,
 }
 
 impl JobStatus {
@@ -121,6 +178,8 @@ impl JobStatus {
             "succeeded" => JobStatus::Succeeded,
             "failed" => JobStatus::Failed,
             "dead" => JobStatus::Dead,
+            "waiting" => JobStatus::Waiting,
+            "cancelled" => JobStatus::Cancelled,
             _ => return None,
         })
     }
@@ -134,6 +193,8 @@ impl JobStatus {
             JobStatus::Succeeded => "succeeded",
             JobStatus::Failed => "failed",
             JobStatus::Dead => "dead",
+            JobStatus::Waiting => "waiting",
+            JobStatus::Cancelled => "cancelled",
         }
     }
 
@@ -144,6 +205,8 @@ impl JobStatus {
             JobStatus::Succeeded => Some(JobSet::Succeeded),
             JobStatus::Failed => Some(JobSet::Failed),
             JobStatus::Dead => Some(JobSet::Dead),
+            JobStatus::Waiting => Some(JobSet::Waiting),
+            JobStatus::Cancelled => Some(JobSet::Cancelled),
             JobStatus::Queued | JobStatus::Running => None,
         }
     }
@@ -166,6 +229,8 @@ pub struct JobRecord {
     /// `[{"attempt", "at" (ms), "error"}]`, oldest first.
     pub errors: serde_json::Value,
     pub idempotency_key: Option<String>,
+    /// The group it counts in.
+    pub group: Option<Uuid>,
     pub worker: Option<String>,
     pub created_at: DateTime<Utc>,
     pub run_at: Option<DateTime<Utc>>,
@@ -183,6 +248,9 @@ pub struct QueueCounts {
     pub succeeded: u64,
     pub failed: u64,
     pub dead: u64,
+    /// Held for the jobs they depend on.
+    pub waiting: u64,
+    pub cancelled: u64,
     pub paused: bool,
 }
 
@@ -245,7 +313,14 @@ impl Queues {
             namespace: namespace.into(),
             settings,
             groups_ready: Default::default(),
+            group_hook: None,
         }
+    }
+
+    /// Tells `hook` of every group that completes while this client notes its members.
+    pub fn with_group_hook(mut self, hook: Arc<dyn groups::GroupHook>) -> Self {
+        self.group_hook = Some(hook);
+        self
     }
 
     pub fn settings(&self) -> &QueueSettings {
@@ -318,6 +393,7 @@ fn parse_record(
             .and_then(|e| serde_json::from_str(&e).ok())
             .unwrap_or_else(|| serde_json::json!([])),
         idempotency_key: text("idem"),
+        group: text("group").and_then(|g| Uuid::parse_str(&g).ok()),
         worker: text("worker"),
         created_at: number(text("created_at"))
             .and_then(ms_to_time)

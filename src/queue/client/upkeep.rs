@@ -62,6 +62,7 @@ impl Queues {
             (JobSet::Succeeded, self.settings.succeeded_retention),
             (JobSet::Failed, self.settings.dead_retention),
             (JobSet::Dead, self.settings.dead_retention),
+            (JobSet::Cancelled, self.settings.dead_retention),
         ] {
             loop {
                 let removed: u64 = scripts::TRIM
