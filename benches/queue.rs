@@ -55,7 +55,8 @@ mod common;
 use anyhow::{Context as _, bail};
 use apalis::prelude::*;
 use backroom::queue::{
-    JobError, NewJob, QueueCounts, QueueName, QueueSettings, Queues, RedisBackend, WorkerOptions,
+    GroupSpec, GroupState, JobError, NewJob, QueueCounts, QueueName, QueueSettings, Queues,
+    RedisBackend, WorkerOptions,
 };
 use backroom::redis_conn::RedisHandle;
 use common::{
@@ -1498,14 +1499,24 @@ async fn scenario_workflow(env: &Env, config: &DrainConfig) -> anyhow::Result<Ve
     let queues = env.queues()?;
     queues.ensure_group(&queue).await?;
 
-    // The backlog: level by level, each chain's job waiting for the one before it.
+    // The backlog: level by level, each chain's job waiting for the one before it; every job of
+    // it one group.
+    let group = uuid::Uuid::now_v7();
+    queues
+        .open_group(GroupSpec {
+            id: group,
+            tenant: None,
+            total: total as u64,
+            follow_up: None,
+        })
+        .await?;
     let mut progress = Progress::new("pushing the workflows", total as u64);
     let mut level: Vec<String> = vec![];
     let mut pushed = 0;
     for _ in 0..CHAIN_LENGTH {
         let mut jobs = vec![];
         for c in 0..chains {
-            let job = env.payload();
+            let job = env.payload().in_group(group);
             jobs.push(match level.get(c) {
                 Some(parent) => job.depends_on([parent]),
                 None => job,
@@ -1520,14 +1531,22 @@ async fn scenario_workflow(env: &Env, config: &DrainConfig) -> anyhow::Result<Ve
         pushed += chains;
         progress.update(pushed as u64);
     }
+    let fan_in: Vec<NewJob> = env
+        .jobs(env.sizes.fan_in)
+        .into_iter()
+        .map(|j| j.in_group(group))
+        .collect();
     let parents: Vec<String> = queues
-        .push(&queue, env.jobs(env.sizes.fan_in))
+        .push(&queue, fan_in)
         .await?
         .into_iter()
         .map(|p| p.id)
         .collect();
     queues
-        .push(&queue, vec![env.payload().depends_on(&parents)])
+        .push(
+            &queue,
+            vec![env.payload().depends_on(&parents).in_group(group)],
+        )
         .await?;
     drop(progress);
     let waiting = queues.counts(&queue).await?.waiting;
@@ -1548,18 +1567,45 @@ async fn scenario_workflow(env: &Env, config: &DrainConfig) -> anyhow::Result<Ve
     )
     .await;
     let elapsed = started.elapsed();
+    // The group has noted every member once the last one's outcome is told.
+    let group_view = async {
+        loop {
+            let view = queues.group(&group).await?;
+            if let Some(v) = view.filter(|v| v.state != GroupState::Running) {
+                return anyhow::Ok(v);
+            }
+            anyhow::ensure!(
+                started.elapsed() < elapsed + Duration::from_secs(30),
+                "the group did not complete within 30 s of the drain"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    .await;
+    let group_lag = started.elapsed().saturating_sub(elapsed);
     workers.stop().await?;
     let counts = outcome?;
+    let group_view = group_view?;
     let rate = total as f64 / elapsed.as_secs_f64();
     env.delete_keys(Some(&queue)).await?;
     print_table(
-        &["jobs", "held at start", "succeeded", "seconds", "jobs/s"],
+        &[
+            "jobs",
+            "held at start",
+            "succeeded",
+            "seconds",
+            "jobs/s",
+            "group counted",
+            "group done after",
+        ],
         &[vec![
             total.to_string(),
             waiting.to_string(),
             counts.succeeded.to_string(),
             dec(elapsed.as_secs_f64(), 2),
             dec(rate, 0),
+            group_view.succeeded.to_string(),
+            format!("+{} ms", group_lag.as_millis()),
         ]],
     );
 
@@ -1615,6 +1661,14 @@ async fn scenario_workflow(env: &Env, config: &DrainConfig) -> anyhow::Result<Ve
             target: format!("workflow drain ({chains}×{CHAIN_LENGTH} chains + fan-in), jobs/s"),
             measured: format!("{rate:.0} jobs/s"),
             pass: counts.succeeded == total as u64,
+        },
+        Verdict {
+            target: format!("(check) one group of all {total} jobs counts each once"),
+            measured: format!(
+                "{} succeeded, {} pending, {:?}",
+                group_view.succeeded, group_view.pending, group_view.state
+            ),
+            pass: group_view.succeeded == total as u64 && group_view.state == GroupState::Succeeded,
         },
         Verdict {
             target: format!("idle release p99 ≤ {RELEASE_P99_TARGET_MS} ms"),

@@ -1577,6 +1577,21 @@ fn report(config: &Config, o: &Outcome) -> Vec<Verdict> {
         for ((level, message), n) in found.iter().take(6) {
             println!("    {n:>6} × {level} {message}");
         }
+        if log == "work.log" {
+            // An order's email waits for its invoice job in the queue: it should never run
+            // early and retry over an invoice that is not ready (about 1,200 such retries per
+            // 1,200 invoices when it polled).
+            let not_ready: u64 = found
+                .iter()
+                .filter(|((_, message), _)| message.contains("invoice is not ready"))
+                .map(|(_, n)| n)
+                .sum();
+            verdicts.push(Verdict {
+                target: "(check) no order email retried over an invoice not ready yet".into(),
+                measured: format!("{not_ready} retries"),
+                pass: not_ready == 0,
+            });
+        }
     }
 
     verdicts

@@ -210,35 +210,55 @@ async fn jobs_wait_for_jobs_of_queues_on_other_cluster_nodes() {
     .find(|b| third(b) != third(&a))
     .expect("a queue on another node");
 
+    // Every job below is one group too: its keys have a hash tag (and slot) of their own.
+    let group = uuid::Uuid::now_v7();
+    a.queues
+        .open_group(backroom::queue::GroupSpec {
+            id: group,
+            tenant: None,
+            total: 54,
+            follow_up: Some((b.queue.clone(), NewJob::new("probe", &Probe::new(104)))),
+        })
+        .await
+        .unwrap();
     let parents = a
         .push(
             (0..50)
-                .map(|n| NewJob::new("probe", &Probe::new(n)))
+                .map(|n| NewJob::new("probe", &Probe::new(n)).in_group(group))
                 .collect(),
         )
         .await;
     let fan_in = b
         .push(vec![
-            NewJob::new("probe", &Probe::new(100)).depends_on(&parents),
+            NewJob::new("probe", &Probe::new(100))
+                .depends_on(&parents)
+                .in_group(group),
         ])
         .await;
     let chained = a
         .push(vec![
-            NewJob::new("probe", &Probe::new(101)).depends_on(&fan_in),
+            NewJob::new("probe", &Probe::new(101))
+                .depends_on(&fan_in)
+                .in_group(group),
         ])
         .await;
     let broken = a
-        .push(vec![NewJob::new(
-            "probe",
-            &Probe {
-                fail: "permanent".into(),
-                ..Probe::new(102)
-            },
-        )])
+        .push(vec![
+            NewJob::new(
+                "probe",
+                &Probe {
+                    fail: "permanent".into(),
+                    ..Probe::new(102)
+                },
+            )
+            .in_group(group),
+        ])
         .await;
     let cancelled = b
         .push(vec![
-            NewJob::new("probe", &Probe::new(103)).depends_on(&broken),
+            NewJob::new("probe", &Probe::new(103))
+                .depends_on(&broken)
+                .in_group(group),
         ])
         .await;
     let workers = [
@@ -249,10 +269,34 @@ async fn jobs_wait_for_jobs_of_queues_on_other_cluster_nodes() {
         .await;
     b.wait_all(&cancelled, JobStatus::Cancelled, Duration::from_secs(30))
         .await;
+    let waited = std::time::Instant::now();
+    let done = loop {
+        let view = a.queues.group(&group).await.unwrap().unwrap();
+        if view.follow_up_job.is_some() {
+            break view;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(30), "{view:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (done.succeeded, done.failed, done.cancelled, done.pending),
+        (52, 1, 1, 0)
+    );
+    b.wait_all(
+        &[done.follow_up_job.unwrap()],
+        JobStatus::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await;
     let runs = a.counts("runs").await;
     assert_eq!(
-        (runs.get(&100), runs.get(&101), runs.get(&103)),
-        (Some(&1), Some(&1), None)
+        (
+            runs.get(&100),
+            runs.get(&101),
+            runs.get(&103),
+            runs.get(&104)
+        ),
+        (Some(&1), Some(&1), None, Some(&1))
     );
     for w in workers {
         w.stop().await;

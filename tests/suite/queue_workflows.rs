@@ -356,6 +356,15 @@ async fn a_group_across_queues_counts_its_members_and_runs_its_follow_up_once() 
         (view.state, view.total, view.pending),
         (GroupState::Running, 60, 60)
     );
+    let group_ttl = async || -> i64 {
+        let mut conn = a.redis().await;
+        redis::cmd("PTTL")
+            .arg(format!("{{{}:group:{group}}}:meta", a.namespace))
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(group_ttl().await, -1, "a running group never expires");
 
     let workers = [
         spawn_worker(&a, a.options()).await,
@@ -372,6 +381,11 @@ async fn a_group_across_queues_counts_its_members_and_runs_its_follow_up_once() 
             done.cancelled
         ),
         (0, 40, 10, 0, 10)
+    );
+    let ttl = group_ttl().await;
+    assert!(
+        ttl > 0,
+        "a finished group follows the retention (PTTL {ttl})"
     );
     let follow_up = done
         .follow_up_job
