@@ -24,10 +24,12 @@
 //! - `…:idem:<key>` — idempotent enqueue: the first job id, always with a retention window.
 //! - `…:paused`, `…:workers` (heartbeats), `…:worker:<id>` (identity), `…:stats:<minute>`
 //!   (succeeded/failed per minute for the dashboard chart).
-//!
 //! - `…:held`, `…:cancelled`, `…:children:<id>`, `…:parents:<id>`, `…:settle`, `…:linking` —
 //!   jobs that wait for other jobs and the edges between them ([`client::deps`] has the design:
 //!   each half of an edge lives in its own job's queue, so nothing spans two Cluster slots).
+//! - `{<namespace>:group:<id>}:meta`, `…:members` — a group of jobs of any queues under a hash
+//!   tag of its own: counts by outcome, state, follow-up; its members note their outcomes there
+//!   as children learn of parents ([`client::groups`]).
 //!
 //! # Delivery
 //! - **At least once, nothing lost.** A job leaves Redis only when its outcome is recorded. A
