@@ -346,34 +346,15 @@ fn fragile(n: u64) -> NewJob {
     .max_attempts(1)
 }
 
-async fn set_broken(tq: &TestQueue, broken: bool) {
-    let mut conn = tq.redis().await;
-    let key = format!("{}:broken", tq.namespace);
-    let _: () = if broken {
-        redis::cmd("SET")
-            .arg(&key)
-            .arg(1)
-            .query_async(&mut conn)
-            .await
-            .unwrap()
-    } else {
-        redis::cmd("DEL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap()
-    };
-}
-
 #[tokio::test]
 async fn admins_retry_and_discard_finished_jobs() {
     let tq = TestQueue::new();
-    set_broken(&tq, true).await;
+    tq.set_probes_broken(true).await;
     let ids = tq.push(vec![fragile(1), fragile(2), fragile(3)]).await;
     let worker = spawn_worker(&tq, tq.options()).await;
     tq.wait_all(&ids, JobStatus::Dead, LIMIT).await;
 
-    set_broken(&tq, false).await;
+    tq.set_probes_broken(false).await;
     assert_eq!(tq.queues.retry(&ids[0]).await.unwrap(), ActionOutcome::Done);
     tq.wait_all(&ids[..1], JobStatus::Succeeded, LIMIT).await;
     let retried = tq.job(&ids[0]).await;
@@ -411,7 +392,7 @@ async fn admins_retry_and_discard_finished_jobs() {
 #[tokio::test]
 async fn bulk_retry_requeues_the_whole_dead_set() {
     let tq = TestQueue::new();
-    set_broken(&tq, true).await;
+    tq.set_probes_broken(true).await;
     let ids = tq.push((0..25).map(fragile).collect()).await;
     let worker = spawn_worker(&tq, tq.options()).await;
     tq.wait_all(&ids, JobStatus::Dead, LIMIT).await;
@@ -435,7 +416,7 @@ async fn bulk_retry_requeues_the_whole_dead_set() {
             .all(|j| !page.items.iter().any(|p| p.id == j.id))
     );
 
-    set_broken(&tq, false).await;
+    tq.set_probes_broken(false).await;
     assert_eq!(tq.queues.retry_all_dead(&tq.queue).await.unwrap(), 25);
     tq.wait_all(&ids, JobStatus::Succeeded, LIMIT).await;
     let runs = tq.counts("runs").await;

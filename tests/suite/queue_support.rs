@@ -120,6 +120,26 @@ impl TestQueue {
     }
 
     /// How many times each probe ran / finished, by n.
+    /// Makes probes with `fail: "while-broken"` fail (retryably) until called with `false`.
+    pub async fn set_probes_broken(&self, broken: bool) {
+        let mut conn = self.redis().await;
+        let key = format!("{}:broken", self.namespace);
+        let _: () = if broken {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .query_async(&mut conn)
+                .await
+                .unwrap()
+        } else {
+            redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap()
+        };
+    }
+
     pub async fn counts(&self, which: &str) -> std::collections::HashMap<u64, u64> {
         let mut conn = self.redis().await;
         redis::cmd("HGETALL")

@@ -200,7 +200,7 @@ async fn a_failed_parent_cancels_its_children_down_the_chain_unless_they_run_any
 async fn an_admin_retry_of_a_dead_parent_that_then_succeeds_releases_its_children() {
     let a = TestQueue::new();
     let b = a.sibling("probe-b");
-    set_probes_broken(&a, true).await;
+    a.set_probes_broken(true).await;
     let parent = push_one(&a, failing(1, "while-broken", 2)).await;
     let child = push_one(&b, probe(2).depends_on([&parent])).await;
     let grandchild = push_one(&b, probe(3).depends_on([&child])).await;
@@ -211,7 +211,7 @@ async fn an_admin_retry_of_a_dead_parent_that_then_succeeds_releases_its_childre
     wait_status(&a, &parent, JobStatus::Dead).await;
     wait_status(&b, &grandchild, JobStatus::Cancelled).await;
 
-    set_probes_broken(&a, false).await;
+    a.set_probes_broken(false).await;
     assert_eq!(a.queues.retry(&parent).await.unwrap(), ActionOutcome::Done);
     wait_status(&b, &grandchild, JobStatus::Succeeded).await;
     let child = b.job(&child).await;
@@ -272,25 +272,6 @@ async fn a_worker_killed_between_a_parents_outcome_and_the_release_still_release
     for w in workers {
         w.stop().await;
     }
-}
-
-async fn set_probes_broken(tq: &TestQueue, broken: bool) {
-    let mut conn = tq.redis().await;
-    let key = format!("{}:broken", tq.namespace);
-    let _: () = if broken {
-        redis::cmd("SET")
-            .arg(&key)
-            .arg(1)
-            .query_async(&mut conn)
-            .await
-            .unwrap()
-    } else {
-        redis::cmd("DEL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap()
-    };
 }
 
 /// Polls a group until it has completed (or the limit passes).
