@@ -472,3 +472,29 @@ async fn a_worker_killed_before_noting_a_member_in_its_group_still_completes_the
     assert_eq!(a.counts("runs").await.get(&99), Some(&1));
     worker.stop().await;
 }
+
+/// A member an admin discards counts as `discarded`: the group still completes.
+#[tokio::test]
+async fn a_discarded_member_counts_and_its_group_completes() {
+    let a = TestQueue::new();
+    let group = uuid::Uuid::now_v7();
+    a.queues
+        .open_group(group_spec(group, 2, None))
+        .await
+        .unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let parked = push_one(&a, probe(1).run_at(later).in_group(group)).await;
+    let runs = push_one(&a, probe(2).in_group(group)).await;
+    assert_eq!(
+        a.queues.discard(&parked).await.unwrap(),
+        ActionOutcome::Done
+    );
+    let worker = spawn_worker(&a, a.options()).await;
+    wait_status(&a, &runs, JobStatus::Succeeded).await;
+    let done = wait_group_done(&a, &group).await;
+    assert_eq!(
+        (done.state, done.succeeded, done.discarded, done.pending),
+        (GroupState::CompletedWithFailures, 1, 1, 0)
+    );
+    worker.stop().await;
+}
