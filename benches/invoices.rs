@@ -18,6 +18,9 @@
 //!    waiting on a lock on average (`pg_stat_activity`, sampled at each poll).
 //! 3. **end to end, four tenants** — the same volume spread over 4 tenants, to show how much of
 //!    part 2 is lost to per-tenant serialisation (the yearly invoice counter row).
+//! 4. **with the customer emails** — as part 2 with the email workers and an in-bench SMTP
+//!    sink: each order's email waits for its invoice job in the queue. Gives invoices/s,
+//!    emails/s and how many email jobs retried (none should: none may run before its PDF).
 //!
 //! Run with `cargo bench --bench invoices` (about a minute), or
 //! `cargo bench --bench invoices -- --smoke` (or `BENCH_SMOKE=1`) for small sizes that finish
@@ -639,6 +642,95 @@ async fn part_e2e(
     Ok(())
 }
 
+/// Part 4: the customer's email waits for its invoice job in the queue (`depends_on`), so it runs
+/// once, after its PDF, and never retries over an invoice that is not ready.
+async fn part_emails(ctx: &Ctx, part: usize, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
+    let n = ctx.sizes.orders;
+    println!(
+        "\n== {part}. orders → invoices → customer emails, end to end: {} orders, one tenant, \
+         invoice and email workers, an in-bench SMTP sink ==",
+        thousands(n as f64)
+    );
+    let (tenant, key) = ctx.tenant(&format!("shop-{part}")).await?;
+    create_orders(ctx, &[key], n, ctx.sizes.order_clients).await?;
+    let sink = SmtpSink::start()?;
+    let mut settings = ctx.settings.clone();
+    settings.smtp_url = Some(format!("smtp://127.0.0.1:{}", sink.port));
+    let started = Instant::now();
+    let workers = Workers::start(&settings, "invoices,emails", None)?;
+    let mut invoices_done = None;
+    let (mut last, mut last_change) = (0, Instant::now());
+    let mut next_report = Instant::now() + Duration::from_secs(1);
+    loop {
+        let (ready, failed) = invoice_counts(ctx, &[tenant]).await?;
+        if invoices_done.is_none() && (ready + failed) as usize >= n {
+            invoices_done = Some(started.elapsed().as_secs_f64());
+        }
+        let sent = sink
+            .stats
+            .received
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if sent as usize >= n {
+            break;
+        }
+        if sent != last {
+            (last, last_change) = (sent, Instant::now());
+        } else if last_change.elapsed() > STALL {
+            bail!("no email went out for {STALL:?} ({sent} of {n}; {ready} invoices ready)");
+        }
+        if Instant::now() >= next_report {
+            eprintln!(
+                "  [emails] {:>5.1} s  invoices ready {ready} of {n}, emails sent {sent}",
+                started.elapsed().as_secs_f64()
+            );
+            next_report += Duration::from_secs(1);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    workers.stop().await?;
+    // Each email job's attempts, from the queue: more than one is a retry.
+    let queues = backroom::queue::Queues::new(
+        backroom::redis_conn::RedisHandle::open(&settings.redis_url)?,
+        &settings.redis_namespace,
+        settings.queue.clone(),
+    );
+    let job_ids: Vec<String> = sqlx::query_scalar(
+        "SELECT job_id FROM outbox WHERE tenant_id = $1 AND kind = 'invoice_email' AND job_id IS NOT NULL",
+    )
+    .bind(tenant)
+    .fetch_all(&ctx.db)
+    .await?;
+    let mut retried = 0;
+    for id in &job_ids {
+        if queues.get(id).await?.is_some_and(|j| j.attempts > 1) {
+            retried += 1;
+        }
+    }
+    let invoice_secs = invoices_done.unwrap_or(secs);
+    print_table(
+        &["orders", "invoices/s", "emails/s", "secs", "emails retried"],
+        &[vec![
+            thousands(n as f64),
+            dec(n as f64 / invoice_secs, 0),
+            dec(n as f64 / secs, 0),
+            dec(secs, 2),
+            retried.to_string(),
+        ]],
+    );
+    verdicts.push(Verdict {
+        target: "(check) every order's email runs once, after its invoice, with no retry".into(),
+        measured: format!(
+            "{} invoices/s, {} emails/s, {retried} of {} email jobs retried",
+            dec(n as f64 / invoice_secs, 0),
+            dec(n as f64 / secs, 0),
+            job_ids.len()
+        ),
+        pass: retried == 0 && job_ids.len() == n,
+    });
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 
 async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
@@ -655,6 +747,7 @@ async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
     part_renderer(&ctx, &mut verdicts).await?;
     part_e2e(&ctx, 2, 1, &mut verdicts).await?;
     part_e2e(&ctx, 3, 4, &mut verdicts).await?;
+    part_emails(&ctx, 4, &mut verdicts).await?;
     ctx.server.stop().await?;
     ctx.db.close().await;
     Ok(verdicts)
