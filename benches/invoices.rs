@@ -656,6 +656,8 @@ async fn part_emails(ctx: &Ctx, part: usize, verdicts: &mut Vec<Verdict>) -> any
     let sink = SmtpSink::start()?;
     let mut settings = ctx.settings.clone();
     settings.smtp_url = Some(format!("smtp://127.0.0.1:{}", sink.port));
+    // The tenants' sending limit (120 a minute by default) is not what this part measures.
+    settings.emails_per_minute = 1_000_000;
     let started = Instant::now();
     let workers = Workers::start(&settings, "invoices,emails", None)?;
     let mut invoices_done = None;
@@ -701,32 +703,46 @@ async fn part_emails(ctx: &Ctx, part: usize, verdicts: &mut Vec<Verdict>) -> any
     .bind(tenant)
     .fetch_all(&ctx.db)
     .await?;
-    let mut retried = 0;
+    let (mut retried, mut not_ready) = (0, 0);
     for id in &job_ids {
-        if queues.get(id).await?.is_some_and(|j| j.attempts > 1) {
+        let Some(job) = queues.get(id).await? else {
+            continue;
+        };
+        if job.attempts > 1 {
             retried += 1;
+        }
+        if job.errors.to_string().contains("not ready") {
+            not_ready += 1;
         }
     }
     let invoice_secs = invoices_done.unwrap_or(secs);
     print_table(
-        &["orders", "invoices/s", "emails/s", "secs", "emails retried"],
+        &[
+            "orders",
+            "invoices/s",
+            "emails/s",
+            "secs",
+            "emails retried",
+            "over an invoice not ready",
+        ],
         &[vec![
             thousands(n as f64),
             dec(n as f64 / invoice_secs, 0),
             dec(n as f64 / secs, 0),
             dec(secs, 2),
             retried.to_string(),
+            not_ready.to_string(),
         ]],
     );
     verdicts.push(Verdict {
         target: "(check) every order's email runs once, after its invoice, with no retry".into(),
         measured: format!(
-            "{} invoices/s, {} emails/s, {retried} of {} email jobs retried",
+            "{} invoices/s, {} emails/s, {retried} of {} email jobs retried ({not_ready} not ready)",
             dec(n as f64 / invoice_secs, 0),
             dec(n as f64 / secs, 0),
             job_ids.len()
         ),
-        pass: retried == 0 && job_ids.len() == n,
+        pass: retried == 0 && not_ready == 0 && job_ids.len() == n,
     });
     Ok(())
 }

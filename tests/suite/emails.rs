@@ -569,3 +569,42 @@ async fn an_orders_email_waits_for_its_invoice_and_goes_out_on_its_first_attempt
     invoice_workers.stop().await;
     workers.stop().await;
 }
+
+/// Many orders placed while every worker runs: each order's email still waits for its invoice
+/// (no email job retries over an invoice that is not ready).
+#[tokio::test]
+async fn orders_placed_while_every_worker_runs_send_each_email_after_its_invoice() {
+    const ORDERS: usize = 40;
+    let smtp = SmtpServer::start().await;
+    let (app, workers) = app_with_smtp(&smtp.url(), 10_000).await;
+    let t = app.create_tenant("shop").await;
+    put_product(&app, &t.key, "MUG").await;
+    let more = app.start_workers("invoices,stock");
+    for _ in 0..ORDERS {
+        let r = app
+            .post_json(
+                "/v1/orders",
+                Some(&t.key),
+                &json!({"customer": {"name": "Ana", "email": "ana@example.com"},
+                        "currency": "EUR", "tax_rate": "0.1", "lines": [{"sku": "MUG", "quantity": 1}]}),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+    }
+    wait_for("every invoice email", LIMIT, || async {
+        (smtp.messages().len() >= ORDERS).then_some(())
+    })
+    .await;
+    let job_ids: Vec<String> =
+        sqlx::query_scalar("SELECT job_id FROM outbox WHERE kind = 'invoice_email'")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(job_ids.len(), ORDERS);
+    for id in job_ids {
+        let job = app.queues.get(&id).await.unwrap().expect("the email job");
+        assert_eq!(job.attempts, 1, "{id}: {:?}", job.errors);
+    }
+    more.stop().await;
+    workers.stop().await;
+}
