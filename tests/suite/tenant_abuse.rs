@@ -331,3 +331,132 @@ async fn an_order_past_what_amounts_can_hold_is_422_and_another_tenants_order_go
         .unwrap();
     assert_eq!(orders, 1, "nothing of the refused orders was stored");
 }
+
+/// Groups are bounded by what makes them (a batch: at most 1,000 jobs, one group) and private:
+/// one tenant's full batches that all fail, and its probes for another tenant's group ids, leave
+/// the other tenant's batch group counted and completed as if alone.
+#[tokio::test]
+async fn one_tenants_failing_batch_groups_and_group_probes_leave_anothers_group_untouched() {
+    let app = spawn_app().await;
+    let (noisy, quiet) = (
+        app.create_tenant("noisy").await,
+        app.create_tenant("quiet").await,
+    );
+    for t in [&noisy, &quiet] {
+        let r = app
+            .send_json(
+                Method::PUT,
+                "/v1/products/MUG",
+                Some(&t.key),
+                &json!({"name": "Mug", "unit_price": "5.00", "currency": "EUR",
+                        "reorder_point": 0, "reorder_quantity": 10, "lead_time_days": 4,
+                        "allow_negative": false}),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+    }
+    let batch = |prefix: &str, n: usize, delta: i64| {
+        let items: Vec<Value> = (0..n)
+            .map(|i| json!({"sku": "MUG", "delta": delta, "reason": if delta < 0 { "sale" } else { "receipt" },
+                            "idempotency_key": format!("{prefix}-{i}")}))
+            .collect();
+        json!({"adjustments": items})
+    };
+    let group_of = |v: Value| v["group_id"].as_str().unwrap().to_string();
+    // One more than a batch may hold is refused before any group exists.
+    let over = app
+        .post_json(
+            "/v1/stock-adjustments/batch",
+            Some(&noisy.key),
+            &batch("over", 1001, -1),
+        )
+        .await;
+    assert_eq!(over.status(), 422);
+    let mut noisy_groups = vec![];
+    for b in 0..3 {
+        let r = app
+            .post_json(
+                "/v1/stock-adjustments/batch",
+                Some(&noisy.key),
+                &batch(&format!("n{b}"), 1000, -1),
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+        noisy_groups.push(group_of(r.json().await.unwrap()));
+    }
+    let quiet_group = group_of(
+        app.post_json(
+            "/v1/stock-adjustments/batch",
+            Some(&quiet.key),
+            &batch("q", 5, 2),
+        )
+        .await
+        .json()
+        .await
+        .unwrap(),
+    );
+    // Each tenant sees only its own groups, and a random id is no group.
+    for g in &noisy_groups {
+        assert_eq!(
+            app.get(&format!("/v1/groups/{g}"), Some(&quiet.key))
+                .await
+                .status(),
+            404
+        );
+    }
+    assert_eq!(
+        app.get(&format!("/v1/groups/{quiet_group}"), Some(&noisy.key))
+            .await
+            .status(),
+        404
+    );
+    let random = uuid::Uuid::now_v7();
+    assert_eq!(
+        app.get(&format!("/v1/groups/{random}"), Some(&noisy.key))
+            .await
+            .status(),
+        404
+    );
+
+    let _workers = app.start_workers("stock");
+    let group = |key: &str, id: &str| {
+        let (key, path) = (key.to_string(), format!("/v1/groups/{id}"));
+        let app = &app;
+        async move {
+            app.get(&path, Some(&key))
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let quiet_done = wait_for(
+        "the quiet tenant's group",
+        Duration::from_secs(60),
+        || async {
+            let g = group(&quiet.key, &quiet_group).await;
+            (g["state"] != "running").then_some(g)
+        },
+    )
+    .await;
+    assert_eq!(quiet_done["state"], "succeeded");
+    assert_eq!(
+        (
+            quiet_done["total"].as_u64(),
+            quiet_done["succeeded"].as_u64()
+        ),
+        (Some(5), Some(5))
+    );
+    for g in &noisy_groups {
+        let done = wait_for("a noisy group", Duration::from_secs(60), || async {
+            let v = group(&noisy.key, g).await;
+            (v["state"] != "running").then_some(v)
+        })
+        .await;
+        assert_eq!(done["state"], "completed_with_failures");
+        assert_eq!(
+            (done["total"].as_u64(), done["failed"].as_u64()),
+            (Some(1000), Some(1000))
+        );
+    }
+}
