@@ -181,6 +181,31 @@ pub async fn record(tx: &mut PgConnection, events: &[Event]) -> sqlx::Result<usi
     rows.insert(tx).await
 }
 
+/// Records one event in a transaction of its own, for outcomes told from outside Postgres (a
+/// job's, a group's: their id is fixed, so a repeat records nothing). While Postgres is
+/// unreachable it tries for a few seconds, then gives up with an error in the log.
+pub async fn record_alone(db: &PgPool, event: &Event) {
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..5 {
+        let recorded = async {
+            let mut tx = db.begin().await?;
+            record(&mut tx, std::slice::from_ref(event)).await?;
+            tx.commit().await
+        }
+        .await;
+        match recorded {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, event = event.event_type.name(), "could not record an event yet");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
+    }
+    tracing::error!(event = event.event_type.name(), id = ?event.id,
+        "gave up recording an event: Postgres stayed unreachable");
+}
+
 #[derive(Default)]
 struct Rows<'a> {
     events: Vec<(String, &'a Event, Value)>,

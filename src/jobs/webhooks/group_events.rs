@@ -2,9 +2,8 @@
 //! last member has finished, and this records the event for the group's tenant.
 //!
 //! As with job events there is no transaction to share with Redis; the event's id is fixed by
-//! the group (`msg_group_<id>`), so the engine telling again after a crash records nothing new.
-//! While Postgres is unreachable the event is retried for a few seconds, then given up with an
-//! error in the log.
+//! the group (`msg_group_<id>`), so the engine telling again after a crash records nothing new
+//! (see [`events::record_alone`]).
 
 use super::events::{self, Event, EventType};
 use crate::queue::{GroupHook, GroupView};
@@ -12,7 +11,6 @@ use futures::future::BoxFuture;
 use serde_json::json;
 use sqlx::PgPool;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Records `group.completed` events.
 pub struct GroupEvents {
@@ -39,24 +37,7 @@ impl GroupEvents {
             id: Some(format!("msg_group_{}", group.id.simple())),
             ..Event::new(tenant, EventType::GroupCompleted, data)
         };
-        let mut wait = Duration::from_millis(100);
-        for _ in 0..5 {
-            let recorded = async {
-                let mut tx = self.db.begin().await?;
-                events::record(&mut tx, std::slice::from_ref(&event)).await?;
-                tx.commit().await
-            }
-            .await;
-            match recorded {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, group_id = %group.id, "could not record a group event yet");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-            }
-        }
-        tracing::error!(group_id = %group.id, "gave up recording a group.completed event: Postgres stayed unreachable");
+        events::record_alone(&self.db, &event).await;
     }
 }
 

@@ -66,12 +66,6 @@ impl JobEvents {
         Ok(answer)
     }
 
-    async fn record(&self, event: Event) -> sqlx::Result<()> {
-        let mut tx = self.db.begin().await?;
-        events::record(&mut tx, &[event]).await?;
-        tx.commit().await
-    }
-
     async fn tell(&self, meta: &JobMeta, status: &'static str, detail: &str) {
         let Some(tenant) = meta.tenant else {
             return;
@@ -98,24 +92,12 @@ impl JobEvents {
             id: Some(format!("msg_job_{}_{}", meta.id, meta.attempt)),
             ..Event::new(tenant, event_type, data)
         };
-        let mut wait = Duration::from_millis(100);
-        for _ in 0..5 {
-            let done = match self.wants(tenant).await {
-                Ok(false) => return,
-                Ok(true) => self.record(event.clone()).await,
-                Err(e) => Err(e),
-            };
-            match done {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, job_id = %meta.id, "could not record a job event yet");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-            }
+        // When the list cannot be read, the event is recorded anyway (recording checks who
+        // wants it again).
+        if matches!(self.wants(tenant).await, Ok(false)) {
+            return;
         }
-        tracing::error!(job_id = %meta.id, event = event_type.name(),
-            "gave up recording a job event: Postgres stayed unreachable");
+        events::record_alone(&self.db, &event).await;
     }
 }
 
