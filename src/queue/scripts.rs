@@ -251,15 +251,14 @@ for _ = 1, n do
     -- One HSET per job. A job due now waits in its tenant's ready list; the fetch moves it into
     -- the stream (see `fill`).
     if ndeps > 0 then
-      redis.call('HSET', jk, 'kind', kind, 'tenant', tenant, 'payload', payload, 'attempts', 0,
-        'max_attempts', max, 'created_at', now, 'idem', idem, 'status', 'waiting',
-        'deps', ndeps, 'deps_left', ndeps, 'deps_failed', 0, 'on_fail', on_fail)
-      if run_at > 0 then redis.call('HSET', jk, 'run_at', run_at) end
       local pk = prefix .. ':parents:' .. id
       for d = first_dep, first_dep + ndeps - 1 do redis.call('HSET', pk, ARGV[d], '-1:pending') end
       -- A parent named twice counts once.
       local distinct = redis.call('HLEN', pk)
-      redis.call('HSET', jk, 'deps', distinct, 'deps_left', distinct)
+      redis.call('HSET', jk, 'kind', kind, 'tenant', tenant, 'payload', payload, 'attempts', 0,
+        'max_attempts', max, 'created_at', now, 'idem', idem, 'status', 'waiting',
+        'deps', distinct, 'deps_left', distinct, 'deps_failed', 0, 'on_fail', on_fail)
+      if run_at > 0 then redis.call('HSET', jk, 'run_at', run_at) end
       redis.call('ZADD', prefix .. ':held', now, id)
       redis.call('ZADD', prefix .. ':linking', now, id)
     elseif run_at > now then
@@ -811,28 +810,29 @@ return 1
 });
 
 /// What a group's scripts share: `check` decides, after any change, whether the group has
-/// completed (every member finished), records its state once it has, and says whether its
-/// follow-up is still to be pushed and its completion still to be announced (see
-/// `GroupHook`). Returns {state, follow-up due (1/0), announcement due (1/0)}.
+/// completed (every member finished), records its state once it has (with the retention of a
+/// job that ended the same way), and says whether its follow-up is still to be pushed and its
+/// completion still to be announced (see `GroupHook`). Returns {state, the follow-up when it is
+/// due ('' otherwise), announcement due (1/0)}.
 const GROUP_COMMON: &str = r#"
 local function n(v) return tonumber(v or '0') or 0 end
-local function check(prefix, now, ttl)
+local function check(prefix, now, ok_ttl, dead_ttl)
   local mk = prefix .. ':meta'
   local h = redis.call('HMGET', mk, 'total', 'succeeded', 'failed', 'dead', 'cancelled',
     'discarded', 'state', 'follow_up', 'followed', 'announced')
-  if not h[1] then return {'opening', 0, 0} end
+  if not h[1] then return {'opening', '', 0} end
   local bad = n(h[3]) + n(h[4]) + n(h[5]) + n(h[6])
-  if n(h[2]) + bad < n(h[1]) then return {h[7] or 'running', 0, 0} end
+  if n(h[2]) + bad < n(h[1]) then return {h[7] or 'running', '', 0} end
   local state = bad == 0 and 'succeeded' or 'completed_with_failures'
   if h[7] ~= state then
     redis.call('HSET', mk, 'state', state)
     redis.call('HSETNX', mk, 'finished_at', now)
-    -- A finished group follows the queues' retention.
+    local ttl = bad == 0 and ok_ttl or dead_ttl
     redis.call('PEXPIRE', mk, ttl)
     redis.call('PEXPIRE', prefix .. ':members', ttl)
   end
-  local due = (h[8] and h[8] ~= '' and not h[9]) and 1 or 0
-  return {state, due, h[10] and 0 or 1}
+  local follow_up = (h[8] and not h[9]) and h[8] or ''
+  return {state, follow_up, h[10] and 0 or 1}
 end
 "#;
 
@@ -841,30 +841,32 @@ fn with_group_common(body: &str) -> Script {
 }
 
 /// Opens a group (repeats change nothing). KEYS: the group's meta key. ARGV: prefix, tenant,
-/// total, now, ttl, follow-up ('' = none). Members may finish before it opens: their outcomes
-/// wait in the counters. Returns {state, follow-up due}.
+/// total, now, succeeded ttl, failed ttl, follow-up ('' = none). Members may finish before it
+/// opens: their outcomes wait in the counters. Returns as `check`.
 pub static GROUP_OPEN: LazyLock<Script> = LazyLock::new(|| {
     with_group_common(
         r#"
-local prefix, now, ttl = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
+local prefix, now = ARGV[1], tonumber(ARGV[4])
 local mk = prefix .. ':meta'
 if redis.call('HSETNX', mk, 'total', ARGV[3]) == 1 then
-  redis.call('HSET', mk, 'tenant', ARGV[2], 'created_at', now, 'follow_up', ARGV[6])
+  redis.call('HSET', mk, 'tenant', ARGV[2], 'created_at', now)
+  if ARGV[7] ~= '' then redis.call('HSET', mk, 'follow_up', ARGV[7]) end
 end
-return check(prefix, now, ttl)
+return check(prefix, now, tonumber(ARGV[5]), tonumber(ARGV[6]))
 "#,
     )
 });
 
 /// Records how a member ended. KEYS: the group's meta key. ARGV: prefix, job id, epoch,
-/// outcome ('succeeded', 'failed', 'dead', 'cancelled', 'discarded'), now, ttl. Applied only
-/// when the epoch is newer than the member's last one (a repeat counts once; a member retried
-/// by an admin moves from its old outcome to its new one). Returns {state, follow-up due}.
+/// outcome ('succeeded', 'failed', 'dead', 'cancelled', 'discarded'), now, succeeded ttl,
+/// failed ttl. Applied only when the epoch is newer than the member's last one (a repeat counts
+/// once; a member retried by an admin moves from its old outcome to its new one). Returns as
+/// `check`.
 pub static GROUP_NOTE: LazyLock<Script> = LazyLock::new(|| {
     with_group_common(
         r#"
 local prefix, id, epoch, outcome = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local now, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
+local now = tonumber(ARGV[5])
 local members, mk = prefix .. ':members', prefix .. ':meta'
 local prev = redis.call('HGET', members, id)
 local prev_epoch, prev_outcome = -1, nil
@@ -877,7 +879,7 @@ if epoch > prev_epoch then
   if prev_outcome then redis.call('HINCRBY', mk, prev_outcome, -1) end
   redis.call('HINCRBY', mk, outcome, 1)
 end
-return check(prefix, now, ttl)
+return check(prefix, now, tonumber(ARGV[6]), tonumber(ARGV[7]))
 "#,
     )
 });

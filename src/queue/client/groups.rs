@@ -14,6 +14,9 @@
 //! Cost: O(1) per member (one counter change and one hash field); reading a group is one small
 //! hash. Members are counted by outcome only, so opening a group needs its size up front
 //! ([`GroupSpec::total`]); members that finish before it opens are counted when it does.
+//!
+//! Retention: a running group never expires; a completed one is kept as long as a job that
+//! ended the same way (the succeeded retention when all succeeded, the failed one otherwise).
 
 use super::*;
 use crate::queue::keys::GroupKeys;
@@ -50,10 +53,12 @@ pub enum GroupState {
     CompletedWithFailures,
 }
 
-/// A group's status, read in one call.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// A group's status, read in one call (as `GET /v1/groups/{id}` answers it, less the tenant).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct GroupView {
     pub id: Uuid,
+    /// Whose group it is (the API scopes by it and does not show it).
+    #[serde(skip)]
     pub tenant: Option<Uuid>,
     pub state: GroupState,
     pub total: u64,
@@ -66,7 +71,8 @@ pub struct GroupView {
     pub discarded: u64,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// The follow-up job, once pushed.
+    /// The job pushed when the group completed, if it has a follow-up.
+    #[serde(rename = "follow_up_job_id")]
     pub follow_up_job: Option<String>,
 }
 
@@ -106,6 +112,7 @@ impl Queues {
             .arg(spec.tenant.map(|t| t.to_string()).unwrap_or_default())
             .arg(spec.total)
             .arg(self.settings.clock.now_ms())
+            .arg(self.settings.succeeded_retention.as_millis() as u64)
             .arg(self.settings.dead_retention.as_millis() as u64)
             .arg(follow_up)
             .invoke_async(&mut conn)
@@ -130,6 +137,7 @@ impl Queues {
             .arg(epoch)
             .arg(outcome)
             .arg(self.settings.clock.now_ms())
+            .arg(self.settings.succeeded_retention.as_millis() as u64)
             .arg(self.settings.dead_retention.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
@@ -138,8 +146,8 @@ impl Queues {
 
     /// Pushes the follow-up and tells the hook when the group's script says they are due.
     async fn after_group_change(&self, group: &Uuid, reply: &[Value]) -> RedisResult<()> {
-        if reply.get(1).and_then(int) == Some(1) {
-            self.push_follow_up(group).await?;
+        if let Some(follow_up) = reply.get(1).and_then(string).filter(|f| !f.is_empty()) {
+            self.push_follow_up(group, &follow_up).await?;
         }
         if reply.get(2).and_then(int) == Some(1)
             && let Some(hook) = &self.group_hook
@@ -157,18 +165,9 @@ impl Queues {
         Ok(())
     }
 
-    async fn push_follow_up(&self, group: &Uuid) -> RedisResult<()> {
-        let keys = self.group_keys(group);
-        let mut conn = self.redis.conn().await?;
-        let raw: Option<String> = redis::cmd("HGET")
-            .arg(keys.meta())
-            .arg("follow_up")
-            .query_async(&mut conn)
-            .await?;
-        let Some(stored) = raw
-            .filter(|r| !r.is_empty())
-            .and_then(|r| serde_json::from_str::<StoredFollowUp>(&r).ok())
-        else {
+    /// Pushes the follow-up `raw` (as stored in the group) and marks it pushed.
+    async fn push_follow_up(&self, group: &Uuid, raw: &str) -> RedisResult<()> {
+        let Ok(stored) = serde_json::from_str::<StoredFollowUp>(raw) else {
             return Ok(());
         };
         let Some(queue) = QueueName::parse(&stored.queue) else {
@@ -181,8 +180,9 @@ impl Queues {
             job = job.tenant(tenant);
         }
         let pushed = self.push(&queue, vec![job]).await?;
+        let mut conn = self.redis.conn().await?;
         let _: i64 = scripts::GROUP_MARK
-            .key(keys.meta())
+            .key(self.group_keys(group).meta())
             .arg("followed")
             .arg(&pushed[0].id)
             .invoke_async(&mut conn)
