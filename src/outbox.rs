@@ -110,7 +110,7 @@ pub async fn relay_once(db: &PgPool, queues: &Queues, limit: i64) -> anyhow::Res
     let mut job_ids = Vec::with_capacity(rows.len());
     // Rows are pushed per queue, keeping their order within each queue.
     let mut by_queue: Vec<(String, Vec<(i64, NewJob)>)> = vec![];
-    let mut opened = std::collections::HashSet::new();
+    let mut groups = vec![];
     for row in rows {
         let Some(queue) = QueueName::parse(&row.queue) else {
             tracing::error!(outbox_id = row.id, queue = %row.queue, "outbox row names an unknown queue; skipped");
@@ -136,19 +136,15 @@ pub async fn relay_once(db: &PgPool, queues: &Queues, limit: i64) -> anyhow::Res
             parents_may_follow: true,
             group: row.group_id,
         };
-        // Opened before its first member is pushed (opening again changes nothing).
         if let (Some(id), Some(total)) = (row.group_id, row.group_total)
-            && opened.insert(id)
+            && !groups.iter().any(|g: &GroupSpec| g.id == id)
         {
-            queues
-                .open_group(GroupSpec {
-                    id,
-                    tenant: row.tenant_id,
-                    total: total.max(0) as u64,
-                    follow_up: None,
-                })
-                .await
-                .context("while opening an outbox group in Redis")?;
+            groups.push(GroupSpec {
+                id,
+                tenant: row.tenant_id,
+                total: total.max(0) as u64,
+                follow_up: None,
+            });
         }
         job = job.idempotency_key(format!("outbox:{}", row.idempotency_key));
         match by_queue.iter_mut().find(|(q, _)| q == queue.as_str()) {
@@ -156,6 +152,11 @@ pub async fn relay_once(db: &PgPool, queues: &Queues, limit: i64) -> anyhow::Res
             None => by_queue.push((queue.to_string(), vec![(row.id, job)])),
         }
     }
+    // Groups are opened before their members are pushed (opening again changes nothing), all at
+    // once: each is its own key (and Cluster slot).
+    futures::future::try_join_all(groups.into_iter().map(|g| queues.open_group(g)))
+        .await
+        .context("while opening outbox groups in Redis")?;
     for (queue, jobs) in by_queue {
         let queue = QueueName::parse(&queue).expect("parsed above");
         let (row_ids, new_jobs): (Vec<i64>, Vec<NewJob>) = jobs.into_iter().unzip();

@@ -7,7 +7,7 @@ use super::error::{Error, Result};
 use super::extract::{Admin, FieldErrors, Query, Tenant, queue_named};
 use super::pagination::{PageParams, encode_cursor};
 use crate::jobs::Queue;
-use crate::queue::{ActionOutcome, GroupState, JobRecord, JobStatus, QueueName};
+use crate::queue::{ActionOutcome, GroupView, JobRecord, JobStatus, QueueName};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -197,38 +197,17 @@ pub async fn get_job(
     Ok(axum::Json(view))
 }
 
-/// A group of jobs as its tenant sees it: how many of its members ended how.
-#[derive(Serialize, ToSchema)]
-pub struct GroupOut {
-    id: Uuid,
-    /// running (some members have not finished), succeeded (all did) or
-    /// completed_with_failures (all finished, at least one did not succeed).
-    state: GroupState,
-    total: u64,
-    /// Members not finished yet (queued, waiting, running or retrying).
-    pending: u64,
-    succeeded: u64,
-    failed: u64,
-    dead: u64,
-    cancelled: u64,
-    discarded: u64,
-    created_at: DateTime<Utc>,
-    finished_at: Option<DateTime<Utc>>,
-    /// The job pushed when the group completed, if it has one.
-    follow_up_job_id: Option<String>,
-}
-
 /// A group of the calling tenant's jobs (a stock batch, an order's work, a forecast run's
 /// chunks). Another tenant's group is 404, exactly like a missing one.
 #[utoipa::path(get, path = "/v1/groups/{id}", tag = "tenant", security(("tenant_key" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, body = GroupOut), (status = 404, body = super::error::Problem)))]
+    responses((status = 200, body = GroupView), (status = 404, body = super::error::Problem)))]
 #[tracing::instrument(skip_all, fields(group_id = %id))]
 pub async fn get_group(
     tenant: Tenant,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<axum::Json<GroupOut>> {
+) -> Result<axum::Json<GroupView>> {
     let missing = || Error::NotFound(format!("no group '{id}'"));
     let group_id = Uuid::parse_str(&id).map_err(|_| missing())?;
     let g = state
@@ -237,20 +216,7 @@ pub async fn get_group(
         .await?
         .filter(|g| g.tenant == Some(tenant.id))
         .ok_or_else(missing)?;
-    Ok(axum::Json(GroupOut {
-        id: g.id,
-        state: g.state,
-        total: g.total,
-        pending: g.pending,
-        succeeded: g.succeeded,
-        failed: g.failed,
-        dead: g.dead,
-        cancelled: g.cancelled,
-        discarded: g.discarded,
-        created_at: g.created_at,
-        finished_at: g.finished_at,
-        follow_up_job_id: g.follow_up_job,
-    }))
+    Ok(axum::Json(g))
 }
 
 /// Every queue's counts and its last hour of throughput.

@@ -8,7 +8,7 @@ use super::extract::{FieldErrors, Json, Tenant};
 use crate::domain::{DateWindow, Delta, IdempotencyKey, Reason, Sku};
 use crate::jobs::stock::StockAdjustmentJob;
 use crate::jobs::{self, Enqueue};
-use crate::queue::{GroupSpec, Pushed};
+use crate::queue::{GroupSpec, JobRecord};
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -146,19 +146,19 @@ fn enqueue(job: &StockAdjustmentJob) -> Enqueue<StockAdjustmentJob> {
 /// The group of a batch sent again (every key named an earlier job): the first job's group,
 /// opened again in case the first sending stopped between its push and its group's opening
 /// (its size: the jobs of this batch in it).
-async fn earlier_group(state: &AppState, tenant: Uuid, pushed: &[Pushed]) -> Result<Option<Uuid>> {
-    let Some(first) = pushed.first() else {
+async fn earlier_group(
+    state: &AppState,
+    tenant: Uuid,
+    earlier: &[Option<JobRecord>],
+) -> Result<Option<Uuid>> {
+    let group_of = |r: &Option<JobRecord>| r.as_ref().and_then(|r| r.group);
+    let Some(group) = earlier.first().and_then(group_of) else {
         return Ok(None);
     };
-    let Some(group) = state.queues.get(&first.id).await?.and_then(|r| r.group) else {
-        return Ok(None);
-    };
-    let mut total = 0;
-    for p in pushed {
-        if state.queues.get(&p.id).await?.and_then(|r| r.group) == Some(group) {
-            total += 1;
-        }
-    }
+    let total = earlier
+        .iter()
+        .filter(|r| group_of(r) == Some(group))
+        .count() as u64;
     state
         .queues
         .open_group(GroupSpec {
@@ -176,9 +176,9 @@ async fn earlier_group(state: &AppState, tenant: Uuid, pushed: &[Pushed]) -> Res
 async fn current_status(
     state: &AppState,
     job: &StockAdjustmentJob,
-    job_id: &str,
+    record: Option<JobRecord>,
 ) -> Result<String> {
-    if let Some(record) = state.queues.get(job_id).await? {
+    if let Some(record) = record {
         return Ok(match record.status.as_str() {
             "scheduled" => "queued".to_string(),
             s => s.to_string(),
@@ -236,7 +236,8 @@ pub async fn create_adjustment(
             }),
         ))
     } else {
-        let status = current_status(&state, &job, &pushed.id).await?;
+        let record = state.queues.get(&pushed.id).await?;
+        let status = current_status(&state, &job, record).await?;
         Ok((
             StatusCode::OK,
             axum::Json(Accepted {
@@ -317,6 +318,14 @@ pub async fn create_batch(
     )
     .await?;
     let created = pushed.iter().filter(|p| p.created).count() as u64;
+    // The jobs that repeated keys map to, read once (for their status and their group).
+    let mut earlier = Vec::with_capacity(n);
+    for p in &pushed {
+        earlier.push(match p.created {
+            true => None,
+            false => state.queues.get(&p.id).await?,
+        });
+    }
     let group_id = if created > 0 {
         state
             .queues
@@ -329,14 +338,14 @@ pub async fn create_batch(
             .await?;
         Some(group)
     } else {
-        earlier_group(&state, tenant.id, &pushed).await?
+        earlier_group(&state, tenant.id, &earlier).await?
     };
     let mut items = Vec::with_capacity(n);
-    for (job, p) in jobs.iter().zip(pushed) {
+    for ((job, p), record) in jobs.iter().zip(pushed).zip(earlier) {
         let status = if p.created {
             "queued".to_string()
         } else {
-            current_status(&state, job, &p.id).await?
+            current_status(&state, job, record).await?
         };
         items.push(BatchItem {
             idempotency_key: job.idempotency_key.clone(),

@@ -151,7 +151,7 @@ pub fn outbox_job<K: JobKind>(payload: &K, key: impl Into<String>) -> OutboxJob 
         payload: serde_json::to_value(payload).expect("job payloads serialize"),
         max_attempts: K::MAX_ATTEMPTS,
         idempotency_key: key.into(),
-        job_id: crate::queue::JobId::new(&crate::queue::QueueName::custom(K::QUEUE.name())),
+        job_id: crate::queue::JobId::new(&K::QUEUE.id()),
         depends_on: vec![],
         group: None,
     }

@@ -478,6 +478,12 @@ async fn a_relay_holding_one_tenants_send_times_it_out_and_another_tenants_email
     assert_eq!(smtp.messages().len(), 2, "one message for each email");
 }
 
+/// An order of one mug for Ana.
+fn mug_order() -> Value {
+    json!({"customer": {"name": "Ana", "email": "ana@example.com"},
+           "currency": "EUR", "tax_rate": "0.1", "lines": [{"sku": "MUG", "quantity": 1}]})
+}
+
 /// An order's email waits in the queue (`waiting`) for its invoice rather than polling it: it
 /// starts only once the invoice is ready, on its first attempt, with no "not ready" retries.
 #[tokio::test]
@@ -487,12 +493,7 @@ async fn an_orders_email_waits_for_its_invoice_and_goes_out_on_its_first_attempt
     let t = app.create_tenant("shop").await;
     put_product(&app, &t.key, "MUG").await;
     let created: Value = app
-        .post_json(
-            "/v1/orders",
-            Some(&t.key),
-            &json!({"customer": {"name": "Ana", "email": "ana@example.com"},
-                    "currency": "EUR", "tax_rate": "0.1", "lines": [{"sku": "MUG", "quantity": 1}]}),
-        )
+        .post_json("/v1/orders", Some(&t.key), &mug_order())
         .await
         .json()
         .await
@@ -582,12 +583,7 @@ async fn orders_placed_while_every_worker_runs_send_each_email_after_its_invoice
     let more = app.start_workers("invoices,stock");
     for _ in 0..ORDERS {
         let r = app
-            .post_json(
-                "/v1/orders",
-                Some(&t.key),
-                &json!({"customer": {"name": "Ana", "email": "ana@example.com"},
-                        "currency": "EUR", "tax_rate": "0.1", "lines": [{"sku": "MUG", "quantity": 1}]}),
-            )
+            .post_json("/v1/orders", Some(&t.key), &mug_order())
             .await;
         assert_eq!(r.status(), 201);
     }
