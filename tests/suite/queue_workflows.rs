@@ -274,6 +274,16 @@ async fn a_worker_killed_between_a_parents_outcome_and_the_release_still_release
     }
 }
 
+/// Milliseconds left before a group's record expires (-1: never).
+async fn group_ttl(tq: &TestQueue, group: &uuid::Uuid) -> i64 {
+    let mut conn = tq.redis().await;
+    redis::cmd("PTTL")
+        .arg(format!("{{{}:group:{group}}}:meta", tq.namespace))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
 /// Polls a group until it has completed (or the limit passes).
 async fn wait_group_done(tq: &TestQueue, group: &uuid::Uuid) -> GroupView {
     let started = Instant::now();
@@ -337,15 +347,11 @@ async fn a_group_across_queues_counts_its_members_and_runs_its_follow_up_once() 
         (view.state, view.total, view.pending),
         (GroupState::Running, 60, 60)
     );
-    let group_ttl = async || -> i64 {
-        let mut conn = a.redis().await;
-        redis::cmd("PTTL")
-            .arg(format!("{{{}:group:{group}}}:meta", a.namespace))
-            .query_async(&mut conn)
-            .await
-            .unwrap()
-    };
-    assert_eq!(group_ttl().await, -1, "a running group never expires");
+    assert_eq!(
+        group_ttl(&a, &group).await,
+        -1,
+        "a running group never expires"
+    );
 
     let workers = [
         spawn_worker(&a, a.options()).await,
@@ -363,10 +369,11 @@ async fn a_group_across_queues_counts_its_members_and_runs_its_follow_up_once() 
         ),
         (0, 40, 10, 0, 10)
     );
-    let ttl = group_ttl().await;
+    let ttl = group_ttl(&a, &group).await;
+    let day = a.queues.settings().succeeded_retention.as_millis() as i64;
     assert!(
-        ttl > 0,
-        "a finished group follows the retention (PTTL {ttl})"
+        ttl > day,
+        "with failures it keeps as long as a failed job (PTTL {ttl})"
     );
     let follow_up = done
         .follow_up_job
@@ -468,6 +475,14 @@ async fn a_worker_killed_before_noting_a_member_in_its_group_still_completes_the
     let worker = spawn_worker(&a, a.options()).await;
     let done = wait_group_done(&a, &group).await;
     assert_eq!((done.state, done.succeeded), (GroupState::Succeeded, 3));
+    let (ttl, day) = (
+        group_ttl(&a, &group).await,
+        a.queues.settings().succeeded_retention.as_millis() as i64,
+    );
+    assert!(
+        0 < ttl && ttl <= day,
+        "all succeeded: a succeeded job's retention (PTTL {ttl})"
+    );
     wait_status(&a, &done.follow_up_job.unwrap(), JobStatus::Succeeded).await;
     assert_eq!(a.counts("runs").await.get(&99), Some(&1));
     worker.stop().await;
