@@ -24,7 +24,7 @@ use apalis::prelude::Data;
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::Rng as _;
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -126,7 +126,6 @@ pub async fn handle(
         _ if gone || exhausted => "failed",
         _ => "pending",
     };
-    record_attempt(&deps.db, &job, status, &attempt).await?;
     let outcome = match () {
         _ if delivered => "delivered",
         _ if gone => "gone",
@@ -142,7 +141,12 @@ pub async fn handle(
         delivered,
         gone,
     };
-    endpoint_health(&deps, &job, health).await?;
+    // The attempt and what it does to its endpoint commit together: whoever sees a delivery
+    // failed by a 410 also sees its endpoint disabled.
+    let mut tx = deps.db.begin().await?;
+    record_attempt(&mut tx, &job, status, &attempt).await?;
+    endpoint_health(&mut tx, &deps, &job, health).await?;
+    tx.commit().await?;
     let error = attempt.error.unwrap_or_default();
     match () {
         _ if delivered => Ok(json!({
@@ -174,7 +178,12 @@ struct Health {
 /// Gone`, or a failure with nothing delivered for `BACKROOM_WEBHOOK_DISABLE_AFTER_DAYS`, disables
 /// the endpoint and queues the email that tells the tenant, both in one transaction, once per
 /// disabling (the update re-checks both conditions, so a success meanwhile wins).
-async fn endpoint_health(deps: &WebhookDeps, job: &DeliverWebhook, h: Health) -> sqlx::Result<()> {
+async fn endpoint_health(
+    tx: &mut PgConnection,
+    deps: &WebhookDeps,
+    job: &DeliverWebhook,
+    h: Health,
+) -> sqlx::Result<()> {
     let endpoint_id = h.endpoint_id;
     if h.delivered {
         if h.failing_since.is_some() {
@@ -183,7 +192,7 @@ async fn endpoint_health(deps: &WebhookDeps, job: &DeliverWebhook, h: Health) ->
                 endpoint_id,
                 job.tenant_id
             )
-            .execute(&deps.db)
+            .execute(&mut *tx)
             .await?;
         }
         return Ok(());
@@ -200,12 +209,11 @@ async fn endpoint_health(deps: &WebhookDeps, job: &DeliverWebhook, h: Health) ->
                 endpoint_id,
                 job.tenant_id
             )
-            .execute(&deps.db)
+            .execute(&mut *tx)
             .await?;
         }
         return Ok(());
     }
-    let mut tx = deps.db.begin().await?;
     let disabled = sqlx::query_scalar!(
         r#"UPDATE webhook_endpoints
            SET failing_since = coalesce(failing_since, now()),
@@ -230,9 +238,9 @@ async fn endpoint_health(deps: &WebhookDeps, job: &DeliverWebhook, h: Health) ->
             disabled_at: at.timestamp_micros(),
         };
         let key = format!("webhook-disabled:{endpoint_id}:{}", at.timestamp_micros());
-        outbox::add(&mut tx, &[jobs::outbox_job(&email, key)]).await?;
+        outbox::add(tx, &[jobs::outbox_job(&email, key)]).await?;
     }
-    tx.commit().await
+    Ok(())
 }
 
 /// One POST, its answer read up to [`MAX_RESPONSE_BYTES`], all within the client's timeout.
@@ -318,7 +326,7 @@ fn jittered(delay: Duration) -> Duration {
 }
 
 async fn record_attempt(
-    db: &PgPool,
+    db: &mut PgConnection,
     job: &DeliverWebhook,
     status: &str,
     attempt: &Attempt,
