@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 const TARGET_MS: f64 = 100.0;
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789-abcdefghij";
 const REQUESTS: usize = 50;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

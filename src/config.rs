@@ -16,6 +16,50 @@ pub struct SettingsError {
     pub message: String,
 }
 
+/// `BACKROOM_COOKIE_SECURE`: whether dashboard cookies carry the `Secure` flag (and pages send
+/// HSTS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieSecure {
+    /// When the request came over TLS through a proxy (`X-Forwarded-Proto: https`).
+    Auto,
+    Always,
+    Never,
+}
+
+/// The admin token must be at least this long.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+/// Refuses an admin token that is short or a placeholder left from an example file.
+pub fn check_admin_token(token: &str) -> Result<(), String> {
+    if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+        return Err(format!(
+            "must be at least {MIN_ADMIN_TOKEN_CHARS} characters (e.g. `openssl rand -hex 32`)"
+        ));
+    }
+    let lower = token.to_lowercase();
+    let placeholder = [
+        "change-me",
+        "changeme",
+        "change_me",
+        "replace",
+        "example",
+        "placeholder",
+    ]
+    .iter()
+    .any(|p| lower.contains(p));
+    let distinct = token
+        .chars()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if placeholder || distinct < 8 {
+        return Err(
+            "looks like a placeholder; set a long random value (e.g. `openssl rand -hex 32`)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Json,
@@ -36,8 +80,12 @@ pub struct Settings {
     /// `SMTP_URL`: where emails go (`smtp://user:pass@host:port`, `smtps://…`). Optional for the
     /// API; workers that send email need it.
     pub smtp_url: Option<String>,
-    /// `BACKROOM_ADMIN_TOKEN`: the admin bearer token (at least 16 characters).
-    pub admin_token: String,
+    /// `BACKROOM_ADMIN_TOKEN`: the bootstrap admin bearer token (at least 32 characters, not a
+    /// placeholder); `None` when `BACKROOM_ADMIN_TOKEN_ENABLED=false` turns it off (admin users
+    /// then sign in by email and password).
+    pub admin_token: Option<String>,
+    /// `BACKROOM_COOKIE_SECURE`: `auto` (default), `always` or `never`.
+    pub cookie_secure: CookieSecure,
     /// `BACKROOM_BIND`: the HTTP listen address.
     pub bind: SocketAddr,
     /// `BACKROOM_MAX_BODY_BYTES`: the largest request body accepted (413 above it).
@@ -233,13 +281,40 @@ impl Settings {
             check_url("SMTP_URL", url, &["smtp", "smtps"])?;
         }
 
-        let admin_token = required("BACKROOM_ADMIN_TOKEN")?;
-        if admin_token.chars().count() < 16 {
-            return Err(SettingsError {
+        let token_enabled = match get("BACKROOM_ADMIN_TOKEN_ENABLED")
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("true") | Some("1") => true,
+            Some("false") | Some("0") => false,
+            Some(other) => {
+                return Err(SettingsError {
+                    var: "BACKROOM_ADMIN_TOKEN_ENABLED",
+                    message: format!("'{other}' is not true or false"),
+                });
+            }
+        };
+        let admin_token = if token_enabled {
+            let token = required("BACKROOM_ADMIN_TOKEN")?;
+            check_admin_token(&token).map_err(|message| SettingsError {
                 var: "BACKROOM_ADMIN_TOKEN",
-                message: "must be at least 16 characters".into(),
-            });
-        }
+                message,
+            })?;
+            Some(token)
+        } else {
+            None
+        };
+        let cookie_secure = match get("BACKROOM_COOKIE_SECURE").as_deref().map(str::trim) {
+            None | Some("auto") => CookieSecure::Auto,
+            Some("always") | Some("true") => CookieSecure::Always,
+            Some("never") | Some("false") => CookieSecure::Never,
+            Some(other) => {
+                return Err(SettingsError {
+                    var: "BACKROOM_COOKIE_SECURE",
+                    message: format!("'{other}' is not auto, always or never"),
+                });
+            }
+        };
 
         let bind = parse_or(
             get("BACKROOM_BIND"),
@@ -518,6 +593,7 @@ impl Settings {
             redis_namespace,
             smtp_url,
             admin_token,
+            cookie_secure,
             bind,
             max_body_bytes,
             log_format,
@@ -650,12 +726,27 @@ mod tests {
                 "postgres://postgres@127.0.0.1:5432/backroom",
             ),
             ("REDIS_URL", "redis://127.0.0.1:6379"),
-            ("BACKROOM_ADMIN_TOKEN", "0123456789abcdef-admin"),
+            (
+                "BACKROOM_ADMIN_TOKEN",
+                "0123456789abcdef-admin-token-for-tests",
+            ),
         ])
     }
 
     fn parse(env: &HashMap<&'static str, &'static str>) -> Result<Settings, SettingsError> {
         Settings::from_lookup(|k| env.get(k).map(|v| v.to_string()))
+    }
+
+    #[test]
+    fn the_admin_token_can_be_turned_off_and_is_then_not_needed() {
+        let mut env = base();
+        env.remove("BACKROOM_ADMIN_TOKEN");
+        env.insert("BACKROOM_ADMIN_TOKEN_ENABLED", "false");
+        let s = parse(&env).expect("valid without a token");
+        assert_eq!(s.admin_token, None);
+        let s = parse(&base()).expect("valid");
+        assert!(s.admin_token.is_some());
+        assert_eq!(s.cookie_secure, CookieSecure::Auto);
     }
 
     #[test]
@@ -703,7 +794,22 @@ mod tests {
             ("REDIS_URL", None, "is not set"),
             ("REDIS_URL", Some("http://x"), "scheme 'http'"),
             ("BACKROOM_ADMIN_TOKEN", None, "is not set"),
-            ("BACKROOM_ADMIN_TOKEN", Some("short"), "at least 16"),
+            ("BACKROOM_ADMIN_TOKEN", Some("short"), "at least 32"),
+            (
+                "BACKROOM_ADMIN_TOKEN",
+                Some("change-me-to-a-long-random-string"),
+                "placeholder",
+            ),
+            (
+                "BACKROOM_ADMIN_TOKEN_ENABLED",
+                Some("maybe"),
+                "not true or false",
+            ),
+            (
+                "BACKROOM_COOKIE_SECURE",
+                Some("yes"),
+                "not auto, always or never",
+            ),
             ("BACKROOM_BIND", Some("localhost"), "socket address"),
             ("BACKROOM_DB_MAX_CONNECTIONS", Some("0"), "at least 1"),
             ("BACKROOM_DB_MAX_CONNECTIONS", Some("many"), "whole number"),

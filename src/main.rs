@@ -35,6 +35,11 @@ enum Command {
     Schedule,
     /// Apply pending database migrations and exit (only DATABASE_URL is needed).
     Migrate,
+    /// Manage the dashboard's admin users (only DATABASE_URL is needed).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Manage tenants from the shell.
     Tenant {
         #[command(subcommand)]
@@ -76,6 +81,30 @@ enum ForecastCommand {
         /// Days to forecast (default BACKROOM_FORECAST_HORIZON_DAYS).
         #[arg(long)]
         horizon: Option<i32>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an admin user; prints a generated password once, or reads one from stdin.
+    Create {
+        email: String,
+        /// viewer (reads only), operator (repairs queues) or owner (also tenants, keys, users).
+        #[arg(long)]
+        role: String,
+        /// Read the password from the first line of stdin instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List admin users.
+    List,
+    /// Disable an admin user: no more sign-ins, and their sessions end.
+    Disable { email: String },
+    /// Set a new password (generated, or from stdin); the user's sessions end.
+    ResetPassword {
+        email: String,
+        #[arg(long)]
+        password_stdin: bool,
     },
 }
 
@@ -168,6 +197,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
+        Command::Admin { command } => {
+            let url = config::database_url_from_env()?;
+            log_from_env();
+            let pool = db::pool(&url, 2, backroom::db::Role::Tool)?;
+            admin_command(&pool, command).await
+        }
         Command::Tenant {
             command: TenantCommand::Create { slug, name },
         } => {
@@ -176,16 +211,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let slug = TenantSlug::parse(&slug).map_err(|m| anyhow::anyhow!("slug {m}"))?;
             let name = TenantName::parse(&name).map_err(|m| anyhow::anyhow!("name {m}"))?;
             let pool = db::pool(&url, 2, backroom::db::Role::Tool)?;
-            let created = api::tenants::create_tenant_with_key(&pool, &slug, &name)
-                .await
-                .map_err(
-                    |e| match e.as_database_error().and_then(|d| d.constraint()) {
-                        Some("tenants_slug_key") => {
-                            anyhow::anyhow!("a tenant with slug '{}' exists", slug.as_str())
-                        }
-                        _ => anyhow::Error::new(e).context("while creating the tenant"),
-                    },
-                )?;
+            let created = api::tenants::create_tenant_with_key(
+                &pool,
+                &api::operators::Actor::cli(),
+                &slug,
+                &name,
+            )
+            .await
+            .map_err(
+                |e| match e.as_database_error().and_then(|d| d.constraint()) {
+                    Some("tenants_slug_key") => {
+                        anyhow::anyhow!("a tenant with slug '{}' exists", slug.as_str())
+                    }
+                    _ => anyhow::Error::new(e).context("while creating the tenant"),
+                },
+            )?;
             println!("tenant '{}' created", slug.as_str());
             println!("API key (shown once): {}", created.api_key());
             Ok(())
@@ -265,4 +305,74 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `backroom admin …`: each change is written to the audit log as `cli:<os user>`.
+async fn admin_command(pool: &sqlx::PgPool, command: AdminCommand) -> anyhow::Result<()> {
+    use api::operators::{Actor, Role, users};
+    let fail = |e: api::error::Error| anyhow::anyhow!("{e}");
+    let password = |from_stdin: bool| -> anyhow::Result<(String, bool)> {
+        if !from_stdin {
+            return Ok((users::generate_password(), true));
+        }
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        users::check_password(&line).map_err(|m| anyhow::anyhow!("the password {m}"))?;
+        Ok((line, false))
+    };
+    let actor = Actor::cli();
+    match command {
+        AdminCommand::Create {
+            email,
+            role,
+            password_stdin,
+        } => {
+            let email = users::parse_email(&email).map_err(|m| anyhow::anyhow!("email {m}"))?;
+            let role = Role::parse(&role).map_err(|m| anyhow::anyhow!("--role {m}"))?;
+            let (password, generated) = password(password_stdin)?;
+            let mut tx = pool.begin().await?;
+            users::create(&mut tx, &actor, &email, role, &password)
+                .await
+                .map_err(fail)?;
+            tx.commit().await?;
+            println!("admin user {email} created ({})", role.as_str());
+            if generated {
+                println!("password (shown once): {password}");
+            }
+        }
+        AdminCommand::List => {
+            for u in users::list(pool).await? {
+                let state = match u.disabled_at {
+                    Some(at) => format!("disabled {}", at.format("%Y-%m-%d %H:%M")),
+                    None => "enabled".into(),
+                };
+                println!("{:<40} {:<9} {state}", u.email, u.role.as_str());
+            }
+        }
+        AdminCommand::Disable { email } => {
+            let mut tx = pool.begin().await?;
+            users::disable(&mut tx, &actor, &email.to_lowercase())
+                .await
+                .map_err(fail)?;
+            tx.commit().await?;
+            println!("admin user {email} disabled");
+        }
+        AdminCommand::ResetPassword {
+            email,
+            password_stdin,
+        } => {
+            let (password, generated) = password(password_stdin)?;
+            let mut tx = pool.begin().await?;
+            users::reset_password(&mut tx, &actor, &email.to_lowercase(), &password)
+                .await
+                .map_err(fail)?;
+            tx.commit().await?;
+            println!("password of {email} reset; their sessions have ended");
+            if generated {
+                println!("password (shown once): {password}");
+            }
+        }
+    }
+    Ok(())
 }

@@ -315,7 +315,7 @@ pub async fn as_given(names: Names) -> anyhow::Result<Names> {
 pub const SMOKE_NOTE: &str = "smoke sizes are too small to judge the targets; run the full mode";
 
 /// The admin token every bench's server runs with.
-pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789-abcdefghij";
 
 /// Creates a tenant over the admin API of the server at `base`; returns (id, API key).
 pub async fn create_tenant(

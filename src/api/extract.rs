@@ -8,6 +8,7 @@
 use super::AppState;
 use super::error::{Error, FieldError};
 use super::lookups::KeyOwner;
+use super::operators::Actor;
 use crate::domain::{ApiKey, ApiKeyHash};
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
@@ -248,9 +249,9 @@ impl FromRequestParts<AppState> for Tenant {
     }
 }
 
-/// Proof that the request carries the admin token.
-#[derive(Debug, Clone, Copy)]
-pub struct Admin;
+/// Who is making an admin request, allowed by their role to make it (see `operators`).
+#[derive(Debug, Clone)]
+pub struct Admin(pub Actor);
 
 /// SHA-256 of the admin token; comparing digests in constant time hides both the token's
 /// content and its length from timing.
@@ -258,35 +259,49 @@ pub fn admin_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Whether `token` is the admin token (never, when the token is turned off).
+pub fn is_admin_token(state: &AppState, token: &str) -> bool {
+    state
+        .admin_token_digest
+        .is_some_and(|digest| bool::from(admin_digest(token).ct_eq(&digest)))
+}
+
 /// The admin token, or a dashboard session cookie (whose unsafe requests must carry the
-/// session's CSRF token in `x-csrf-token`).
+/// session's CSRF token in `x-csrf-token`); then the actor's role must allow the request.
 impl FromRequestParts<AppState> for Admin {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        if parts.headers.get(header::AUTHORIZATION).is_none()
-            && let Some(session) = super::session::from_headers(state, &parts.headers).await?
-        {
-            if !parts.method.is_safe() {
-                let presented = parts
-                    .headers
-                    .get("x-csrf-token")
-                    .and_then(|v| v.to_str().ok());
-                session.check_csrf(presented)?;
-            }
-            return Ok(Admin);
-        }
-        let token = bearer_token(parts)?;
-        let presented = admin_digest(token);
-        if bool::from(presented.ct_eq(&state.admin_token_digest)) {
-            return Ok(Admin);
-        }
-        // The right token always passes: only failures are throttled (the comparison costs
-        // nothing shared; the throttle keeps a guessing client from trying on and on).
         let address = client_address(parts, state);
-        throttled(state, address, None)?;
-        state.auth_failures.failed(address);
-        Err(Error::Unauthorized("the admin token is not valid".into()))
+        let signed = match parts.headers.get(header::AUTHORIZATION) {
+            None => super::session::from_headers(state, &parts.headers, address).await?,
+            Some(_) => None,
+        };
+        let actor = match signed {
+            Some((session, actor)) => {
+                if !parts.method.is_safe() {
+                    let presented = parts
+                        .headers
+                        .get("x-csrf-token")
+                        .and_then(|v| v.to_str().ok());
+                    session.check_csrf(presented)?;
+                }
+                actor
+            }
+            None => {
+                let token = bearer_token(parts)?;
+                if !is_admin_token(state, token) {
+                    // The right token always passes: only failures are throttled (the comparison
+                    // costs nothing shared; the throttle keeps a guessing client from trying on).
+                    throttled(state, address, None)?;
+                    state.auth_failures.failed(address);
+                    return Err(Error::Unauthorized("the admin token is not valid".into()));
+                }
+                Actor::token(address)
+            }
+        };
+        actor.allow(&parts.method, parts.uri.path())?;
+        Ok(Admin(actor))
     }
 }
 

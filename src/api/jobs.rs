@@ -5,6 +5,7 @@
 use super::AppState;
 use super::error::{Error, Result};
 use super::extract::{Admin, FieldErrors, Query, Tenant, queue_named};
+use super::operators::repairs::{self, JobAction, QueueAction};
 use super::pagination::{PageParams, encode_cursor};
 use crate::jobs::Queue;
 use crate::queue::{ActionOutcome, GroupView, JobRecord, JobStatus, QueueName};
@@ -307,11 +308,11 @@ fn refused(id: &str, action: &str, status: JobStatus) -> Error {
         (status = 409, description = "The job is not dead or failed", body = super::error::Problem)))]
 #[tracing::instrument(skip_all, fields(job_id = %id))]
 pub async fn retry_job(
-    _: Admin,
+    Admin(actor): Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RetriedJob>> {
-    match state.queues.retry(&id).await? {
+    match repairs::on_job(&state, &actor, &id, JobAction::Retry).await? {
         ActionOutcome::Done => Ok(axum::Json(RetriedJob {
             id,
             status: "queued",
@@ -328,11 +329,11 @@ pub async fn retry_job(
         (status = 409, description = "The job is running", body = super::error::Problem)))]
 #[tracing::instrument(skip_all, fields(job_id = %id))]
 pub async fn discard_job(
-    _: Admin,
+    Admin(actor): Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    match state.queues.discard(&id).await? {
+    match repairs::on_job(&state, &actor, &id, JobAction::Discard).await? {
         ActionOutcome::Done => Ok(StatusCode::NO_CONTENT),
         ActionOutcome::Missing => Err(Error::NotFound(format!("no job '{id}'"))),
         ActionOutcome::Refused(status) => Err(refused(&id, "discarded", status)),
@@ -345,12 +346,12 @@ pub async fn discard_job(
     responses((status = 200, body = QueueState), (status = 404, body = super::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn pause_queue(
-    _: Admin,
+    Admin(actor): Admin,
     State(state): State<AppState>,
     Path(queue): Path<String>,
 ) -> Result<axum::Json<QueueState>> {
     let queue = queue_named(&queue)?;
-    state.queues.pause(&queue).await?;
+    repairs::on_queue(&state, &actor, &queue, QueueAction::Pause).await?;
     Ok(axum::Json(QueueState {
         name: queue.to_string(),
         paused: true,
@@ -363,12 +364,12 @@ pub async fn pause_queue(
     responses((status = 200, body = QueueState), (status = 404, body = super::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn resume_queue(
-    _: Admin,
+    Admin(actor): Admin,
     State(state): State<AppState>,
     Path(queue): Path<String>,
 ) -> Result<axum::Json<QueueState>> {
     let queue = queue_named(&queue)?;
-    state.queues.resume(&queue).await?;
+    repairs::on_queue(&state, &actor, &queue, QueueAction::Resume).await?;
     Ok(axum::Json(QueueState {
         name: queue.to_string(),
         paused: false,
@@ -381,11 +382,11 @@ pub async fn resume_queue(
     responses((status = 200, body = BulkRetry), (status = 404, body = super::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn retry_dead(
-    _: Admin,
+    Admin(actor): Admin,
     State(state): State<AppState>,
     Path(queue): Path<String>,
 ) -> Result<axum::Json<BulkRetry>> {
     let queue = queue_named(&queue)?;
-    let retried = state.queues.retry_all_dead(&queue).await?;
+    let retried = repairs::on_queue(&state, &actor, &queue, QueueAction::RetryDead).await?;
     Ok(axum::Json(BulkRetry { retried }))
 }

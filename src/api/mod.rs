@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod lookups;
 pub mod metrics;
 mod middleware;
+pub mod operators;
 pub mod orders;
 pub mod pagination;
 pub mod products;
@@ -48,7 +49,8 @@ pub struct AppState {
     pub redis: RedisHandle,
     pub queues: Queues,
     pub settings: Arc<Settings>,
-    pub admin_token_digest: [u8; 32],
+    /// SHA-256 of the bootstrap admin token; `None` when the token is turned off.
+    pub admin_token_digest: Option<[u8; 32]>,
     pub lookups: lookups::Lookups,
     /// Sales uploads being received, per tenant.
     pub uploads: Arc<inflight::PerTenant>,
@@ -62,7 +64,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(db: PgPool, redis: RedisHandle, settings: Settings) -> Self {
         Self {
-            admin_token_digest: extract::admin_digest(&settings.admin_token),
+            admin_token_digest: settings.admin_token.as_deref().map(extract::admin_digest),
             lookups: lookups::Lookups::default(),
             uploads: Arc::new(inflight::PerTenant::new(inflight::UPLOADS_PER_TENANT)),
             auth_failures: Arc::new(auth_throttle::AuthThrottle::new(
@@ -169,6 +171,13 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::resume_queue))
         .routes(routes!(jobs::retry_dead))
         .routes(routes!(metrics::metrics_admin))
+        .routes(routes!(
+            operators::users::create_user,
+            operators::users::list_users
+        ))
+        .routes(routes!(operators::users::disable_user))
+        .routes(routes!(operators::users::reset_user_password))
+        .routes(routes!(operators::audit::list_audit))
 }
 
 /// The OpenAPI document, as served at `/openapi.json`.
@@ -286,7 +295,12 @@ pub fn router(state: AppState) -> Router {
                 async move { axum::Json(spec.as_ref().clone()) }
             }),
         )
-        .merge(dashboard::router())
+        .merge(
+            dashboard::router().layer(axum::middleware::from_fn_with_state(
+                state.settings.cookie_secure,
+                dashboard::security_headers,
+            )),
+        )
         .fallback(|| async { Error::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))

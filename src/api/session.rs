@@ -1,14 +1,25 @@
-//! Dashboard sessions: signing in with the admin token gives an HttpOnly, SameSite=Strict cookie
-//! naming a session kept in Redis (so any `serve` process can take over, and signing out ends it
-//! everywhere). Each session carries a CSRF token that every state-changing request made with
-//! the cookie must echo (a form field, or the `x-csrf-token` header for scripts).
+//! Dashboard sessions: signing in (as an admin user, or with the admin token) gives an HttpOnly,
+//! SameSite=Strict cookie naming a session kept in Redis (so any `serve` process can take over,
+//! and signing out ends it everywhere). Each session carries a CSRF token that every
+//! state-changing request made with the cookie must echo (a form field, or the `x-csrf-token`
+//! header for scripts).
+//!
+//! A session is bound to the credential it was made with and is checked against it on every
+//! request: a user's session ends when the user is disabled or their password reset (their
+//! credential version moves), a token session when the admin token changes or is turned off.
 
 use super::AppState;
 use super::error::{Error, Result};
+use super::operators::{Actor, users};
+use crate::config::CookieSecure;
 use axum::http::HeaderMap;
 use axum::http::header::{COOKIE, SET_COOKIE};
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
 use subtle::ConstantTimeEq;
+use uuid::Uuid;
 
 pub const COOKIE_NAME: &str = "backroom_session";
 const TTL_SECS: u64 = 12 * 3600;
@@ -18,6 +29,33 @@ const TTL_SECS: u64 = 12 * 3600;
 pub struct Session {
     pub id: String,
     pub csrf: String,
+    pub credential: Credential,
+}
+
+/// What a session was made with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Credential {
+    /// The admin token, by a fingerprint of it (not the token).
+    Token { fingerprint: String },
+    /// An admin user, at the credential version they signed in with.
+    User { id: Uuid, version: i32 },
+}
+
+/// What Redis keeps per session.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    csrf: String,
+    credential: Credential,
+}
+
+/// Names the current admin token without revealing it; `None` when the token is turned off.
+pub fn token_fingerprint(state: &AppState) -> Option<String> {
+    let digest = state.admin_token_digest?;
+    let mut h = Sha256::new();
+    h.update(b"backroom-session:");
+    h.update(digest);
+    Some(hex::encode(&h.finalize()[..16]))
 }
 
 fn random_token() -> String {
@@ -44,15 +82,25 @@ pub fn cookie_value(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Creates a session; returns it and the `Set-Cookie` value.
-pub async fn create(state: &AppState, secure: bool) -> Result<(Session, String)> {
+pub async fn create(
+    state: &AppState,
+    credential: Credential,
+    headers: &HeaderMap,
+) -> Result<(Session, String)> {
     let session = Session {
         id: random_token(),
         csrf: random_token(),
+        credential,
     };
+    let stored = serde_json::to_string(&Stored {
+        csrf: session.csrf.clone(),
+        credential: session.credential.clone(),
+    })
+    .expect("a session serializes");
     let mut conn = state.redis.conn().await?;
     let _: () = redis::cmd("SET")
         .arg(key(state, &session.id))
-        .arg(&session.csrf)
+        .arg(stored)
         .arg("EX")
         .arg(TTL_SECS)
         .query_async(&mut conn)
@@ -60,22 +108,53 @@ pub async fn create(state: &AppState, secure: bool) -> Result<(Session, String)>
     let cookie = format!(
         "{COOKIE_NAME}={}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={TTL_SECS}{}",
         session.id,
-        if secure { "; Secure" } else { "" }
+        if is_secure(state.settings.cookie_secure, headers) {
+            "; Secure"
+        } else {
+            ""
+        }
     );
     Ok((session, cookie))
 }
 
-/// The session the request's cookie names, if it is live.
-pub async fn from_headers(state: &AppState, headers: &HeaderMap) -> Result<Option<Session>> {
+/// The session the request's cookie names and who it stands for, if it is live and its
+/// credential still holds (a session whose credential no longer holds is ended).
+pub async fn from_headers(
+    state: &AppState,
+    headers: &HeaderMap,
+    address: Option<IpAddr>,
+) -> Result<Option<(Session, Actor)>> {
     let Some(id) = cookie_value(headers) else {
         return Ok(None);
     };
     let mut conn = state.redis.conn().await?;
-    let csrf: Option<String> = redis::cmd("GET")
+    let raw: Option<String> = redis::cmd("GET")
         .arg(key(state, &id))
         .query_async(&mut conn)
         .await?;
-    Ok(csrf.map(|csrf| Session { id, csrf }))
+    let Some(stored) = raw.and_then(|r| serde_json::from_str::<Stored>(&r).ok()) else {
+        return Ok(None);
+    };
+    let actor = match &stored.credential {
+        Credential::Token { fingerprint } => token_fingerprint(state)
+            .filter(|current| bool::from(current.as_bytes().ct_eq(fingerprint.as_bytes())))
+            .map(|_| Actor::token(address)),
+        Credential::User { id, version } => {
+            users::session_actor(&state.db, *id, *version, address).await?
+        }
+    };
+    let session = Session {
+        id,
+        csrf: stored.csrf,
+        credential: stored.credential,
+    };
+    match actor {
+        Some(actor) => Ok(Some((session, actor))),
+        None => {
+            destroy(state, &session).await?;
+            Ok(None)
+        }
+    }
 }
 
 /// Ends a session; returns the `Set-Cookie` value that clears the cookie.
@@ -104,12 +183,17 @@ impl Session {
     }
 }
 
-/// Whether the request reached us over TLS (directly or behind a proxy), for the Secure flag.
-pub fn is_https(headers: &HeaderMap) -> bool {
-    headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|p| p.eq_ignore_ascii_case("https"))
+/// Whether cookies get the Secure flag (and pages HSTS): as `BACKROOM_COOKIE_SECURE` says, or, on
+/// `auto`, when the request reached us over TLS through a proxy (`X-Forwarded-Proto: https`).
+pub fn is_secure(setting: CookieSecure, headers: &HeaderMap) -> bool {
+    match setting {
+        CookieSecure::Always => true,
+        CookieSecure::Never => false,
+        CookieSecure::Auto => headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|p| p.eq_ignore_ascii_case("https")),
+    }
 }
 
 /// Appends a `Set-Cookie` header.

@@ -7,6 +7,8 @@
 use super::AppState;
 use super::error::{Error, Result, on_constraint};
 use super::extract::{Admin, FieldErrors, Json, Query, Tenant};
+use super::operators::Actor;
+use super::operators::audit::{self, Change};
 use super::pagination::{Page, PageParams};
 use crate::domain::{ApiKey, EmailAddress, TenantName, TenantSlug, TimeZoneName};
 use crate::jobs::Queue;
@@ -15,6 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -113,7 +116,7 @@ pub struct Me {
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn create_tenant(
-    _: Admin,
+    Admin(actor): Admin,
     State(state): State<AppState>,
     Json(body): Json<NewTenant>,
 ) -> Result<(StatusCode, axum::Json<CreatedTenant>)> {
@@ -122,7 +125,7 @@ pub async fn create_tenant(
     let slug = errors.check("slug", TenantSlug::parse(&body.slug));
     errors.finish()?;
     let (name, slug) = (name.expect("checked"), slug.expect("checked"));
-    let created = create_tenant_with_key(&state.db, &slug, &name)
+    let created = create_tenant_with_key(&state.db, &actor, &slug, &name)
         .await
         .map_err(|e| {
             on_constraint(e, "tenants_slug_key", || Error::Conflict {
@@ -133,9 +136,11 @@ pub async fn create_tenant(
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
-/// Inserts a tenant and a first key in one transaction (also used by `backroom tenant create`).
+/// Inserts a tenant, a first key and the audit row in one transaction (also used by `backroom
+/// tenant create`).
 pub async fn create_tenant_with_key(
     db: &sqlx::PgPool,
+    actor: &Actor,
     slug: &TenantSlug,
     name: &TenantName,
 ) -> std::result::Result<CreatedTenant, sqlx::Error> {
@@ -150,7 +155,11 @@ pub async fn create_tenant_with_key(
     )
     .execute(&mut *tx)
     .await?;
-    insert_key(&mut tx, id, &key).await?;
+    let key_id = insert_key(&mut tx, id, &key).await?;
+    let change = Change::new("tenant.create", slug.as_str())
+        .tenant(Some(id))
+        .after(json!({ "name": name.as_str(), "api_key": key_id, "prefix": key.display_prefix() }));
+    audit::record(&mut tx, actor, change).await?;
     tx.commit().await?;
     Ok(CreatedTenant {
         id,
@@ -164,6 +173,22 @@ impl CreatedTenant {
     pub fn api_key(&self) -> &str {
         &self.api_key
     }
+}
+
+/// Adds a key to a tenant with its audit row, inside `tx`; returns the key's id and the key.
+pub async fn add_key(
+    tx: &mut sqlx::PgConnection,
+    actor: &Actor,
+    tenant_id: Uuid,
+    slug: &str,
+) -> std::result::Result<(Uuid, ApiKey), sqlx::Error> {
+    let key = ApiKey::generate();
+    let id = insert_key(tx, tenant_id, &key).await?;
+    let change = Change::new("api_key.create", id.to_string())
+        .tenant(Some(tenant_id))
+        .after(json!({ "tenant": slug, "prefix": key.display_prefix() }));
+    audit::record(tx, actor, change).await?;
+    Ok((id, key))
 }
 
 /// Stores a new key for a tenant and returns its id.
@@ -230,7 +255,7 @@ pub async fn list_tenants(
     ))]
 #[tracing::instrument(skip_all)]
 pub async fn update_tenant(
-    _: Admin,
+    Admin(actor): Admin,
     State(state): State<AppState>,
     Path(slug): Path<String>,
     Json(body): Json<TenantPatch>,
@@ -275,6 +300,15 @@ pub async fn update_tenant(
     errors.finish()?;
     let new_alert_email = alert_email.clone().flatten();
     let mut tx = state.db.begin().await?;
+    let before = sqlx::query_as!(
+        TenantView,
+        "SELECT id, slug, name, alert_email, timezone, active, created_at
+         FROM tenants WHERE slug = $1 FOR UPDATE",
+        slug
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
     let row = sqlx::query_as!(
         TenantView,
         r#"UPDATE tenants SET
@@ -295,17 +329,31 @@ pub async fn update_tenant(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
+    let mut change = Change::new("tenant.update", slug.as_str())
+        .tenant(Some(row.id))
+        .before(json!(before))
+        .after(json!(row));
     if body.queue_limits.is_some() || body.paused_queues.is_some() {
         let limits = body.queue_limits.clone().unwrap_or_default();
         let paused = body.paused_queues.clone();
-        change_queue_rules(&mut tx, &state.queues, row.id, &limits, |current| {
+        let rules = change_queue_rules(&mut tx, &state.queues, row.id, &limits, |current| {
             paused.unwrap_or(current)
         })
         .await?;
+        change = change
+            .before(json!({ "tenant": before, "rules": rules.before }))
+            .after(json!({ "tenant": row, "rules": rules.after }));
     }
+    audit::record(&mut tx, &actor, change).await?;
     tx.commit().await?;
     state.lookups.clear();
     Ok(axum::Json(row))
+}
+
+/// A tenant's per-queue rules before and after a change, for the audit log.
+pub struct RulesChange {
+    pub before: serde_json::Value,
+    pub after: serde_json::Value,
 }
 
 /// Changes a tenant's per-queue rules inside `tx` (which the caller commits): `limits` sets or
@@ -318,13 +366,15 @@ pub async fn change_queue_rules(
     tenant: Uuid,
     limits: &BTreeMap<String, Option<u32>>,
     paused: impl FnOnce(Vec<String>) -> Vec<String>,
-) -> Result<()> {
+) -> Result<RulesChange> {
     let current = sqlx::query!(
         "SELECT queue_limits, paused_queues FROM tenants WHERE id = $1 FOR UPDATE",
         tenant
     )
     .fetch_one(&mut *tx)
     .await?;
+    let before =
+        json!({ "queue_limits": current.queue_limits, "paused_queues": current.paused_queues });
     let mut new_limits: BTreeMap<String, u32> =
         serde_json::from_value(current.queue_limits).unwrap_or_default();
     for (queue, limit) in limits {
@@ -333,7 +383,7 @@ pub async fn change_queue_rules(
             None => new_limits.remove(queue),
         };
     }
-    let mut new_paused = paused(current.paused_queues);
+    let mut new_paused = paused(current.paused_queues.clone());
     new_paused.sort();
     new_paused.dedup();
     sqlx::query!(
@@ -347,7 +397,10 @@ pub async fn change_queue_rules(
     queues
         .apply_tenant_rules(&Queue::ALL.map(Queue::id), tenant, &new_limits, &new_paused)
         .await?;
-    Ok(())
+    Ok(RulesChange {
+        before,
+        after: json!({ "queue_limits": new_limits, "paused_queues": new_paused }),
+    })
 }
 
 /// A tenant's concurrency limit, pause and load on every queue.
@@ -377,7 +430,7 @@ pub async fn tenant_queues(
     responses((status = 201, body = CreatedApiKey), (status = 404, body = super::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn create_api_key(
-    _: Admin,
+    Admin(actor): Admin,
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<(StatusCode, axum::Json<CreatedApiKey>)> {
@@ -386,8 +439,7 @@ pub async fn create_api_key(
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
-    let key = ApiKey::generate();
-    let id = insert_key(&mut tx, tenant_id, &key).await?;
+    let (id, key) = add_key(&mut tx, &actor, tenant_id, &slug).await?;
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
@@ -428,18 +480,31 @@ pub async fn list_api_keys(
     responses((status = 204), (status = 404, body = super::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn revoke_api_key(
-    _: Admin,
+    Admin(actor): Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     let not_found = || Error::NotFound(format!("no API key '{id}'"));
     let key_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let found = sqlx::query_scalar!(
-        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 RETURNING id",
+    let mut tx = state.db.begin().await?;
+    let found = sqlx::query!(
+        r#"UPDATE api_keys k SET revoked_at = COALESCE(k.revoked_at, now())
+           FROM api_keys old WHERE k.id = $1 AND old.id = k.id
+           RETURNING k.tenant_id, old.revoked_at AS "was_revoked_at""#,
         key_id
     )
-    .fetch_optional(&state.db)
+    .fetch_optional(&mut *tx)
     .await?;
+    // Revoking a revoked key changes nothing and writes no audit row.
+    if let Some(row) = &found
+        && row.was_revoked_at.is_none()
+    {
+        let change = Change::new("api_key.revoke", id.as_str())
+            .tenant(Some(row.tenant_id))
+            .after(json!({ "revoked": true }));
+        audit::record(&mut tx, &actor, change).await?;
+    }
+    tx.commit().await?;
     // Other processes hear of it from the trigger's NOTIFY; this one forgets at once.
     state.lookups.clear();
     found.map(|_| StatusCode::NO_CONTENT).ok_or_else(not_found)

@@ -7,12 +7,13 @@
 use super::serve::{Application, shutdown_signal};
 use super::{schedule, work};
 use crate::config::Settings;
-use crate::domain::{ApiKey, TenantName, TenantSlug};
+use crate::domain::{TenantName, TenantSlug};
 use crate::{api, db, telemetry};
 use anyhow::Context;
 use rand::RngCore;
 
 const DEMO_SLUG: &str = "demo";
+const DEMO_OWNER: &str = "owner@demo.backroom.test";
 
 pub async fn run() -> anyhow::Result<()> {
     let generated_token = {
@@ -35,10 +36,16 @@ pub async fn run() -> anyhow::Result<()> {
     let pool = app.state().db.clone();
     db::migrate(&pool).await?;
     let demo_key = demo_tenant_key(&pool).await?;
+    let owner_password = demo_owner_password(&pool).await?;
     let seeded = seed_demo_sales(&app.state().db, &app.state().queues, &settings).await?;
 
     let base = format!("http://127.0.0.1:{}", app.port());
-    print_banner(&base, &settings.admin_token, &demo_key);
+    print_banner(
+        &base,
+        &owner_password,
+        settings.admin_token.as_deref(),
+        &demo_key,
+    );
     if seeded {
         // The demo's traffic goes through the real API once it answers, so every dashboard page
         // has something to show within a minute.
@@ -120,13 +127,19 @@ async fn seed_demo_sales(
 
 /// How to use the running demo: where to sign in, the demo tenant's key, three requests to copy,
 /// and where the emails go.
-fn print_banner(base: &str, admin_token: &str, key: &str) {
+fn print_banner(base: &str, owner_password: &str, admin_token: Option<&str>, key: &str) {
     let auth = format!("-H 'Authorization: Bearer {key}'");
     let json = "-H 'Content-Type: application/json'";
     println!();
     println!("  backroom dev is running");
-    println!("  dashboard      {base}/admin  (sign in with the admin token below)");
-    println!("  admin token    {admin_token}");
+    println!("  dashboard      {base}/admin");
+    println!("  sign in as     {DEMO_OWNER} / {owner_password}  (an owner)");
+    match admin_token {
+        Some(token) => println!("  admin token    {token}"),
+        None => println!(
+            "  admin token    turned off: sign in as an admin user (backroom admin create)"
+        ),
+    }
     println!("  API            {base}  (contract: GET {base}/openapi.json)");
     println!("  demo tenant    '{DEMO_SLUG}', API key {key}");
     match std::env::var("BACKROOM_DEMO_MAIL_DIR") {
@@ -267,6 +280,25 @@ async fn dead_demo_email(api: &DemoApi, queues: &crate::queue::Queues) -> anyhow
     Ok(())
 }
 
+/// The demo's owner: created on the first run, given a new password on each (shown only once).
+async fn demo_owner_password(pool: &sqlx::PgPool) -> anyhow::Result<String> {
+    use api::operators::{Actor, Role, users};
+    let password = users::generate_password();
+    let exists = sqlx::query_scalar!("SELECT id FROM admin_users WHERE email = $1", DEMO_OWNER)
+        .fetch_optional(pool)
+        .await?
+        .is_some();
+    let mut tx = pool.begin().await?;
+    let done = if exists {
+        users::reset_password(&mut tx, &Actor::cli(), DEMO_OWNER, &password).await
+    } else {
+        users::create(&mut tx, &Actor::cli(), DEMO_OWNER, Role::Owner, &password).await
+    };
+    done.map_err(|e| anyhow::anyhow!("while preparing the demo owner: {e}"))?;
+    tx.commit().await?;
+    Ok(password)
+}
+
 /// Creates the demo tenant, or gives the existing one a new key (keys are shown only once).
 async fn demo_tenant_key(pool: &sqlx::PgPool) -> anyhow::Result<String> {
     let slug = TenantSlug::parse(DEMO_SLUG).map_err(anyhow::Error::msg)?;
@@ -276,17 +308,20 @@ async fn demo_tenant_key(pool: &sqlx::PgPool) -> anyhow::Result<String> {
         .await
         .context("while looking up the demo tenant")?;
     let key = match existing {
-        None => api::tenants::create_tenant_with_key(pool, &slug, &name)
-            .await
-            .context("while creating the demo tenant")?
-            .api_key()
-            .to_string(),
-        Some(tenant_id) => {
-            let key = ApiKey::generate();
-            let mut conn = pool.acquire().await?;
-            api::tenants::insert_key(&mut conn, tenant_id, &key)
+        None => {
+            api::tenants::create_tenant_with_key(pool, &api::operators::Actor::cli(), &slug, &name)
                 .await
-                .context("while adding a demo API key")?;
+                .context("while creating the demo tenant")?
+                .api_key()
+                .to_string()
+        }
+        Some(tenant_id) => {
+            let mut tx = pool.begin().await?;
+            let (_, key) =
+                api::tenants::add_key(&mut tx, &api::operators::Actor::cli(), tenant_id, DEMO_SLUG)
+                    .await
+                    .context("while adding a demo API key")?;
+            tx.commit().await?;
             key.expose().to_string()
         }
     };

@@ -277,24 +277,59 @@ impl Browser {
             .expect("the action asks for confirmation");
     }
 
+    /// On the login page: opens the token form, types the admin token and sends it.
+    async fn sign_in_with_token(&self) {
+        let b = &self.client;
+        b.find(Locator::Css("#use-token"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.find(Locator::Css("#token-form input[name=token]"))
+            .await
+            .unwrap()
+            .send_keys(ADMIN_TOKEN)
+            .await
+            .unwrap();
+        b.find(Locator::Css("#token-form button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    /// On the login page: signs in as an admin user and waits for the overview.
+    async fn sign_in_with_password(&self, app: &TestApp, email: &str, password: &str) {
+        let b = &self.client;
+        b.goto(&format!("{}/admin/login", app.address))
+            .await
+            .unwrap();
+        for (field, value) in [("email", email), ("password", password)] {
+            b.find(Locator::Css(&format!("#password-form input[name={field}]")))
+                .await
+                .unwrap()
+                .send_keys(value)
+                .await
+                .unwrap();
+        }
+        b.find(Locator::Css("#password-form button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        self.wait_find("tr[data-queue=stock]").await;
+    }
+
     /// Signs in on the login page and waits for the overview.
     async fn sign_in(&self, app: &TestApp) {
         let b = &self.client;
         b.goto(&format!("{}/admin/login", app.address))
             .await
             .unwrap();
-        b.find(Locator::Css("input[name=token]"))
-            .await
-            .unwrap()
-            .send_keys(ADMIN_TOKEN)
-            .await
-            .unwrap();
-        b.find(Locator::Css("form button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        self.sign_in_with_token().await;
         self.wait_text("tr[data-queue=stock] td[data-field=pending]", "0")
             .await;
     }
@@ -336,18 +371,7 @@ async fn an_admin_signs_in_watches_queues_live_and_repairs_a_dead_job() {
             .path()
             .ends_with("/admin/login")
     );
-    b.find(Locator::Css("input[name=token]"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN_TOKEN)
-        .await
-        .unwrap();
-    b.find(Locator::Css("form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.sign_in_with_token().await;
     browser
         .wait_text("tr[data-queue=stock] td[data-field=pending]", "0")
         .await;
@@ -769,4 +793,76 @@ async fn an_admin_finds_a_failing_webhook_endpoint_and_replays_its_delivery() {
     browser
         .wait_text("tr[data-tenant=erp] td.state", "healthy")
         .await;
+}
+
+#[tokio::test]
+async fn an_operator_retries_a_job_the_audit_page_names_them_and_a_viewer_is_refused() {
+    let app = spawn_app().await;
+    let t = app.create_tenant("clinic").await;
+    let operator = app.create_admin_user("otto@example.com", "operator").await;
+    let viewer = app.create_admin_user("vera@example.com", "viewer").await;
+    let emails = QueueName::parse("emails").unwrap();
+    let tenant = uuid::Uuid::parse_str(&t.id).unwrap();
+    let mut ids = vec![];
+    for n in 0..2 {
+        let job = NewJob::new("test", &json!({"n": n})).tenant(tenant);
+        let id = app
+            .queues
+            .push(&emails, vec![job])
+            .await
+            .unwrap()
+            .remove(0)
+            .id;
+        app.queues
+            .cancel(&id, "cancelled for the test")
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let browser = Browser::start().await;
+    let b = &browser.client;
+
+    browser
+        .sign_in_with_password(&app, "otto@example.com", &operator)
+        .await;
+    b.goto(&format!("{}/admin/jobs/{}", app.address, ids[0]))
+        .await
+        .unwrap();
+    browser.confirm_click("#retry").await;
+    browser.wait_text("#job-status", "queued").await;
+    b.goto(&format!("{}/admin/audit", app.address))
+        .await
+        .unwrap();
+    browser
+        .wait_text(
+            "tr[data-action='job.retry'] td.actor",
+            "user:otto@example.com",
+        )
+        .await;
+    assert!(b.source().await.unwrap().contains(&ids[0]));
+    browser.screenshot("dashboard-audit").await;
+    b.find(Locator::Css("form[action='/admin/logout'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // A viewer sees the same page, but the server refuses the retry.
+    browser
+        .sign_in_with_password(&app, "vera@example.com", &viewer)
+        .await;
+    b.goto(&format!("{}/admin/jobs/{}", app.address, ids[1]))
+        .await
+        .unwrap();
+    browser.confirm_click("#retry").await;
+    wait_for("the refusal", LIMIT, || async {
+        let source = b.source().await.ok()?;
+        source.contains("needs the operator role").then_some(())
+    })
+    .await;
+    let job = app.queues.get(&ids[1]).await.unwrap().unwrap();
+    assert_ne!(job.status.as_str(), "queued", "the viewer changed nothing");
+    assert_eq!(job.last_error.as_deref(), Some("cancelled for the test"));
+    let _ = b.clone().close().await;
 }

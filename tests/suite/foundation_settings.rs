@@ -21,7 +21,7 @@ fn serve_names_the_missing_or_malformed_variable() {
     let good = [
         ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x"),
         ("REDIS_URL", "redis://127.0.0.1:1"),
-        ("BACKROOM_ADMIN_TOKEN", "a-long-enough-admin-token"),
+        ("BACKROOM_ADMIN_TOKEN", "9f2c41d07be85a36c1e4f09b7d2a8e5c"),
         ("BACKROOM_BIND", "127.0.0.1:0"),
     ];
     let cases = [
@@ -34,7 +34,23 @@ fn serve_names_the_missing_or_malformed_variable() {
         (
             "BACKROOM_ADMIN_TOKEN",
             Some("tiny"),
-            "BACKROOM_ADMIN_TOKEN: must be at least 16",
+            "BACKROOM_ADMIN_TOKEN: must be at least 32",
+        ),
+        (
+            "BACKROOM_ADMIN_TOKEN",
+            // The placeholder of `.env.example`, long enough but not a secret.
+            Some("change-me-to-a-long-random-string"),
+            "BACKROOM_ADMIN_TOKEN: looks like a placeholder",
+        ),
+        (
+            "BACKROOM_ADMIN_TOKEN",
+            Some("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+            "BACKROOM_ADMIN_TOKEN: looks like a placeholder",
+        ),
+        (
+            "BACKROOM_COOKIE_SECURE",
+            Some("sometimes"),
+            "BACKROOM_COOKIE_SECURE: 'sometimes' is not auto",
         ),
         (
             "BACKROOM_BIND",
@@ -72,6 +88,8 @@ fn every_command_has_help() {
         vec!["work", "--help"],
         vec!["schedule", "--help"],
         vec!["tenant", "create", "--help"],
+        vec!["admin", "create", "--help"],
+        vec!["admin", "reset-password", "--help"],
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_backroom"))
             .args(&args)

@@ -18,7 +18,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789-abcdefghij";
 
 fn init_logging() {
     static INIT: Once = Once::new();
@@ -195,6 +195,24 @@ impl TestApp {
         body: &Value,
     ) -> impl Future<Output = Response> + use<> {
         self.send_json(Method::POST, path, token, body)
+    }
+
+    /// Creates an admin user with the bootstrap token; returns the password the server chose.
+    pub async fn create_admin_user(&self, email: &str, role: &str) -> String {
+        let r = self
+            .post_json(
+                "/admin/v1/users",
+                Some(ADMIN_TOKEN),
+                &serde_json::json!({"email": email, "role": role}),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "creating {email}");
+        let body: Value = r.json().await.expect("a JSON body");
+        assert_eq!(body["user"]["role"], role);
+        body["password"]
+            .as_str()
+            .expect("a generated password")
+            .to_string()
     }
 
     pub async fn create_tenant_raw(&self, body: &Value) -> Response {

@@ -19,6 +19,7 @@ mod http_limits;
 mod invoices;
 mod isolation;
 mod job_kinds;
+mod operators;
 mod ops_kit;
 mod queue_api;
 mod queue_cluster;

@@ -328,6 +328,25 @@ async fn the_demo_prints_its_story_and_fills_every_dashboard_page() {
     .await;
 
     let banner = std::fs::read_to_string(&out).unwrap();
+    // The owner the banner names signs in with the password it shows.
+    let (email, password) = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sign in as"))
+        .and_then(|rest| rest.trim().split_once(" / "))
+        .map(|(e, p)| {
+            (
+                e.to_string(),
+                p.split_whitespace().next().unwrap().to_string(),
+            )
+        })
+        .expect("the banner names a user to sign in as");
+    let signed_in = client
+        .post(format!("{base}/admin/login"))
+        .form(&[("email", email.as_str()), ("password", password.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303, "{email} signs in");
     for expected in [
         "/admin",
         "admin token    ",

@@ -12,7 +12,7 @@ use super::{Signed, page, time};
 
 pub(super) async fn emails_page(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, _): Signed,
 ) -> Result<Response> {
     let emails: Vec<minijinja::Value> = sqlx::query!(
         r#"SELECT e.created_at, t.slug, e.kind, e.recipient, e.subject, e.status, e.smtp_reply, e.last_error
@@ -52,7 +52,7 @@ pub(super) async fn emails_page(
 
 pub(super) async fn invoice_pdf(
     State(state): State<AppState>,
-    Signed(_): Signed,
+    Signed(..): Signed,
     Path(id): Path<String>,
 ) -> Result<Response> {
     let invoice_id =

@@ -19,7 +19,7 @@ fn score(v: Option<f64>) -> String {
 /// Forecast runs of every tenant, newest first.
 pub(super) async fn forecasts_page(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, _): Signed,
 ) -> Result<Response> {
     let runs: Vec<minijinja::Value> = sqlx::query!(
         r#"SELECT r.id, t.slug, r.trigger, r.status, r.skus_total, r.skus_done, r.horizon_days,
@@ -64,7 +64,7 @@ fn run_id(raw: &str) -> Result<Uuid> {
 /// One run: its model mix as a chart and every SKU, those due to reorder first.
 pub(super) async fn forecast_run_page(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, _): Signed,
     Path(run): Path<String>,
 ) -> Result<Response> {
     let id = run_id(&run)?;
@@ -127,7 +127,7 @@ pub(super) async fn forecast_run_page(
 /// every model's backtest scores.
 pub(super) async fn forecast_sku_page(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, _): Signed,
     Path((run, sku)): Path<(String, String)>,
 ) -> Result<Response> {
     let id = run_id(&run)?;

@@ -8,7 +8,9 @@
 use super::AppState;
 use super::error::{Error, Result};
 use super::extract::ClientAddress;
+use super::operators::{Actor, users};
 use super::session::{self, Session};
+use crate::config::CookieSecure;
 use axum::Router;
 use axum::extract::{Form, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -19,8 +21,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::OnceLock;
-use subtle::ConstantTimeEq;
 
+mod audit;
 mod documents;
 mod forecasts;
 mod queues;
@@ -76,6 +78,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "webhooks.html",
         include_str!("../../../templates/dashboard/webhooks.html"),
     ),
+    (
+        "audit.html",
+        include_str!("../../../templates/dashboard/audit.html"),
+    ),
 ];
 
 fn env() -> &'static minijinja::Environment<'static> {
@@ -99,8 +105,9 @@ fn page(name: &str, context: minijinja::Value) -> Result<Response> {
     Ok(([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response())
 }
 
-/// A signed-in admin; pages without one redirect to the sign-in page.
-pub struct Signed(Session);
+/// A signed-in admin whose role allows the request; pages without one redirect to the sign-in
+/// page, and a change the role does not allow is 403 (`operators::required_role`).
+pub struct Signed(Session, Actor);
 
 impl FromRequestParts<AppState> for Signed {
     type Rejection = Response;
@@ -109,8 +116,12 @@ impl FromRequestParts<AppState> for Signed {
         parts: &mut Parts,
         state: &AppState,
     ) -> std::result::Result<Self, Response> {
-        match session::from_headers(state, &parts.headers).await {
-            Ok(Some(s)) => Ok(Signed(s)),
+        let address = super::extract::client_address(parts, state);
+        match session::from_headers(state, &parts.headers, address).await {
+            Ok(Some((s, actor))) => match actor.allow(&parts.method, parts.uri.path()) {
+                Ok(()) => Ok(Signed(s, actor)),
+                Err(e) => Err(e.into_response()),
+            },
             Ok(None) if parts.method.is_safe() => Err(Redirect::to("/admin/login").into_response()),
             Ok(None) => Err(Error::Unauthorized("sign in first".into()).into_response()),
             Err(e) => Err(e.into_response()),
@@ -166,10 +177,46 @@ pub fn router() -> Router<AppState> {
         )
         .route("/admin/invoices/{id}/pdf", get(documents::invoice_pdf))
         .route("/admin/webhooks", get(webhooks::webhooks_page))
+        .route("/admin/audit", get(audit::audit_page))
         .route(
             "/admin/webhooks/deliveries/{id}/replay",
             post(webhooks::replay_delivery),
         )
+}
+
+/// Headers on every dashboard response: no framing, no sniffing, no referrer; on HTML pages a
+/// content security policy that allows only our own script and styles (no inline script
+/// anywhere) and, when served over TLS, HSTS.
+pub async fn security_headers(
+    State(secure): State<CookieSecure>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let over_tls = session::is_secure(secure, req.headers());
+    let mut response = next.run(req).await;
+    let html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/html"));
+    let h = response.headers_mut();
+    let mut set = |name: &'static str, value: &'static str| {
+        h.insert(name, header::HeaderValue::from_static(value));
+    };
+    set("x-frame-options", "DENY");
+    set("x-content-type-options", "nosniff");
+    set("referrer-policy", "no-referrer");
+    if html {
+        set(
+            "content-security-policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        );
+    }
+    if over_tls {
+        set("strict-transport-security", "max-age=31536000");
+    }
+    response
 }
 
 async fn css() -> impl IntoResponse {
@@ -186,33 +233,61 @@ async fn js() -> impl IntoResponse {
     )
 }
 
-async fn login_page(State(state): State<AppState>, headers: HeaderMap) -> Result<Response> {
-    if session::from_headers(&state, &headers).await?.is_some() {
+async fn login_page(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    headers: HeaderMap,
+) -> Result<Response> {
+    if session::from_headers(&state, &headers, address)
+        .await?
+        .is_some()
+    {
         return Ok(Redirect::to("/admin").into_response());
     }
     page("login.html", minijinja::context! { title => "Sign in" })
 }
 
+/// Signs in with an email and password (an admin user) or with the admin token.
 async fn login(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response> {
-    let presented =
-        super::extract::admin_digest(form.get("token").map(String::as_str).unwrap_or(""));
-    if !bool::from(presented.ct_eq(&state.admin_token_digest)) {
-        // Wrong tokens count against the address, as on the JSON API.
-        super::extract::throttled(&state, address, None)?;
-        state.auth_failures.failed(address);
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+    let refused = |error: &str| -> Result<Response> {
         let mut response = page(
             "login.html",
-            minijinja::context! { title => "Sign in", error => "That token is not the admin token." },
+            minijinja::context! { title => "Sign in", error => error, email => field("email") },
         )?;
         *response.status_mut() = StatusCode::UNAUTHORIZED;
-        return Ok(response);
-    }
-    let (_, cookie) = session::create(&state, session::is_https(&headers)).await?;
+        Ok(response)
+    };
+    // Failed sign-ins count against the address, as on the JSON API; a throttled address may
+    // not try a password, while the right admin token always passes.
+    let credential = if !field("email").trim().is_empty() {
+        super::extract::throttled(&state, address, None)?;
+        match users::sign_in(&state, field("email"), field("password")).await {
+            Ok(user) => session::Credential::User {
+                id: user.id,
+                version: user.credential_version,
+            },
+            Err(Error::Unauthorized(_)) => {
+                state.auth_failures.failed(address);
+                return refused("That email and password do not match.");
+            }
+            Err(e) => return Err(e),
+        }
+    } else if super::extract::is_admin_token(&state, field("token")) {
+        session::Credential::Token {
+            fingerprint: session::token_fingerprint(&state).expect("the token is on"),
+        }
+    } else {
+        super::extract::throttled(&state, address, None)?;
+        state.auth_failures.failed(address);
+        return refused("That token is not the admin token.");
+    };
+    let (_, cookie) = session::create(&state, credential, &headers).await?;
     let mut response = Redirect::to("/admin").into_response();
     session::set_cookie(response.headers_mut(), &cookie);
     Ok(response)
@@ -220,7 +295,7 @@ async fn login(
 
 async fn logout(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, _): Signed,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response> {
     checked(&s, &form)?;

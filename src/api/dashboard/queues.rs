@@ -15,10 +15,11 @@ use uuid::Uuid;
 
 use super::{Flash, Signed, back, checked, page, time};
 use crate::api::extract::queue_named;
+use crate::api::operators::repairs::{self, JobAction, QueueAction};
 
 pub(super) async fn overview(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, _): Signed,
     Query(flash): Query<Flash>,
 ) -> Result<Response> {
     let mut queues = vec![];
@@ -67,7 +68,7 @@ async fn failure_count(state: &AppState, queue: &QueueName) -> Result<u64> {
 
 pub(super) async fn throughput_svg(
     State(state): State<AppState>,
-    Signed(_): Signed,
+    Signed(..): Signed,
 ) -> Result<Response> {
     let mut total = vec![0u64; 60];
     for queue in Queue::ALL {
@@ -116,7 +117,7 @@ pub(super) struct QueueFilters {
 
 pub(super) async fn queue_page(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, _): Signed,
     Path(queue): Path<String>,
     Query(f): Query<QueueFilters>,
 ) -> Result<Response> {
@@ -177,30 +178,20 @@ pub(super) async fn queue_page(
 
 pub(super) async fn queue_action(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, actor): Signed,
     Path((queue, action)): Path<(String, String)>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response> {
     checked(&s, &form)?;
     let queue = queue_named(&queue)?;
-    let flash = match action.as_str() {
-        "pause" => {
-            state.queues.pause(&queue).await?;
-            format!("Queue {queue} paused.")
-        }
-        "resume" => {
-            state.queues.resume(&queue).await?;
-            format!("Queue {queue} resumed.")
-        }
-        "retry-dead" => format!(
-            "{} dead jobs re-queued.",
-            state.queues.retry_all_dead(&queue).await?
-        ),
-        "discard-dead" => format!(
-            "{} dead jobs deleted.",
-            state.queues.discard_all_dead(&queue).await?
-        ),
-        other => return Err(Error::NotFound(format!("no action '{other}'"))),
+    let what = QueueAction::parse(&action)
+        .ok_or_else(|| Error::NotFound(format!("no action '{action}'")))?;
+    let moved = repairs::on_queue(&state, &actor, &queue, what).await?;
+    let flash = match what {
+        QueueAction::Pause => format!("Queue {queue} paused."),
+        QueueAction::Resume => format!("Queue {queue} resumed."),
+        QueueAction::RetryDead => format!("{moved} dead jobs re-queued."),
+        QueueAction::DiscardDead => format!("{moved} dead jobs deleted."),
     };
     Ok(back(&format!("/admin/queues/{queue}"), &flash))
 }
@@ -215,7 +206,7 @@ pub(super) struct Lookup {
 
 pub(super) async fn job_lookup(
     State(state): State<AppState>,
-    Signed(_): Signed,
+    Signed(..): Signed,
     Query(l): Query<Lookup>,
 ) -> Result<Response> {
     if let Some(id) = l.id.filter(|i| !i.trim().is_empty()) {
@@ -247,7 +238,7 @@ pub(super) async fn job_lookup(
 
 pub(super) async fn job_page(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, _): Signed,
     Path(id): Path<String>,
     Query(flash): Query<Flash>,
 ) -> Result<Response> {
@@ -308,16 +299,17 @@ pub(super) async fn job_page(
 
 pub(super) async fn job_action(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, actor): Signed,
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response> {
     checked(&s, &form)?;
-    let outcome = match action.as_str() {
-        "retry" => state.queues.retry(&id).await?,
-        "discard" => state.queues.discard(&id).await?,
+    let what = match action.as_str() {
+        "retry" => JobAction::Retry,
+        "discard" => JobAction::Discard,
         other => return Err(Error::NotFound(format!("no action '{other}'"))),
     };
+    let outcome = repairs::on_job(&state, &actor, &id, what).await?;
     Ok(match (action.as_str(), outcome) {
         ("retry", ActionOutcome::Done) => back(&format!("/admin/jobs/{id}"), "Job re-queued."),
         (_, ActionOutcome::Done) => {

@@ -2,6 +2,7 @@
 
 use crate::api::AppState;
 use crate::api::error::{Error, Result};
+use crate::api::operators::audit::{self, Change};
 use crate::api::session::Session;
 use crate::jobs::Queue;
 use axum::extract::{Form, Path, Query, State};
@@ -13,7 +14,7 @@ use crate::api::extract::queue_named;
 
 pub(super) async fn tenants_page(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, _): Signed,
     Query(flash): Query<Flash>,
 ) -> Result<Response> {
     render_tenants(&state, &s, flash.flash, None).await
@@ -62,7 +63,7 @@ async fn render_tenants(
 
 pub(super) async fn rotate_key(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, actor): Signed,
     Path(slug): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response> {
@@ -71,9 +72,9 @@ pub(super) async fn rotate_key(
         .fetch_optional(&state.db)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
-    let key = crate::domain::ApiKey::generate();
-    let mut conn = state.db.acquire().await?;
-    crate::api::tenants::insert_key(&mut conn, tenant_id, &key).await?;
+    let mut tx = state.db.begin().await?;
+    let (_, key) = crate::api::tenants::add_key(&mut tx, &actor, tenant_id, &slug).await?;
+    tx.commit().await?;
     // The key is shown once, on this response, never in a URL.
     render_tenants(&state, &s, None, Some((slug, key.expose().to_string()))).await
 }
@@ -82,7 +83,7 @@ pub(super) async fn rotate_key(
 /// pause it.
 pub(super) async fn tenant_page(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, _): Signed,
     Path(slug): Path<String>,
     Query(flash): Query<Flash>,
 ) -> Result<Response> {
@@ -114,7 +115,7 @@ pub(super) async fn tenant_page(
 /// `paused` (present or not).
 pub(super) async fn tenant_queue_rules(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, actor): Signed,
     Path((slug, queue)): Path<(String, String)>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response> {
@@ -144,7 +145,7 @@ pub(super) async fn tenant_queue_rules(
         .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
     let name = queue.to_string();
     let limits = std::collections::BTreeMap::from([(name.clone(), limit)]);
-    crate::api::tenants::change_queue_rules(
+    let rules = crate::api::tenants::change_queue_rules(
         &mut tx,
         &state.queues,
         tenant,
@@ -158,6 +159,11 @@ pub(super) async fn tenant_queue_rules(
         },
     )
     .await?;
+    let change = Change::new("tenant.queue_rules", slug.as_str())
+        .tenant(Some(tenant))
+        .before(rules.before)
+        .after(rules.after);
+    audit::record(&mut tx, &actor, change).await?;
     tx.commit().await?;
     let rule = match limit {
         None => "the queue's default limit".to_string(),

@@ -4,6 +4,7 @@
 
 use crate::api::AppState;
 use crate::api::error::{Error, Result};
+use crate::api::operators::audit::{self, Change};
 use crate::api::webhooks::replay;
 use axum::extract::{Form, Path, Query, State};
 use axum::response::Response;
@@ -29,7 +30,7 @@ pub(super) struct Filters {
 
 pub(super) async fn webhooks_page(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, _): Signed,
     Query(f): Query<Filters>,
 ) -> Result<Response> {
     let tenant = f.tenant.as_deref().map(str::trim).filter(|t| !t.is_empty());
@@ -109,7 +110,7 @@ pub(super) async fn webhooks_page(
 /// Replays one delivery (of any tenant: the admin's view), then back to the page it came from.
 pub(super) async fn replay_delivery(
     State(state): State<AppState>,
-    Signed(s): Signed,
+    Signed(s, actor): Signed,
     Path(id): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Result<Response> {
@@ -125,7 +126,13 @@ pub(super) async fn replay_delivery(
         .await?
         .ok_or_else(|| Error::NotFound(format!("no delivery '{id}'")))?;
     Ok(match replay(&state, tenant, id).await {
-        Ok(_) => back(to, "Delivery queued again."),
+        Ok(_) => {
+            let change = Change::new("webhook_delivery.replay", id.to_string())
+                .tenant(Some(tenant))
+                .after(serde_json::json!({ "status": "pending" }));
+            audit::record_alone(&state, &actor, change).await?;
+            back(to, "Delivery queued again.")
+        }
         Err(Error::Conflict { detail, .. }) => back(to, &format!("Not possible: {detail}.")),
         Err(e) => return Err(e),
     })

@@ -1,0 +1,56 @@
+//! The audit log page: the same rows and filters as `GET /admin/v1/audit`.
+
+use super::{Signed, page, time};
+use crate::api::AppState;
+use crate::api::error::{Error, Result};
+use crate::api::operators::audit::{self, AuditFilter};
+use axum::extract::{Query, State};
+use axum::response::Response;
+
+pub(super) async fn audit_page(
+    State(state): State<AppState>,
+    Signed(s, _): Signed,
+    Query(filter): Query<AuditFilter>,
+) -> Result<Response> {
+    let (entries, next_cursor, error) = match audit::page_of(&state, &filter).await {
+        Ok(p) => (p.items, p.next_cursor, None),
+        Err(Error::Validation(errors)) => {
+            let why: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{} {}", e.field, e.message))
+                .collect();
+            (vec![], None, Some(why.join("; ")))
+        }
+        Err(e) => return Err(e),
+    };
+    let entries: Vec<_> = entries
+        .into_iter()
+        .map(|e| {
+            minijinja::context! {
+                at => time(e.at), actor => e.actor, action => e.action, target => e.target,
+                tenant => e.tenant, before => e.before.map(|v| v.to_string()),
+                after => e.after.map(|v| v.to_string()), request_id => e.request_id,
+                client_address => e.client_address,
+            }
+        })
+        .collect();
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let older = next_cursor.map(|cursor| {
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("actor", &text(&filter.actor))
+            .append_pair("action", &text(&filter.action))
+            .append_pair("tenant", &text(&filter.tenant))
+            .append_pair("since", &text(&filter.since))
+            .append_pair("cursor", &cursor)
+            .finish();
+        format!("/admin/audit?{query}")
+    });
+    page(
+        "audit.html",
+        minijinja::context! {
+            title => "Audit log", nav => "audit", csrf => s.csrf.clone(), entries, older,
+            error, actor => text(&filter.actor), action => text(&filter.action),
+            tenant => text(&filter.tenant), since => text(&filter.since),
+        },
+    )
+}
