@@ -38,6 +38,10 @@
 //!    one worker (defaults). The quiet tenant's enqueue-to-start latency is set against how long
 //!    the flood takes to drain, which is what a first-in-first-out queue would have made it
 //!    wait. Target: quiet p99 ≤ 250 ms while the flood drains for several seconds.
+//! 9. **history** — the drain of part 2 (its best configuration) with the job history on and
+//!    its copier (`backroom::history`) writing every finished job into a fresh Postgres
+//!    database, against the plain drain, alternately twice; how long after the drain the copy
+//!    finished. Target: ≥ 95 % of the plain rate, every job copied.
 //!
 //! Run with `cargo bench --bench queue` (full sizes: 200,000 jobs for enqueue and drain, 200
 //! pickups, 10 s of steady state, a 1,000,000 backlog; a few minutes), or
@@ -806,8 +810,38 @@ struct DrainRow {
 
 /// Queues `n` jobs, then drains them with `config`'s workers.
 async fn drain_once(env: &Env, config: &DrainConfig, n: usize) -> anyhow::Result<DrainRow> {
-    let queue = env.queue(&format!("drain-{}", config.label));
+    Ok(drain_copying(env, config, n, None).await?.0)
+}
+
+/// Like [`drain_once`]; with `history`, the queue's job history is on and a copier writes it
+/// into that database while the workers drain. Returns also, then, how long after the drain the
+/// copy finished and how many rows it holds.
+async fn drain_copying(
+    env: &Env,
+    config: &DrainConfig,
+    n: usize,
+    history: Option<&sqlx::PgPool>,
+) -> anyhow::Result<(DrainRow, Option<(f64, i64)>)> {
+    let queue = env.queue(&format!(
+        "drain-{}{}",
+        config.label,
+        if history.is_some() { "-history" } else { "" }
+    ));
     let queues = env.queues()?;
+    let (stop_copier, stopped) = tokio::sync::watch::channel(false);
+    let copier = match history {
+        Some(db) => {
+            queues.history_switch(&queue, true).await?;
+            Some(tokio::spawn(backroom::history::run_copier(
+                db.clone(),
+                queues.clone(),
+                vec![queue.clone()],
+                30,
+                stopped,
+            )))
+        }
+        None => None,
+    };
     push_jobs(
         env,
         &queues,
@@ -834,16 +868,115 @@ async fn drain_once(env: &Env, config: &DrainConfig, n: usize) -> anyhow::Result
     )
     .await;
     let after = env.snapshot().await?;
+    let drained = Instant::now();
     workers.stop().await?;
     let counts = counts?;
     let usage = before.until(&after);
+    let mut copied = None;
+    if let (Some(db), Some(copier)) = (history, copier) {
+        let rows = loop {
+            let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM job_history")
+                .fetch_one(db)
+                .await?;
+            if rows >= n as i64 || drained.elapsed() > Duration::from_secs(120) {
+                break rows;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        copied = Some((drained.elapsed().as_secs_f64(), rows));
+        let _ = stop_copier.send(true);
+        let _ = copier.await;
+        sqlx::query("TRUNCATE job_history").execute(db).await?;
+    }
     env.delete_keys(Some(&queue)).await?;
-    Ok(DrainRow {
-        config: *config,
-        rate: n as f64 / usage.wall_s,
-        wall_s: usage.wall_s,
-        errors: counts.failed + counts.dead + counts.retrying,
-        usage,
+    Ok((
+        DrainRow {
+            config: *config,
+            rate: n as f64 / usage.wall_s,
+            wall_s: usage.wall_s,
+            errors: counts.failed + counts.dead + counts.retrying,
+            usage,
+        },
+        copied,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. job history
+
+/// The drain with the job history copied into Postgres against the plain drain, alternately
+/// (plain, copying, plain, copying) so that machine noise falls on both alike; best of each.
+async fn scenario_history(env: &Env, config: &DrainConfig) -> anyhow::Result<Verdict> {
+    let n = env.sizes.drain;
+    println!(
+        "\n== 9. history: drain {} jobs plain and with the job history copied into Postgres ({}) ==",
+        thousands(n as f64),
+        config.label
+    );
+    let names = common::Names::new();
+    let db = names.create_database().await?;
+    let mut plain: Vec<DrainRow> = vec![];
+    let mut copying: Vec<(DrainRow, f64, i64)> = vec![];
+    for _ in 0..2 {
+        plain.push(drain_copying(env, config, n, None).await?.0);
+        let (row, copied) = drain_copying(env, config, n, Some(&db)).await?;
+        let (after_s, rows) = copied.expect("copying was on");
+        copying.push((row, after_s, rows));
+    }
+    db.close().await;
+    names.cleanup().await;
+    let mut table = vec![];
+    for r in &plain {
+        table.push(vec![
+            "plain".into(),
+            thousands(r.rate),
+            dec(r.usage.redis_s * 1e6 / n as f64, 2),
+            dec(r.usage.process_s * 1e6 / n as f64, 2),
+            "—".into(),
+            "—".into(),
+        ]);
+    }
+    for (r, after_s, rows) in &copying {
+        table.push(vec![
+            "history on".into(),
+            thousands(r.rate),
+            dec(r.usage.redis_s * 1e6 / n as f64, 2),
+            dec(r.usage.process_s * 1e6 / n as f64, 2),
+            thousands(*rows as f64),
+            dec(*after_s, 2),
+        ]);
+    }
+    print_table(
+        &[
+            "run",
+            "jobs/s",
+            "redis µs/job",
+            "client µs/job",
+            "rows copied",
+            "copy done after drain (s)",
+        ],
+        &table,
+    );
+    let best_plain = plain.iter().map(|r| r.rate).fold(0.0, f64::max);
+    let best_copying = copying.iter().map(|r| r.0.rate).fold(0.0, f64::max);
+    let all_copied = copying.iter().all(|(_, _, rows)| *rows == n as i64);
+    let ratio = best_copying / best_plain;
+    println!(
+        "  client CPU includes the copier (same process); target: drain with the history on \
+         ≥ 95 % of plain and every job copied: {:.1} %, copied {}  {}",
+        ratio * 100.0,
+        if all_copied { "all" } else { "NOT all" },
+        verdict(ratio >= 0.95 && all_copied)
+    );
+    Ok(Verdict {
+        target: "drain with job history ≥ 95 % of plain, every job copied".into(),
+        measured: format!(
+            "{} vs {} jobs/s ({:.1} %)",
+            thousands(best_copying),
+            thousands(best_plain),
+            ratio * 100.0
+        ),
+        pass: ratio >= 0.95 && all_copied,
     })
 }
 
@@ -1462,8 +1595,8 @@ async fn scenario_fairness(env: &Env) -> anyhow::Result<Verdict> {
     })
 }
 
-const SCENARIOS: [&str; 8] = [
-    "enqueue", "drain", "idle", "steady", "backlog", "memory", "fairness", "workflow",
+const SCENARIOS: [&str; 9] = [
+    "enqueue", "drain", "idle", "steady", "backlog", "memory", "fairness", "workflow", "history",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -1708,6 +1841,9 @@ async fn run_all(env: &Env) -> anyhow::Result<Vec<Verdict>> {
     }
     if env.selected("workflow") {
         verdicts.extend(scenario_workflow(env, &best).await?);
+    }
+    if env.selected("history") {
+        verdicts.push(scenario_history(env, &best).await?);
     }
     Ok(verdicts)
 }

@@ -113,6 +113,9 @@ pub struct Settings {
     /// `BACKROOM_MAX_PAST_DAYS`: how far back a date may go at any entry point (stock
     /// adjustments' `occurred_at`, sales import rows; default 3650, ten years): older is 422.
     pub dates: crate::domain::DateWindow,
+    /// `BACKROOM_JOB_HISTORY_DAYS`: how many days of finished jobs `work` processes keep in
+    /// Postgres's job history (default 30; 0 turns the copying off).
+    pub job_history_days: u32,
     /// `BACKROOM_MAX_QUEUED_IMPORTS`: how many of one tenant's sales imports may wait to be
     /// loaded at once (default 3); another upload is 409 until one finishes.
     pub max_queued_imports: u32,
@@ -425,6 +428,18 @@ impl Settings {
                 message: "must be between 1 and 36500".into(),
             });
         }
+        let job_history_days: u32 = parse_or(
+            get("BACKROOM_JOB_HISTORY_DAYS"),
+            "BACKROOM_JOB_HISTORY_DAYS",
+            "30",
+            "a whole number of days",
+        )?;
+        if job_history_days > 3660 {
+            return Err(SettingsError {
+                var: "BACKROOM_JOB_HISTORY_DAYS",
+                message: "must be between 0 (off) and 3660".into(),
+            });
+        }
         let max_queued_imports: u32 = parse_or(
             get("BACKROOM_MAX_QUEUED_IMPORTS"),
             "BACKROOM_MAX_QUEUED_IMPORTS",
@@ -606,6 +621,7 @@ impl Settings {
             max_import_bytes,
             max_import_rows,
             dates: crate::domain::DateWindow { past_days },
+            job_history_days,
             max_queued_imports,
             tenant_concurrency,
             tenant_rate,
@@ -852,6 +868,11 @@ mod tests {
                 "number of days",
             ),
             ("BACKROOM_MAX_PAST_DAYS", Some("0"), "between 1 and 36500"),
+            (
+                "BACKROOM_JOB_HISTORY_DAYS",
+                Some("9999"),
+                "between 0 (off) and 3660",
+            ),
             ("BACKROOM_MAX_QUEUED_IMPORTS", Some("0"), "at least 1"),
             ("BACKROOM_HEADER_TIMEOUT_SECS", Some("0"), "at least 1"),
             (

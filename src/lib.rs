@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod forecast;
+pub mod history;
 pub mod jobs;
 pub mod outbox;
 pub mod process;

@@ -97,7 +97,8 @@ pub async fn sync_tenant_rules(
     Ok(())
 }
 
-/// Runs the plan's workers and the outbox relay until `shutdown` resolves.
+/// Runs the plan's workers, the outbox relay and the job history copier until `shutdown`
+/// resolves.
 pub async fn run(
     settings: &Settings,
     plan: WorkPlan,
@@ -121,6 +122,15 @@ pub async fn run(
     sync_tenant_rules(&pool, &queues, settings)
         .await
         .context("while copying the tenants' queue limits and pauses into Redis")?;
+
+    // The job history is switched on before any job of these queues can finish here, so none
+    // is missed; a process with the history off switches it off (one setting for the fleet).
+    for queue in &plan.queues {
+        queues
+            .history_switch(&queue.id(), settings.job_history_days > 0)
+            .await
+            .context("while switching the job history")?;
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut handles: Vec<WorkerHandle> = vec![];
@@ -175,6 +185,17 @@ pub async fn run(
             Ok(())
         }
     });
+    if settings.job_history_days > 0 {
+        running.spawn({
+            let (db, queues, stop) = (pool.clone(), queues.clone(), stop_rx.clone());
+            let names = plan.queues.iter().map(|q| q.id()).collect();
+            let keep = settings.job_history_days;
+            async move {
+                crate::history::run_copier(db, queues, names, keep, stop).await;
+                Ok(())
+            }
+        });
+    }
     tracing::info!(queues = ?plan.queues.iter().map(|q| q.name()).collect::<Vec<_>>(), "workers running");
 
     shutdown.await;

@@ -51,6 +51,11 @@ impl QueueKeys {
         format!("{}:job:{id}", self.prefix)
     }
 
+    /// Finished jobs waiting to be copied into the job history (`client::history`).
+    pub fn history(&self) -> String {
+        format!("{}:history", self.prefix)
+    }
+
     pub fn paused(&self) -> String {
         format!("{}:paused", self.prefix)
     }

@@ -34,8 +34,20 @@ local function parent_finished(prefix, jk, id, now, ttl)
   redis.call('PEXPIRE', prefix .. ':children:' .. id, ttl)
 end
 
+-- Finished jobs wait in `:history` for the copier that keeps them in Postgres (`history`), when
+-- the job history is on (`:history:on`, set by `work` processes at start) and fewer than a
+-- million wait (a bound on Redis memory should every copier stop for long).
+local function to_history(prefix, ids)
+  if #ids == 0 or redis.call('EXISTS', prefix .. ':history:on') == 0 then return end
+  if redis.call('LLEN', prefix .. ':history') >= 1000000 then return end
+  for j = 1, #ids, 400 do
+    redis.call('RPUSH', prefix .. ':history', unpack(ids, j, math.min(j + 399, #ids)))
+  end
+end
+
 -- Ends a job for good in a finished set (succeeded, failed, dead) with its retention.
 local function finish(prefix, jk, id, status, now, ttl)
+  to_history(prefix, {id})
   redis.call('HSET', jk, 'status', status, 'finished_at', now)
   redis.call('HDEL', jk, 'worker', 'entry')
   redis.call('ZADD', prefix .. ':' .. status, now, id)
@@ -483,6 +495,9 @@ for tenant, k in pairs(slots) do freed(prefix, tenant, k) end
 for j = 1, #succeeded, 400 do
   redis.call('ZADD', prefix .. ':succeeded', unpack(succeeded, j, math.min(j + 399, #succeeded)))
 end
+local finished_ok = {}
+for j = 2, #succeeded, 2 do finished_ok[#finished_ok + 1] = succeeded[j] end
+to_history(prefix, finished_ok)
 if done + failed > 0 then
   local sk = prefix .. ':stats:' .. minute
   if done > 0 then redis.call('HINCRBY', sk, 'succeeded', done) end
@@ -891,6 +906,39 @@ pub static GROUP_MARK: LazyLock<Script> = LazyLock::new(|| {
         r#"
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
+"#,
+    )
+});
+
+/// Drops the first `n` ids of a queue's history list, if this copier still holds the lease and
+/// the list still starts with the id it read first (so a copier that lost its lease can never
+/// drop ids it did not copy). KEYS: stream. ARGV: prefix, owner, n, first id. Returns 1 if
+/// dropped.
+pub static HISTORY_TRIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local prefix, owner, n, first = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+if redis.call('GET', prefix .. ':history:lock') ~= owner then return 0 end
+if redis.call('LINDEX', prefix .. ':history', 0) ~= first then return 0 end
+redis.call('LTRIM', prefix .. ':history', n, -1)
+return 1
+"#,
+    )
+});
+
+/// Takes or keeps the lease on copying a queue's history. KEYS: stream. ARGV: prefix, owner,
+/// lease ms. Returns 1 if `owner` holds it now.
+pub static HISTORY_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local prefix, owner, ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local lock = prefix .. ':history:lock'
+local holder = redis.call('GET', lock)
+if holder == false or holder == owner then
+  redis.call('SET', lock, owner, 'PX', ms)
+  return 1
+end
+return 0
 "#,
     )
 });

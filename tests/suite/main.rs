@@ -18,6 +18,7 @@ mod foundation_tenants;
 mod http_limits;
 mod invoices;
 mod isolation;
+mod job_history;
 mod job_kinds;
 mod operators;
 mod ops_kit;

@@ -5,6 +5,7 @@
 mod admin;
 pub mod deps;
 pub mod groups;
+pub mod history;
 mod inspect;
 mod push;
 mod upkeep;
@@ -196,6 +197,14 @@ impl JobStatus {
             JobStatus::Waiting => "waiting",
             JobStatus::Cancelled => "cancelled",
         }
+    }
+
+    /// Whether the job has ended for good (until an admin retries it).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Dead | JobStatus::Cancelled
+        )
     }
 
     fn set(self) -> Option<JobSet> {
