@@ -198,6 +198,37 @@ pub async fn get_job(
     Ok(axum::Json(view))
 }
 
+/// Retries one of the calling tenant's own dead or failed jobs with a fresh attempt budget.
+/// Another tenant's job is 404, exactly like a missing one.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "tenant", security(("tenant_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = RetriedJob), (status = 404, body = super::error::Problem),
+        (status = 409, description = "The job is not dead or failed", body = super::error::Problem)))]
+#[tracing::instrument(skip_all, fields(job_id = %id))]
+pub async fn retry_own_job(
+    tenant: Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<RetriedJob>> {
+    let job = state
+        .queues
+        .get(&id)
+        .await?
+        .filter(|j| j.tenant == Some(tenant.id))
+        .ok_or_else(|| Error::NotFound(format!("no job '{id}'")))?;
+    if !matches!(job.status, JobStatus::Dead | JobStatus::Failed) {
+        return Err(refused(&id, "retried", job.status));
+    }
+    match state.queues.retry(&id).await? {
+        ActionOutcome::Done => Ok(axum::Json(RetriedJob {
+            id,
+            status: "queued",
+        })),
+        ActionOutcome::Missing => Err(Error::NotFound(format!("no job '{id}'"))),
+        ActionOutcome::Refused(status) => Err(refused(&id, "retried", status)),
+    }
+}
+
 /// A group of the calling tenant's jobs (a stock batch, an order's work, a forecast run's
 /// chunks). Another tenant's group is 404, exactly like a missing one.
 #[utoipa::path(get, path = "/v1/groups/{id}", tag = "tenant", security(("tenant_key" = [])),

@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod forecasts;
 mod health;
+pub mod history;
 mod inflight;
 pub mod jobs;
 pub mod lookups;
@@ -162,6 +163,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(webhooks::retry_delivery))
         .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::retry_own_job))
+        .routes(routes!(history::list_tenant_jobs))
+        .routes(routes!(history::search_jobs))
         .routes(routes!(jobs::get_group))
         .routes(routes!(jobs::list_queues))
         .routes(routes!(jobs::list_jobs))

@@ -423,11 +423,13 @@ fn order_work(ids: &OrderIds<'_>, lines: &[PricedLine], now: DateTime<Utc>) -> V
     let render = RenderInvoice {
         tenant_id: ids.tenant,
         invoice_id: ids.invoice,
+        order_number: Some(ids.number.to_string()),
     };
     let render = jobs::outbox_job(&render, format!("invoice:{}", ids.invoice));
     let email = EmailJob::Invoice {
         tenant_id: ids.tenant,
         invoice_id: ids.invoice,
+        order_number: Some(ids.number.to_string()),
     };
     // The email waits for its PDF in the queue (`waiting`), rather than polling it with retries.
     let email = jobs::outbox_job(&email, format!("invoice-email:{}", ids.invoice)).after(&render);

@@ -866,3 +866,63 @@ async fn an_operator_retries_a_job_the_audit_page_names_them_and_a_viewer_is_ref
     assert_eq!(job.last_error.as_deref(), Some("cancelled for the test"));
     let _ = b.clone().close().await;
 }
+
+#[tokio::test]
+async fn support_finds_by_order_number_a_job_that_died_six_days_ago() {
+    use backroom::history::{self, Partitions};
+    use backroom::queue::{FinishedJob, JobStatus};
+    let app = spawn_app().await;
+    let t = app.create_tenant("clinic").await;
+    let died = chrono::Utc::now() - chrono::TimeDelta::days(6);
+    let job = FinishedJob {
+        id: "invoices_0123456789abcdef".into(),
+        queue: "invoices".into(),
+        kind: "render_invoice".into(),
+        tenant: Some(uuid::Uuid::parse_str(&t.id).unwrap()),
+        status: JobStatus::Dead,
+        attempts: 6,
+        max_attempts: 6,
+        payload: json!({"invoice_id": uuid::Uuid::new_v4(), "order_number": "ORD-2026-000123"})
+            .to_string(),
+        result: None,
+        last_error: Some("the font directory is unreadable".into()),
+        errors: "[]".into(),
+        idempotency_key: None,
+        group: None,
+        created_at: died - chrono::TimeDelta::minutes(30),
+        started_at: Some(died - chrono::TimeDelta::seconds(2)),
+        finished_at: died,
+    };
+    history::store(&app.db, &[job], &mut Partitions::default())
+        .await
+        .unwrap();
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    browser.sign_in(&app).await;
+    b.find(Locator::Css("nav a[href='/admin/search']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.find(Locator::Css("#search-form input[name=q]"))
+        .await
+        .unwrap()
+        .send_keys("args.order_number:ORD-2026-000123 status:dead")
+        .await
+        .unwrap();
+    b.find(Locator::Css("#search-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let row = browser
+        .wait_find("tr[data-job='invoices_0123456789abcdef']")
+        .await;
+    let text = row.text().await.unwrap();
+    assert!(text.contains("clinic") && text.contains("dead"), "{text}");
+    assert!(text.contains("the font directory is unreadable"), "{text}");
+    browser.screenshot("dashboard-search").await;
+    let _ = b.clone().close().await;
+}

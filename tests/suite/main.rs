@@ -20,6 +20,7 @@ mod invoices;
 mod isolation;
 mod job_history;
 mod job_kinds;
+mod job_search;
 mod operators;
 mod ops_kit;
 mod queue_api;

@@ -26,6 +26,7 @@ mod audit;
 mod documents;
 mod forecasts;
 mod queues;
+mod search;
 mod tenants;
 mod webhooks;
 
@@ -81,6 +82,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     (
         "audit.html",
         include_str!("../../../templates/dashboard/audit.html"),
+    ),
+    (
+        "search.html",
+        include_str!("../../../templates/dashboard/search.html"),
     ),
 ];
 
@@ -178,6 +183,7 @@ pub fn router() -> Router<AppState> {
         .route("/admin/invoices/{id}/pdf", get(documents::invoice_pdf))
         .route("/admin/webhooks", get(webhooks::webhooks_page))
         .route("/admin/audit", get(audit::audit_page))
+        .route("/admin/search", get(search::search_page))
         .route(
             "/admin/webhooks/deliveries/{id}/replay",
             post(webhooks::replay_delivery),

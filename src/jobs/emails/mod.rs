@@ -17,7 +17,13 @@ use uuid::Uuid;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EmailJob {
     /// "Your invoice": the PDF attached, to the order's customer once the invoice is ready.
-    Invoice { tenant_id: Uuid, invoice_id: Uuid },
+    Invoice {
+        tenant_id: Uuid,
+        invoice_id: Uuid,
+        /// Carried for searching the job history by it (`args.order_number:…`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        order_number: Option<String>,
+    },
     /// A product crossed below its reorder point; to the tenant's `alert_email`.
     LowStock {
         tenant_id: Uuid,

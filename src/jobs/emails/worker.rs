@@ -415,6 +415,7 @@ async fn prepare(
         EmailJob::Invoice {
             tenant_id,
             invoice_id,
+            ..
         } => prepare_invoice(deps, *tenant_id, *invoice_id, attempt)
             .await
             .map(Some),

@@ -13,6 +13,10 @@ use uuid::Uuid;
 pub struct RenderInvoice {
     pub tenant_id: Uuid,
     pub invoice_id: Uuid,
+    /// The order's number: not needed to render, carried so that the job history can be
+    /// searched by it (`args.order_number:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_number: Option<String>,
 }
 
 impl JobKind for RenderInvoice {

@@ -20,6 +20,8 @@
 //! (whole tables: no row-by-row delete). The history a tenant can leave is bounded by what its
 //! jobs are (every job is bounded in size) and by that retention.
 
+pub mod search;
+
 use crate::queue::{FinishedJob, QueueName, Queues};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use sqlx::PgPool;

@@ -1,0 +1,80 @@
+//! The search page: the job history by the same query language as `GET /admin/v1/jobs/search`.
+
+use super::{Signed, page, time};
+use crate::api::AppState;
+use crate::api::error::{Error, Result};
+use crate::api::extract::FieldErrors;
+use crate::history::search;
+use axum::extract::{Query, State};
+use axum::response::Response;
+use serde::Deserialize;
+
+#[derive(Deserialize, Default)]
+pub(super) struct SearchForm {
+    q: Option<String>,
+    cursor: Option<String>,
+}
+
+pub(super) async fn search_page(
+    State(state): State<AppState>,
+    Signed(s, _): Signed,
+    Query(form): Query<SearchForm>,
+) -> Result<Response> {
+    let q = form.q.clone().unwrap_or_default();
+    let searched = !q.trim().is_empty();
+    let mut jobs = vec![];
+    let mut older = None;
+    let mut error = None;
+    if searched {
+        let outcome = match search::Query::parse(&q) {
+            Ok(query) => {
+                crate::api::history::page_of(
+                    &state,
+                    &query,
+                    None,
+                    form.cursor.clone(),
+                    FieldErrors::default(),
+                )
+                .await
+            }
+            Err(e) => Err(Error::invalid("q", e)),
+        };
+        match outcome {
+            Ok(p) => {
+                older = p.next_cursor.map(|cursor| {
+                    let query: String = url::form_urlencoded::Serializer::new(String::new())
+                        .append_pair("q", &q)
+                        .append_pair("cursor", &cursor)
+                        .finish();
+                    format!("/admin/search?{query}")
+                });
+                jobs = p
+                    .items
+                    .into_iter()
+                    .map(|j| {
+                        minijinja::context! {
+                            id => j.id, tenant => j.tenant, kind => j.kind, status => j.status,
+                            attempts => j.attempts, payload => j.payload.to_string(),
+                            last_error => j.last_error, finished_at => time(j.finished_at),
+                        }
+                    })
+                    .collect();
+            }
+            Err(Error::Validation(errors)) => {
+                let why: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect();
+                error = Some(why.join("; "));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    page(
+        "search.html",
+        minijinja::context! {
+            title => "Search", nav => "search", csrf => s.csrf.clone(), q, searched, jobs, older,
+            error, days => state.settings.job_history_days,
+        },
+    )
+}

@@ -1,0 +1,316 @@
+//! Searching the job history: admins by what support knows, tenants their own jobs only.
+
+use crate::helpers::*;
+use backroom::history::search::{self, Query};
+use backroom::history::{self, Partitions};
+use backroom::queue::{FinishedJob, JobStatus, NewJob, QueueName};
+use chrono::{DateTime, TimeDelta, Utc};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::time::Duration;
+use uuid::Uuid;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A finished job of the invoices or the stock queue (by its id's prefix).
+fn finished(
+    id: &str,
+    tenant: Uuid,
+    status: JobStatus,
+    payload: Value,
+    error: Option<&str>,
+    at: DateTime<Utc>,
+) -> FinishedJob {
+    let (queue, kind) = match id.split('_').next() {
+        Some("invoices") => ("invoices", "render_invoice"),
+        _ => ("stock", "stock_adjustment"),
+    };
+    FinishedJob {
+        id: id.into(),
+        queue: queue.into(),
+        kind: kind.into(),
+        tenant: Some(tenant),
+        status,
+        attempts: 1,
+        max_attempts: 6,
+        payload: payload.to_string(),
+        result: None,
+        last_error: error.map(str::to_string),
+        errors: "[]".into(),
+        idempotency_key: None,
+        group: None,
+        created_at: at - TimeDelta::seconds(5),
+        started_at: Some(at - TimeDelta::seconds(1)),
+        finished_at: at,
+    }
+}
+
+async fn found(app: &TestApp, q: &str) -> Vec<String> {
+    let url = format!(
+        "/admin/v1/jobs/search?limit=500&q={}",
+        url::form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>()
+    );
+    let r = app.get(&url, Some(ADMIN_TOKEN)).await;
+    assert_eq!(r.status(), 200, "{q}");
+    let body: Value = r.json().await.unwrap();
+    body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn admins_find_jobs_by_order_number_error_text_tenant_and_time_in_stable_pages() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let other = app.create_tenant("other").await;
+    let (acme_id, other_id) = (
+        Uuid::parse_str(&acme.id).unwrap(),
+        Uuid::parse_str(&other.id).unwrap(),
+    );
+    let now = Utc::now();
+    let six_days_ago = now - TimeDelta::days(6);
+    let invoice = |order: &str| json!({"tenant_id": acme_id, "invoice_id": Uuid::new_v4(), "order_number": order});
+    let mut jobs = vec![
+        finished(
+            "invoices_dead",
+            acme_id,
+            JobStatus::Dead,
+            invoice("ORD-2026-000123"),
+            Some("SMTP relay timed out after 30 s"),
+            six_days_ago,
+        ),
+        finished(
+            "invoices_ok",
+            acme_id,
+            JobStatus::Succeeded,
+            invoice("ORD-2026-000124"),
+            None,
+            now,
+        ),
+        // Another tenant may use the same order number.
+        finished(
+            "invoices_other",
+            other_id,
+            JobStatus::Dead,
+            invoice("ORD-2026-000123"),
+            Some("SMTP relay timed out after 30 s"),
+            now - TimeDelta::days(2),
+        ),
+    ];
+    for n in 0..30 {
+        jobs.push(finished(
+            &format!("stock_{n:02}"),
+            acme_id,
+            JobStatus::Succeeded,
+            json!({"sku": format!("SKU-{n}"), "delta": n, "reason": "receipt"}),
+            None,
+            now - TimeDelta::minutes(n),
+        ));
+    }
+    let stored = history::store(&app.db, &jobs, &mut Partitions::default())
+        .await
+        .unwrap();
+    assert_eq!(stored, 33);
+
+    let week_ago = (now - TimeDelta::days(7)).date_naive();
+    assert_eq!(
+        found(
+            &app,
+            &format!(
+                r#"tenant:acme kind:invoice status:dead args.order_number:ORD-2026-000123 error:"timed out" after:{week_ago}"#
+            )
+        )
+        .await,
+        ["invoices_dead"]
+    );
+    assert_eq!(
+        found(&app, "args.order_number:ORD-2026-000123").await,
+        ["invoices_other", "invoices_dead"],
+        "newest first, every tenant"
+    );
+    assert_eq!(
+        found(&app, "relay status:dead tenant:other").await,
+        ["invoices_other"]
+    );
+    assert_eq!(found(&app, "args.delta:7").await, ["stock_07"], "a number");
+    assert_eq!(found(&app, "args.sku:SKU-7").await, ["stock_07"]);
+    let before = (now - TimeDelta::days(1)).date_naive();
+    assert_eq!(
+        found(&app, &format!("before:{before} status:dead")).await,
+        ["invoices_other", "invoices_dead"]
+    );
+    assert!(found(&app, "tenant:nobody").await.is_empty());
+
+    // Pages of 7 walk the 30 adjustments once each, newest first.
+    let mut seen = vec![];
+    let mut cursor = String::new();
+    loop {
+        let page: Value = app
+            .get(
+                &format!("/admin/v1/jobs/search?q=kind:stock_adjustment&limit=7&cursor={cursor}"),
+                Some(ADMIN_TOKEN),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..30).map(|n| format!("stock_{n:02}")).collect();
+    assert_eq!(seen, expected);
+
+    // A bad query names `q` and says what is wrong.
+    let r = app
+        .get("/admin/v1/jobs/search?q=colour:red", Some(ADMIN_TOKEN))
+        .await;
+    let body = assert_problem(r, 422, "an unknown key").await;
+    assert_eq!(problem_fields(&body), ["q"]);
+    assert!(body.to_string().contains("colour"), "{body}");
+
+    // The plans use the indexes chosen for each term (sequential scans off, as on a big table).
+    let mut conn = app.db.acquire().await.unwrap();
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    for (q, index) in [
+        ("args.order_number:ORD-2026-000123", "payload"),
+        (r#"error:"timed out""#, "last_error"),
+        ("tenant:acme", "tenant"),
+    ] {
+        let lines = search_plan(&mut conn, q).await;
+        let text = lines.join("\n");
+        println!("plan of {q}:\n{text}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("Index") && l.contains(index)),
+            "{q}: {text}"
+        );
+    }
+}
+
+/// `EXPLAIN` of a search on this connection (so its settings apply).
+async fn search_plan(conn: &mut sqlx::PgConnection, q: &str) -> Vec<String> {
+    search::plan(conn, &Query::parse(q).unwrap()).await.unwrap()
+}
+
+/// The calling tenant's finished jobs: (id, status) pairs.
+async fn list(app: &TestApp, key: &str, query: &str) -> Vec<(String, String)> {
+    let r = app.get(&format!("/v1/jobs{query}"), Some(key)).await;
+    assert_eq!(r.status(), 200, "{query}");
+    let body: Value = r.json().await.unwrap();
+    body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["id"].as_str().unwrap().to_string(),
+                j["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tenant_lists_and_retries_its_own_jobs_and_never_sees_another_tenants() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("shop-a").await;
+    let b = app.create_tenant("shop-b").await;
+    put_product(&app, &a.key, "SKU-1").await;
+    let stock = QueueName::parse("stock").unwrap();
+    let workers = app.start_workers("stock");
+    wait_for("the history to be switched on", LIMIT, || async {
+        let mut conn = app.queues.redis().conn().await.ok()?;
+        let on: i64 = redis::cmd("EXISTS")
+            .arg(format!("{}:history:on", app.queues.keys(&stock).prefix()))
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        (on == 1).then_some(())
+    })
+    .await;
+    let r = app
+        .post_json(
+            "/v1/stock-adjustments",
+            Some(&a.key),
+            &json!({"sku": "SKU-1", "delta": 1, "reason": "receipt", "idempotency_key": "a1"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let mut dead = vec![];
+    for t in [&a, &b] {
+        let poison = NewJob::new("stock_adjustment", &json!({"not": "an adjustment"}))
+            .tenant(Uuid::parse_str(&t.id).unwrap())
+            .max_attempts(1);
+        dead.push(
+            app.queues.push(&stock, vec![poison]).await.unwrap()[0]
+                .id
+                .clone(),
+        );
+    }
+    wait_for("three jobs in the history", LIMIT, || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM job_history")
+            .fetch_one(&app.db)
+            .await
+            .ok()?;
+        (n == 3).then_some(())
+    })
+    .await;
+
+    let mine = list(&app, &a.key, "").await;
+    assert_eq!(mine.len(), 2);
+    assert!(mine.iter().all(|(id, _)| id != &dead[1]), "never B's job");
+    assert_eq!(
+        list(&app, &a.key, "?status=dead").await,
+        [(dead[0].clone(), "dead".to_string())]
+    );
+    assert_eq!(
+        list(&app, &a.key, "?kind=stock_adjustment&status=succeeded")
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        list(&app, &b.key, "").await,
+        [(dead[1].clone(), "dead".to_string())]
+    );
+    let r = app.get("/v1/jobs?status=running", Some(&a.key)).await;
+    let body = assert_problem(r, 422, "not a finished status").await;
+    assert_eq!(problem_fields(&body), ["status"]);
+
+    // Retrying: never another tenant's job (404 as if missing), not a succeeded one (409), its
+    // own dead one (queued again).
+    let retry = |key: &str, id: &str| {
+        app.request(Method::POST, &format!("/v1/jobs/{id}/retry"), Some(key))
+            .send()
+    };
+    assert_eq!(retry(&a.key, &dead[1]).await.unwrap().status(), 404);
+    let succeeded = mine
+        .iter()
+        .find(|(_, s)| s == "succeeded")
+        .unwrap()
+        .0
+        .clone();
+    assert_eq!(retry(&a.key, &succeeded).await.unwrap().status(), 409);
+    let r = retry(&a.key, &dead[0]).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "queued");
+    let b_job = app.queues.get(&dead[1]).await.unwrap().unwrap();
+    assert_eq!(b_job.status, JobStatus::Dead, "B's job untouched");
+    workers.stop().await;
+}
