@@ -70,6 +70,149 @@ pub fn bars(values: &[u64], x_labels: [&str; 3], title: &str) -> String {
     svg
 }
 
+/// The frame shared by the charts over time: background, y gridlines at 0, half and max
+/// (labelled with `unit`), x labels under the first, middle and last slot. Returns the SVG so
+/// far and the plot's (left, top, width, height).
+fn frame(title: &str, max: f64, unit: &str, x_labels: [&str; 3]) -> (String, [f64; 4]) {
+    let (w, h) = (720.0_f64, 220.0_f64);
+    let (left, right, top, bottom) = (56.0, 12.0, 24.0, 28.0);
+    let (plot_w, plot_h) = (w - left - right, h - top - bottom);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{t}"><title>{t}</title><rect width="{w}" height="{h}" fill="#fff"/>"##,
+        t = escape(title)
+    );
+    for frac in [0.0, 0.5, 1.0] {
+        let y = top + plot_h * (1.0 - frac);
+        let v = max * frac;
+        let v = if v >= 10.0 || v == 0.0 {
+            format!("{}", v.round())
+        } else {
+            format!("{v:.1}")
+        };
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" x2="{x2}" y1="{y:.1}" y2="{y:.1}" stroke="#e3e6ea"/><text x="{tx}" y="{ty:.1}" font-size="11" text-anchor="end" fill="#6b7480">{v}{unit}</text>"##,
+            x2 = w - right,
+            tx = left - 6.0,
+            ty = y + 4.0,
+        );
+    }
+    for (label, x, anchor) in [
+        (x_labels[0], left, "start"),
+        (x_labels[1], left + plot_w / 2.0, "middle"),
+        (x_labels[2], w - right, "end"),
+    ] {
+        let _ = write!(
+            svg,
+            r##"<text x="{x:.1}" y="{y}" font-size="11" text-anchor="{anchor}" fill="#6b7480">{l}</text>"##,
+            y = h - 8.0,
+            l = escape(label)
+        );
+    }
+    (svg, [left, top, plot_w, plot_h])
+}
+
+/// A legend across the top: one coloured square and name per series.
+fn legend(svg: &mut String, names: &[(&str, &str)]) {
+    let mut x = 56.0;
+    for (name, colour) in names {
+        let _ = write!(
+            svg,
+            r##"<rect x="{x}" y="6" width="10" height="10" fill="{colour}"/><text x="{tx}" y="15" font-size="11" fill="#333">{n}</text>"##,
+            tx = x + 14.0,
+            n = escape(name)
+        );
+        x += 24.0 + 7.0 * name.len() as f64;
+    }
+}
+
+/// Stacked bars: per slot, each series on top of the previous (e.g. succeeded, failed, dead).
+pub fn stacked_bars(series: &[(&str, &str, &[i64])], x_labels: [&str; 3], title: &str) -> String {
+    let slots = series.first().map_or(0, |s| s.2.len());
+    let totals: Vec<i64> = (0..slots)
+        .map(|i| series.iter().map(|s| s.2[i]).sum())
+        .collect();
+    let max = totals.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let (mut svg, [left, top, plot_w, plot_h]) = frame(title, max, "", x_labels);
+    let slot = plot_w / slots.max(1) as f64;
+    for (name, colour, values) in series {
+        let _ = write!(
+            svg,
+            r#"<g class="series" data-series="{}" fill="{colour}">"#,
+            escape(name)
+        );
+        for i in 0..slots {
+            let below: i64 = series
+                .iter()
+                .take_while(|s| s.0 != *name)
+                .map(|s| s.2[i])
+                .sum();
+            let v = values[i];
+            if v == 0 {
+                continue;
+            }
+            let y = top + plot_h * (1.0 - (below + v) as f64 / max);
+            let _ = write!(
+                svg,
+                r#"<rect x="{x:.2}" y="{y:.2}" width="{bw:.2}" height="{bh:.2}"><title>{v}</title></rect>"#,
+                x = left + slot * i as f64,
+                bw = (slot * 0.9).max(0.5),
+                bh = plot_h * v as f64 / max
+            );
+        }
+        svg.push_str("</g>");
+    }
+    let names: Vec<(&str, &str)> = series.iter().map(|s| (s.0, s.1)).collect();
+    legend(&mut svg, &names);
+    svg.push_str("</svg>");
+    svg
+}
+
+/// Lines (e.g. p50, p95, p99 in milliseconds); a slot without a value breaks the line.
+pub fn lines(
+    series: &[(&str, &str, &[Option<f64>])],
+    x_labels: [&str; 3],
+    title: &str,
+    unit: &str,
+) -> String {
+    let slots = series.first().map_or(0, |s| s.2.len());
+    let max = series
+        .iter()
+        .flat_map(|s| s.2.iter().flatten())
+        .copied()
+        .fold(0.0_f64, f64::max)
+        .max(1.0);
+    let (mut svg, [left, top, plot_w, plot_h]) = frame(title, max, unit, x_labels);
+    let slot = plot_w / slots.max(1) as f64;
+    for (name, colour, values) in series {
+        let mut d = String::new();
+        let mut pen_down = false;
+        for (i, v) in values.iter().enumerate() {
+            match v {
+                Some(v) => {
+                    let x = left + slot * (i as f64 + 0.5);
+                    let y = top + plot_h * (1.0 - v / max);
+                    let _ = write!(d, "{}{x:.2},{y:.2} ", if pen_down { "L" } else { "M" });
+                    pen_down = true;
+                }
+                None => pen_down = false,
+            }
+        }
+        let _ = write!(
+            svg,
+            r#"<path class="series" data-series="{n}" d="{d}" fill="none" stroke="{colour}" stroke-width="1.5"/>"#,
+            n = escape(name),
+            d = d.trim_end()
+        );
+    }
+    let names: Vec<(&str, &str)> = series.iter().map(|s| (s.0, s.1)).collect();
+    legend(&mut svg, &names);
+    svg.push_str("</svg>");
+    svg
+}
+
 /// One day of a forecast: the point and its interval.
 pub struct ForecastDay {
     pub day: chrono::NaiveDate,

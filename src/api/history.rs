@@ -1,16 +1,18 @@
 //! The job history over HTTP: admins search every tenant's finished jobs
-//! (`GET /admin/v1/jobs/search?q=`), a tenant lists its own (`GET /v1/jobs`). Both read
+//! (`GET /admin/v1/jobs/search?q=`) and read their counts over days (`GET /admin/v1/stats`), a
+//! tenant lists its own (`GET /v1/jobs`). Both read
 //! `history::search`, newest first, in stable cursor pages; a tenant's list is limited to the
 //! tenant outside the query, so no parameter can widen it.
 
 use super::AppState;
-use super::error::Result;
+use super::error::{Error, Result};
 use super::extract::{Admin, FieldErrors, Query, Tenant};
 use super::pagination::{Page, PageParams};
 use crate::history::search::{self, HistoryJob, Term};
+use crate::history::stats;
 use axum::extract::State;
-use serde::Deserialize;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -121,4 +123,93 @@ pub async fn list_tenant_jobs(
     page_of(&state, &query, params.limit, params.cursor, errors)
         .await
         .map(axum::Json)
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatsParams {
+    /// `day` (the last 24 hours per minute, the default) or `month` (30 days per hour).
+    pub range: Option<String>,
+    /// One queue (all when absent).
+    pub queue: Option<String>,
+    /// One tenant's slug (all when absent).
+    pub tenant: Option<String>,
+}
+
+/// What a stats request asks for, checked.
+pub struct StatsRequest {
+    pub range: stats::Range,
+    pub queue: Option<String>,
+    pub tenant: Option<(String, uuid::Uuid)>,
+}
+
+impl StatsParams {
+    /// Checks the parameters; an unknown tenant is 404 (a typo should not look like silence).
+    pub async fn check(&self, state: &AppState) -> Result<StatsRequest> {
+        let mut errors = FieldErrors::default();
+        let range = errors.check(
+            "range",
+            stats::Range::parse(self.range.as_deref().unwrap_or("day"))
+                .ok_or_else(|| "must be day or month".to_string()),
+        );
+        let nonempty = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let queue = nonempty(&self.queue);
+        if let Some(q) = &queue
+            && crate::jobs::Queue::parse(q).is_none()
+        {
+            errors.push(
+                "queue",
+                format!("is not a queue (one of: {})", crate::jobs::Queue::names()),
+            );
+        }
+        errors.finish()?;
+        let tenant = match nonempty(&self.tenant) {
+            None => None,
+            Some(slug) => {
+                let id = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", slug)
+                    .fetch_optional(&state.db)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
+                Some((slug, id))
+            }
+        };
+        Ok(StatsRequest {
+            range: range.expect("checked"),
+            queue,
+            tenant,
+        })
+    }
+}
+
+/// Finished jobs over days and the tenants with the most of them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobStats {
+    pub series: stats::Series,
+    /// The five tenants with the most finished jobs over the range (on the queue, if one).
+    pub noisiest: Vec<stats::TenantVolume>,
+}
+
+/// Finished jobs per minute (last day) or per hour (last 30 days): counts by outcome and
+/// enqueue-to-start and run-time percentiles, for a queue and/or tenant.
+#[utoipa::path(get, path = "/admin/v1/stats", tag = "admin", security(("admin_token" = [])),
+    params(StatsParams),
+    responses((status = 200, body = JobStats), (status = 404, body = super::error::Problem),
+        (status = 422, body = super::error::Problem)))]
+#[tracing::instrument(skip_all)]
+pub async fn job_stats(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(params): Query<StatsParams>,
+) -> Result<axum::Json<JobStats>> {
+    let r = params.check(&state).await?;
+    let now = chrono::Utc::now();
+    let tenant = r.tenant.as_ref().map(|t| t.1);
+    let series = stats::series(&state.db, r.range, now, r.queue.as_deref(), tenant).await?;
+    let noisiest = stats::noisiest(&state.db, r.range, now, r.queue.as_deref(), 5).await?;
+    Ok(axum::Json(JobStats { series, noisiest }))
 }

@@ -166,6 +166,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::retry_own_job))
         .routes(routes!(history::list_tenant_jobs))
         .routes(routes!(history::search_jobs))
+        .routes(routes!(history::job_stats))
         .routes(routes!(jobs::get_group))
         .routes(routes!(jobs::list_queues))
         .routes(routes!(jobs::list_jobs))

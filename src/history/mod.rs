@@ -21,6 +21,7 @@
 //! jobs are (every job is bounded in size) and by that retention.
 
 pub mod search;
+pub mod stats;
 
 use crate::queue::{FinishedJob, QueueName, Queues};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
@@ -81,6 +82,9 @@ pub async fn run_copier(
         }
         if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(Instant::now());
+            if let Err(e) = stats::prune(&db, keep_days, Utc::now()).await {
+                tracing::warn!(error = %e, "could not drop old job counts");
+            }
             match prune(&db, keep_days, Utc::now().date_naive()).await {
                 Ok(dropped) if !dropped.is_empty() => {
                     tracing::info!(?dropped, "old job history dropped");
@@ -135,8 +139,9 @@ pub async fn copy_once(
 #[derive(Default)]
 pub struct Partitions(HashSet<NaiveDate>);
 
-/// Inserts finished jobs; a job already stored with the same finish time is skipped. JSON
-/// arrives as text and becomes `jsonb` in Postgres (nothing is parsed here only to be written).
+/// Inserts finished jobs and adds them to the counts (`stats`), in one transaction; a job
+/// already stored with the same finish time is skipped. JSON arrives as text and becomes `jsonb`
+/// in Postgres (nothing is parsed here only to be written). Returns how many were new.
 pub async fn store(
     db: &PgPool,
     jobs: &[FinishedJob],
@@ -154,7 +159,9 @@ pub async fn store(
         };
     }
     let statuses: Vec<&str> = jobs.iter().map(|j| j.status.as_str()).collect();
-    let done = sqlx::query!(
+    let mut tx = db.begin().await?;
+    let stored = sqlx::query_as!(
+        stats::Stored,
         "INSERT INTO job_history
            (id, queue, kind, tenant_id, status, attempts, max_attempts, payload, result,
             last_error, errors, idempotency_key, group_id, created_at, started_at, finished_at)
@@ -167,7 +174,8 @@ pub async fn store(
               AS j(id, queue, kind, tenant_id, status, attempts, max_attempts, payload, result,
                    last_error, errors, idempotency_key, group_id, created_at, started_at,
                    finished_at)
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT DO NOTHING
+         RETURNING queue, tenant_id, status, created_at, started_at, finished_at",
         &column!(id),
         &column!(queue),
         &column!(kind),
@@ -185,9 +193,12 @@ pub async fn store(
         &column!(started_at) as &[Option<DateTime<Utc>>],
         &column!(finished_at)
     )
-    .execute(db)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(done.rows_affected())
+    // Only the jobs stored now are counted: a batch stored twice counts once.
+    stats::add(&mut tx, &stored).await?;
+    tx.commit().await?;
+    Ok(stored.len() as u64)
 }
 
 fn partition_name(day: NaiveDate) -> String {

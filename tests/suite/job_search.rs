@@ -314,3 +314,172 @@ async fn a_tenant_lists_and_retries_its_own_jobs_and_never_sees_another_tenants(
     assert_eq!(b_job.status, JobStatus::Dead, "B's job untouched");
     workers.stop().await;
 }
+
+#[tokio::test]
+async fn counts_over_days_are_exact_add_up_by_hour_and_name_the_noisiest_tenants() {
+    use backroom::history::stats;
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let other = app.create_tenant("other").await;
+    let (acme_id, other_id) = (
+        Uuid::parse_str(&acme.id).unwrap(),
+        Uuid::parse_str(&other.id).unwrap(),
+    );
+    let at = Utc::now() - TimeDelta::minutes(5);
+    // acme: three succeeded (waited 15 ms, ran 150 ms) and one dead; other: ten succeeded.
+    let mut jobs = vec![];
+    for n in 0..4 {
+        let status = if n < 3 {
+            JobStatus::Succeeded
+        } else {
+            JobStatus::Dead
+        };
+        let mut j = finished(&format!("stock_a{n}"), acme_id, status, json!({}), None, at);
+        j.created_at = at - TimeDelta::milliseconds(165);
+        j.started_at = Some(at - TimeDelta::milliseconds(150));
+        jobs.push(j);
+    }
+    for n in 0..10 {
+        jobs.push(finished(
+            &format!("stock_o{n}"),
+            other_id,
+            JobStatus::Succeeded,
+            json!({}),
+            None,
+            at,
+        ));
+    }
+    let mut partitions = Partitions::default();
+    assert_eq!(
+        history::store(&app.db, &jobs, &mut partitions)
+            .await
+            .unwrap(),
+        14
+    );
+    // The same batch stored again (a copier that died before dropping it) counts nothing.
+    assert_eq!(
+        history::store(&app.db, &jobs, &mut partitions)
+            .await
+            .unwrap(),
+        0
+    );
+
+    let get = |path: String| {
+        let pending = app.request(Method::GET, &path, Some(ADMIN_TOKEN)).send();
+        async move { pending.await.unwrap() }
+    };
+    let day: Value = get("/admin/v1/stats?range=day&tenant=acme".into())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let series = &day["series"];
+    let total = |name: &str| -> i64 {
+        series[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!(series["at"].as_array().unwrap().len(), 24 * 60);
+    assert_eq!(
+        (total("succeeded"), total("dead"), total("failed")),
+        (3, 1, 0)
+    );
+    let slot = series["succeeded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|v| v.as_i64() == Some(3))
+        .unwrap();
+    let wait = series["wait_p50_ms"][slot].as_f64().unwrap();
+    let run = series["run_p50_ms"][slot].as_f64().unwrap();
+    assert!((10.0..=20.0).contains(&wait), "wait p50 {wait}");
+    assert!((100.0..=200.0).contains(&run), "run p50 {run}");
+    assert_eq!(
+        day["noisiest"],
+        json!([
+            {"tenant": "other", "jobs": 10, "failures": 0},
+            {"tenant": "acme", "jobs": 4, "failures": 1}
+        ])
+    );
+    // The hour holds exactly the sum of its minutes.
+    let month: Value = get("/admin/v1/stats?range=month".into())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let hours = month["series"]["succeeded"].as_array().unwrap();
+    assert_eq!(hours.len(), 30 * 24);
+    assert_eq!(hours.iter().map(|v| v.as_i64().unwrap()).sum::<i64>(), 13);
+
+    let r = get("/admin/v1/stats?tenant=nobody".into()).await;
+    assert_problem(r, 404, "an unknown tenant").await;
+    let r = get("/admin/v1/stats?range=week&queue=nope".into()).await;
+    let body = assert_problem(r, 422, "a bad range and queue").await;
+    assert_eq!(problem_fields(&body), ["range", "queue"]);
+
+    // Minutes are kept two days, hours as long as the history.
+    let old = vec![finished(
+        "stock_old",
+        acme_id,
+        JobStatus::Succeeded,
+        json!({}),
+        None,
+        Utc::now() - TimeDelta::days(3),
+    )];
+    history::store(&app.db, &old, &mut partitions)
+        .await
+        .unwrap();
+    stats::prune(&app.db, 30, Utc::now()).await.unwrap();
+    let (minutes, hours): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE grain = 'minute' AND at < now() - interval '2 days'),
+                count(*) FILTER (WHERE grain = 'hour' AND at < now() - interval '2 days')
+         FROM job_stats",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((minutes, hours), (0, 1));
+
+    // The dashboard draws them.
+    let cookie = {
+        let r = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(format!("{}/admin/login", app.address))
+            .form(&[("token", ADMIN_TOKEN)])
+            .send()
+            .await
+            .unwrap();
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let page = |path: &str| {
+        let pending = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .header("cookie", &cookie)
+            .send();
+        async move { pending.await.unwrap().text().await.unwrap() }
+    };
+    let html = page("/admin/history?range=day").await;
+    assert!(html.contains(r#"data-tenant="other""#), "{html}");
+    let svg = page("/admin/charts/jobs.svg?metric=outcomes&range=day&tenant=acme").await;
+    assert!(
+        svg.starts_with("<svg") && svg.contains(r#"data-series="dead""#),
+        "{svg}"
+    );
+    let svg = page("/admin/charts/jobs.svg?metric=wait&range=month").await;
+    assert!(
+        svg.contains(r#"data-series="p99""#) && svg.contains("<path"),
+        "{svg}"
+    );
+}

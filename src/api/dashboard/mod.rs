@@ -25,6 +25,7 @@ use std::sync::OnceLock;
 mod audit;
 mod documents;
 mod forecasts;
+mod history;
 mod queues;
 mod search;
 mod tenants;
@@ -86,6 +87,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     (
         "search.html",
         include_str!("../../../templates/dashboard/search.html"),
+    ),
+    (
+        "history.html",
+        include_str!("../../../templates/dashboard/history.html"),
     ),
 ];
 
@@ -184,6 +189,8 @@ pub fn router() -> Router<AppState> {
         .route("/admin/webhooks", get(webhooks::webhooks_page))
         .route("/admin/audit", get(audit::audit_page))
         .route("/admin/search", get(search::search_page))
+        .route("/admin/history", get(history::history_page))
+        .route("/admin/charts/jobs.svg", get(history::jobs_svg))
         .route(
             "/admin/webhooks/deliveries/{id}/replay",
             post(webhooks::replay_delivery),
