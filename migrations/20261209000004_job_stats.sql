@@ -6,8 +6,11 @@ CREATE TABLE job_stats (
     -- 'minute' or 'hour'.
     grain text NOT NULL CHECK (grain IN ('minute', 'hour')),
     at timestamptz NOT NULL,
+    -- '*': every queue.
     queue text NOT NULL,
-    -- The nil uuid for jobs without a tenant.
+    -- The nil uuid for jobs without a tenant; the max uuid (ffffffff-…): every tenant. Each job
+    -- counts in its queue and tenant, and in the '*' and every-tenant totals, so that a chart
+    -- reads one row per slot.
     tenant_id uuid NOT NULL,
     succeeded bigint NOT NULL DEFAULT 0,
     failed bigint NOT NULL DEFAULT 0,
@@ -16,7 +19,8 @@ CREATE TABLE job_stats (
     -- Jobs per bucket of `history::stats::BOUNDS_MS` (the last bucket: above the last bound).
     wait_buckets bigint[] NOT NULL,
     run_buckets bigint[] NOT NULL,
-    PRIMARY KEY (grain, at, queue, tenant_id)
+    -- A chart reads one queue and tenant over a range of slots.
+    PRIMARY KEY (grain, queue, tenant_id, at)
 );
 
 CREATE FUNCTION bigint_array_add(a bigint[], b bigint[]) RETURNS bigint[]
@@ -25,5 +29,3 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     FROM unnest(a, b) WITH ORDINALITY AS t(x, y, i)
 $$;
 
--- Sums histograms across rows (a NULL start adds as zeros).
-CREATE AGGREGATE bigint_array_sum(bigint[]) (SFUNC = bigint_array_add, STYPE = bigint[]);

@@ -206,7 +206,7 @@ fn partition_name(day: NaiveDate) -> String {
 }
 
 /// Creates the partition of `day` (UTC) unless it exists; creators take turns.
-async fn create_partition(db: &PgPool, day: NaiveDate) -> sqlx::Result<()> {
+pub async fn create_partition(db: &PgPool, day: NaiveDate) -> sqlx::Result<()> {
     let next = day + TimeDelta::days(1);
     let mut tx = db.begin().await?;
     sqlx::query!("SELECT pg_advisory_xact_lock(hashtext('job_history_partitions'))")

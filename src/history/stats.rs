@@ -19,6 +19,11 @@ pub const BOUNDS_MS: [i64; 18] = [
 ];
 const BUCKETS: usize = BOUNDS_MS.len() + 1;
 
+/// The queue of the totals over every queue.
+pub const ALL_QUEUES: &str = "*";
+/// The tenant of the totals over every tenant.
+pub const ALL_TENANTS: Uuid = Uuid::max();
+
 /// How long minute counts are kept.
 pub const MINUTES_KEPT: TimeDelta = TimeDelta::days(2);
 
@@ -70,17 +75,20 @@ pub async fn add(tx: &mut PgConnection, jobs: &[Stored]) -> sqlx::Result<()> {
                 .finished_at
                 .duration_trunc(step)
                 .unwrap_or(job.finished_at);
-            let key = (
-                grain,
-                at,
-                job.queue.as_str(),
-                job.tenant_id.unwrap_or(Uuid::nil()),
-            );
-            let cell = cells.entry(key).or_default();
-            cell.outcomes[outcome] += 1;
-            if let Some(started) = job.started_at {
-                cell.wait[bucket((started - job.created_at).num_milliseconds())] += 1;
-                cell.run[bucket((job.finished_at - started).num_milliseconds())] += 1;
+            let tenant = job.tenant_id.unwrap_or(Uuid::nil());
+            // Its own cell and the three totals it counts in.
+            for (queue, tenant) in [
+                (job.queue.as_str(), tenant),
+                (ALL_QUEUES, tenant),
+                (job.queue.as_str(), ALL_TENANTS),
+                (ALL_QUEUES, ALL_TENANTS),
+            ] {
+                let cell = cells.entry((grain, at, queue, tenant)).or_default();
+                cell.outcomes[outcome] += 1;
+                if let Some(started) = job.started_at {
+                    cell.wait[bucket((started - job.created_at).num_milliseconds())] += 1;
+                    cell.run[bucket((job.finished_at - started).num_milliseconds())] += 1;
+                }
             }
         }
     }
@@ -113,7 +121,7 @@ pub async fn add(tx: &mut PgConnection, jobs: &[Stored]) -> sqlx::Result<()> {
          FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::uuid[], $5::int8[],
                      $6::int8[], $7::int8[], $8::int8[], $9::text[], $10::text[])
               AS u(g, a, q, t, s, f, d, c, w, r)
-         ON CONFLICT (grain, at, queue, tenant_id) DO UPDATE SET
+         ON CONFLICT (grain, queue, tenant_id, at) DO UPDATE SET
            succeeded = job_stats.succeeded + EXCLUDED.succeeded,
            failed = job_stats.failed + EXCLUDED.failed,
            dead = job_stats.dead + EXCLUDED.dead,
@@ -223,20 +231,17 @@ pub async fn series(
     let (grain, step, slots) = range.grain();
     let end = now.duration_trunc(step).unwrap_or(now) + step;
     let start = end - step * slots as i32;
+    // One row per slot: the totals are kept as rows of their own.
     let rows = sqlx::query!(
-        r#"SELECT at, sum(succeeded)::int8 AS "succeeded!", sum(failed)::int8 AS "failed!",
-                  sum(dead)::int8 AS "dead!", sum(cancelled)::int8 AS "cancelled!",
-                  bigint_array_sum(wait_buckets) AS "wait!",
-                  bigint_array_sum(run_buckets) AS "run!"
+        r#"SELECT at, succeeded, failed, dead, cancelled, wait_buckets AS wait,
+                  run_buckets AS run
            FROM job_stats
-           WHERE grain = $1 AND at >= $2 AND at < $3
-             AND ($4::text IS NULL OR queue = $4) AND ($5::uuid IS NULL OR tenant_id = $5)
-           GROUP BY at"#,
+           WHERE grain = $1 AND at >= $2 AND at < $3 AND queue = $4 AND tenant_id = $5"#,
         grain,
         start,
         end,
-        queue,
-        tenant
+        queue.unwrap_or(ALL_QUEUES),
+        tenant.unwrap_or(ALL_TENANTS)
     )
     .fetch_all(db)
     .await?;
@@ -299,13 +304,13 @@ pub async fn noisiest(
                   sum(s.succeeded + s.failed + s.dead + s.cancelled)::int8 AS "jobs!",
                   sum(s.failed + s.dead)::int8 AS "failures!"
            FROM job_stats s JOIN tenants t ON t.id = s.tenant_id
-           WHERE s.grain = $1 AND s.at >= $2 AND ($3::text IS NULL OR s.queue = $3)
+           WHERE s.grain = $1 AND s.at >= $2 AND s.queue = $3
            GROUP BY t.slug
            ORDER BY 2 DESC, 1
            LIMIT $4"#,
         grain,
         start,
-        queue,
+        queue.unwrap_or(ALL_QUEUES),
         limit
     )
     .fetch_all(db)
