@@ -56,7 +56,7 @@ async fn generate(db: &PgPool, rows: i64, tenants: &[Uuid]) -> anyhow::Result<()
                 last_error, errors, idempotency_key, group_id, created_at, started_at, finished_at)
              SELECT
                q.queue || '_' || md5($4::text || ':' || g::text),
-               q.queue, q.kind, ($3::uuid[])[1 + (g % $5)],
+               q.queue, q.kind, ($3::uuid[])[1 + (g / 100) % $5],
                CASE WHEN g % 100 = 0 THEN 'dead' WHEN g % 100 = 1 THEN 'failed' ELSE 'succeeded' END,
                CASE WHEN g % 100 < 2 THEN 6 ELSE 1 END, 6,
                CASE q.queue
