@@ -1,7 +1,7 @@
 -- Every finished job (succeeded, failed, dead, cancelled), copied from Redis by the history
--- copier (`src/history.rs`), so that it outlives Redis's retention. Partitioned by day of
--- `finished_at`: the copier creates each day's partition as it needs it, and retention drops
--- whole partitions (`BACKROOM_JOB_HISTORY_DAYS`).
+-- copier (`src/history/mod.rs`), so that it outlives Redis's retention. Partitioned by
+-- `finished_at` (a week per partition): the copier creates each partition as it needs it, and
+-- retention drops whole partitions (`BACKROOM_JOB_HISTORY_DAYS`).
 
 CREATE TABLE job_history (
     id text NOT NULL,

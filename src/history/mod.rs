@@ -15,16 +15,16 @@
 //! drain keeps its CPU; once nothing waits, it copies flat out and catches up. Should a queue
 //! stay saturated for so long that a million finished jobs wait, newer ones are not kept.
 //!
-//! The table is partitioned by day of `finished_at`; the copier creates each day's partition
-//! when it first needs it, and [`prune`] drops the days older than `BACKROOM_JOB_HISTORY_DAYS`
-//! (whole tables: no row-by-row delete). The history a tenant can leave is bounded by what its
+//! The table is partitioned by week of `finished_at` (from Monday, UTC); the copier creates each
+//! week's partition when it first needs it, and [`prune`] drops the weeks entirely older than
+//! `BACKROOM_JOB_HISTORY_DAYS` (whole tables: no row-by-row delete). The history a tenant can leave is bounded by what its
 //! jobs are (every job is bounded in size) and by that retention.
 
 pub mod search;
 pub mod stats;
 
 use crate::queue::{FinishedJob, QueueName, Queues};
-use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
 use sqlx::PgPool;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -147,10 +147,10 @@ pub async fn store(
     jobs: &[FinishedJob],
     partitions: &mut Partitions,
 ) -> sqlx::Result<u64> {
-    for day in jobs.iter().map(|j| j.finished_at.date_naive()) {
-        if !partitions.0.contains(&day) {
-            create_partition(db, day).await?;
-            partitions.0.insert(day);
+    for week in jobs.iter().map(|j| week_of(j.finished_at.date_naive())) {
+        if !partitions.0.contains(&week) {
+            create_partition(db, week).await?;
+            partitions.0.insert(week);
         }
     }
     macro_rules! column {
@@ -201,13 +201,21 @@ pub async fn store(
     Ok(stored.len() as u64)
 }
 
-fn partition_name(day: NaiveDate) -> String {
-    format!("job_history_{}", day.format("%Y%m%d"))
+/// The Monday that starts `day`'s week: partitions hold a week each (a search without a time
+/// bound visits every partition's indexes, so fewer and larger ones are faster to search).
+fn week_of(day: NaiveDate) -> NaiveDate {
+    day - TimeDelta::days(i64::from(day.weekday().num_days_from_monday()))
 }
 
-/// Creates the partition of `day` (UTC) unless it exists; creators take turns.
+fn partition_name(week: NaiveDate) -> String {
+    format!("job_history_{}", week.format("%Y%m%d"))
+}
+
+/// Creates the partition of `day`'s week (UTC, from Monday) unless it exists; creators take
+/// turns.
 pub async fn create_partition(db: &PgPool, day: NaiveDate) -> sqlx::Result<()> {
-    let next = day + TimeDelta::days(1);
+    let day = week_of(day);
+    let next = day + TimeDelta::days(7);
     let mut tx = db.begin().await?;
     sqlx::query!("SELECT pg_advisory_xact_lock(hashtext('job_history_partitions'))")
         .execute(&mut *tx)
@@ -224,7 +232,7 @@ pub async fn create_partition(db: &PgPool, day: NaiveDate) -> sqlx::Result<()> {
     tx.commit().await
 }
 
-/// Drops the partitions of days before `today - keep_days`; returns their names.
+/// Drops the partitions whose every day is before `today - keep_days`; returns their names.
 pub async fn prune(db: &PgPool, keep_days: u32, today: NaiveDate) -> sqlx::Result<Vec<String>> {
     let oldest_kept = today - TimeDelta::days(i64::from(keep_days));
     let names = sqlx::query_scalar!(
@@ -242,7 +250,7 @@ pub async fn prune(db: &PgPool, keep_days: u32, today: NaiveDate) -> sqlx::Resul
             .strip_prefix("job_history_")
             .and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok());
         if let Some(day) = day
-            && day < oldest_kept
+            && day + TimeDelta::days(7) <= oldest_kept
         {
             let ddl = format!("DROP TABLE IF EXISTS {}", partition_name(day));
             sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(db).await?;
