@@ -67,6 +67,9 @@ pub async fn search_jobs(
         .map(axum::Json)
 }
 
+/// The longest value of a tenant's list filter.
+pub const MAX_PARAM_CHARS: usize = 100;
+
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TenantJobParams {
@@ -87,7 +90,8 @@ pub struct TenantJobParams {
 /// running is read by its id (`GET /v1/jobs/{id}`).
 #[utoipa::path(get, path = "/v1/jobs", tag = "tenant", security(("tenant_key" = [])),
     params(TenantJobParams),
-    responses((status = 200, body = Page<HistoryJob>), (status = 422, body = super::error::Problem)))]
+    responses((status = 200, body = Page<HistoryJob>), (status = 422, body = super::error::Problem),
+        (status = 429, description = "This tenant's history reads already under way", body = super::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn list_tenant_jobs(
     tenant: Tenant,
@@ -109,17 +113,24 @@ pub async fn list_tenant_jobs(
         let Some(value) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) else {
             continue;
         };
-        if value.contains(char::is_whitespace) || value.contains('"') {
-            errors.push(name, "must be one word");
-            continue;
-        }
-        let parsed = search::Query::parse(&format!("{name}:{value}"))
-            .map_err(|e| e.replacen(&format!("{name}:{value}: "), "", 1));
-        if let Some(mut parsed) = errors.check(name, parsed) {
-            let term: Term = parsed.terms.remove(0);
+        if value.chars().count() > MAX_PARAM_CHARS {
+            errors.push(
+                name,
+                format!("must be at most {MAX_PARAM_CHARS} characters"),
+            );
+        } else if let Some(term) = errors.check(name, Term::parse(name, value)) {
             query.terms.push(term);
         }
     }
+    // A tenant's list reads only its own rows, but a filter that matches few of them reads many:
+    // at most a few at once per tenant and API process, so one tenant's loop of such reads
+    // cannot take the pool that every tenant's requests share.
+    let _reading = state
+        .history_reads
+        .start(tenant.id)
+        .ok_or(Error::RateLimited {
+            retry_after_secs: 1,
+        })?;
     page_of(&state, &query, params.limit, params.cursor, errors)
         .await
         .map(axum::Json)

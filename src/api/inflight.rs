@@ -1,5 +1,6 @@
 //! Work in flight per tenant inside one API process, for what holds a connection and database
-//! writes while it lasts (a sales upload, written part by part as it arrives). A tenant at its
+//! work while it lasts (a sales upload, written part by part as it arrives; a read of its job
+//! history). A tenant at its
 //! limit is refused with 429; other tenants are not counted against it.
 
 use std::collections::HashMap;
@@ -8,6 +9,9 @@ use uuid::Uuid;
 
 /// Sales uploads of one tenant read at once by one API process.
 pub const UPLOADS_PER_TENANT: usize = 2;
+
+/// Reads of one tenant's job history (`GET /v1/jobs`) at once in one API process.
+pub const HISTORY_READS_PER_TENANT: usize = 2;
 
 pub struct PerTenant {
     max: usize,

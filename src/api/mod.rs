@@ -55,6 +55,8 @@ pub struct AppState {
     pub lookups: lookups::Lookups,
     /// Sales uploads being received, per tenant.
     pub uploads: Arc<inflight::PerTenant>,
+    /// Job history reads (`GET /v1/jobs`) under way, per tenant.
+    pub history_reads: Arc<inflight::PerTenant>,
     /// Failed authentications per client address (`auth_throttle`).
     pub auth_failures: Arc<auth_throttle::AuthThrottle>,
     /// Uncached API key lookups in flight: at most a quarter of the pool, so a flood of unknown
@@ -68,6 +70,7 @@ impl AppState {
             admin_token_digest: settings.admin_token.as_deref().map(extract::admin_digest),
             lookups: lookups::Lookups::default(),
             uploads: Arc::new(inflight::PerTenant::new(inflight::UPLOADS_PER_TENANT)),
+            history_reads: Arc::new(inflight::PerTenant::new(inflight::HISTORY_READS_PER_TENANT)),
             auth_failures: Arc::new(auth_throttle::AuthThrottle::new(
                 settings.auth_failures_per_minute,
             )),

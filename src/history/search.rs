@@ -71,12 +71,12 @@ fn words(q: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn time(raw: &str, end_of_day: bool) -> Option<DateTime<Utc>> {
+/// An RFC 3339 time, or a date (its start, UTC).
+fn time(raw: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
         return Some(t.with_timezone(&Utc));
     }
     let day = NaiveDate::parse_from_str(raw, "%Y-%m-%d").ok()?;
-    let day = if end_of_day { day.succ_opt()? } else { day };
     Some(day.and_time(NaiveTime::MIN).and_utc())
 }
 
@@ -109,6 +109,51 @@ fn containment(path: &str, raw: &str) -> Result<Vec<Value>, String> {
         .collect())
 }
 
+impl Term {
+    /// One `key:value` term (a bare word is `error:`); the error says what is wrong with it.
+    pub fn parse(key: &str, value: &str) -> Result<Term, String> {
+        if value.is_empty() {
+            return Err("has no value".into());
+        }
+        Ok(match key {
+            "tenant" => Term::Tenant(value.to_string()),
+            "queue" => Term::Queue(value.to_string()),
+            "kind" => Term::Kind(value.to_string()),
+            "status" => match value {
+                "succeeded" | "failed" | "dead" | "cancelled" => Term::Status(value.into()),
+                _ => {
+                    return Err(
+                        "the history holds succeeded, failed, dead and cancelled jobs".into(),
+                    );
+                }
+            },
+            "id" => Term::Id(value.to_string()),
+            "key" => Term::Key(value.to_string()),
+            "error" if value.chars().count() < 3 => {
+                return Err("search error text by at least 3 characters".into());
+            }
+            "error" => Term::Error(value.to_string()),
+            "after" | "before" => {
+                let t = time(value)
+                    .ok_or("expected a date (2026-11-01) or an RFC 3339 time".to_string())?;
+                if key == "after" {
+                    Term::After(t)
+                } else {
+                    Term::Before(t)
+                }
+            }
+            k => match k.strip_prefix("args.") {
+                Some(path) => Term::Args(containment(path, value)?),
+                None => {
+                    return Err("unknown; use tenant, queue, kind, status, id, key, error, \
+                                after, before or args.<path>"
+                        .into());
+                }
+            },
+        })
+    }
+}
+
 impl Query {
     /// Parses a query; the error names the term at fault.
     pub fn parse(q: &str) -> Result<Query, String> {
@@ -119,64 +164,17 @@ impl Query {
         if words.len() > MAX_TERMS {
             return Err(format!("may have at most {MAX_TERMS} terms"));
         }
-        let mut terms = vec![];
-        for word in words {
-            let Some((key, value)) = word.split_once(':') else {
-                terms.push(Self::error_term(&word)?);
-                continue;
-            };
-            if value.is_empty() {
-                return Err(format!("{key}: has no value"));
-            }
-            let term = match key {
-                "tenant" => Term::Tenant(value.to_string()),
-                "queue" => Term::Queue(value.to_string()),
-                "kind" => Term::Kind(value.to_string()),
-                "status" => match value {
-                    "succeeded" | "failed" | "dead" | "cancelled" => Term::Status(value.into()),
-                    _ => {
-                        return Err(format!(
-                            "status:{value}: the history holds succeeded, failed, dead and cancelled jobs"
-                        ));
-                    }
-                },
-                "id" => Term::Id(value.to_string()),
-                "key" => Term::Key(value.to_string()),
-                "error" => Self::error_term(value)?,
-                "after" | "before" => {
-                    let t = time(value, false).ok_or_else(|| {
-                        format!("{key}:{value}: expected a date (2026-11-01) or an RFC 3339 time")
-                    })?;
-                    if key == "after" {
-                        Term::After(t)
-                    } else {
-                        Term::Before(t)
-                    }
-                }
-                k => match k.strip_prefix("args.") {
-                    Some(path) => Term::Args(containment(path, value)?),
-                    None => {
-                        return Err(format!(
-                            "{k}: unknown; use tenant, queue, kind, status, id, key, error, after, before or args.<path>"
-                        ));
-                    }
-                },
-            };
-            terms.push(term);
-        }
+        let terms = words
+            .iter()
+            .map(|word| {
+                let (key, value) = word.split_once(':').unwrap_or(("error", word));
+                Term::parse(key, value).map_err(|e| format!("{word}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Query {
             terms,
             tenant_id: None,
         })
-    }
-
-    fn error_term(text: &str) -> Result<Term, String> {
-        if text.chars().count() < 3 {
-            return Err(format!(
-                "{text}: search error text by at least 3 characters"
-            ));
-        }
-        Ok(Term::Error(text.to_string()))
     }
 }
 
@@ -220,25 +218,16 @@ fn like_pattern(text: &str) -> String {
     format!("%{escaped}%")
 }
 
-/// Builds the search's SQL.
-pub fn sql(query: &Query, after: Option<&Cursor>, limit: i64) -> QueryBuilder<Postgres> {
-    sql_after("", query, after, limit)
-}
-
 /// The plan Postgres chooses for a search (`EXPLAIN`), one line per node.
 pub async fn plan(conn: &mut sqlx::PgConnection, query: &Query) -> sqlx::Result<Vec<String>> {
-    sql_after("EXPLAIN ", query, None, 50)
+    sql("EXPLAIN ", query, None, 50)
         .build_query_scalar::<String>()
         .fetch_all(conn)
         .await
 }
 
-fn sql_after(
-    prefix: &str,
-    query: &Query,
-    after: Option<&Cursor>,
-    limit: i64,
-) -> QueryBuilder<Postgres> {
+/// The search's SQL, after `prefix` (`EXPLAIN ` to see its plan).
+fn sql(prefix: &str, query: &Query, after: Option<&Cursor>, limit: i64) -> QueryBuilder<Postgres> {
     let mut b = QueryBuilder::new(prefix);
     b.push(
         "SELECT h.id, h.queue, h.kind, t.slug AS tenant, h.status, h.attempts, h.payload, \
@@ -315,7 +304,7 @@ pub async fn search(
     after: Option<&Cursor>,
     limit: i64,
 ) -> sqlx::Result<Vec<HistoryJob>> {
-    sql(query, after, limit + 1)
+    sql("", query, after, limit + 1)
         .build_query_as()
         .fetch_all(db)
         .await

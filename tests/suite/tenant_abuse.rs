@@ -460,3 +460,75 @@ async fn one_tenants_failing_batch_groups_and_group_probes_leave_anothers_group_
         );
     }
 }
+
+/// Inserts `n` finished jobs of `tenant` (finished today) straight into the job history.
+async fn history_of(app: &TestApp, tenant: &str, n: i64) {
+    backroom::history::create_partition(&app.db, chrono::Utc::now().date_naive())
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO job_history (id, queue, kind, tenant_id, status, attempts, max_attempts,
+                                  payload, errors, created_at, started_at, finished_at)
+         SELECT 'stock_' || $1::text || '_' || g, 'stock', 'stock_adjustment', $1::uuid,
+                'succeeded', 1, 5, jsonb_build_object('sku', 'SKU-' || g), '[]'::jsonb,
+                now() - interval '1 s', now() - interval '1 s', now() - g * interval '1 ms'
+         FROM generate_series(1, $2) g",
+    )
+    .bind(tenant)
+    .bind(n)
+    .execute(&app.db)
+    .await
+    .unwrap();
+}
+
+/// A tenant that reads its job history in a loop, with a filter that matches none of its
+/// 200,000 rows (each read walks all of them), gets at most a few reads at once per API process
+/// (429 with Retry-After beyond); another tenant's list keeps answering meanwhile, and a filter
+/// longer than the bound is 422 naming it.
+#[tokio::test]
+async fn one_tenants_flood_of_costly_history_reads_is_held_to_its_share() {
+    let app = spawn_app().await;
+    let a = app.create_tenant("reader-a").await;
+    let b = app.create_tenant("reader-b").await;
+    history_of(&app, &a.id, 200_000).await;
+    history_of(&app, &b.id, 3).await;
+
+    let flood = futures::future::join_all((0..24).map(|_| {
+        app.request(Method::GET, "/v1/jobs?kind=no_such_kind", Some(&a.key))
+            .send()
+    }));
+    let quiet = async {
+        let mut seen = vec![];
+        for _ in 0..5 {
+            let r = app.get("/v1/jobs", Some(&b.key)).await;
+            assert_eq!(r.status(), 200);
+            let body: Value = r.json().await.unwrap();
+            seen.push(body["items"].as_array().unwrap().len());
+        }
+        seen
+    };
+    let (flood, seen) = tokio::join!(flood, quiet);
+    assert_eq!(seen, [3; 5], "B reads its own three jobs every time");
+    let mut refused = 0;
+    for r in flood {
+        let r = r.unwrap();
+        match r.status().as_u16() {
+            200 => {
+                let body: Value = r.json().await.unwrap();
+                assert!(body["items"].as_array().unwrap().is_empty());
+            }
+            429 => {
+                assert!(r.headers().contains_key("retry-after"));
+                refused += 1;
+            }
+            other => panic!("A got {other}"),
+        }
+    }
+    assert!(refused > 0, "24 costly reads at once were all let through");
+
+    let r = app
+        .get(&format!("/v1/jobs?kind={}", "k".repeat(101)), Some(&a.key))
+        .await;
+    let body = assert_problem(r, 422, "a filter past its bound").await;
+    assert_eq!(problem_fields(&body), ["kind"]);
+}
