@@ -831,7 +831,9 @@ async fn drain_copying(
     let (stop_copier, stopped) = tokio::sync::watch::channel(false);
     let copier = match history {
         Some(db) => {
-            queues.history_switch(&queue, true).await?;
+            queues
+                .set_history_cap(&queue, backroom::queue::HISTORY_CAP)
+                .await?;
             Some(tokio::spawn(backroom::history::run_copier(
                 db.clone(),
                 queues.clone(),

@@ -127,7 +127,14 @@ pub async fn run(
     // is missed; a process with the history off switches it off (one setting for the fleet).
     for queue in &plan.queues {
         queues
-            .history_switch(&queue.id(), settings.job_history_days > 0)
+            .set_history_cap(
+                &queue.id(),
+                if settings.job_history_days > 0 {
+                    crate::queue::HISTORY_CAP
+                } else {
+                    0
+                },
+            )
             .await
             .context("while switching the job history")?;
     }

@@ -107,7 +107,7 @@ pub use client::{
     ActionOutcome, JobRecord, JobStatus, LimitChange, ListedJobs, NewJob, ParentFailure, Pushed,
     QueueCounts, Queues, TenantQueueState, WorkerInfo,
     groups::{GroupHook, GroupSpec, GroupState, GroupView},
-    history::{FinishedJob, HistoryBatch},
+    history::{FinishedJob, HISTORY_CAP, HistoryBatch},
 };
 pub use job::{JobError, JobMeta};
 pub use keys::{JobSet, QueueKeys};

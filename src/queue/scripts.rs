@@ -35,11 +35,12 @@ local function parent_finished(prefix, jk, id, now, ttl)
 end
 
 -- Finished jobs wait in `:history` for the copier that keeps them in Postgres (`history`), when
--- the job history is on (`:history:on`, set by `work` processes at start) and fewer than a
--- million wait (a bound on Redis memory should every copier stop for long).
+-- the job history is on (`:history:on`, set by `work` processes at start to the most that may
+-- wait: a bound on Redis memory should every copier stop for long).
 local function to_history(prefix, ids)
-  if #ids == 0 or redis.call('EXISTS', prefix .. ':history:on') == 0 then return end
-  if redis.call('LLEN', prefix .. ':history') >= 1000000 then return end
+  if #ids == 0 then return end
+  local cap = tonumber(redis.call('GET', prefix .. ':history:on') or '0') or 0
+  if redis.call('LLEN', prefix .. ':history') + #ids > cap then return end
   for j = 1, #ids, 400 do
     redis.call('RPUSH', prefix .. ':history', unpack(ids, j, math.min(j + 399, #ids)))
   end

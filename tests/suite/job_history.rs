@@ -3,7 +3,7 @@
 
 use crate::helpers::*;
 use backroom::history::{self, Partitions};
-use backroom::queue::{JobStatus, NewJob, QueueName};
+use backroom::queue::{HISTORY_CAP, JobStatus, NewJob, QueueName};
 use chrono::{TimeDelta, Utc};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -60,16 +60,7 @@ async fn every_finished_job_reaches_the_history_once_with_its_record() {
     let stock = QueueName::parse("stock").unwrap();
     let workers = app.start_workers("stock");
     // The work process switches the history on before its workers start.
-    wait_for("the history to be switched on", LIMIT, || async {
-        let mut conn = app.queues.redis().conn().await.ok()?;
-        let on: i64 = redis::cmd("EXISTS")
-            .arg(format!("{}:history:on", app.queues.keys(&stock).prefix()))
-            .query_async(&mut conn)
-            .await
-            .ok()?;
-        (on == 1).then_some(())
-    })
-    .await;
+    wait_history_on(&app, &stock).await;
 
     let mut ok = vec![];
     for n in 0..3 {
@@ -165,7 +156,10 @@ async fn a_copier_that_loses_its_lease_cannot_drop_what_it_did_not_copy() {
     let queue = QueueName::parse("emails").unwrap();
     let tenant = Uuid::new_v4();
     // The history is on; a copier takes the lease, and ten jobs end.
-    app.queues.history_switch(&queue, true).await.unwrap();
+    app.queues
+        .set_history_cap(&queue, HISTORY_CAP)
+        .await
+        .unwrap();
     let lease = Duration::from_millis(300);
     assert!(app.queues.history_lease(&queue, "a", lease).await.unwrap());
     assert!(!app.queues.history_lease(&queue, "b", lease).await.unwrap());
@@ -223,7 +217,7 @@ async fn a_copier_that_loses_its_lease_cannot_drop_what_it_did_not_copy() {
 }
 
 #[tokio::test]
-async fn with_the_history_off_nothing_waits_in_redis() {
+async fn with_the_history_off_nothing_waits_and_with_it_on_no_more_than_its_cap() {
     let app = spawn_app().await;
     let queue = QueueName::parse("invoices").unwrap();
     ended_jobs(&app, &queue, Uuid::new_v4(), 20).await;
@@ -234,13 +228,23 @@ async fn with_the_history_off_nothing_waits_in_redis() {
         .await
         .unwrap();
     assert_eq!(exists, 0);
+    // With room for 3 (as if every copier had stopped with the list full), the later ones are
+    // not kept; switched off, the list is gone.
+    app.queues.set_history_cap(&queue, 3).await.unwrap();
+    ended_jobs(&app, &queue, Uuid::new_v4(), 5).await;
+    assert_eq!(list_len(&app, &queue).await, 3);
+    app.queues.set_history_cap(&queue, 0).await.unwrap();
+    assert_eq!(list_len(&app, &queue).await, 0);
 }
 
 #[tokio::test]
 async fn days_past_the_retention_are_dropped_whole() {
     let app = spawn_app().await;
     let queue = QueueName::parse("emails").unwrap();
-    app.queues.history_switch(&queue, true).await.unwrap();
+    app.queues
+        .set_history_cap(&queue, HISTORY_CAP)
+        .await
+        .unwrap();
     ended_jobs(&app, &queue, Uuid::new_v4(), 4).await;
     let batch = app.queues.history_peek(&queue, 1000).await.unwrap();
     let mut jobs = batch.jobs;

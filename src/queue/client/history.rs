@@ -1,5 +1,5 @@
-//! The queue's side of the job history: while the history is on (`:history:on`, switched by
-//! `work` processes at start), finished jobs wait in `:history` (appended by the scripts that
+//! The queue's side of the job history: while the history is on (`:history:on`, holding how
+//! many may wait, set by `work` processes at start), finished jobs wait in `:history` (appended by the scripts that
 //! finish jobs) until one copier per queue, holding a lease, has stored them elsewhere and drops
 //! them. The copying itself is the
 //! application's (`crate::history`); the queue only hands out records and takes them back.
@@ -28,6 +28,10 @@ pub struct FinishedJob {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: DateTime<Utc>,
 }
+
+/// The most finished jobs that may wait in a queue's history list; past it, newer ones are not
+/// kept (a bound on Redis memory should every copier stop for long).
+pub const HISTORY_CAP: u64 = 1_000_000;
 
 /// The hash fields a finished job is read from, in [`FinishedJob::parse`]'s order.
 const FIELDS: [&str; 14] = [
@@ -109,16 +113,16 @@ pub struct HistoryBatch {
 }
 
 impl Queues {
-    /// Turns the history list of `queue` on (finished jobs are appended to it) or off (and
-    /// forgets what waits in it).
-    pub async fn history_switch(&self, queue: &QueueName, on: bool) -> RedisResult<()> {
+    /// Sets how many finished jobs of `queue` may wait in its history list: [`HISTORY_CAP`]
+    /// while the history is on; 0 turns it off (and forgets what waits).
+    pub async fn set_history_cap(&self, queue: &QueueName, cap: u64) -> RedisResult<()> {
         let keys = self.keys(queue);
         let flag = format!("{}:history:on", keys.prefix());
         let mut conn = self.redis.conn().await?;
-        if on {
+        if cap > 0 {
             redis::cmd("SET")
                 .arg(flag)
-                .arg(1)
+                .arg(cap)
                 .query_async(&mut conn)
                 .await
         } else {
@@ -223,15 +227,6 @@ impl Queues {
             .query_async(&mut conn)
             .await?;
         Ok(n.unwrap_or(0))
-    }
-
-    /// How many finished jobs wait to be copied.
-    pub async fn history_backlog(&self, queue: &QueueName) -> RedisResult<u64> {
-        let mut conn = self.redis.conn().await?;
-        redis::cmd("LLEN")
-            .arg(self.keys(queue).history())
-            .query_async(&mut conn)
-            .await
     }
 }
 
