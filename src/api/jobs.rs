@@ -169,6 +169,28 @@ pub struct BulkRetry {
     retried: u64,
 }
 
+/// The calling tenant's job `id`; another tenant's is 404, exactly like a missing one.
+async fn own_job(state: &AppState, tenant: &Tenant, id: &str) -> Result<JobRecord> {
+    state
+        .queues
+        .get(id)
+        .await?
+        .filter(|j| j.tenant == Some(tenant.id))
+        .ok_or_else(|| Error::NotFound(format!("no job '{id}'")))
+}
+
+/// What a retry came to, as the API answers it (admins' and tenants' alike).
+fn retried(id: String, outcome: ActionOutcome) -> Result<axum::Json<RetriedJob>> {
+    match outcome {
+        ActionOutcome::Done => Ok(axum::Json(RetriedJob {
+            id,
+            status: "queued",
+        })),
+        ActionOutcome::Missing => Err(Error::NotFound(format!("no job '{id}'"))),
+        ActionOutcome::Refused(status) => Err(refused(&id, "retried", status)),
+    }
+}
+
 /// A job of the calling tenant. Another tenant's job is 404, exactly like a missing one.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "tenant", security(("tenant_key" = [])),
     params(("id" = String, Path)),
@@ -179,12 +201,7 @@ pub async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<JobView>> {
-    let job = state
-        .queues
-        .get(&id)
-        .await?
-        .filter(|j| j.tenant == Some(tenant.id))
-        .ok_or_else(|| Error::NotFound(format!("no job '{id}'")))?;
+    let job = own_job(&state, &tenant, &id).await?;
     let paused = match (job.status, QueueName::parse(&job.queue)) {
         (JobStatus::Queued, Some(queue)) => {
             state.queues.tenant_state(&queue, tenant.id).await?.paused
@@ -210,23 +227,12 @@ pub async fn retry_own_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RetriedJob>> {
-    let job = state
-        .queues
-        .get(&id)
-        .await?
-        .filter(|j| j.tenant == Some(tenant.id))
-        .ok_or_else(|| Error::NotFound(format!("no job '{id}'")))?;
+    let job = own_job(&state, &tenant, &id).await?;
     if !matches!(job.status, JobStatus::Dead | JobStatus::Failed) {
         return Err(refused(&id, "retried", job.status));
     }
-    match state.queues.retry(&id).await? {
-        ActionOutcome::Done => Ok(axum::Json(RetriedJob {
-            id,
-            status: "queued",
-        })),
-        ActionOutcome::Missing => Err(Error::NotFound(format!("no job '{id}'"))),
-        ActionOutcome::Refused(status) => Err(refused(&id, "retried", status)),
-    }
+    let outcome = state.queues.retry(&id).await?;
+    retried(id, outcome)
 }
 
 /// A group of the calling tenant's jobs (a stock batch, an order's work, a forecast run's
@@ -343,14 +349,8 @@ pub async fn retry_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RetriedJob>> {
-    match repairs::on_job(&state, &actor, &id, JobAction::Retry).await? {
-        ActionOutcome::Done => Ok(axum::Json(RetriedJob {
-            id,
-            status: "queued",
-        })),
-        ActionOutcome::Missing => Err(Error::NotFound(format!("no job '{id}'"))),
-        ActionOutcome::Refused(status) => Err(refused(&id, "retried", status)),
-    }
+    let outcome = repairs::on_job(&state, &actor, &id, JobAction::Retry).await?;
+    retried(id, outcome)
 }
 
 /// Deletes a job that is not running.

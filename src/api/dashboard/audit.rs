@@ -1,6 +1,6 @@
 //! The audit log page: the same rows and filters as `GET /admin/v1/audit`.
 
-use super::{Signed, page, time};
+use super::{Signed, invalid_text, link, page, time};
 use crate::api::AppState;
 use crate::api::error::{Error, Result};
 use crate::api::operators::audit::{self, AuditFilter};
@@ -14,13 +14,7 @@ pub(super) async fn audit_page(
 ) -> Result<Response> {
     let (entries, next_cursor, error) = match audit::page_of(&state, &filter).await {
         Ok(p) => (p.items, p.next_cursor, None),
-        Err(Error::Validation(errors)) => {
-            let why: Vec<String> = errors
-                .iter()
-                .map(|e| format!("{} {}", e.field, e.message))
-                .collect();
-            (vec![], None, Some(why.join("; ")))
-        }
+        Err(Error::Validation(errors)) => (vec![], None, Some(invalid_text(&errors))),
         Err(e) => return Err(e),
     };
     let entries: Vec<_> = entries
@@ -36,14 +30,16 @@ pub(super) async fn audit_page(
         .collect();
     let text = |v: &Option<String>| v.clone().unwrap_or_default();
     let older = next_cursor.map(|cursor| {
-        let query: String = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("actor", &text(&filter.actor))
-            .append_pair("action", &text(&filter.action))
-            .append_pair("tenant", &text(&filter.tenant))
-            .append_pair("since", &text(&filter.since))
-            .append_pair("cursor", &cursor)
-            .finish();
-        format!("/admin/audit?{query}")
+        link(
+            "/admin/audit",
+            &[
+                ("actor", &text(&filter.actor)),
+                ("action", &text(&filter.action)),
+                ("tenant", &text(&filter.tenant)),
+                ("since", &text(&filter.since)),
+                ("cursor", &cursor),
+            ],
+        )
     });
     page(
         "audit.html",

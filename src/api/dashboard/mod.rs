@@ -150,6 +150,23 @@ fn back(to: &str, flash: &str) -> Response {
     Redirect::to(&format!("{to}{sep}flash={encoded}")).into_response()
 }
 
+/// A page's invalid filters as one line to show on it (where the JSON API answers 422).
+fn invalid_text(errors: &[super::error::FieldError]) -> String {
+    let why: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect();
+    why.join("; ")
+}
+
+/// `path` with `pairs` as its query string.
+fn link(path: &str, pairs: &[(&str, &str)]) -> String {
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    format!("{path}?{query}")
+}
+
 #[derive(Deserialize, Default)]
 struct Flash {
     flash: Option<String>,

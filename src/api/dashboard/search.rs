@@ -1,6 +1,6 @@
 //! The search page: the job history by the same query language as `GET /admin/v1/jobs/search`.
 
-use super::{Signed, page, time};
+use super::{Signed, invalid_text, link, page, time};
 use crate::api::AppState;
 use crate::api::error::{Error, Result};
 use crate::api::extract::FieldErrors;
@@ -41,13 +41,9 @@ pub(super) async fn search_page(
         };
         match outcome {
             Ok(p) => {
-                older = p.next_cursor.map(|cursor| {
-                    let query: String = url::form_urlencoded::Serializer::new(String::new())
-                        .append_pair("q", &q)
-                        .append_pair("cursor", &cursor)
-                        .finish();
-                    format!("/admin/search?{query}")
-                });
+                older = p
+                    .next_cursor
+                    .map(|cursor| link("/admin/search", &[("q", &q), ("cursor", &cursor)]));
                 jobs = p
                     .items
                     .into_iter()
@@ -60,13 +56,7 @@ pub(super) async fn search_page(
                     })
                     .collect();
             }
-            Err(Error::Validation(errors)) => {
-                let why: Vec<String> = errors
-                    .iter()
-                    .map(|e| format!("{}: {}", e.field, e.message))
-                    .collect();
-                error = Some(why.join("; "));
-            }
+            Err(Error::Validation(errors)) => error = Some(invalid_text(&errors)),
             Err(e) => return Err(e),
         }
     }
