@@ -3,55 +3,23 @@
 use crate::helpers::*;
 use backroom::queue::{NewJob, QueueName};
 use fantoccini::{Client, ClientBuilder, Locator};
-use reqwest::redirect::Policy;
 use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// A client that does not follow redirects and keeps no cookies unless told.
-fn raw_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Signs in over HTTP; returns (cookie header value, csrf token scraped from the page).
+/// Signs in over HTTP with the token; returns (cookie header value, csrf token scraped from the
+/// page), after checking the cookie's flags.
 async fn sign_in(app: &TestApp) -> (String, String) {
-    let client = raw_client();
-    let response = client
-        .post(format!("{}/admin/login", app.address))
-        .form(&[("token", ADMIN_TOKEN)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303);
-    let set_cookie = response.headers()["set-cookie"]
+    let set_cookie = post_login(app, &[("token", ADMIN_TOKEN)]).await.headers()["set-cookie"]
         .to_str()
         .unwrap()
         .to_string();
     for flag in ["HttpOnly", "SameSite=Strict", "Path=/admin"] {
         assert!(set_cookie.contains(flag), "{set_cookie} lacks {flag}");
     }
-    let cookie = set_cookie.split(';').next().unwrap().to_string();
-    let page = client
-        .get(format!("{}/admin", app.address))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the page carries a CSRF token")
-        .to_string();
-    (cookie, csrf)
+    dashboard_session(app, &[("token", ADMIN_TOKEN)]).await
 }
 
 #[tokio::test]

@@ -767,3 +767,79 @@ pub async fn put_product(app: &TestApp, key: &str, sku: &str) {
         .await;
     assert!(r.status().is_success(), "product {sku}: {}", r.status());
 }
+
+/// A client that follows no redirects and keeps no cookies (the dashboard tests read both).
+pub fn raw_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Posts the dashboard's sign-in form (`token`, or `email` and `password`).
+pub async fn post_login(app: &TestApp, form: &[(&str, &str)]) -> Response {
+    raw_client()
+        .post(format!("{}/admin/login", app.address))
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The `name=value` of the session cookie a response sets.
+pub fn session_cookie(r: &Response) -> String {
+    r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Signs in to the dashboard with `form`; returns the session cookie and the CSRF token its
+/// pages carry.
+pub async fn dashboard_session(app: &TestApp, form: &[(&str, &str)]) -> (String, String) {
+    let r = post_login(app, form).await;
+    assert_eq!(
+        r.status(),
+        303,
+        "signed in with {:?}",
+        form.first().map(|f| f.0)
+    );
+    let cookie = session_cookie(&r);
+    let page = raw_client()
+        .get(format!("{}/admin", app.address))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page carries a CSRF token")
+        .to_string();
+    (cookie, csrf)
+}
+
+/// Waits until the job history of `queue` is on (a `work` process switches it on at start).
+pub async fn wait_history_on(app: &TestApp, queue: &backroom::queue::QueueName) {
+    wait_for(
+        "the history to be switched on",
+        Duration::from_secs(60),
+        || async {
+            let mut conn = app.queues.redis().conn().await.ok()?;
+            let on: i64 = redis::cmd("EXISTS")
+                .arg(format!("{}:history:on", app.queues.keys(queue).prefix()))
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            (on == 1).then_some(())
+        },
+    )
+    .await;
+}

@@ -197,6 +197,49 @@ async fn an_order_becomes_a_correct_invoice_pdf_and_its_stock_moves() {
         (p["on_hand"] == -3).then_some(())
     })
     .await;
+    // Support finds the order's finished invoice job (and its sales) by the order's number.
+    let number = created["order_number"].as_str().unwrap();
+    let found = wait_for("the order's jobs in the job history", LIMIT, || async {
+        let page: Value = app
+            .get(
+                &format!("/admin/v1/jobs/search?q=args.order_number:{number}"),
+                Some(ADMIN_TOKEN),
+            )
+            .await
+            .json()
+            .await
+            .ok()?;
+        let items = page["items"].as_array()?.clone();
+        (!items.is_empty()).then_some(items)
+    })
+    .await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["kind"], "render_invoice");
+    assert_eq!(found[0]["tenant"], "kine");
+    let sales = wait_for(
+        "the order's three sales in the job history",
+        LIMIT,
+        || async {
+            let page: Value = app
+                .get(
+                    &format!("/admin/v1/jobs/search?q=args.reference:{number}"),
+                    Some(ADMIN_TOKEN),
+                )
+                .await
+                .json()
+                .await
+                .ok()?;
+            (page["items"].as_array()?.len() == 3).then_some(page)
+        },
+    )
+    .await;
+    assert!(
+        sales["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["kind"] == "stock_adjustment")
+    );
     workers.stop().await;
 }
 

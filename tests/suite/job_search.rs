@@ -234,16 +234,7 @@ async fn a_tenant_lists_and_retries_its_own_jobs_and_never_sees_another_tenants(
     put_product(&app, &a.key, "SKU-1").await;
     let stock = QueueName::parse("stock").unwrap();
     let workers = app.start_workers("stock");
-    wait_for("the history to be switched on", LIMIT, || async {
-        let mut conn = app.queues.redis().conn().await.ok()?;
-        let on: i64 = redis::cmd("EXISTS")
-            .arg(format!("{}:history:on", app.queues.keys(&stock).prefix()))
-            .query_async(&mut conn)
-            .await
-            .ok()?;
-        (on == 1).then_some(())
-    })
-    .await;
+    wait_history_on(&app, &stock).await;
     let r = app
         .post_json(
             "/v1/stock-adjustments",
@@ -448,24 +439,7 @@ async fn counts_over_days_are_exact_add_up_by_hour_and_name_the_noisiest_tenants
     );
 
     // The dashboard draws them.
-    let cookie = {
-        let r = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap()
-            .post(format!("{}/admin/login", app.address))
-            .form(&[("token", ADMIN_TOKEN)])
-            .send()
-            .await
-            .unwrap();
-        r.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let (cookie, _) = dashboard_session(&app, &[("token", ADMIN_TOKEN)]).await;
     let page = |path: &str| {
         let pending = app
             .client

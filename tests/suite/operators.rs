@@ -6,17 +6,9 @@ use crate::helpers::*;
 use crate::support::app::InProcessApp;
 use backroom::queue::{NewJob, QueueName};
 use reqwest::Method;
-use reqwest::redirect::Policy;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use uuid::Uuid;
-
-fn raw_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(Policy::none())
-        .build()
-        .unwrap()
-}
 
 /// A signed-in dashboard user: the cookie and the page's CSRF token.
 struct SignedIn {
@@ -24,40 +16,8 @@ struct SignedIn {
     csrf: String,
 }
 
-async fn post_login(app: &TestApp, form: &[(&str, &str)]) -> reqwest::Response {
-    raw_client()
-        .post(format!("{}/admin/login", app.address))
-        .form(form)
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn sign_in(app: &TestApp, email: &str, password: &str) -> SignedIn {
-    let r = post_login(app, &[("email", email), ("password", password)]).await;
-    assert_eq!(r.status(), 303, "{email} signs in");
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let page = raw_client()
-        .get(format!("{}/admin", app.address))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the page carries a CSRF token")
-        .to_string();
+    let (cookie, csrf) = dashboard_session(app, &[("email", email), ("password", password)]).await;
     SignedIn { cookie, csrf }
 }
 
@@ -584,13 +544,7 @@ async fn a_token_session_ends_when_the_token_changes_or_is_turned_off() {
     let app = spawn_app().await;
     let r = post_login(&app, &[("token", ADMIN_TOKEN)]).await;
     assert_eq!(r.status(), 303);
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = session_cookie(&r);
     let opens = |base: String| {
         let cookie = cookie.clone();
         async move {
