@@ -75,22 +75,14 @@ impl Sums {
 
 /// Reads a `series_id,period,value` file into series ordered by period.
 pub fn read_series_file(path: &std::path::Path) -> anyhow::Result<Vec<Series>> {
-    let frame = CsvReadOptions::default()
-        .with_has_header(true)
-        .with_infer_schema_length(Some(0))
-        .try_into_reader_with_file_path(Some(path.to_path_buf()))?
-        .finish()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    for needed in ["series_id", "period", "value"] {
-        anyhow::ensure!(
-            frame
-                .get_column_names()
-                .iter()
-                .any(|c| c.as_str() == needed),
-            "{}: missing column `{needed}` (expected `series_id,period,value`)",
-            path.display()
-        );
-    }
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let frame =
+        super::csv_file::text_columns(&bytes, &["series_id", "period", "value"]).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e} (expected `series_id,period,value`)",
+                path.display()
+            )
+        })?;
     let period = col("period");
     let as_int = period.clone().cast(DataType::Int64);
     let as_date = period

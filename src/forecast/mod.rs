@@ -7,6 +7,7 @@
 
 pub mod backtest;
 pub mod chooser;
+pub mod csv_file;
 pub mod demo;
 pub mod evaluate;
 pub mod features;

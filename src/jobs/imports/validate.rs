@@ -2,11 +2,11 @@
 //! and why, and the good rows are still loaded, summed per SKU and day.
 
 use crate::domain::DateWindow;
+use crate::forecast::csv_file::{CsvFileError, text_columns};
 use crate::forecast::history::{self, DailyRows};
 use chrono::NaiveDate;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
 
 /// At most this many row errors are listed in a report; all are counted.
 pub const MAX_LISTED_ERRORS: usize = 1000;
@@ -110,7 +110,6 @@ fn checks(
     let trimmed = |name: &str| col(name).str().strip_chars(lit(NULL));
     frame
         .lazy()
-        .with_row_index("line", Some(2))
         .select([
             col("line").cast(DataType::UInt64),
             trimmed("date").alias("date_raw"),
@@ -233,38 +232,18 @@ fn read_csv(csv: &[u8]) -> Result<DataFrame, UnreadableFile> {
             "header: the first line is {header_len} bytes long; a header may be at most {MAX_HEADER_BYTES} bytes (expected `date,sku,quantity`)"
         )));
     }
-    let frame = CsvReadOptions::default()
-        .with_has_header(true)
-        // Every column as text: validation, not inference, decides what is a date or a number.
-        .with_infer_schema_length(Some(0))
-        .map_parse_options(|o| {
-            o.with_truncate_ragged_lines(true)
-                .with_missing_is_null(true)
-                .with_encoding(CsvEncoding::LossyUtf8)
-        })
-        .into_reader_with_file_handle(Cursor::new(csv))
-        .finish()
-        .map_err(polars_failure)?;
-    let columns: Vec<String> = frame
-        .get_column_names()
-        .iter()
-        .map(|c| c.trim().to_ascii_lowercase())
-        .collect();
-    let mut renamed = frame;
-    renamed.set_column_names(&columns).map_err(polars_failure)?;
-    for needed in ["date", "sku", "quantity"] {
-        if !columns.iter().any(|c| c == needed) {
+    text_columns(csv, &["date", "sku", "quantity"]).map_err(|e| match e {
+        CsvFileError::MissingColumn { column, found } => {
             // The header is the caller's text: quote only its start (a 60 MB header line would
             // otherwise become a 60 MB error in Redis and Postgres).
-            let found = columns.join(",");
             let shown: String = found.chars().take(200).collect();
             let cut = if shown.len() < found.len() { "…" } else { "" };
-            return Err(UnreadableFile(format!(
-                "header: missing column `{needed}` (expected `date,sku,quantity`; found `{shown}{cut}`)"
-            )));
+            UnreadableFile(format!(
+                "header: missing column `{column}` (expected `date,sku,quantity`; found `{shown}{cut}`)"
+            ))
         }
-    }
-    Ok(renamed)
+        CsvFileError::Unreadable(e) => UnreadableFile(format!("the file could not be read as CSV: {e}")),
+    })
 }
 
 fn collect_errors(bad: &DataFrame, report: &mut ImportReport) -> PolarsResult<()> {
