@@ -251,8 +251,8 @@ async fn run(names: common::Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> 
             let mut matched = 0;
             for i in 0..RUNS {
                 let q = Query {
-                    terms: vec![],
                     tenant_id: Some(tenants[i % TENANTS]),
+                    ..Query::default()
                 };
                 let t = Instant::now();
                 matched += search::search(&db, &q, None, 50).await?.len().min(50);
@@ -299,9 +299,16 @@ async fn run(names: common::Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> 
             let queue = one_queue.then_some("invoices");
             let t = Instant::now();
             if name.starts_with("noisiest") {
-                stats::noisiest(&db, range, now, None, 5).await?;
+                stats::noisiest(&db, range, now, None, None, 5).await?;
             } else {
-                stats::series(&db, range, now, queue, tenant).await?;
+                stats::series(
+                    &db,
+                    range,
+                    now,
+                    queue,
+                    tenant.as_ref().map(std::slice::from_ref),
+                )
+                .await?;
             }
             ms.push(t.elapsed().as_secs_f64() * 1e3);
         }

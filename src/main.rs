@@ -95,6 +95,10 @@ enum AdminCommand {
         /// Read the password from the first line of stdin instead of generating one.
         #[arg(long)]
         password_stdin: bool,
+        /// Limit a viewer or operator to these tenants (slugs, comma-separated): every page,
+        /// list, count, search and chart then shows only them.
+        #[arg(long, value_delimiter = ',')]
+        tenants: Option<Vec<String>>,
     },
     /// List admin users.
     List,
@@ -327,16 +331,24 @@ async fn admin_command(pool: &sqlx::PgPool, command: AdminCommand) -> anyhow::Re
             email,
             role,
             password_stdin,
+            tenants,
         } => {
             let email = users::parse_email(&email).map_err(|m| anyhow::anyhow!("email {m}"))?;
             let role = Role::parse(&role).map_err(|m| anyhow::anyhow!("--role {m}"))?;
             let (password, generated) = password(password_stdin)?;
             let mut tx = pool.begin().await?;
-            users::create(&mut tx, &actor, &email, role, &password)
+            let user = users::create(&mut tx, &actor, &email, role, &password, tenants.as_deref())
                 .await
                 .map_err(fail)?;
             tx.commit().await?;
-            println!("admin user {email} created ({})", role.as_str());
+            match user.tenants {
+                Some(t) => println!(
+                    "admin user {email} created ({}, limited to {})",
+                    role.as_str(),
+                    t.join(", ")
+                ),
+                None => println!("admin user {email} created ({})", role.as_str()),
+            }
             if generated {
                 println!("password (shown once): {password}");
             }
@@ -347,7 +359,12 @@ async fn admin_command(pool: &sqlx::PgPool, command: AdminCommand) -> anyhow::Re
                     Some(at) => format!("disabled {}", at.format("%Y-%m-%d %H:%M")),
                     None => "enabled".into(),
                 };
-                println!("{:<40} {:<9} {state}", u.email, u.role.as_str());
+                let tenants = u.tenants.map_or("every tenant".into(), |t| t.join(","));
+                println!(
+                    "{:<40} {:<9} {state:<26} {tenants}",
+                    u.email,
+                    u.role.as_str()
+                );
             }
         }
         AdminCommand::Disable { email } => {

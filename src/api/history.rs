@@ -7,11 +7,14 @@
 use super::AppState;
 use super::error::{Error, Result};
 use super::extract::{Admin, FieldErrors, Query, Tenant};
+use super::operators::Actor;
 use super::pagination::{Page, PageParams};
+use crate::history::live::{self, LiveMatches};
 use crate::history::search::{self, HistoryJob, Term};
 use crate::history::stats;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use utoipa::{IntoParams, ToSchema};
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -48,23 +51,73 @@ pub async fn page_of(
     Ok(Page::from_rows(rows, page.limit, search::cursor_key))
 }
 
-/// Searches every tenant's finished jobs (the job history, kept `BACKROOM_JOB_HISTORY_DAYS`).
+/// A search's answer: a page of finished jobs and, on the first page, the live ones.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobSearch {
+    /// Finished jobs (the history), newest first.
+    pub items: Vec<HistoryJob>,
+    /// Pass as `?cursor=` for the next page of the history; `null` on the last page.
+    pub next_cursor: Option<String>,
+    /// Jobs not finished yet that match (the first page only; `null` on later pages).
+    pub live: Option<LiveMatches>,
+}
+
+/// Searches every tenant's jobs: those still in the queues (`live`, read from Redis, bounded)
+/// and the finished ones (the job history, kept `BACKROOM_JOB_HISTORY_DAYS`, in stable pages).
 #[utoipa::path(get, path = "/admin/v1/jobs/search", tag = "admin", security(("admin_token" = [])),
     params(SearchParams),
-    responses((status = 200, body = Page<HistoryJob>), (status = 422, body = super::error::Problem)))]
+    responses((status = 200, body = JobSearch), (status = 422, body = super::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn search_jobs(
-    _: Admin,
+    Admin(actor): Admin,
     State(state): State<AppState>,
     Query(params): Query<SearchParams>,
-) -> Result<axum::Json<Page<HistoryJob>>> {
+) -> Result<axum::Json<JobSearch>> {
     let mut errors = FieldErrors::default();
-    let query = errors
+    let mut query = errors
         .check("q", search::Query::parse(params.q.as_deref().unwrap_or("")))
         .unwrap_or_default();
-    page_of(&state, &query, params.limit, params.cursor, errors)
-        .await
-        .map(axum::Json)
+    query.within = actor.tenants.clone();
+    let first_page = params.cursor.is_none();
+    let page = page_of(&state, &query, params.limit, params.cursor, errors).await?;
+    let live = match first_page {
+        true => Some(live_matches(&state, &query).await?),
+        false => None,
+    };
+    Ok(axum::Json(JobSearch {
+        items: page.items,
+        next_cursor: page.next_cursor,
+        live,
+    }))
+}
+
+/// The live jobs matching a query (`history::live`), tenants named by slug.
+pub async fn live_matches(state: &AppState, query: &search::Query) -> Result<LiveMatches> {
+    let named: Vec<String> = query
+        .terms
+        .iter()
+        .filter_map(|t| match t {
+            Term::Tenant(slug) => Some(slug.clone()),
+            _ => None,
+        })
+        .collect();
+    let tenants: HashMap<String, uuid::Uuid> =
+        sqlx::query!("SELECT id, slug FROM tenants WHERE slug = ANY($1)", &named)
+            .fetch_all(&state.db)
+            .await?
+            .into_iter()
+            .map(|r| (r.slug, r.id))
+            .collect();
+    let scan = live::search(&state.queues, query, &tenants).await?;
+    let ids: Vec<uuid::Uuid> = scan.jobs.iter().filter_map(|j| j.tenant).collect();
+    let slugs: HashMap<uuid::Uuid, String> =
+        sqlx::query!("SELECT id, slug FROM tenants WHERE id = ANY($1)", &ids)
+            .fetch_all(&state.db)
+            .await?
+            .into_iter()
+            .map(|r| (r.id, r.slug))
+            .collect();
+    Ok(scan.shown(&slugs))
 }
 
 /// The longest value of a tenant's list filter.
@@ -100,8 +153,8 @@ pub async fn list_tenant_jobs(
 ) -> Result<axum::Json<Page<HistoryJob>>> {
     let mut errors = FieldErrors::default();
     let mut query = search::Query {
-        terms: vec![],
         tenant_id: Some(tenant.id),
+        ..search::Query::default()
     };
     // Each parameter is one term of the search language, checked the same way.
     for (name, value) in [
@@ -113,7 +166,13 @@ pub async fn list_tenant_jobs(
         let Some(value) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) else {
             continue;
         };
-        if value.chars().count() > MAX_PARAM_CHARS {
+        if name == "status" && !search::FINISHED_STATES.contains(&value) {
+            errors.push(
+                name,
+                "must be succeeded, failed, dead or cancelled (a job still queued or running is \
+                 read by its id: GET /v1/jobs/{id})",
+            );
+        } else if value.chars().count() > MAX_PARAM_CHARS {
             errors.push(
                 name,
                 format!("must be at most {MAX_PARAM_CHARS} characters"),
@@ -152,11 +211,14 @@ pub struct StatsRequest {
     pub range: stats::Range,
     pub queue: Option<String>,
     pub tenant: Option<(String, uuid::Uuid)>,
+    /// The tenants the figures cover: the one asked for, else the actor's (`None`: all).
+    pub tenants: Option<Vec<uuid::Uuid>>,
 }
 
 impl StatsParams {
-    /// Checks the parameters; an unknown tenant is 404 (a typo should not look like silence).
-    pub async fn check(&self, state: &AppState) -> Result<StatsRequest> {
+    /// Checks the parameters; an unknown tenant is 404 (a typo should not look like silence), and
+    /// so is one outside the actor's tenants.
+    pub async fn check(&self, state: &AppState, actor: &Actor) -> Result<StatsRequest> {
         let mut errors = FieldErrors::default();
         let range = errors.check(
             "range",
@@ -185,14 +247,20 @@ impl StatsParams {
                 let id = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", slug)
                     .fetch_optional(&state.db)
                     .await?
+                    .filter(|id| actor.sees(Some(*id)))
                     .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
                 Some((slug, id))
             }
+        };
+        let tenants = match &tenant {
+            Some((_, id)) => Some(vec![*id]),
+            None => actor.tenants.clone(),
         };
         Ok(StatsRequest {
             range: range.expect("checked"),
             queue,
             tenant,
+            tenants,
         })
     }
 }
@@ -213,14 +281,15 @@ pub struct JobStats {
         (status = 422, body = super::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn job_stats(
-    _: Admin,
+    Admin(actor): Admin,
     State(state): State<AppState>,
     Query(params): Query<StatsParams>,
 ) -> Result<axum::Json<JobStats>> {
-    let r = params.check(&state).await?;
+    let r = params.check(&state, &actor).await?;
     let now = chrono::Utc::now();
-    let tenant = r.tenant.as_ref().map(|t| t.1);
-    let series = stats::series(&state.db, r.range, now, r.queue.as_deref(), tenant).await?;
-    let noisiest = stats::noisiest(&state.db, r.range, now, r.queue.as_deref(), 5).await?;
+    let queue = r.queue.as_deref();
+    let series = stats::series(&state.db, r.range, now, queue, r.tenants.as_deref()).await?;
+    let within = actor.tenant_scope();
+    let noisiest = stats::noisiest(&state.db, r.range, now, queue, within, 5).await?;
     Ok(axum::Json(JobStats { series, noisiest }))
 }

@@ -217,7 +217,7 @@ pub async fn insert_key(
     responses((status = 200, body = Page<TenantView>)))]
 #[tracing::instrument(skip_all)]
 pub async fn list_tenants(
-    _: Admin,
+    Admin(actor): Admin,
     State(state): State<AppState>,
     Query(params): Query<PageParams>,
 ) -> Result<axum::Json<Page<TenantView>>> {
@@ -232,9 +232,12 @@ pub async fn list_tenants(
     let rows = sqlx::query_as!(
         TenantView,
         r#"SELECT id, slug, name, alert_email, timezone, active, created_at
-           FROM tenants WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"#,
+           FROM tenants
+           WHERE ($1::uuid IS NULL OR id > $1) AND ($3::uuid[] IS NULL OR id = ANY($3))
+           ORDER BY id LIMIT $2"#,
         after,
-        page.limit + 1
+        page.limit + 1,
+        actor.tenant_scope()
     )
     .fetch_all(&state.db)
     .await?;
@@ -409,13 +412,14 @@ pub async fn change_queue_rules(
     responses((status = 200, body = Vec<TenantQueueState>), (status = 404, body = super::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn tenant_queues(
-    _: Admin,
+    Admin(actor): Admin,
     State(state): State<AppState>,
     Path(slug): Path<String>,
 ) -> Result<axum::Json<Vec<TenantQueueState>>> {
     let tenant = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", slug)
         .fetch_optional(&state.db)
         .await?
+        .filter(|id| actor.sees(Some(*id)))
         .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
     let mut states = vec![];
     for queue in Queue::ALL {

@@ -20,6 +20,7 @@
 //! `BACKROOM_JOB_HISTORY_DAYS` (whole tables: no row-by-row delete). The history a tenant can leave is bounded by what its
 //! jobs are (every job is bounded in size) and by that retention.
 
+pub mod live;
 pub mod search;
 pub mod stats;
 

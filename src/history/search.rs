@@ -3,7 +3,8 @@
 //! after:2026-11-01`, newest first, in stable pages (keyset on finish time and id).
 //!
 //! Terms (all must hold): `tenant:<slug>`, `queue:<name>`, `kind:<kind or queue>` (`invoice`
-//! also matches the `invoices` queue), `status:<succeeded|failed|dead|cancelled>`, `id:<job id>`,
+//! also matches the `invoices` queue), `status:<succeeded|failed|dead|cancelled>` (or a live
+//! state, for `live`), `id:<job id>`,
 //! `key:<idempotency key>`, `error:<text>` (in the last error, at least 3 characters; a bare word
 //! means the same), `after:<date or time>` and `before:<date or time>` (finish time), and
 //! `args.<path>:<value>` (the payload holds that value at that path; numbers and booleans match
@@ -21,6 +22,9 @@ use uuid::Uuid;
 /// The longest query accepted, and the most terms in one.
 pub const MAX_QUERY_CHARS: usize = 1000;
 pub const MAX_TERMS: usize = 20;
+
+/// The states of the jobs the history holds.
+pub const FINISHED_STATES: [&str; 4] = ["succeeded", "failed", "dead", "cancelled"];
 
 /// One term of a query.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +47,10 @@ pub enum Term {
 #[derive(Debug, Clone, Default)]
 pub struct Query {
     pub terms: Vec<Term>,
+    /// The one tenant whose jobs are searched (a tenant's own list).
     pub tenant_id: Option<Uuid>,
+    /// The tenants whose jobs may be found (an admin limited to some tenants); `None`: all.
+    pub within: Option<Vec<Uuid>>,
 }
 
 /// Splits a query into words, keeping `"quoted values"` whole.
@@ -120,11 +127,13 @@ impl Term {
             "queue" => Term::Queue(value.to_string()),
             "kind" => Term::Kind(value.to_string()),
             "status" => match value {
-                "succeeded" | "failed" | "dead" | "cancelled" => Term::Status(value.into()),
+                "succeeded" | "failed" | "dead" | "cancelled" | "queued" | "waiting"
+                | "scheduled" | "running" | "retrying" => Term::Status(value.into()),
                 _ => {
-                    return Err(
-                        "the history holds succeeded, failed, dead and cancelled jobs".into(),
-                    );
+                    return Err("must be one of succeeded, failed, dead, cancelled (the \
+                                history) or queued, waiting, scheduled, running, retrying \
+                                (live jobs)"
+                        .into());
                 }
             },
             "id" => Term::Id(value.to_string()),
@@ -173,7 +182,7 @@ impl Query {
             .collect::<Result<_, _>>()?;
         Ok(Query {
             terms,
-            tenant_id: None,
+            ..Query::default()
         })
     }
 }
@@ -236,6 +245,11 @@ fn sql(prefix: &str, query: &Query, after: Option<&Cursor>, limit: i64) -> Query
     );
     if let Some(tenant) = query.tenant_id {
         b.push(" AND h.tenant_id = ").push_bind(tenant);
+    }
+    if let Some(tenants) = &query.within {
+        b.push(" AND h.tenant_id = ANY(")
+            .push_bind(tenants.clone())
+            .push(")");
     }
     for term in &query.terms {
         match term {
@@ -346,7 +360,7 @@ mod tests {
         );
         for (bad, names) in [
             ("colour:red", "colour"),
-            ("status:running", "status:running"),
+            ("status:sleeping", "status:sleeping"),
             ("error:ab", "ab"),
             ("ab", "ab"),
             ("after:yesterday", "after:yesterday"),

@@ -220,32 +220,43 @@ pub fn quantile(buckets: &[i64], p: f64) -> Option<f64> {
     None
 }
 
-/// The series of `range` up to `now` for one queue and/or tenant (all when `None`).
+/// The series of `range` up to `now` for one queue (all when `None`) and some tenants (all when
+/// `None`; several are summed slot by slot).
 pub async fn series(
     db: &PgPool,
     range: Range,
     now: DateTime<Utc>,
     queue: Option<&str>,
-    tenant: Option<Uuid>,
+    tenants: Option<&[Uuid]>,
 ) -> sqlx::Result<Series> {
     let (grain, step, slots) = range.grain();
     let end = now.duration_trunc(step).unwrap_or(now) + step;
     let start = end - step * slots as i32;
-    // One row per slot: the totals are kept as rows of their own.
+    // One row per slot and tenant; every tenant's totals are kept as rows of their own.
+    let tenants = tenants.map_or_else(|| vec![ALL_TENANTS], <[Uuid]>::to_vec);
     let rows = sqlx::query!(
         r#"SELECT at, succeeded, failed, dead, cancelled, wait_buckets AS wait,
                   run_buckets AS run
            FROM job_stats
-           WHERE grain = $1 AND at >= $2 AND at < $3 AND queue = $4 AND tenant_id = $5"#,
+           WHERE grain = $1 AND at >= $2 AND at < $3 AND queue = $4 AND tenant_id = ANY($5)"#,
         grain,
         start,
         end,
         queue.unwrap_or(ALL_QUEUES),
-        tenant.unwrap_or(ALL_TENANTS)
+        &tenants
     )
     .fetch_all(db)
     .await?;
-    let by_slot: HashMap<DateTime<Utc>, _> = rows.into_iter().map(|r| (r.at, r)).collect();
+    let mut by_slot: HashMap<DateTime<Utc>, Slot> = HashMap::new();
+    for r in rows {
+        let slot = by_slot.entry(r.at).or_default();
+        slot.counts[0] += r.succeeded;
+        slot.counts[1] += r.failed;
+        slot.counts[2] += r.dead;
+        slot.counts[3] += r.cancelled;
+        add_buckets(&mut slot.wait, &r.wait);
+        add_buckets(&mut slot.run, &r.run);
+    }
     let mut s = Series {
         at: vec![],
         succeeded: vec![],
@@ -263,10 +274,10 @@ pub async fn series(
         let at = start + step * i as i32;
         s.at.push(at);
         let row = by_slot.get(&at);
-        s.succeeded.push(row.map_or(0, |r| r.succeeded));
-        s.failed.push(row.map_or(0, |r| r.failed));
-        s.dead.push(row.map_or(0, |r| r.dead));
-        s.cancelled.push(row.map_or(0, |r| r.cancelled));
+        s.succeeded.push(row.map_or(0, |r| r.counts[0]));
+        s.failed.push(row.map_or(0, |r| r.counts[1]));
+        s.dead.push(row.map_or(0, |r| r.counts[2]));
+        s.cancelled.push(row.map_or(0, |r| r.counts[3]));
         let q = |buckets: Option<&Vec<i64>>, p| buckets.and_then(|b| quantile(b, p));
         let (wait, run) = (row.map(|r| &r.wait), row.map(|r| &r.run));
         s.wait_p50_ms.push(q(wait, 0.5));
@@ -279,6 +290,23 @@ pub async fn series(
     Ok(s)
 }
 
+/// One slot's counts (succeeded, failed, dead, cancelled) and histograms, summed over tenants.
+#[derive(Default)]
+struct Slot {
+    counts: [i64; 4],
+    wait: Vec<i64>,
+    run: Vec<i64>,
+}
+
+fn add_buckets(sum: &mut Vec<i64>, more: &[i64]) {
+    if sum.len() < more.len() {
+        sum.resize(more.len(), 0);
+    }
+    for (s, m) in sum.iter_mut().zip(more) {
+        *s += m;
+    }
+}
+
 /// A tenant's volume over a range.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TenantVolume {
@@ -288,12 +316,14 @@ pub struct TenantVolume {
     pub failures: i64,
 }
 
-/// The tenants with the most finished jobs over `range` (optionally on one queue), most first.
+/// The tenants with the most finished jobs over `range` (optionally on one queue; among
+/// `within` when given), most first.
 pub async fn noisiest(
     db: &PgPool,
     range: Range,
     now: DateTime<Utc>,
     queue: Option<&str>,
+    within: Option<&[Uuid]>,
     limit: i64,
 ) -> sqlx::Result<Vec<TenantVolume>> {
     let (grain, step, slots) = range.grain();
@@ -305,13 +335,15 @@ pub async fn noisiest(
                   sum(s.failed + s.dead)::int8 AS "failures!"
            FROM job_stats s JOIN tenants t ON t.id = s.tenant_id
            WHERE s.grain = $1 AND s.at >= $2 AND s.queue = $3
+             AND ($5::uuid[] IS NULL OR s.tenant_id = ANY($5))
            GROUP BY t.slug
            ORDER BY 2 DESC, 1
            LIMIT $4"#,
         grain,
         start,
         queue.unwrap_or(ALL_QUEUES),
-        limit
+        limit,
+        within
     )
     .fetch_all(db)
     .await

@@ -292,7 +292,15 @@ async fn demo_owner_password(pool: &sqlx::PgPool) -> anyhow::Result<String> {
     let done = if exists {
         users::reset_password(&mut tx, &Actor::cli(), DEMO_OWNER, &password).await
     } else {
-        users::create(&mut tx, &Actor::cli(), DEMO_OWNER, Role::Owner, &password).await
+        users::create(
+            &mut tx,
+            &Actor::cli(),
+            DEMO_OWNER,
+            Role::Owner,
+            &password,
+            None,
+        )
+        .await
     };
     done.map_err(|e| anyhow::anyhow!("while preparing the demo owner: {e}"))?;
     tx.commit().await?;

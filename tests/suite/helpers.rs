@@ -808,8 +808,9 @@ pub async fn dashboard_session(app: &TestApp, form: &[(&str, &str)]) -> (String,
         form.first().map(|f| f.0)
     );
     let cookie = session_cookie(&r);
+    // The search page: every signed-in admin may open it, those limited to some tenants too.
     let page = raw_client()
-        .get(format!("{}/admin", app.address))
+        .get(format!("{}/admin/search", app.address))
         .header("cookie", &cookie)
         .send()
         .await

@@ -461,3 +461,472 @@ async fn counts_over_days_are_exact_add_up_by_hour_and_name_the_noisiest_tenants
         "{svg}"
     );
 }
+
+/// A dashboard session's GET: the status and the body.
+async fn signed_get(app: &TestApp, cookie: &str, path: &str) -> (u16, String) {
+    let r = raw_client()
+        .get(format!("{}{path}", app.address))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// A dashboard session's JSON admin call (the CSRF token in its header).
+async fn signed_call(app: &TestApp, session: &(String, String), method: Method, path: &str) -> u16 {
+    raw_client()
+        .request(method, format!("{}{path}", app.address))
+        .header("cookie", &session.0)
+        .header("x-csrf-token", &session.1)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A job of `tenant` that ended without running, so an admin may retry it.
+async fn cancelled_job(app: &TestApp, tenant: Uuid) -> String {
+    let queue = QueueName::parse("emails").unwrap();
+    let job = NewJob::new("test", &json!({"n": 1})).tenant(tenant);
+    let id = app
+        .queues
+        .push(&queue, vec![job])
+        .await
+        .unwrap()
+        .remove(0)
+        .id;
+    app.queues
+        .cancel(&id, "cancelled for the test")
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn an_admin_limited_to_some_tenants_sees_nothing_of_the_others_anywhere() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let globex = app.create_tenant("globex").await;
+    let (acme_id, globex_id) = (
+        Uuid::parse_str(&acme.id).unwrap(),
+        Uuid::parse_str(&globex.id).unwrap(),
+    );
+    let now = Utc::now();
+    let order = json!({"order_number": "ORD-2026-000777"});
+    let jobs = [
+        finished(
+            "invoices_acme",
+            acme_id,
+            JobStatus::Dead,
+            order.clone(),
+            Some("relay timed out"),
+            now,
+        ),
+        finished(
+            "invoices_globex",
+            globex_id,
+            JobStatus::Dead,
+            order.clone(),
+            Some("relay timed out"),
+            now,
+        ),
+        finished(
+            "stock_globex",
+            globex_id,
+            JobStatus::Succeeded,
+            json!({"sku": "G-1"}),
+            None,
+            now,
+        ),
+    ];
+    history::store(&app.db, &jobs, &mut Partitions::default())
+        .await
+        .unwrap();
+    let acme_job = cancelled_job(&app, acme_id).await;
+    let globex_job = cancelled_job(&app, globex_id).await;
+    // A live (queued) invoice job of each tenant with the same order number.
+    let invoices = QueueName::parse("invoices").unwrap();
+    let mut live_ids = vec![];
+    for tenant in [acme_id, globex_id] {
+        let job = NewJob::new("render_invoice", &order).tenant(tenant);
+        live_ids.push(
+            app.queues
+                .push(&invoices, vec![job])
+                .await
+                .unwrap()
+                .remove(0)
+                .id,
+        );
+    }
+    // Audit rows about each tenant.
+    for slug in ["acme", "globex"] {
+        let r = app
+            .send_json(
+                Method::PATCH,
+                &format!("/admin/v1/tenants/{slug}"),
+                Some(ADMIN_TOKEN),
+                &json!({"name": format!("{slug} renamed")}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+
+    // A limit names existing tenants, and never an owner's.
+    for (body, why) in [
+        (
+            json!({"email": "o@example.com", "role": "owner", "tenants": ["acme"]}),
+            "owner",
+        ),
+        (
+            json!({"email": "u@example.com", "role": "viewer", "tenants": ["acme", "nope"]}),
+            "nope",
+        ),
+        (
+            json!({"email": "e@example.com", "role": "viewer", "tenants": []}),
+            "at least one",
+        ),
+    ] {
+        let r = app
+            .post_json("/admin/v1/users", Some(ADMIN_TOKEN), &body)
+            .await;
+        let problem = assert_problem(r, 422, why).await;
+        assert_eq!(problem_fields(&problem), ["tenants"]);
+    }
+    let r = app
+        .post_json(
+            "/admin/v1/users",
+            Some(ADMIN_TOKEN),
+            &json!({"email": "sam@example.com", "role": "operator", "tenants": ["acme"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(created["user"]["tenants"], json!(["acme"]));
+    let password = created["password"].as_str().unwrap().to_string();
+    let sam = dashboard_session(
+        &app,
+        &[("email", "sam@example.com"), ("password", &password)],
+    )
+    .await;
+    let get = |path: String| {
+        let cookie = sam.0.clone();
+        let app = &app;
+        async move { signed_get(app, &cookie, &path).await }
+    };
+    let json_of = |body: &str| -> Value { serde_json::from_str(body).unwrap() };
+    let ids = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // Search, JSON and page: the same order number and error text exist at both tenants.
+    let (status, body) =
+        get("/admin/v1/jobs/search?q=args.order_number:ORD-2026-000777".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(ids(&json_of(&body)), ["invoices_acme"]);
+    let live: Vec<String> = json_of(&body)["live"]["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(live, [live_ids[0].clone()], "the live side is limited too");
+    let (_, body) = get("/admin/v1/jobs/search?q=tenant:globex".into()).await;
+    assert!(
+        ids(&json_of(&body)).is_empty(),
+        "a term cannot widen the limit"
+    );
+    let (status, page) = get("/admin/search?q=relay".into()).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("invoices_acme") && !page.contains("invoices_globex"),
+        "{page}"
+    );
+    let (_, page) = get("/admin/search?q=args.order_number:ORD-2026-000777".into()).await;
+    assert!(
+        page.contains(&live_ids[0]) && !page.contains(&live_ids[1]),
+        "{page}"
+    );
+
+    // Tenant lists and pages, JSON and dashboard.
+    let (_, body) = get("/admin/v1/tenants".into()).await;
+    let slugs: Vec<String> = json_of(&body)["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["slug"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(slugs, ["acme"]);
+    assert_eq!(get("/admin/v1/tenants/acme/queues".into()).await.0, 200);
+    assert_eq!(get("/admin/v1/tenants/globex/queues".into()).await.0, 404);
+    let (status, page) = get("/admin/tenants".into()).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("acme") && !page.contains("globex"));
+    assert_eq!(get("/admin/tenants/globex".into()).await.0, 404);
+
+    // Counts and charts: only acme's dead job; globex is not even a filter.
+    let (_, body) = get("/admin/v1/stats".into()).await;
+    let stats = json_of(&body);
+    let dead: i64 = stats["series"]["dead"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_i64().unwrap())
+        .sum();
+    assert_eq!(dead, 1);
+    assert_eq!(
+        stats["noisiest"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["tenant"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["acme"]
+    );
+    let all: Value = app
+        .get("/admin/v1/stats", Some(ADMIN_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let all_dead: i64 = all["series"]["dead"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_i64().unwrap())
+        .sum();
+    assert_eq!(all_dead, 2, "the unlimited token sees both");
+    assert_eq!(get("/admin/v1/stats?tenant=globex".into()).await.0, 404);
+    assert_eq!(
+        get("/admin/charts/jobs.svg?tenant=globex".into()).await.0,
+        404
+    );
+    let (status, page) = get("/admin/history".into()).await;
+    assert_eq!(status, 200);
+    assert!(!page.contains("globex"));
+
+    // The audit log: only rows about acme.
+    let (_, body) = get("/admin/v1/audit".into()).await;
+    let tenants: Vec<Value> = json_of(&body)["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["tenant"].clone())
+        .collect();
+    assert!(
+        !tenants.is_empty() && tenants.iter().all(|t| t == "acme"),
+        "{tenants:?}"
+    );
+    let (_, page) = get("/admin/audit".into()).await;
+    assert!(!page.contains("globex"));
+
+    // Live jobs: acme's opens and retries; globex's does not exist for this user.
+    let globex_before = app.queues.get(&globex_job).await.unwrap().unwrap();
+    assert_eq!(get(format!("/admin/jobs/{acme_job}")).await.0, 200);
+    assert_eq!(get(format!("/admin/jobs/{globex_job}")).await.0, 404);
+    assert_eq!(
+        signed_call(
+            &app,
+            &sam,
+            Method::POST,
+            &format!("/admin/v1/jobs/{globex_job}/retry")
+        )
+        .await,
+        404
+    );
+    assert_eq!(
+        signed_call(
+            &app,
+            &sam,
+            Method::DELETE,
+            &format!("/admin/v1/jobs/{globex_job}")
+        )
+        .await,
+        404
+    );
+    assert_eq!(
+        signed_call(
+            &app,
+            &sam,
+            Method::POST,
+            &format!("/admin/v1/jobs/{acme_job}/retry")
+        )
+        .await,
+        200
+    );
+    let globex_after = app.queues.get(&globex_job).await.unwrap().unwrap();
+    assert_eq!(
+        (globex_after.status, globex_after.attempts),
+        (globex_before.status, globex_before.attempts),
+        "untouched"
+    );
+
+    // What covers every tenant is closed: the overview sends them to their tenants.
+    let r = raw_client()
+        .get(format!("{}/admin", app.address))
+        .header("cookie", &sam.0)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/admin/tenants");
+    for path in [
+        "/admin/queues/emails",
+        "/admin/emails",
+        "/admin/webhooks",
+        "/admin/forecasts",
+        "/admin/charts/throughput.svg",
+        "/admin/v1/queues",
+        "/admin/v1/queues/emails/jobs",
+        "/admin/v1/tenants/acme/api-keys",
+        "/admin/v1/users",
+    ] {
+        assert_eq!(get(path.to_string()).await.0, 403, "{path}");
+    }
+    assert_eq!(
+        signed_call(&app, &sam, Method::POST, "/admin/v1/queues/emails/pause").await,
+        403
+    );
+}
+
+#[tokio::test]
+async fn a_search_finds_live_jobs_first_by_the_same_terms_then_the_history() {
+    let app = spawn_app().await;
+    let acme = app.create_tenant("acme").await;
+    let other = app.create_tenant("other").await;
+    let (acme_id, other_id) = (
+        Uuid::parse_str(&acme.id).unwrap(),
+        Uuid::parse_str(&other.id).unwrap(),
+    );
+    let now = Utc::now();
+    let order = |n: &str| json!({"tenant_id": acme_id, "order_number": n});
+    history::store(
+        &app.db,
+        &[
+            finished(
+                "invoices_done",
+                acme_id,
+                JobStatus::Succeeded,
+                order("ORD-9"),
+                None,
+                now,
+            ),
+            finished(
+                "invoices_old",
+                acme_id,
+                JobStatus::Succeeded,
+                order("ORD-9"),
+                None,
+                now - TimeDelta::days(1),
+            ),
+        ],
+        &mut Partitions::default(),
+    )
+    .await
+    .unwrap();
+    let invoices = QueueName::parse("invoices").unwrap();
+    let push = |job: NewJob| {
+        let app = &app;
+        let invoices = invoices.clone();
+        async move {
+            app.queues
+                .push(&invoices, vec![job])
+                .await
+                .unwrap()
+                .remove(0)
+                .id
+        }
+    };
+    let queued = push(NewJob::new("render_invoice", &order("ORD-9")).tenant(acme_id)).await;
+    let later = push(
+        NewJob::new("render_invoice", &order("ORD-9"))
+            .tenant(acme_id)
+            .run_at(now + TimeDelta::hours(1)),
+    )
+    .await;
+    let elsewhere = push(NewJob::new("render_invoice", &order("ORD-10")).tenant(other_id)).await;
+
+    let search = |q: &str| {
+        let url = format!(
+            "/admin/v1/jobs/search?limit=1&q={}",
+            url::form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>()
+        );
+        let app = &app;
+        async move {
+            let r = app.get(&url, Some(ADMIN_TOKEN)).await;
+            assert_eq!(r.status(), 200, "{url}");
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let live_of = |v: &Value| -> Vec<(String, String)> {
+        v["live"]["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| {
+                (
+                    j["id"].as_str().unwrap().to_string(),
+                    j["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let found = search("args.order_number:ORD-9").await;
+    assert_eq!(
+        live_of(&found),
+        [
+            (later.clone(), "scheduled".to_string()),
+            (queued.clone(), "queued".to_string())
+        ],
+        "newest first, each with its state"
+    );
+    assert_eq!(found["live"]["complete"], true);
+    assert_eq!(found["items"][0]["id"], "invoices_done", "then the history");
+    assert_eq!(found["live"]["jobs"][0]["tenant"], "acme");
+    // Every term applies to the live side as to the history.
+    assert_eq!(
+        live_of(&search("args.order_number:ORD-9 status:queued").await),
+        [(queued.clone(), "queued".to_string())]
+    );
+    assert_eq!(
+        live_of(&search("tenant:other kind:invoice").await),
+        [(elsewhere.clone(), "queued".to_string())]
+    );
+    assert!(live_of(&search("kind:stock args.order_number:ORD-9").await).is_empty());
+    assert!(live_of(&search(&format!("id:{queued} tenant:other")).await).is_empty());
+    assert_eq!(live_of(&search(&format!("id:{queued}")).await).len(), 1);
+    // A status of the live side finds nothing finished, and later pages are the history's only.
+    assert!(
+        search("status:queued").await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let cursor = found["next_cursor"]
+        .as_str()
+        .expect("a second page of the history");
+    let r = app
+        .get(
+            &format!("/admin/v1/jobs/search?limit=1&q=args.order_number:ORD-9&cursor={cursor}"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    let second: Value = r.json().await.unwrap();
+    assert_eq!(second["items"][0]["id"], "invoices_old");
+    assert!(
+        second["live"].is_null(),
+        "the live jobs lead the first page only"
+    );
+    // The dashboard's search page shows both.
+    let (cookie, _) = dashboard_session(&app, &[("token", ADMIN_TOKEN)]).await;
+    let (status, page) = signed_get(&app, &cookie, "/admin/search?q=args.order_number:ORD-9").await;
+    assert_eq!(status, 200);
+    assert!(page.contains(&queued) && page.contains(&later) && page.contains("invoices_done"));
+    assert!(!page.contains(&elsewhere));
+}

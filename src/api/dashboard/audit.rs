@@ -9,10 +9,10 @@ use axum::response::Response;
 
 pub(super) async fn audit_page(
     State(state): State<AppState>,
-    Signed(s, _): Signed,
+    Signed(s, actor): Signed,
     Query(filter): Query<AuditFilter>,
 ) -> Result<Response> {
-    let (entries, next_cursor, error) = match audit::page_of(&state, &filter).await {
+    let (entries, next_cursor, error) = match audit::page_of(&state, &actor, &filter).await {
         Ok(p) => (p.items, p.next_cursor, None),
         Err(Error::Validation(errors)) => (vec![], None, Some(invalid_text(&errors))),
         Err(e) => return Err(e),

@@ -27,12 +27,13 @@ fn filter_query(r: &StatsRequest, tenant: Option<&str>) -> String {
 
 pub(super) async fn history_page(
     State(state): State<AppState>,
-    Signed(s, _): Signed,
+    Signed(s, actor): Signed,
     Query(params): Query<StatsParams>,
 ) -> Result<Response> {
-    let r = params.check(&state).await?;
+    let r = params.check(&state, &actor).await?;
     let now = chrono::Utc::now();
-    let noisiest: Vec<_> = stats::noisiest(&state.db, r.range, now, r.queue.as_deref(), 5)
+    let within = actor.tenant_scope();
+    let noisiest: Vec<_> = stats::noisiest(&state.db, r.range, now, r.queue.as_deref(), within, 5)
         .await?
         .into_iter()
         .map(|t| {
@@ -64,13 +65,19 @@ pub(super) struct ChartParams {
 
 pub(super) async fn jobs_svg(
     State(state): State<AppState>,
-    Signed(..): Signed,
+    Signed(_, actor): Signed,
     Query(params): Query<ChartParams>,
 ) -> Result<Response> {
-    let r = params.stats.check(&state).await?;
+    let r = params.stats.check(&state, &actor).await?;
     let now = chrono::Utc::now();
-    let tenant = r.tenant.as_ref().map(|t| t.1);
-    let s = stats::series(&state.db, r.range, now, r.queue.as_deref(), tenant).await?;
+    let s = stats::series(
+        &state.db,
+        r.range,
+        now,
+        r.queue.as_deref(),
+        r.tenants.as_deref(),
+    )
+    .await?;
     let format = match r.range {
         Range::Day => "%H:%M",
         Range::Month => "%m-%d",

@@ -17,11 +17,16 @@ use super::{Flash, Signed, back, checked, page, time};
 use crate::api::extract::queue_named;
 use crate::api::operators::repairs::{self, JobAction, QueueAction};
 
+/// Every queue's counts and the live workers; an admin limited to some tenants is sent to their
+/// tenants instead (these counts cover every tenant).
 pub(super) async fn overview(
     State(state): State<AppState>,
-    Signed(s, _): Signed,
+    Signed(s, actor): Signed,
     Query(flash): Query<Flash>,
 ) -> Result<Response> {
+    if actor.tenants.is_some() {
+        return Ok(Redirect::to("/admin/tenants").into_response());
+    }
     let mut queues = vec![];
     let mut workers = vec![];
     let now = Utc::now();
@@ -206,7 +211,7 @@ pub(super) struct Lookup {
 
 pub(super) async fn job_lookup(
     State(state): State<AppState>,
-    Signed(..): Signed,
+    Signed(_, actor): Signed,
     Query(l): Query<Lookup>,
 ) -> Result<Response> {
     if let Some(id) = l.id.filter(|i| !i.trim().is_empty()) {
@@ -221,6 +226,7 @@ pub(super) async fn job_lookup(
     let tenant = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", slug.trim())
         .fetch_optional(&state.db)
         .await?
+        .filter(|id| actor.sees(Some(*id)))
         .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
     let queue = queue_named(l.queue.as_deref().unwrap_or("stock"))?;
     // Stock adjustments are keyed by tenant; other kinds by what caused them.
@@ -238,7 +244,7 @@ pub(super) async fn job_lookup(
 
 pub(super) async fn job_page(
     State(state): State<AppState>,
-    Signed(s, _): Signed,
+    Signed(s, actor): Signed,
     Path(id): Path<String>,
     Query(flash): Query<Flash>,
 ) -> Result<Response> {
@@ -246,6 +252,7 @@ pub(super) async fn job_page(
         .queues
         .get(&id)
         .await?
+        .filter(|job| actor.sees(job.tenant))
         .ok_or_else(|| Error::NotFound(format!("no job '{id}'")))?;
     let slugs = tenant_slugs(&state).await?;
     let mut timeline = vec![minijinja::context! { at => time(job.created_at), what => "accepted" }];

@@ -17,17 +17,23 @@ pub(super) struct SearchForm {
 
 pub(super) async fn search_page(
     State(state): State<AppState>,
-    Signed(s, _): Signed,
+    Signed(s, actor): Signed,
     Query(form): Query<SearchForm>,
 ) -> Result<Response> {
     let q = form.q.clone().unwrap_or_default();
     let searched = !q.trim().is_empty();
     let mut jobs = vec![];
+    let mut live = None;
     let mut older = None;
     let mut error = None;
     if searched {
         let outcome = match search::Query::parse(&q) {
-            Ok(query) => {
+            Ok(mut query) => {
+                query.within = actor.tenants.clone();
+                // The live jobs lead the first page; later pages are the history's.
+                if form.cursor.is_none() {
+                    live = Some(live_rows(&state, &query).await?);
+                }
                 crate::api::history::page_of(
                     &state,
                     &query,
@@ -64,7 +70,25 @@ pub(super) async fn search_page(
         "search.html",
         minijinja::context! {
             title => "Search", nav => "search", csrf => s.csrf.clone(), q, searched, jobs, older,
-            error, days => state.settings.job_history_days,
+            live, error, days => state.settings.job_history_days,
+            scan => crate::history::live::LIVE_SCAN,
         },
     )
+}
+
+/// The live matches as the page shows them.
+async fn live_rows(state: &AppState, query: &search::Query) -> Result<minijinja::Value> {
+    let found = crate::api::history::live_matches(state, query).await?;
+    let jobs: Vec<minijinja::Value> = found
+        .jobs
+        .into_iter()
+        .map(|j| {
+            minijinja::context! {
+                id => j.id, tenant => j.tenant, kind => j.kind, status => j.status,
+                attempts => j.attempts, payload => j.payload.to_string(),
+                last_error => j.last_error, created_at => time(j.created_at),
+            }
+        })
+        .collect();
+    Ok(minijinja::context! { jobs, scanned => found.scanned, complete => found.complete })
 }

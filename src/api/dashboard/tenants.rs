@@ -2,6 +2,7 @@
 
 use crate::api::AppState;
 use crate::api::error::{Error, Result};
+use crate::api::operators::Actor;
 use crate::api::operators::audit::{self, Change};
 use crate::api::session::Session;
 use crate::jobs::Queue;
@@ -14,22 +15,27 @@ use crate::api::extract::queue_named;
 
 pub(super) async fn tenants_page(
     State(state): State<AppState>,
-    Signed(s, _): Signed,
+    Signed(s, actor): Signed,
     Query(flash): Query<Flash>,
 ) -> Result<Response> {
-    render_tenants(&state, &s, flash.flash, None).await
+    render_tenants(&state, &s, &actor, flash.flash, None).await
 }
 
+/// The tenants the actor sees (all, or those they are limited to).
 async fn render_tenants(
     state: &AppState,
     s: &Session,
+    actor: &Actor,
     flash: Option<String>,
     new_key: Option<(String, String)>,
 ) -> Result<Response> {
     let rows = sqlx::query!(
         r#"SELECT t.id, t.slug, t.name, t.active,
                   (SELECT count(*) FROM api_keys k WHERE k.tenant_id = t.id AND k.revoked_at IS NULL) AS "keys!"
-           FROM tenants t ORDER BY t.slug LIMIT 500"#
+           FROM tenants t
+           WHERE ($1::uuid[] IS NULL OR t.id = ANY($1))
+           ORDER BY t.slug LIMIT 500"#,
+        actor.tenant_scope()
     )
     .fetch_all(&state.db)
     .await?;
@@ -76,20 +82,28 @@ pub(super) async fn rotate_key(
     let (_, key) = crate::api::tenants::add_key(&mut tx, &actor, tenant_id, &slug).await?;
     tx.commit().await?;
     // The key is shown once, on this response, never in a URL.
-    render_tenants(&state, &s, None, Some((slug, key.expose().to_string()))).await
+    render_tenants(
+        &state,
+        &s,
+        &actor,
+        None,
+        Some((slug, key.expose().to_string())),
+    )
+    .await
 }
 
 /// One tenant's rules and load on every queue, with a form per queue to change its limit and
 /// pause it.
 pub(super) async fn tenant_page(
     State(state): State<AppState>,
-    Signed(s, _): Signed,
+    Signed(s, actor): Signed,
     Path(slug): Path<String>,
     Query(flash): Query<Flash>,
 ) -> Result<Response> {
     let tenant = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", slug)
         .fetch_optional(&state.db)
         .await?
+        .filter(|id| actor.sees(Some(*id)))
         .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
     let mut queues = vec![];
     for queue in Queue::ALL {

@@ -142,8 +142,13 @@ impl AuditFilter {
     }
 }
 
-/// Reads a page of the audit log, newest first.
-pub async fn page_of(state: &AppState, filter: &AuditFilter) -> Result<Page<AuditEntry>> {
+/// Reads a page of the audit log, newest first; an actor limited to some tenants reads only the
+/// rows about those tenants.
+pub async fn page_of(
+    state: &AppState,
+    actor: &Actor,
+    filter: &AuditFilter,
+) -> Result<Page<AuditEntry>> {
     let mut errors = FieldErrors::default();
     let page = PageParams {
         limit: filter.limit.clone(),
@@ -183,6 +188,7 @@ pub async fn page_of(state: &AppState, filter: &AuditFilter) -> Result<Page<Audi
              AND ($4::timestamptz IS NULL OR a.at >= $4)
              AND ($5::timestamptz IS NULL OR a.at < $5)
              AND ($6::bigint IS NULL OR a.id < $6)
+             AND ($8::uuid[] IS NULL OR a.tenant_id = ANY($8))
            ORDER BY a.id DESC
            LIMIT $7"#,
         AuditFilter::nonempty(&filter.actor),
@@ -191,7 +197,8 @@ pub async fn page_of(state: &AppState, filter: &AuditFilter) -> Result<Page<Audi
         since,
         until,
         before_id,
-        page.limit + 1
+        page.limit + 1,
+        actor.tenant_scope()
     )
     .fetch_all(&state.db)
     .await?;
@@ -219,9 +226,9 @@ pub async fn page_of(state: &AppState, filter: &AuditFilter) -> Result<Page<Audi
     responses((status = 200, body = Page<AuditEntry>), (status = 422, body = crate::api::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn list_audit(
-    _: crate::api::extract::Admin,
+    crate::api::extract::Admin(actor): crate::api::extract::Admin,
     State(state): State<AppState>,
     Query(filter): Query<AuditFilter>,
 ) -> Result<axum::Json<Page<AuditEntry>>> {
-    page_of(&state, &filter).await.map(axum::Json)
+    page_of(&state, &actor, &filter).await.map(axum::Json)
 }

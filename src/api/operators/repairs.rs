@@ -15,7 +15,8 @@ pub enum JobAction {
     Discard,
 }
 
-/// Retries or discards one job; audited when done.
+/// Retries or discards one job; audited when done. A job of a tenant the actor does not see is
+/// missing to them.
 pub async fn on_job(
     state: &AppState,
     actor: &Actor,
@@ -23,6 +24,9 @@ pub async fn on_job(
     action: JobAction,
 ) -> Result<ActionOutcome> {
     let before = state.queues.get(id).await?;
+    if before.as_ref().is_some_and(|job| !actor.sees(job.tenant)) {
+        return Ok(ActionOutcome::Missing);
+    }
     let outcome = match action {
         JobAction::Retry => state.queues.retry(id).await?,
         JobAction::Discard => state.queues.discard(id).await?,

@@ -41,6 +41,8 @@ pub struct AdminUser {
     pub id: Uuid,
     pub email: String,
     pub role: Role,
+    /// The tenants (slugs) the user is limited to; `null`: every tenant.
+    pub tenants: Option<Vec<String>>,
     pub disabled_at: Option<DateTime<Utc>>,
     pub last_sign_in_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -106,6 +108,7 @@ struct UserRow {
     id: Uuid,
     email: String,
     role: String,
+    tenants: Option<Vec<String>>,
     disabled_at: Option<DateTime<Utc>>,
     last_sign_in_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
@@ -117,6 +120,7 @@ impl From<UserRow> for AdminUser {
             id: r.id,
             email: r.email,
             role: Role::parse(&r.role).unwrap_or(Role::Viewer),
+            tenants: r.tenants,
             disabled_at: r.disabled_at,
             last_sign_in_at: r.last_sign_in_at,
             created_at: r.created_at,
@@ -124,22 +128,69 @@ impl From<UserRow> for AdminUser {
     }
 }
 
-/// Creates a user inside `tx`, with its audit row.
+/// At most this many tenants in one user's limit.
+pub const MAX_USER_TENANTS: usize = 1000;
+
+/// The ids of the tenants a user is to be limited to (`None`: every tenant); the error, for the
+/// `tenants` field, names the slugs that are not tenants.
+async fn limit_ids(
+    tx: &mut PgConnection,
+    role: Role,
+    slugs: Option<&[String]>,
+) -> Result<Option<Vec<Uuid>>> {
+    let Some(slugs) = slugs else {
+        return Ok(None);
+    };
+    let why = if slugs.is_empty() {
+        Some("must name at least one tenant (leave it out for every tenant)".to_string())
+    } else if slugs.len() > MAX_USER_TENANTS {
+        Some(format!("may name at most {MAX_USER_TENANTS} tenants"))
+    } else if role == Role::Owner {
+        Some("an owner manages every tenant and cannot be limited to some".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(Error::invalid("tenants", why));
+    }
+    let found = sqlx::query!("SELECT id, slug FROM tenants WHERE slug = ANY($1)", slugs)
+        .fetch_all(&mut *tx)
+        .await?;
+    let unknown: Vec<&str> = slugs
+        .iter()
+        .filter(|s| !found.iter().any(|f| &f.slug == *s))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::invalid(
+            "tenants",
+            format!("no tenant named {}", unknown.join(", ")),
+        ));
+    }
+    Ok(Some(found.into_iter().map(|f| f.id).collect()))
+}
+
+/// Creates a user inside `tx`, with its audit row; `tenants` (slugs) limits the user to those
+/// tenants.
 pub async fn create(
     tx: &mut PgConnection,
     actor: &Actor,
     email: &str,
     role: Role,
     password: &str,
+    tenants: Option<&[String]>,
 ) -> Result<AdminUser> {
+    let tenant_ids = limit_ids(tx, role, tenants).await?;
     let hash = hash_password(password);
     let row = sqlx::query_as!(
         UserRow,
-        "INSERT INTO admin_users (email, role, password_hash) VALUES ($1, $2, $3)
-         RETURNING id, email, role, disabled_at, last_sign_in_at, created_at",
+        "INSERT INTO admin_users (email, role, password_hash, tenant_ids) VALUES ($1, $2, $3, $4)
+         RETURNING id, email, role, (SELECT array_agg(t.slug ORDER BY t.slug) FROM tenants t WHERE t.id = ANY(tenant_ids)) AS tenants, disabled_at,
+                   last_sign_in_at, created_at",
         email,
         role.as_str(),
-        hash
+        hash,
+        tenant_ids.as_deref()
     )
     .fetch_one(&mut *tx)
     .await
@@ -149,7 +200,8 @@ pub async fn create(
             field: Some("email".into()),
         })
     })?;
-    let change = Change::new("user.create", email).after(json!({ "role": role.as_str() }));
+    let change = Change::new("user.create", email)
+        .after(json!({ "role": role.as_str(), "tenants": row.tenants }));
     audit::record(tx, actor, change).await?;
     Ok(row.into())
 }
@@ -157,8 +209,9 @@ pub async fn create(
 pub async fn list(db: &PgPool) -> sqlx::Result<Vec<AdminUser>> {
     let rows = sqlx::query_as!(
         UserRow,
-        "SELECT id, email, role, disabled_at, last_sign_in_at, created_at
-         FROM admin_users ORDER BY email"
+        r#"SELECT id, email, role, (SELECT array_agg(t.slug ORDER BY t.slug) FROM tenants t WHERE t.id = ANY(tenant_ids)) AS tenants,
+                  disabled_at, last_sign_in_at, created_at
+           FROM admin_users ORDER BY email"#
     )
     .fetch_all(db)
     .await?;
@@ -173,7 +226,8 @@ pub async fn disable(tx: &mut PgConnection, actor: &Actor, email: &str) -> Resul
          SET disabled_at = COALESCE(disabled_at, now()),
              credential_version = credential_version + 1, updated_at = now()
          WHERE email = $1
-         RETURNING id, email, role, disabled_at, last_sign_in_at, created_at",
+         RETURNING id, email, role, (SELECT array_agg(t.slug ORDER BY t.slug) FROM tenants t WHERE t.id = ANY(tenant_ids)) AS tenants, disabled_at,
+                   last_sign_in_at, created_at",
         email
     )
     .fetch_optional(&mut *tx)
@@ -198,7 +252,8 @@ pub async fn reset_password(
         "UPDATE admin_users
          SET password_hash = $2, credential_version = credential_version + 1, updated_at = now()
          WHERE email = $1
-         RETURNING id, email, role, disabled_at, last_sign_in_at, created_at",
+         RETURNING id, email, role, (SELECT array_agg(t.slug ORDER BY t.slug) FROM tenants t WHERE t.id = ANY(tenant_ids)) AS tenants, disabled_at,
+                   last_sign_in_at, created_at",
         email,
         hash
     )
@@ -302,7 +357,7 @@ pub async fn session_actor(
     address: Option<std::net::IpAddr>,
 ) -> sqlx::Result<Option<Actor>> {
     let row = sqlx::query!(
-        "SELECT email, role FROM admin_users
+        "SELECT email, role, tenant_ids FROM admin_users
          WHERE id = $1 AND disabled_at IS NULL AND credential_version = $2",
         user_id,
         credential_version
@@ -314,6 +369,7 @@ pub async fn session_actor(
         user_id: Some(user_id),
         role: Role::parse(&r.role).unwrap_or(Role::Viewer),
         address,
+        tenants: r.tenant_ids,
     }))
 }
 
@@ -325,6 +381,9 @@ pub struct NewUser {
     pub role: String,
     /// 12 to 256 characters; omit it and the server generates one and returns it once.
     pub password: Option<String>,
+    /// Limits a viewer or operator to these tenants (slugs): every page, list, count, search
+    /// and chart then shows only them. Omitted: every tenant.
+    pub tenants: Option<Vec<String>>,
 }
 
 /// Creates an admin user (owners, and the admin token for the first owner).
@@ -352,7 +411,15 @@ pub async fn create_user(
     let password = body.password.clone().or_else(|| generated.clone());
     let password = password.expect("given or generated");
     let mut tx = state.db.begin().await?;
-    let user = create(&mut tx, &actor, &email, role, &password).await?;
+    let user = create(
+        &mut tx,
+        &actor,
+        &email,
+        role,
+        &password,
+        body.tenants.as_deref(),
+    )
+    .await?;
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
