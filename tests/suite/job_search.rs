@@ -669,6 +669,10 @@ async fn an_admin_limited_to_some_tenants_sees_nothing_of_the_others_anywhere() 
     assert_eq!(status, 200);
     assert!(page.contains("acme") && !page.contains("globex"));
     assert_eq!(get("/admin/tenants/globex".into()).await.0, 404);
+    assert!(
+        !page.contains("href=\"/admin/emails\"") && page.contains("href=\"/admin/search\""),
+        "the menu offers only the pages that narrow to their tenants"
+    );
 
     // Counts and charts: only acme's dead job; globex is not even a filter.
     let (_, body) = get("/admin/v1/stats".into()).await;

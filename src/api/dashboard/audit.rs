@@ -44,7 +44,7 @@ pub(super) async fn audit_page(
     page(
         "audit.html",
         minijinja::context! {
-            title => "Audit log", nav => "audit", csrf => s.csrf.clone(), entries, older,
+            title => "Audit log", nav => "audit", limited => actor.tenants.is_some(), csrf => s.csrf.clone(), entries, older,
             error, actor => text(&filter.actor), action => text(&filter.action),
             tenant => text(&filter.tenant), since => text(&filter.since),
         },

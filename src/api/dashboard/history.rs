@@ -47,7 +47,7 @@ pub(super) async fn history_page(
     page(
         "history.html",
         minijinja::context! {
-            title => "Jobs over days", nav => "history", csrf => s.csrf.clone(),
+            title => "Jobs over days", nav => "history", limited => actor.tenants.is_some(), csrf => s.csrf.clone(),
             range => if r.range == Range::Month { "month" } else { "day" },
             queue => r.queue.clone().unwrap_or_default(), tenant => tenant.clone().unwrap_or_default(),
             queues => Queue::ALL.map(|q| q.name()).to_vec(),

@@ -290,7 +290,7 @@ pub(super) async fn job_page(
     page(
         "job.html",
         minijinja::context! {
-            title => format!("Job {id}"), nav => "overview", csrf => s.csrf, flash => flash.flash,
+            title => format!("Job {id}"), nav => "overview", limited => actor.tenants.is_some(), csrf => s.csrf, flash => flash.flash,
             tenant => job.tenant.and_then(|t| slugs.get(&t).cloned()).unwrap_or_default(),
             payload => serde_json::to_string_pretty(&job.payload).unwrap_or_default(),
             result => job.result.as_ref().map(|r| serde_json::to_string_pretty(r).unwrap_or_default()),

@@ -69,7 +69,7 @@ pub(super) async fn search_page(
     page(
         "search.html",
         minijinja::context! {
-            title => "Search", nav => "search", csrf => s.csrf.clone(), q, searched, jobs, older,
+            title => "Search", nav => "search", limited => actor.tenants.is_some(), csrf => s.csrf.clone(), q, searched, jobs, older,
             live, error, days => state.settings.job_history_days,
             scan => crate::history::live::LIVE_SCAN,
         },

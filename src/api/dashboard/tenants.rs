@@ -61,7 +61,7 @@ async fn render_tenants(
     page(
         "tenants.html",
         minijinja::context! {
-            title => "Tenants", nav => "tenants", csrf => s.csrf.clone(), flash, tenants,
+            title => "Tenants", nav => "tenants", limited => actor.tenants.is_some(), csrf => s.csrf.clone(), flash, tenants,
             new_key => new_key.map(|(slug, key)| minijinja::context! { slug, key }),
         },
     )
@@ -118,7 +118,7 @@ pub(super) async fn tenant_page(
     page(
         "tenant.html",
         minijinja::context! {
-            title => format!("Tenant {slug}"), nav => "tenants", csrf => s.csrf.clone(),
+            title => format!("Tenant {slug}"), nav => "tenants", limited => actor.tenants.is_some(), csrf => s.csrf.clone(),
             flash => flash.flash, slug, queues,
             max_limit => crate::api::tenants::MAX_QUEUE_LIMIT,
         },
