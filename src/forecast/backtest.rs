@@ -7,6 +7,11 @@
 //! reward always forecasting zero; MASE otherwise). Models that fail fall back
 //! to seasonal naive and are scored on that fallback, so an unreliable model
 //! cannot win by skipping its hard cases.
+//!
+//! Two rules keep the choice from chasing a noisy window: Croston's family competes only
+//! on intermittent demand (the Syntetos–Boylan ADI cut-off), and a series too short for a
+//! backtest that keeps two seasons of training is still backtested, from 8 points up, so a
+//! new product gets the model that fits it rather than seasonal naive untested.
 
 use super::metrics;
 use super::models::{self, ModelKind};
@@ -62,9 +67,26 @@ pub fn min_train(m: usize) -> usize {
     (2 * m.max(1)).max(8)
 }
 
+/// The training floor of a backtest of a series of `n` points: [`min_train`]`(m)` when an
+/// origin keeps that much, else [`min_train`]`(1)` (a series shorter than two seasons plus a
+/// horizon: the models fit it without a season, as they will for its forecast).
+pub fn train_floor(n: usize, m: usize, horizon: usize, folds: usize) -> usize {
+    let seasonal = min_train(m);
+    if origins(n, horizon, folds, seasonal).is_empty() {
+        min_train(1)
+    } else {
+        seasonal
+    }
+}
+
+/// Whether a series of `n` points is backtested without two seasons of training.
+pub fn is_short(n: usize, m: usize, horizon: usize, folds: usize) -> bool {
+    train_floor(n, m, horizon, folds) < min_train(m)
+}
+
 /// Rolling-origin backtest of `kinds` on `y` (season length `m`).
 ///
-/// Uses [`origins`] with [`min_train`]`(m)`; returns one entry per kind in the
+/// Uses [`origins`] with [`train_floor`]; returns one entry per kind in the
 /// order given, or an empty vector when no origin fits. Non-local kinds (the
 /// global model) always fail and are scored as the baseline, so pass only
 /// local kinds and append externally computed scores before [`choose`].
@@ -77,25 +99,45 @@ pub fn backtest_local(
     kinds: &[ModelKind],
 ) -> Vec<ModelScore> {
     let y = models::sanitize_series(y);
-    let cuts = origins(y.len(), horizon, folds, min_train(m));
+    let cuts = origins(
+        y.len(),
+        horizon,
+        folds,
+        train_floor(y.len(), m, horizon, folds),
+    );
     if cuts.is_empty() {
         return Vec::new();
     }
-    kinds
-        .iter()
-        .map(|&kind| {
-            let mut acc = Accumulator::default();
-            for &t in &cuts {
-                let (train, actual) = (&y[..t], &y[t..t + horizon]);
-                let (fc, reason) =
-                    models::forecast_or_baseline(kind, train, m, horizon, BACKTEST_LEVEL);
-                acc.add(
-                    metrics::score(train, actual, &fc.point, m),
-                    reason.is_some(),
-                );
-            }
-            acc.finish(kind)
-        })
+    let mut accs: Vec<Accumulator> = kinds.iter().map(|_| Accumulator::default()).collect();
+    for &t in &cuts {
+        let (train, actual) = (&y[..t], &y[t..t + horizon]);
+        // Each origin's Theta and MSTL-ETS fits, kept so their mean costs no second fit.
+        let mut parts: [Option<Vec<f64>>; 2] = [None, None];
+        for (acc, &kind) in accs.iter_mut().zip(kinds) {
+            let (point, failed) = match (kind, &parts) {
+                (ModelKind::ThetaEtsMean, [Some(a), Some(b)]) => {
+                    (a.iter().zip(b).map(|(x, y)| (x + y) / 2.0).collect(), false)
+                }
+                _ => {
+                    let (fc, reason) =
+                        models::forecast_or_baseline(kind, train, m, horizon, BACKTEST_LEVEL);
+                    let failed = reason.is_some();
+                    if !failed {
+                        match kind {
+                            ModelKind::Theta => parts[0] = Some(fc.point.clone()),
+                            ModelKind::MstlEts => parts[1] = Some(fc.point.clone()),
+                            _ => {}
+                        }
+                    }
+                    (fc.point, failed)
+                }
+            };
+            acc.add(metrics::score(train, actual, &point, m), failed);
+        }
+    }
+    accs.into_iter()
+        .zip(kinds)
+        .map(|(acc, &kind)| acc.finish(kind))
         .collect()
 }
 
@@ -135,7 +177,8 @@ impl Accumulator {
     }
 }
 
-/// Picks the model with the lowest RMSSE (intermittent series) or MASE.
+/// Picks the model with the lowest RMSSE (intermittent series) or MASE; Croston's
+/// family only for intermittent series.
 ///
 /// Entries whose metric is `None` or non-finite are ignored. Returns
 /// [`ModelKind::SeasonalNaive`] when no entry has the metric or when the best
@@ -145,6 +188,9 @@ pub fn choose(scores: &[ModelScore], intermittent: bool) -> ModelKind {
     let mut best: Option<(f64, ModelKind)> = None;
     let mut tied = false;
     for s in scores {
+        if !intermittent && s.model.is_intermittent_only() {
+            continue;
+        }
         let metric = if intermittent { s.rmsse } else { s.mase };
         let Some(v) = metric.filter(|v| v.is_finite()) else {
             continue;
@@ -161,6 +207,75 @@ pub fn choose(scores: &[ModelScore], intermittent: bool) -> ModelKind {
     match best {
         Some((_, k)) if !tied => k,
         _ => ModelKind::SeasonalNaive,
+    }
+}
+
+/// How much better (relative) a series' own backtest winner must score than the run's pooled
+/// choice to be kept: a backtest of two horizons is a noisy judge, so a series that does about
+/// as well with the model that wins across the run gets that one.
+pub const POOLED_MARGIN: f64 = 0.20;
+
+fn metric_of(s: &ModelScore, intermittent: bool) -> Option<f64> {
+    let v = if intermittent { s.rmsse } else { s.mase };
+    v.filter(|v| v.is_finite())
+}
+
+/// The model that does best across many series' backtests of one demand class: the lowest
+/// geometric mean of each series' score relative to that series' best (so no series counts
+/// more for having bigger errors), among models scored on at least half the series.
+pub fn pooled<'a>(
+    series: impl IntoIterator<Item = &'a [ModelScore]>,
+    intermittent: bool,
+) -> Option<ModelKind> {
+    use std::collections::BTreeMap;
+    let mut logs: BTreeMap<ModelKind, (f64, usize)> = BTreeMap::new();
+    let mut counted = 0;
+    for scores in series {
+        let eligible = |s: &&ModelScore| intermittent || !s.model.is_intermittent_only();
+        let best = scores
+            .iter()
+            .filter(eligible)
+            .filter_map(|s| metric_of(s, intermittent))
+            .fold(f64::INFINITY, f64::min);
+        if !(best.is_finite() && best > 0.0) {
+            continue;
+        }
+        counted += 1;
+        for s in scores.iter().filter(eligible) {
+            if let Some(v) = metric_of(s, intermittent) {
+                let slot = logs.entry(s.model).or_default();
+                slot.0 += (v / best).ln();
+                slot.1 += 1;
+            }
+        }
+    }
+    logs.into_iter()
+        .filter(|(_, (_, n))| *n * 2 >= counted && *n > 0)
+        .map(|(model, (sum, n))| (sum / n as f64, model))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, model)| model)
+}
+
+/// [`choose`], shrunk towards the run's `pooled` model: the series' own winner is kept only
+/// when it scores more than [`POOLED_MARGIN`] better than the pooled model did on this series.
+pub fn choose_pooled(
+    scores: &[ModelScore],
+    intermittent: bool,
+    pooled: Option<ModelKind>,
+) -> ModelKind {
+    let own = choose(scores, intermittent);
+    let score_of = |kind: ModelKind| {
+        scores
+            .iter()
+            .find(|s| s.model == kind)
+            .and_then(|s| metric_of(s, intermittent))
+    };
+    match pooled {
+        Some(p) if p != own => match (score_of(p), score_of(own)) {
+            (Some(sp), Some(so)) if sp <= so * (1.0 + POOLED_MARGIN) => p,
+            _ => own,
+        },
+        _ => own,
     }
 }
 
@@ -227,6 +342,12 @@ mod tests {
         ];
         assert_eq!(choose(&scores, false), Theta);
         assert_eq!(choose(&scores, true), Tsb);
+        // Croston's family never wins smooth demand, however its window went.
+        let smooth = [
+            entry(Theta, Some(0.9), None),
+            entry(CrostonSba, Some(0.5), None),
+        ];
+        assert_eq!(choose(&smooth, false), Theta);
 
         let mut with_global = scores.to_vec();
         with_global.push(entry(GlobalTweedie, Some(0.5), Some(0.6)));
@@ -258,6 +379,55 @@ mod tests {
         assert_eq!(scores[0].smape, 0.0);
         assert_eq!(scores[1].mase, scores[0].mase);
         assert!(backtest_local(&y[..10], 7, 7, 3, &kinds).is_empty());
+    }
+
+    #[test]
+    fn the_pooled_model_wins_unless_a_series_own_winner_is_clearly_better() {
+        use ModelKind::*;
+        let a = [
+            entry(Theta, Some(1.0), None),
+            entry(MstlEts, Some(0.8), None),
+        ];
+        let b = [
+            entry(Theta, Some(0.9), None),
+            entry(MstlEts, Some(1.0), None),
+        ];
+        let c = [
+            entry(Theta, Some(2.0), None),
+            entry(MstlEts, Some(1.0), None),
+        ];
+        // MSTL-ETS: ratios 1.0, 1.11, 1.0; Theta: 1.25, 1.0, 2.0.
+        let pooled_kind = pooled([&a[..], &b[..], &c[..]], false);
+        assert_eq!(pooled_kind, Some(MstlEts));
+        // b's own winner (Theta, 0.9) is within 10 % of the pooled model (1.0 ≤ 0.99): pooled.
+        assert_eq!(choose_pooled(&b, false, pooled_kind), MstlEts);
+        // Clearly better on its own: kept.
+        let d = [
+            entry(Theta, Some(0.5), None),
+            entry(MstlEts, Some(1.0), None),
+        ];
+        assert_eq!(choose_pooled(&d, false, pooled_kind), Theta);
+        // Croston's family is never the pooled model of smooth demand.
+        let e = [
+            entry(CrostonSba, Some(0.1), None),
+            entry(Theta, Some(1.0), None),
+        ];
+        assert_eq!(pooled([&e[..]], false), Some(Theta));
+        assert_eq!(pooled(std::iter::empty::<&[ModelScore]>(), false), None);
+    }
+
+    #[test]
+    fn a_series_shorter_than_two_seasons_is_still_backtested() {
+        // 96 weeks, season 52, horizon 8: no origin keeps 104 weeks of training.
+        assert!(origins(96, 8, 3, min_train(52)).is_empty());
+        assert_eq!(train_floor(96, 52, 8, 3), 8);
+        assert!(is_short(96, 52, 8, 3));
+        assert!(!is_short(200, 52, 8, 3));
+        let y: Vec<f64> = (0..96).map(|t| 10.0 + 0.5 * t as f64).collect();
+        let scores = backtest_local(&y, 52, 8, 3, &ModelKind::LOCAL);
+        assert_eq!(scores.len(), ModelKind::LOCAL.len());
+        // A trend with no season: a trend model wins, not seasonal naive.
+        assert_ne!(choose(&scores, false), ModelKind::SeasonalNaive);
     }
 
     #[test]

@@ -73,26 +73,30 @@ pub enum ModelKind {
     CrostonSba,
     Tsb,
     GlobalTweedie,
+    /// The mean of Theta's and MSTL-ETS's forecasts.
+    ThetaEtsMean,
 }
 
 impl ModelKind {
     /// All models, in index order.
-    pub const ALL: [ModelKind; 6] = [
+    pub const ALL: [ModelKind; 7] = [
         ModelKind::SeasonalNaive,
         ModelKind::Theta,
         ModelKind::MstlEts,
         ModelKind::CrostonSba,
         ModelKind::Tsb,
         ModelKind::GlobalTweedie,
+        ModelKind::ThetaEtsMean,
     ];
 
     /// The models that [`forecast`] can fit on a single series.
-    pub const LOCAL: [ModelKind; 5] = [
+    pub const LOCAL: [ModelKind; 6] = [
         ModelKind::SeasonalNaive,
         ModelKind::Theta,
         ModelKind::MstlEts,
         ModelKind::CrostonSba,
         ModelKind::Tsb,
+        ModelKind::ThetaEtsMean,
     ];
 
     /// Stable snake_case name (same as the serde representation).
@@ -104,6 +108,7 @@ impl ModelKind {
             ModelKind::CrostonSba => "croston_sba",
             ModelKind::Tsb => "tsb",
             ModelKind::GlobalTweedie => "global_tweedie",
+            ModelKind::ThetaEtsMean => "theta_ets_mean",
         }
     }
 
@@ -121,6 +126,7 @@ impl ModelKind {
             ModelKind::CrostonSba => 3,
             ModelKind::Tsb => 4,
             ModelKind::GlobalTweedie => 5,
+            ModelKind::ThetaEtsMean => 6,
         }
     }
 
@@ -132,6 +138,12 @@ impl ModelKind {
     /// Whether [`forecast`] can fit this model on a single series.
     pub fn is_local(self) -> bool {
         self != ModelKind::GlobalTweedie
+    }
+
+    /// Whether this model is meant for intermittent demand only (Croston's family): on smooth
+    /// demand it forecasts a flat mean, and a short backtest that it happens to win is noise.
+    pub fn is_intermittent_only(self) -> bool {
+        matches!(self, ModelKind::CrostonSba | ModelKind::Tsb)
     }
 }
 
@@ -194,6 +206,7 @@ pub fn forecast(
         ModelKind::MstlEts => mstl_ets(y, m, horizon, level)?,
         ModelKind::CrostonSba => croston_sba(y, CROSTON_ALPHA, horizon, level),
         ModelKind::Tsb => tsb(y, TSB_ALPHA, TSB_BETA, horizon, level),
+        ModelKind::ThetaEtsMean => theta_ets_mean(y, m, horizon, z, level)?,
         ModelKind::GlobalTweedie => unreachable!("rejected above"),
     };
     if fc.point.len() != horizon || fc.lower.len() != horizon || fc.upper.len() != horizon {
@@ -391,6 +404,26 @@ fn seasonal_naive(y: &[f64], m: usize, horizon: usize, z: f64) -> Forecast {
         fc.upper.push(p + half);
     }
     fc
+}
+
+/// The mean of Theta's and MSTL-ETS's forecasts, bounds included. The M4 competition's lesson:
+/// a plain mean of a few robust models beats picking one of them by a short backtest more
+/// often than not, because their errors partly cancel.
+fn theta_ets_mean(
+    y: &[f64],
+    m: usize,
+    horizon: usize,
+    z: f64,
+    level: f64,
+) -> Result<Forecast, ModelError> {
+    let a = theta(y, m, horizon, z)?;
+    let b = mstl_ets(y, m, horizon, level)?;
+    let mean = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(x, y)| (x + y) / 2.0).collect();
+    Ok(Forecast {
+        point: mean(&a.point, &b.point),
+        lower: mean(&a.lower, &b.lower),
+        upper: mean(&a.upper, &b.upper),
+    })
 }
 
 /// Root mean square of lag-`lag` differences; 0 when there are none.
@@ -816,7 +849,7 @@ mod tests {
             assert_eq!(ModelKind::from_index(i), Some(k));
             assert_eq!(ModelKind::from_name(k.name()), Some(k));
         }
-        assert_eq!(ModelKind::from_index(6), None);
+        assert_eq!(ModelKind::from_index(7), None);
         assert_eq!(ModelKind::from_name("prophet"), None);
         assert!(!ModelKind::LOCAL.contains(&ModelKind::GlobalTweedie));
     }

@@ -8,8 +8,10 @@
 //!    from the sample's backtests which model wins given the descriptors.
 //! 3. **Forecast** each series: a rolling-origin backtest over the last `folds` horizons picks
 //!    the model by MASE (RMSSE for intermittent series) among every model — or, in big runs,
-//!    between the tree's pick and the seasonal-naive baseline — and the chosen model forecasts
-//!    the horizon. A model that fails or panics falls back to the baseline for that series.
+//!    between the tree's pick and the seasonal-naive baseline — shrunk towards the model that
+//!    does best across the run's sample (`backtest::choose_pooled`), and the chosen model
+//!    forecasts the horizon. A model that fails or panics falls back to the baseline for that
+//!    series.
 
 use super::backtest::{self, ModelScore};
 use super::chooser::{self, Chooser};
@@ -109,6 +111,10 @@ pub struct Artifacts {
     /// Fitted on all the history: the one that forecasts.
     pub global_final: Option<GlobalModel>,
     pub chooser: Option<Chooser>,
+    /// The model that does best across the sample's backtests, for smooth (`[0]`) and for
+    /// intermittent (`[1]`) series: a series keeps its own winner only when that is clearly
+    /// better (`backtest::choose_pooled`).
+    pub pooled: [Option<ModelKind>; 2],
     /// Share of the sample whose winner the tree predicts (on the sample it learnt from).
     pub chooser_accuracy: Option<f64>,
     pub sample_size: usize,
@@ -158,15 +164,26 @@ pub fn train(sample: &[Described], settings: &RunSettings, use_chooser: bool) ->
             .collect();
         artifacts.global_final = fit_global(sample, settings, 0);
     }
+    let sample_scores: Vec<(bool, Vec<ModelScore>)> = sample
+        .par_iter()
+        .map(|d| (is_intermittent(d), all_scores(d, &artifacts, settings)))
+        .collect();
+    for (slot, intermittent) in [(0, false), (1, true)] {
+        let of_class = sample_scores
+            .iter()
+            .filter(|(i, _)| *i == intermittent)
+            .map(|(_, scores)| scores.as_slice());
+        artifacts.pooled[slot] = backtest::pooled(of_class, intermittent);
+    }
     if use_chooser {
         let labelled: Vec<([f64; 6], usize)> = sample
-            .par_iter()
-            .filter_map(|d| {
-                let scores = all_scores(d, &artifacts, settings);
-                (!scores.is_empty()).then(|| {
-                    let winner = backtest::choose(&scores, is_intermittent(d));
-                    (d.descriptors, winner.index())
-                })
+            .iter()
+            .zip(&sample_scores)
+            .filter(|(_, (_, scores))| !scores.is_empty())
+            .map(|(d, (intermittent, scores))| {
+                let pooled = artifacts.pooled[usize::from(*intermittent)];
+                let winner = backtest::choose_pooled(scores, *intermittent, pooled);
+                (d.descriptors, winner.index())
             })
             .collect();
         let (x, winners): (Vec<[f64; 6]>, Vec<usize>) = labelled.into_iter().unzip();
@@ -217,12 +234,8 @@ fn global_score(
     settings: &RunSettings,
 ) -> Option<ModelScore> {
     let y = &d.series.values;
-    let cuts = backtest::origins(
-        y.len(),
-        settings.horizon,
-        settings.folds,
-        backtest::min_train(settings.season),
-    );
+    let floor = backtest::train_floor(y.len(), settings.season, settings.horizon, settings.folds);
+    let cuts = backtest::origins(y.len(), settings.horizon, settings.folds, floor);
     if cuts.is_empty() || artifacts.global_backtest.is_empty() {
         return None;
     }
@@ -376,7 +389,11 @@ pub fn forecast_one(d: &Described, artifacts: &Artifacts, settings: &RunSettings
         ));
         ModelKind::SeasonalNaive
     } else {
-        backtest::choose(&scores, intermittent)
+        backtest::choose_pooled(
+            &scores,
+            intermittent,
+            artifacts.pooled[usize::from(intermittent)],
+        )
     };
     let (forecast, failure) = forecast_with(chosen, d, artifacts, settings);
     let (model, chosen_by) = match failure {
@@ -387,6 +404,20 @@ pub fn forecast_one(d: &Described, artifacts: &Artifacts, settings: &RunSettings
         None if fallback_reason.is_some() => (chosen, "fallback"),
         None => (chosen, chosen_by),
     };
+    // A short series is chosen for by the usual backtest, on shorter windows: say so.
+    let n = d.series.values.len();
+    let short = !scores.is_empty()
+        && backtest::is_short(n, settings.season, settings.horizon, settings.folds);
+    let fallback_reason = fallback_reason.or_else(|| {
+        short.then(|| {
+            format!(
+                "{n} periods are fewer than two seasons ({}) plus the backtest: models were \
+                 backtested from {} periods and fit without a season",
+                2 * settings.season,
+                backtest::min_train(1)
+            )
+        })
+    });
     let chosen_score = scores
         .iter()
         .find(|s| s.model == model)

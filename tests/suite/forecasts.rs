@@ -342,6 +342,7 @@ async fn the_backtest_command_scores_models_and_the_chosen_mix() {
         "croston_sba",
         "tsb",
         "global_tweedie",
+        "theta_ets_mean",
     ] {
         assert!(
             report["models"][model]["mase"].as_f64().is_some(),
