@@ -21,6 +21,8 @@ pub struct MeanScores {
     pub mase: Option<f64>,
     pub smape: Option<f64>,
     pub rmsse: Option<f64>,
+    /// Share of the held-out points inside the 95 % interval.
+    pub coverage: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -28,8 +30,12 @@ pub struct ChosenScores {
     pub mase: Option<f64>,
     pub smape: Option<f64>,
     pub rmsse: Option<f64>,
+    pub coverage: Option<f64>,
     /// How many series chose each model.
     pub models: BTreeMap<String, usize>,
+    /// How many series of each demand class (Syntetos–Boylan: smooth, erratic, intermittent,
+    /// lumpy) chose each model.
+    pub classes: BTreeMap<String, BTreeMap<String, usize>>,
 }
 
 /// The report `--json` prints.
@@ -48,10 +54,34 @@ struct Sums {
     mase: (f64, usize),
     smape: (f64, usize),
     rmsse: (f64, usize),
+    /// Held-out points inside the interval, and all of them.
+    covered: (usize, usize),
+}
+
+/// A series' demand class by the Syntetos–Boylan cut-offs (ADI 1.32, CV² 0.49).
+pub fn demand_class(adi: f64, cv2: f64) -> &'static str {
+    match (adi >= super::backtest::ADI_CUTOFF, cv2 >= 0.49) {
+        (false, false) => "smooth",
+        (false, true) => "erratic",
+        (true, false) => "intermittent",
+        (true, true) => "lumpy",
+    }
+}
+
+/// How many of `truth` lie inside the forecast's interval.
+fn inside(f: &super::models::Forecast, truth: &[f64]) -> (usize, usize) {
+    let hits = truth
+        .iter()
+        .zip(f.lower.iter().zip(&f.upper))
+        .filter(|&(y, (lo, hi))| lo <= y && y <= hi)
+        .count();
+    (hits, truth.len())
 }
 
 impl Sums {
-    fn add(&mut self, s: &metrics::Scores) {
+    fn add(&mut self, s: &metrics::Scores, covered: (usize, usize)) {
+        self.covered.0 += covered.0;
+        self.covered.1 += covered.1;
         let push = |slot: &mut (f64, usize), v: Option<f64>| {
             if let Some(v) = v.filter(|v| v.is_finite()) {
                 slot.0 += v;
@@ -69,6 +99,7 @@ impl Sums {
             mase: m(self.mase),
             smape: m(self.smape),
             rmsse: m(self.rmsse),
+            coverage: (self.covered.1 > 0).then(|| self.covered.0 as f64 / self.covered.1 as f64),
         }
     }
 }
@@ -201,7 +232,8 @@ pub fn backtest(
         .collect();
     let done = std::sync::atomic::AtomicUsize::new(0);
     progress(0, described.len());
-    let per_series: Vec<(Vec<metrics::Scores>, metrics::Scores, ModelKind)> = {
+    type Scored = (metrics::Scores, (usize, usize));
+    let per_series: Vec<(Vec<Scored>, Scored, ModelKind, &'static str)> = {
         use rayon::prelude::*;
         described
             .par_iter()
@@ -212,28 +244,41 @@ pub fn backtest(
                     .iter()
                     .map(|&k| {
                         let (f, _) = pipeline::forecast_with(k, d, &artifacts, &settings);
-                        metrics::score(train, truth, &f.point, season)
+                        (
+                            metrics::score(train, truth, &f.point, season),
+                            inside(&f, truth),
+                        )
                     })
                     .collect();
                 let outcome = pipeline::forecast_one(d, &artifacts, &settings);
-                let chosen = metrics::score(train, truth, &outcome.forecast.point, season);
+                let chosen = (
+                    metrics::score(train, truth, &outcome.forecast.point, season),
+                    inside(&outcome.forecast, truth),
+                );
+                let class = demand_class(d.descriptors[1], d.descriptors[2]);
                 progress(
                     done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
                     described.len(),
                 );
-                (each, chosen, outcome.model)
+                (each, chosen, outcome.model, class)
             })
             .collect()
     };
     let mut model_sums: Vec<Sums> = kinds.iter().map(|_| Sums::default()).collect();
     let mut chosen_sums = Sums::default();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for (each, chosen, model) in &per_series {
-        for (sums, s) in model_sums.iter_mut().zip(each) {
-            sums.add(s);
+    let mut classes: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for (each, chosen, model, class) in &per_series {
+        for (sums, (s, covered)) in model_sums.iter_mut().zip(each) {
+            sums.add(s, *covered);
         }
-        chosen_sums.add(chosen);
+        chosen_sums.add(&chosen.0, chosen.1);
         *counts.entry(model.name().to_string()).or_default() += 1;
+        *classes
+            .entry(class.to_string())
+            .or_default()
+            .entry(model.name().to_string())
+            .or_default() += 1;
     }
     let chosen = chosen_sums.mean();
     Ok(Report {
@@ -249,7 +294,9 @@ pub fn backtest(
             mase: chosen.mase,
             smape: chosen.smape,
             rmsse: chosen.rmsse,
+            coverage: chosen.coverage,
             models: counts,
+            classes,
         },
     })
 }
@@ -261,29 +308,59 @@ pub fn render_table(report: &Report) -> String {
             .unwrap_or_else(|| "       -".into())
     };
     let mut out = format!(
-        "{} series ({} skipped), {:.1} s\n{:<16} {:>8} {:>8} {:>8}\n",
-        report.series, report.skipped, report.seconds, "model", "MASE", "sMAPE", "RMSSE"
+        "{} series ({} skipped), {:.1} s\n{:<16} {:>8} {:>8} {:>8} {:>8}\n",
+        report.series, report.skipped, report.seconds, "model", "MASE", "sMAPE", "RMSSE", "cover95"
     );
     for (name, s) in &report.models {
         out.push_str(&format!(
-            "{name:<16} {} {} {}\n",
+            "{name:<16} {} {} {} {}\n",
             cell(s.mase),
             cell(s.smape),
-            cell(s.rmsse)
+            cell(s.rmsse),
+            cell(s.coverage)
         ));
     }
     let c = &report.chosen;
     out.push_str(&format!(
-        "{:<16} {} {} {}\nchosen models: {}\n",
+        "{:<16} {} {} {} {}\nchosen models: {}\n",
         "chosen mix",
         cell(c.mase),
         cell(c.smape),
         cell(c.rmsse),
+        cell(c.coverage),
         c.models
             .iter()
             .map(|(k, v)| format!("{k} {v}"))
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    for (class, models) in &c.classes {
+        let n: usize = models.values().sum();
+        let mix: Vec<String> = models.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        out.push_str(&format!("  {class} ({n}): {}\n", mix.join(", ")));
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demand_classes_follow_syntetos_boylan() {
+        assert_eq!(demand_class(1.0, 0.1), "smooth");
+        assert_eq!(demand_class(1.0, 0.9), "erratic");
+        assert_eq!(demand_class(2.0, 0.1), "intermittent");
+        assert_eq!(demand_class(2.0, 0.9), "lumpy");
+    }
+
+    #[test]
+    fn coverage_counts_the_points_inside_the_interval() {
+        let f = crate::forecast::models::Forecast {
+            point: vec![1.0, 1.0, 1.0],
+            lower: vec![0.0, 0.0, 0.0],
+            upper: vec![2.0, 2.0, 2.0],
+        };
+        assert_eq!(inside(&f, &[1.0, 2.0, 3.0]), (2, 3));
+    }
 }

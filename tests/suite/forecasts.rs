@@ -366,6 +366,17 @@ async fn the_backtest_command_scores_models_and_the_chosen_mix() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(counted, 30);
+    // Interval coverage and the demand classes are reported too.
+    let coverage = report["chosen"]["coverage"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&coverage), "{coverage}");
+    let by_class: u64 = report["chosen"]["classes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|models| models.as_object().unwrap().values())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(by_class, 30);
 }
 
 #[tokio::test]
