@@ -769,23 +769,10 @@ async fn an_operator_retries_a_job_the_audit_page_names_them_and_a_viewer_is_ref
     let t = app.create_tenant("clinic").await;
     let operator = app.create_admin_user("otto@example.com", "operator").await;
     let viewer = app.create_admin_user("vera@example.com", "viewer").await;
-    let emails = QueueName::parse("emails").unwrap();
     let tenant = uuid::Uuid::parse_str(&t.id).unwrap();
     let mut ids = vec![];
-    for n in 0..2 {
-        let job = NewJob::new("test", &json!({"n": n})).tenant(tenant);
-        let id = app
-            .queues
-            .push(&emails, vec![job])
-            .await
-            .unwrap()
-            .remove(0)
-            .id;
-        app.queues
-            .cancel(&id, "cancelled for the test")
-            .await
-            .unwrap();
-        ids.push(id);
+    for _ in 0..2 {
+        ids.push(app.cancelled_job(tenant).await);
     }
     let browser = Browser::start().await;
     let b = &browser.client;

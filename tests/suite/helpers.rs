@@ -197,6 +197,25 @@ impl TestApp {
         self.send_json(Method::POST, path, token, body)
     }
 
+    /// A job of `tenant` on the emails queue that ended without running (cancelled), so an
+    /// admin may retry it.
+    pub async fn cancelled_job(&self, tenant: uuid::Uuid) -> String {
+        let queue = backroom::queue::QueueName::parse("emails").unwrap();
+        let job = backroom::queue::NewJob::new("test", &serde_json::json!({"n": 1})).tenant(tenant);
+        let id = self
+            .queues
+            .push(&queue, vec![job])
+            .await
+            .unwrap()
+            .remove(0)
+            .id;
+        self.queues
+            .cancel(&id, "cancelled for the test")
+            .await
+            .unwrap();
+        id
+    }
+
     /// Creates an admin user with the bootstrap token; returns the password the server chose.
     pub async fn create_admin_user(&self, email: &str, role: &str) -> String {
         let r = self

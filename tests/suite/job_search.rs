@@ -486,24 +486,6 @@ async fn signed_call(app: &TestApp, session: &(String, String), method: Method, 
         .as_u16()
 }
 
-/// A job of `tenant` that ended without running, so an admin may retry it.
-async fn cancelled_job(app: &TestApp, tenant: Uuid) -> String {
-    let queue = QueueName::parse("emails").unwrap();
-    let job = NewJob::new("test", &json!({"n": 1})).tenant(tenant);
-    let id = app
-        .queues
-        .push(&queue, vec![job])
-        .await
-        .unwrap()
-        .remove(0)
-        .id;
-    app.queues
-        .cancel(&id, "cancelled for the test")
-        .await
-        .unwrap();
-    id
-}
-
 #[tokio::test]
 async fn an_admin_limited_to_some_tenants_sees_nothing_of_the_others_anywhere() {
     let app = spawn_app().await;
@@ -544,8 +526,8 @@ async fn an_admin_limited_to_some_tenants_sees_nothing_of_the_others_anywhere() 
     history::store(&app.db, &jobs, &mut Partitions::default())
         .await
         .unwrap();
-    let acme_job = cancelled_job(&app, acme_id).await;
-    let globex_job = cancelled_job(&app, globex_id).await;
+    let acme_job = app.cancelled_job(acme_id).await;
+    let globex_job = app.cancelled_job(globex_id).await;
     // A live (queued) invoice job of each tenant with the same order number.
     let invoices = QueueName::parse("invoices").unwrap();
     let mut live_ids = vec![];

@@ -4,7 +4,7 @@
 
 use crate::helpers::*;
 use crate::support::app::InProcessApp;
-use backroom::queue::{NewJob, QueueName};
+use backroom::queue::QueueName;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -65,23 +65,6 @@ impl SignedIn {
     }
 }
 
-/// A job that ended without running, so an admin may retry it.
-async fn cancelled_job(app: &TestApp, tenant: &str) -> String {
-    let job = NewJob::new("test", &json!({"n": 1})).tenant(Uuid::parse_str(tenant).unwrap());
-    let id = app
-        .queues
-        .push(&QueueName::parse("emails").unwrap(), vec![job])
-        .await
-        .unwrap()
-        .remove(0)
-        .id;
-    app.queues
-        .cancel(&id, "cancelled for the test")
-        .await
-        .unwrap();
-    id
-}
-
 #[tokio::test]
 async fn a_viewer_reads_an_operator_repairs_and_only_an_owner_manages_tenants_keys_and_users() {
     let app = spawn_app().await;
@@ -92,7 +75,7 @@ async fn a_viewer_reads_an_operator_repairs_and_only_an_owner_manages_tenants_ke
     let viewer = sign_in(&app, "vera@example.com", &viewer).await;
     let operator = sign_in(&app, "Otto@Example.com", &operator).await;
     let owner = sign_in(&app, "olga@example.com", &owner).await;
-    let job = cancelled_job(&app, &t.id).await;
+    let job = app.cancelled_job(Uuid::parse_str(&t.id).unwrap()).await;
 
     // Every read is open to every role.
     for who in [&viewer, &operator, &owner] {
@@ -267,7 +250,9 @@ async fn every_admin_change_is_audited_once_with_who_what_and_from_where() {
         .await,
         200
     );
-    let job = cancelled_job(&app, &tenant_id).await;
+    let job = app
+        .cancelled_job(Uuid::parse_str(&tenant_id).unwrap())
+        .await;
     let status_before = app.queues.get(&job).await.unwrap().unwrap().status;
     let path = format!("/admin/v1/jobs/{job}/retry");
     assert_eq!(
