@@ -1,8 +1,8 @@
-//! The job history over HTTP: admins search every tenant's finished jobs
-//! (`GET /admin/v1/jobs/search?q=`) and read their counts over days (`GET /admin/v1/stats`), a
-//! tenant lists its own (`GET /v1/jobs`). Both read
-//! `history::search`, newest first, in stable cursor pages; a tenant's list is limited to the
-//! tenant outside the query, so no parameter can widen it.
+//! The job history over HTTP: admins search every tenant's jobs (`GET /admin/v1/jobs/search?q=`)
+//! and read their counts over days (`GET /admin/v1/stats`), a tenant lists its own
+//! (`GET /v1/jobs`). Both read the finished jobs from `history::search`, newest first, in stable
+//! cursor pages, and on the first page the live ones from `history::live`; a tenant's list is
+//! limited to the tenant outside the query, so no parameter can widen it.
 
 use super::AppState;
 use super::error::{Error, Result};
@@ -78,17 +78,9 @@ pub async fn search_jobs(
         .check("q", search::Query::parse(params.q.as_deref().unwrap_or("")))
         .unwrap_or_default();
     query.within = actor.tenants.clone();
-    let first_page = params.cursor.is_none();
-    let page = page_of(&state, &query, params.limit, params.cursor, errors).await?;
-    let live = match first_page {
-        true => Some(live_matches(&state, &query).await?),
-        false => None,
-    };
-    Ok(axum::Json(JobSearch {
-        items: page.items,
-        next_cursor: page.next_cursor,
-        live,
-    }))
+    searched(&state, &query, params.limit, params.cursor, errors)
+        .await
+        .map(axum::Json)
 }
 
 /// The live jobs matching a query (`history::live`), tenants named by slug.
@@ -108,7 +100,12 @@ pub async fn live_matches(state: &AppState, query: &search::Query) -> Result<Liv
             .into_iter()
             .map(|r| (r.slug, r.id))
             .collect();
-    let scan = live::search(&state.queues, query, &tenants).await?;
+    let scan = if query.tenant_id.is_some() {
+        live::TENANT_SCAN
+    } else {
+        live::LIVE_SCAN
+    };
+    let scan = live::search(&state.queues, query, &tenants, scan).await?;
     let ids: Vec<uuid::Uuid> = scan.jobs.iter().filter_map(|j| j.tenant).collect();
     let slugs: HashMap<uuid::Uuid, String> =
         sqlx::query!("SELECT id, slug FROM tenants WHERE id = ANY($1)", &ids)
@@ -128,9 +125,10 @@ pub const MAX_PARAM_CHARS: usize = 100;
 pub struct TenantJobParams {
     /// A kind (`stock_adjustment`) or queue (`invoices`).
     pub kind: Option<String>,
-    /// succeeded, failed, dead or cancelled.
+    /// succeeded, failed, dead or cancelled (finished), or queued, waiting, scheduled, running
+    /// or retrying (live).
     pub status: Option<String>,
-    /// Finished at or after this date or time.
+    /// Finished (live jobs: accepted) at or after this date or time.
     pub after: Option<String>,
     /// Finished before this date or time.
     pub before: Option<String>,
@@ -139,18 +137,19 @@ pub struct TenantJobParams {
     pub cursor: Option<String>,
 }
 
-/// The calling tenant's finished jobs, newest first (the job history). A job still queued or
-/// running is read by its id (`GET /v1/jobs/{id}`).
+/// The calling tenant's jobs: on the first page those not finished yet (`live`: queued,
+/// waiting, scheduled, running, retrying), then the finished ones, newest first, in stable pages
+/// (the job history).
 #[utoipa::path(get, path = "/v1/jobs", tag = "tenant", security(("tenant_key" = [])),
     params(TenantJobParams),
-    responses((status = 200, body = Page<HistoryJob>), (status = 422, body = super::error::Problem),
+    responses((status = 200, body = JobSearch), (status = 422, body = super::error::Problem),
         (status = 429, description = "This tenant's history reads already under way", body = super::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn list_tenant_jobs(
     tenant: Tenant,
     State(state): State<AppState>,
     Query(params): Query<TenantJobParams>,
-) -> Result<axum::Json<Page<HistoryJob>>> {
+) -> Result<axum::Json<JobSearch>> {
     let mut errors = FieldErrors::default();
     let mut query = search::Query {
         tenant_id: Some(tenant.id),
@@ -166,13 +165,7 @@ pub async fn list_tenant_jobs(
         let Some(value) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) else {
             continue;
         };
-        if name == "status" && !search::FINISHED_STATES.contains(&value) {
-            errors.push(
-                name,
-                "must be succeeded, failed, dead or cancelled (a job still queued or running is \
-                 read by its id: GET /v1/jobs/{id})",
-            );
-        } else if value.chars().count() > MAX_PARAM_CHARS {
+        if value.chars().count() > MAX_PARAM_CHARS {
             errors.push(
                 name,
                 format!("must be at most {MAX_PARAM_CHARS} characters"),
@@ -190,9 +183,30 @@ pub async fn list_tenant_jobs(
         .ok_or(Error::RateLimited {
             retry_after_secs: 1,
         })?;
-    page_of(&state, &query, params.limit, params.cursor, errors)
+    searched(&state, &query, params.limit, params.cursor, errors)
         .await
         .map(axum::Json)
+}
+
+/// A page of the history and, on the first page, the live matches.
+async fn searched(
+    state: &AppState,
+    query: &search::Query,
+    limit: Option<String>,
+    cursor: Option<String>,
+    errors: FieldErrors,
+) -> Result<JobSearch> {
+    let first_page = cursor.is_none();
+    let page = page_of(state, query, limit, cursor, errors).await?;
+    let live = match first_page {
+        true => Some(live_matches(state, query).await?),
+        false => None,
+    };
+    Ok(JobSearch {
+        items: page.items,
+        next_cursor: page.next_cursor,
+        live,
+    })
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

@@ -23,9 +23,6 @@ use uuid::Uuid;
 pub const MAX_QUERY_CHARS: usize = 1000;
 pub const MAX_TERMS: usize = 20;
 
-/// The states of the jobs the history holds.
-pub const FINISHED_STATES: [&str; 4] = ["succeeded", "failed", "dead", "cancelled"];
-
 /// One term of a query.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Term {

@@ -305,6 +305,28 @@ async fn wait_group_done(tq: &TestQueue, group: &uuid::Uuid) -> GroupView {
     }
 }
 
+/// Waits until a completed group's follow-up has been pushed and its id noted: the group's state
+/// is recorded first, the follow-up pushed and noted in a step after it.
+async fn wait_followed(tq: &TestQueue, group: &uuid::Uuid) -> String {
+    let started = Instant::now();
+    loop {
+        let view = tq
+            .queues
+            .group(group)
+            .await
+            .unwrap()
+            .expect("the group exists");
+        if let Some(job) = view.follow_up_job {
+            return job;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the follow-up was not pushed: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn group_spec(id: uuid::Uuid, total: u64, follow_up: Option<(&TestQueue, NewJob)>) -> GroupSpec {
     GroupSpec {
         id,
@@ -375,10 +397,7 @@ async fn a_group_across_queues_counts_its_members_and_runs_its_follow_up_once() 
         ttl > day,
         "with failures it keeps as long as a failed job (PTTL {ttl})"
     );
-    let follow_up = done
-        .follow_up_job
-        .clone()
-        .expect("the follow-up was pushed");
+    let follow_up = wait_followed(&a, &group).await;
     wait_status(&b, &follow_up, JobStatus::Succeeded).await;
 
     // Telling the members' outcomes again changes no count and pushes nothing more.
@@ -483,7 +502,7 @@ async fn a_worker_killed_before_noting_a_member_in_its_group_still_completes_the
         0 < ttl && ttl <= day,
         "all succeeded: a succeeded job's retention (PTTL {ttl})"
     );
-    wait_status(&a, &done.follow_up_job.unwrap(), JobStatus::Succeeded).await;
+    wait_status(&a, &wait_followed(&a, &group).await, JobStatus::Succeeded).await;
     assert_eq!(a.counts("runs").await.get(&99), Some(&1));
     worker.stop().await;
 }

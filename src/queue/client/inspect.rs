@@ -220,6 +220,28 @@ impl Queues {
         Ok(ListedJobs { items, next_cursor })
     }
 
+    /// Up to `limit` of one tenant's queued jobs on a queue, oldest first (its own ready list),
+    /// and a cursor when there are more.
+    pub async fn queued_of(
+        &self,
+        queue: &QueueName,
+        tenant: Uuid,
+        limit: usize,
+    ) -> RedisResult<ListedJobs> {
+        let keys = self.keys(queue);
+        let mut conn = self.redis.conn().await?;
+        let ids: Vec<String> = redis::cmd("LRANGE")
+            .arg(keys.ready(&tenant.to_string()))
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await?;
+        let (ids, next_cursor) = page(ids, limit, |_, n| n.to_string());
+        let mut items = self.get_many(queue, &ids).await?;
+        items.retain(|r| r.status == JobStatus::Queued);
+        Ok(ListedJobs { items, next_cursor })
+    }
+
     /// A tenant's rule and load on a queue.
     pub async fn tenant_state(
         &self,
