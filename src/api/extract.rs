@@ -233,6 +233,7 @@ impl FromRequestParts<AppState> for Tenant {
             .check(
                 &state.redis,
                 &state.settings.redis_namespace,
+                "api",
                 owner.tenant_id,
             )
             .await

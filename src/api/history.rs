@@ -93,27 +93,39 @@ pub async fn live_matches(state: &AppState, query: &search::Query) -> Result<Liv
             _ => None,
         })
         .collect();
-    let tenants: HashMap<String, uuid::Uuid> =
-        sqlx::query!("SELECT id, slug FROM tenants WHERE slug = ANY($1)", &named)
+    let mut tenants: HashMap<String, uuid::Uuid> = HashMap::new();
+    if !named.is_empty() {
+        let rows = sqlx::query!("SELECT id, slug FROM tenants WHERE slug = ANY($1)", &named)
             .fetch_all(&state.db)
-            .await?
-            .into_iter()
-            .map(|r| (r.slug, r.id))
-            .collect();
-    let scan = if query.tenant_id.is_some() {
-        live::TENANT_SCAN
-    } else {
-        live::LIVE_SCAN
+            .await?;
+        tenants.extend(rows.into_iter().map(|r| (r.slug, r.id)));
+    }
+    // A tenant's own list scans the states shared by every tenant at a bounded rate.
+    let (scan, shared_states) = match query.tenant_id {
+        None => (live::LIVE_SCAN, true),
+        Some(tenant) => {
+            let over = live::TENANT_SCANS
+                .check(
+                    &state.redis,
+                    &state.settings.redis_namespace,
+                    "live-scan",
+                    tenant,
+                )
+                .await;
+            (live::TENANT_SCAN, over.is_none())
+        }
     };
-    let scan = live::search(&state.queues, query, &tenants, scan).await?;
-    let ids: Vec<uuid::Uuid> = scan.jobs.iter().filter_map(|j| j.tenant).collect();
-    let slugs: HashMap<uuid::Uuid, String> =
-        sqlx::query!("SELECT id, slug FROM tenants WHERE id = ANY($1)", &ids)
+    let scan = live::search(&state.queues, query, &tenants, scan, shared_states).await?;
+    let mut ids: Vec<uuid::Uuid> = scan.jobs.iter().filter_map(|j| j.tenant).collect();
+    ids.sort();
+    ids.dedup();
+    let mut slugs: HashMap<uuid::Uuid, String> = HashMap::new();
+    if !ids.is_empty() {
+        let rows = sqlx::query!("SELECT id, slug FROM tenants WHERE id = ANY($1)", &ids)
             .fetch_all(&state.db)
-            .await?
-            .into_iter()
-            .map(|r| (r.id, r.slug))
-            .collect();
+            .await?;
+        slugs.extend(rows.into_iter().map(|r| (r.id, r.slug)));
+    }
     Ok(scan.shown(&slugs))
 }
 

@@ -37,11 +37,13 @@ return -1
 static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GCRA));
 
 impl RateLimit {
-    /// `Some(wait)` when the tenant is over its limit. Redis errors let the request pass.
+    /// `Some(wait)` when the tenant is over its limit of `what` (a name for what is counted:
+    /// `api` for requests). Redis errors let the request pass.
     pub async fn check(
         &self,
         redis: &RedisHandle,
         namespace: &str,
+        what: &str,
         tenant: Uuid,
     ) -> Option<Duration> {
         if self.per_second == 0 {
@@ -49,7 +51,7 @@ impl RateLimit {
         }
         let interval_us = 1_000_000 / u64::from(self.per_second.max(1));
         let tolerance_us = interval_us * u64::from(self.burst.max(1) - 1);
-        let key = format!("{{{namespace}:ratelimit}}:api:{tenant}");
+        let key = format!("{{{namespace}:ratelimit}}:{what}:{tenant}");
         let result: redis::RedisResult<i64> = async {
             let mut conn = redis.conn().await?;
             SCRIPT

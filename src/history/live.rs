@@ -5,6 +5,7 @@
 //! live jobs; the history holds the rest, indexed.
 
 use super::search::{Query, Term};
+use crate::config::RateLimit;
 use crate::jobs::Queue;
 use crate::queue::{JobRecord, JobStatus, Queues};
 use chrono::{DateTime, Utc};
@@ -19,6 +20,14 @@ pub const LIVE_SCAN: usize = 500;
 /// The same for a tenant's own list: Redis's CPU is every tenant's, so one tenant's reads are
 /// kept smaller (its queued jobs are read from its own ready list, exactly).
 pub const TENANT_SCAN: usize = 100;
+/// How often one tenant's list may scan the states that hold every tenant's jobs (running,
+/// retrying, scheduled, waiting), across all API processes; between scans its list shows its
+/// queued jobs only, marked incomplete. A tenant polling its list in a loop costs Redis at most
+/// this, whatever its request rate.
+pub const TENANT_SCANS: RateLimit = RateLimit {
+    per_second: 2,
+    burst: 10,
+};
 /// The most live matches returned.
 pub const LIVE_SHOWN: usize = 50;
 
@@ -98,12 +107,14 @@ impl Scan {
 }
 
 /// Live jobs matching `query`, reading at most `scan` jobs per queue and state; `tenants` gives
-/// the ids of the slugs its `tenant:` terms name.
+/// the ids of the slugs its `tenant:` terms name. Without `shared_states`, only one tenant's
+/// queued jobs are read (its own lists) and the result is incomplete.
 pub async fn search(
     queues: &Queues,
     query: &Query,
     tenants: &HashMap<String, Uuid>,
     scan: usize,
+    shared_states: bool,
 ) -> redis::RedisResult<Scan> {
     // One tenant's queued jobs are in its own ready list: read that, not the ring of all.
     let one_tenant = query.tenant_id.or(match query.within.as_deref() {
@@ -120,7 +131,11 @@ pub async fn search(
         for status in LIVE_STATES {
             let listed = match (status, one_tenant) {
                 (JobStatus::Queued, Some(t)) => queues.queued_of(&queue.id(), t, scan).await?,
-                _ => queues.list(&queue.id(), status, scan, None).await?,
+                _ if shared_states => queues.list(&queue.id(), status, scan, None).await?,
+                _ => {
+                    complete = false;
+                    continue;
+                }
             };
             complete &= listed.next_cursor.is_none();
             scanned += listed.items.len();

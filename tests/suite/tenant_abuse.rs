@@ -532,3 +532,67 @@ async fn one_tenants_flood_of_costly_history_reads_is_held_to_its_share() {
     let body = assert_problem(r, 422, "a filter past its bound").await;
     assert_eq!(problem_fields(&body), ["kind"]);
 }
+
+/// Whether A's list, read now, shows its scheduled job (found only by a scan of the states that
+/// every tenant's jobs share) and its queued one (read from its own list).
+async fn live_ids(app: &TestApp, key: &str) -> Vec<String> {
+    let r = app.get("/v1/jobs", Some(key)).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    body["live"]["jobs"]
+        .as_array()
+        .expect("live jobs on the first page")
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn one_tenant_polling_its_live_jobs_scans_the_shared_states_at_a_bounded_rate() {
+    use backroom::history::live::TENANT_SCANS;
+    use backroom::queue::{NewJob, QueueName};
+    let app = spawn_app().await;
+    let a = app.create_tenant("poller-a").await;
+    let b = app.create_tenant("poller-b").await;
+    let invoices = QueueName::parse("invoices").unwrap();
+    let mut jobs = vec![];
+    for t in [&a, &b] {
+        let tenant = uuid::Uuid::parse_str(&t.id).unwrap();
+        let queued = NewJob::new("render_invoice", &serde_json::json!({"n": 1})).tenant(tenant);
+        let later = NewJob::new("render_invoice", &serde_json::json!({"n": 2}))
+            .tenant(tenant)
+            .run_at(chrono::Utc::now() + chrono::TimeDelta::hours(1));
+        let pushed = app
+            .queues
+            .push(&invoices, vec![queued, later])
+            .await
+            .unwrap();
+        jobs.push((pushed[0].id.clone(), pushed[1].id.clone()));
+    }
+    let ((a_queued, a_later), (b_queued, b_later)) = (jobs[0].clone(), jobs[1].clone());
+
+    // A polls its list 60 times as fast as it can.
+    let started = std::time::Instant::now();
+    let mut scanned = 0u32;
+    for _ in 0..60 {
+        let ids = live_ids(&app, &a.key).await;
+        assert!(
+            ids.contains(&a_queued),
+            "its queued job is read from its own list every time"
+        );
+        assert!(
+            !ids.contains(&b_queued) && !ids.contains(&b_later),
+            "never B's"
+        );
+        scanned += u32::from(ids.contains(&a_later));
+    }
+    let seconds = started.elapsed().as_secs_f64().ceil() as u32;
+    let allowed = TENANT_SCANS.burst + TENANT_SCANS.per_second * seconds;
+    assert!(
+        (1..=allowed).contains(&scanned),
+        "{scanned} of 60 reads scanned the shared states in {seconds} s (at most {allowed})"
+    );
+    // B, with its own budget, gets its whole live list meanwhile.
+    let ids = live_ids(&app, &b.key).await;
+    assert!(ids.contains(&b_queued) && ids.contains(&b_later), "{ids:?}");
+}
