@@ -167,6 +167,17 @@ fn accuracy(file: &Path, season: usize, horizon: usize) -> anyhow::Result<bool> 
         (chosen / naive - 1.0) * 100.0,
         verdict(better)
     );
+    // Issue #21: the choice is never worse, on average, than the best single model of the pool.
+    let (best_name, best) = report
+        .models
+        .iter()
+        .filter_map(|(name, s)| s.mase.map(|m| (name.as_str(), m)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or(("none", f64::NAN));
+    println!(
+        "    chosen mix MASE {chosen:.3} vs the best single model ({best_name}) {best:.3}  {}",
+        verdict(chosen <= best)
+    );
     Ok(better)
 }
 

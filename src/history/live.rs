@@ -117,10 +117,18 @@ pub async fn search(
     shared_states: bool,
 ) -> redis::RedisResult<Scan> {
     // One tenant's queued jobs are in its own ready list: read that, not the ring of all.
-    let one_tenant = query.tenant_id.or(match query.within.as_deref() {
-        Some([only]) => Some(*only),
-        _ => None,
-    });
+    let one_tenant = query
+        .tenant_id
+        .or(match query.within.as_deref() {
+            Some([only]) => Some(*only),
+            _ => None,
+        })
+        .or_else(|| {
+            query.terms.iter().find_map(|t| match t {
+                Term::Tenant(slug) => tenants.get(slug).copied(),
+                _ => None,
+            })
+        });
     let mut jobs = vec![];
     let mut scanned = 0;
     let mut complete = true;
