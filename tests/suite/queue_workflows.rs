@@ -286,28 +286,26 @@ async fn group_ttl(tq: &TestQueue, group: &uuid::Uuid) -> i64 {
 
 /// Polls a group until it has completed (or the limit passes).
 async fn wait_group_done(tq: &TestQueue, group: &uuid::Uuid) -> GroupView {
-    let started = Instant::now();
-    loop {
-        let view = tq
-            .queues
-            .group(group)
-            .await
-            .unwrap()
-            .expect("the group exists");
-        if view.state != GroupState::Running {
-            return view;
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "the group did not complete: {view:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_group(tq, group, "complete", |v| v.state != GroupState::Running).await
 }
 
 /// Waits until a completed group's follow-up has been pushed and its id noted: the group's state
 /// is recorded first, the follow-up pushed and noted in a step after it.
 async fn wait_followed(tq: &TestQueue, group: &uuid::Uuid) -> String {
+    let view = wait_group(tq, group, "push its follow-up", |v| {
+        v.follow_up_job.is_some()
+    })
+    .await;
+    view.follow_up_job.expect("waited for")
+}
+
+/// Polls a group's view until `done` holds.
+async fn wait_group(
+    tq: &TestQueue,
+    group: &uuid::Uuid,
+    what: &str,
+    done: impl Fn(&GroupView) -> bool,
+) -> GroupView {
     let started = Instant::now();
     loop {
         let view = tq
@@ -316,12 +314,12 @@ async fn wait_followed(tq: &TestQueue, group: &uuid::Uuid) -> String {
             .await
             .unwrap()
             .expect("the group exists");
-        if let Some(job) = view.follow_up_job {
-            return job;
+        if done(&view) {
+            return view;
         }
         assert!(
             started.elapsed() < LIMIT,
-            "the follow-up was not pushed: {view:?}"
+            "the group did not {what}: {view:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
