@@ -13,15 +13,16 @@
 //! backtest that keeps two seasons of training is still backtested, from 8 points up, so a
 //! new product gets the model that fits it rather than seasonal naive untested.
 
+use super::calibration::Misses;
 use super::metrics;
 use super::models::{self, ModelKind};
 
 /// Average-demand-interval cut-off of the Syntetos-Boylan-Croston scheme.
 pub const ADI_CUTOFF: f64 = 1.32;
 
-/// Interval level requested from models during backtests (intervals are not
-/// scored, but the models compute them anyway).
-const BACKTEST_LEVEL: f64 = 0.95;
+/// Interval level requested from models during backtests (the intervals are not scored; the
+/// run calibrates its forecasts' intervals by where the held-out points fell against them).
+const BACKTEST_LEVEL: f64 = super::pipeline::INTERVAL_LEVEL;
 
 /// Backtest accuracy of one model on one series, averaged over origins.
 ///
@@ -98,6 +99,21 @@ pub fn backtest_local(
     folds: usize,
     kinds: &[ModelKind],
 ) -> Vec<ModelScore> {
+    backtest_local_with_misses(y, m, horizon, folds, kinds)
+        .into_iter()
+        .map(|(score, _)| score)
+        .collect()
+}
+
+/// [`backtest_local`], with where each model's held-out points fell against its intervals
+/// (what [`calibration`](super::calibration) learns from).
+pub fn backtest_local_with_misses(
+    y: &[f64],
+    m: usize,
+    horizon: usize,
+    folds: usize,
+    kinds: &[ModelKind],
+) -> Vec<(ModelScore, Misses)> {
     let y = models::sanitize_series(y);
     let cuts = origins(
         y.len(),
@@ -108,15 +124,15 @@ pub fn backtest_local(
     if cuts.is_empty() {
         return Vec::new();
     }
-    let mut accs: Vec<Accumulator> = kinds.iter().map(|_| Accumulator::default()).collect();
+    let mut accs: Vec<(Accumulator, Misses)> = kinds.iter().map(|_| Default::default()).collect();
     for &t in &cuts {
         let (train, actual) = (&y[..t], &y[t..t + horizon]);
         // Each origin's Theta and MSTL-ETS fits, kept so their mean costs no second fit.
-        let mut parts: [Option<Vec<f64>>; 2] = [None, None];
-        for (acc, &kind) in accs.iter_mut().zip(kinds) {
-            let (point, failed) = match (kind, &parts) {
+        let mut parts: [Option<models::Forecast>; 2] = [None, None];
+        for ((acc, misses), &kind) in accs.iter_mut().zip(kinds) {
+            let (fc, failed) = match (kind, &parts) {
                 (ModelKind::ThetaEtsMean, [Some(a), Some(b)]) => {
-                    (a.iter().zip(b).map(|(x, y)| (x + y) / 2.0).collect(), false)
+                    (models::Forecast::mean_of(a, b), false)
                 }
                 _ => {
                     let (fc, reason) =
@@ -124,20 +140,21 @@ pub fn backtest_local(
                     let failed = reason.is_some();
                     if !failed {
                         match kind {
-                            ModelKind::Theta => parts[0] = Some(fc.point.clone()),
-                            ModelKind::MstlEts => parts[1] = Some(fc.point.clone()),
+                            ModelKind::Theta => parts[0] = Some(fc.clone()),
+                            ModelKind::MstlEts => parts[1] = Some(fc.clone()),
                             _ => {}
                         }
                     }
-                    (fc.point, failed)
+                    (fc, failed)
                 }
             };
-            acc.add(metrics::score(train, actual, &point, m), failed);
+            acc.add(metrics::score(train, actual, &fc.point, m), failed);
+            misses.add(&fc, actual);
         }
     }
     accs.into_iter()
         .zip(kinds)
-        .map(|(acc, &kind)| acc.finish(kind))
+        .map(|((acc, misses), &kind)| (acc.finish(kind), misses))
         .collect()
 }
 

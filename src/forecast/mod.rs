@@ -6,6 +6,7 @@
 //! jobs that run it per tenant live in `jobs::forecasts`.
 
 pub mod backtest;
+pub mod calibration;
 pub mod chooser;
 pub mod csv_file;
 pub mod demo;

@@ -49,6 +49,16 @@ impl Forecast {
         }
     }
 
+    /// The pointwise mean of two forecasts (points and bounds).
+    pub fn mean_of(a: &Forecast, b: &Forecast) -> Forecast {
+        let mean = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(x, y)| (x + y) / 2.0).collect();
+        Forecast {
+            point: mean(&a.point, &b.point),
+            lower: mean(&a.lower, &b.lower),
+            upper: mean(&a.upper, &b.upper),
+        }
+    }
+
     fn is_finite(&self) -> bool {
         self.point
             .iter()
@@ -394,6 +404,9 @@ fn seasonal_naive(y: &[f64], m: usize, horizon: usize, z: f64) -> Forecast {
     let m = if n < m { 1 } else { m.max(1) };
     let sigma_lag = if n > m { m } else { 1 };
     let sigma = rms_diff(y, sigma_lag);
+    // σ comes from n − lag differences: with few of them (a new product, a short history) the
+    // interval needs Student's t, not the normal quantile.
+    let z = student_t_quantile(z, n.saturating_sub(sigma_lag));
     let mut fc = Forecast::default();
     for h in 1..=horizon {
         let k = (h - 1) / m + 1;
@@ -418,12 +431,23 @@ fn theta_ets_mean(
 ) -> Result<Forecast, ModelError> {
     let a = theta(y, m, horizon, z)?;
     let b = mstl_ets(y, m, horizon, level)?;
-    let mean = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(x, y)| (x + y) / 2.0).collect();
-    Ok(Forecast {
-        point: mean(&a.point, &b.point),
-        lower: mean(&a.lower, &b.lower),
-        upper: mean(&a.upper, &b.upper),
-    })
+    Ok(Forecast::mean_of(&a, &b))
+}
+
+/// Student's t quantile with `dof` degrees of freedom at the probability where the standard
+/// normal's quantile is `z` (Cornish–Fisher expansion in 1/dof, within 0.2 % of the tables from
+/// 3 degrees of freedom up). Past 100 degrees of freedom, and below 3 (where the expansion does
+/// not hold), `z` itself and the 3-degree value are returned.
+pub fn student_t_quantile(z: f64, dof: usize) -> f64 {
+    if dof > 100 {
+        return z;
+    }
+    let v = dof.max(3) as f64;
+    let (z3, z5, z7, z9) = (z.powi(3), z.powi(5), z.powi(7), z.powi(9));
+    z + (z3 + z) / (4.0 * v)
+        + (5.0 * z5 + 16.0 * z3 + 3.0 * z) / (96.0 * v * v)
+        + (3.0 * z7 + 19.0 * z5 + 17.0 * z3 - 15.0 * z) / (384.0 * v.powi(3))
+        + (79.0 * z9 + 776.0 * z7 + 1482.0 * z5 - 1920.0 * z3 - 945.0 * z) / (92160.0 * v.powi(4))
 }
 
 /// Root mean square of lag-`lag` differences; 0 when there are none.
@@ -855,6 +879,23 @@ mod tests {
     }
 
     #[test]
+    fn student_t_quantile_matches_tables() {
+        let z = normal_quantile(0.975);
+        // t(0.975) for 3, 6, 10 and 30 degrees of freedom.
+        for (dof, table) in [
+            (3, 3.182_446),
+            (6, 2.446_912),
+            (10, 2.228_139),
+            (30, 2.042_272),
+        ] {
+            let t = student_t_quantile(z, dof);
+            assert!((t / table - 1.0).abs() < 0.002, "dof {dof}: {t} vs {table}");
+        }
+        assert_eq!(student_t_quantile(z, 1_000), z);
+        assert_eq!(student_t_quantile(z, 1), student_t_quantile(z, 3));
+    }
+
+    #[test]
     fn normal_quantile_matches_tables() {
         assert_close(normal_quantile(0.5), 0.0, 1e-12);
         assert_close(normal_quantile(0.975), 1.959_963_985, 1e-8);
@@ -872,8 +913,8 @@ mod tests {
         // Last season is [5, 6, 7], repeated.
         assert_eq!(fc.point, vec![5.0, 6.0, 7.0, 5.0, 6.0, 7.0, 5.0]);
         // Seasonal differences are all 3, so σ = 3 and the half-width is
-        // z·3·√k with k = 1,1,1,2,2,2,3.
-        let z = normal_quantile(0.975);
+        // t·3·√k with k = 1,1,1,2,2,2,3 (t of the 4 differences σ is estimated from).
+        let z = student_t_quantile(normal_quantile(0.975), 4);
         for (h, k) in [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0].into_iter().enumerate() {
             assert_close(fc.upper[h] - fc.point[h], z * 3.0 * f64::sqrt(k), 1e-12);
             assert_close(fc.point[h] - fc.lower[h], z * 3.0 * f64::sqrt(k), 1e-12);

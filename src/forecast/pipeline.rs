@@ -5,15 +5,18 @@
 //! 2. **Train** what the whole run shares, on a sample of series: the global Tweedie model (one
 //!    fit per backtest origin, so its backtest never sees the data it is scored on, plus one on
 //!    all the data), and, for runs too big to backtest every SKU, a decision tree that learns
-//!    from the sample's backtests which model wins given the descriptors.
+//!    from the sample's backtests which model wins given the descriptors; and, from where the
+//!    sample's held-out points fell, how much to widen each model's 95 % interval
+//!    ([`calibration`](super::calibration)).
 //! 3. **Forecast** each series: a rolling-origin backtest over the last `folds` horizons picks
 //!    the model by MASE (RMSSE for intermittent series) among every model — or, in big runs,
 //!    between the tree's pick and the seasonal-naive baseline — shrunk towards the model that
 //!    does best across the run's sample (`backtest::choose_pooled`), and the chosen model
-//!    forecasts the horizon. A model that fails or panics falls back to the baseline for that
-//!    series.
+//!    forecasts the horizon with its calibrated interval. A model that fails or panics falls
+//!    back to the baseline for that series.
 
 use super::backtest::{self, ModelScore};
+use super::calibration::{Calibration, Misses};
 use super::chooser::{self, Chooser};
 use super::features::{self, Series};
 use super::global::{self, GlobalModel};
@@ -117,6 +120,9 @@ pub struct Artifacts {
     pub pooled: [Option<ModelKind>; 2],
     /// Share of the sample whose winner the tree predicts (on the sample it learnt from).
     pub chooser_accuracy: Option<f64>,
+    /// How much to widen or narrow each model's intervals, learnt from the sample's backtests.
+    #[serde(default)]
+    pub calibration: Calibration,
     pub sample_size: usize,
 }
 
@@ -164,9 +170,21 @@ pub fn train(sample: &[Described], settings: &RunSettings, use_chooser: bool) ->
             .collect();
         artifacts.global_final = fit_global(sample, settings, 0);
     }
-    let sample_scores: Vec<(bool, Vec<ModelScore>)> = sample
+    let sample_backtests: Vec<(bool, Vec<(ModelScore, Misses)>)> = sample
         .par_iter()
-        .map(|d| (is_intermittent(d), all_scores(d, &artifacts, settings)))
+        .map(|d| {
+            let backtests = backtests_of(d, &ModelKind::ALL, &artifacts, settings);
+            (is_intermittent(d), backtests)
+        })
+        .collect();
+    artifacts.calibration = Calibration::fit(sample_backtests.iter().flat_map(|(i, backtests)| {
+        backtests
+            .iter()
+            .map(move |(score, misses)| (*i, score.model, misses))
+    }));
+    let sample_scores: Vec<(bool, Vec<ModelScore>)> = sample_backtests
+        .into_iter()
+        .map(|(i, backtests)| (i, backtests.into_iter().map(|(s, _)| s).collect()))
         .collect();
     for (slot, intermittent) in [(0, false), (1, true)] {
         let of_class = sample_scores
@@ -232,7 +250,7 @@ fn global_score(
     d: &Described,
     artifacts: &Artifacts,
     settings: &RunSettings,
-) -> Option<ModelScore> {
+) -> Option<(ModelScore, Misses)> {
     let y = &d.series.values;
     let floor = backtest::train_floor(y.len(), settings.season, settings.horizon, settings.folds);
     let cuts = backtest::origins(y.len(), settings.horizon, settings.folds, floor);
@@ -241,6 +259,7 @@ fn global_score(
     }
     let (mut mase, mut rmsse, mut smape) = (vec![], vec![], vec![]);
     let mut failures = 0;
+    let mut misses = Misses::default();
     for &t in &cuts {
         // Origin t cut k = (n − t) / horizon horizons off; its model is global_backtest[folds − k].
         let k = (y.len() - t) / settings.horizon;
@@ -249,8 +268,8 @@ fn global_score(
             .get(settings.folds.checked_sub(k)?)?
             .as_ref()?;
         let (train, actual) = (&y[..t], &y[t..t + settings.horizon]);
-        let point = match global_forecast(model, &d.series, train, settings.horizon) {
-            Ok(f) => f.point,
+        let fc = match global_forecast(model, &d.series, train, settings.horizon) {
+            Ok(f) => f,
             Err(_) => {
                 failures += 1;
                 models::forecast_or_baseline(
@@ -261,33 +280,35 @@ fn global_score(
                     INTERVAL_LEVEL,
                 )
                 .0
-                .point
             }
         };
-        let s = metrics::score(train, actual, &point, settings.season);
+        misses.add(&fc, actual);
+        let s = metrics::score(train, actual, &fc.point, settings.season);
         mase.extend(s.mase);
         rmsse.extend(s.rmsse);
         smape.push(s.smape);
     }
     let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    Some(ModelScore {
+    let score = ModelScore {
         model: ModelKind::GlobalTweedie,
         mase: mean(&mase),
         rmsse: mean(&rmsse),
         smape: mean(&smape).unwrap_or(200.0),
         failures,
-    })
+    };
+    Some((score, misses))
 }
 
-/// Backtest scores of `kinds` on one series (the global model scored from the artifacts).
-fn scores_of(
+/// Backtests of `kinds` on one series (the global model scored from the artifacts), each with
+/// where its held-out points fell against its intervals.
+fn backtests_of(
     d: &Described,
     kinds: &[ModelKind],
     artifacts: &Artifacts,
     settings: &RunSettings,
-) -> Vec<ModelScore> {
+) -> Vec<(ModelScore, Misses)> {
     let local: Vec<ModelKind> = kinds.iter().copied().filter(|k| k.is_local()).collect();
-    let mut scores = backtest::backtest_local(
+    let mut backtests = backtest::backtest_local_with_misses(
         &d.series.values,
         settings.season,
         settings.horizon,
@@ -295,11 +316,24 @@ fn scores_of(
         &local,
     );
     if kinds.contains(&ModelKind::GlobalTweedie)
-        && let Some(s) = global_score(d, artifacts, settings)
+        && let Some(global) = global_score(d, artifacts, settings)
     {
-        scores.push(s);
+        backtests.push(global);
     }
-    scores
+    backtests
+}
+
+/// Backtest scores of `kinds` on one series.
+fn scores_of(
+    d: &Described,
+    kinds: &[ModelKind],
+    artifacts: &Artifacts,
+    settings: &RunSettings,
+) -> Vec<ModelScore> {
+    backtests_of(d, kinds, artifacts, settings)
+        .into_iter()
+        .map(|(score, _)| score)
+        .collect()
 }
 
 fn all_scores(d: &Described, artifacts: &Artifacts, settings: &RunSettings) -> Vec<ModelScore> {
@@ -335,8 +369,29 @@ impl Outcome {
     }
 }
 
-/// The forecast of `kind` for the whole series, or the baseline and the reason it was needed.
+/// The forecast of `kind` for the whole series, or the baseline and the reason it was needed,
+/// with its interval calibrated by the run's backtests.
 pub fn forecast_with(
+    kind: ModelKind,
+    d: &Described,
+    artifacts: &Artifacts,
+    settings: &RunSettings,
+) -> (Forecast, Option<String>) {
+    let (mut fc, failure) = model_forecast(kind, d, artifacts, settings);
+    // A model that failed was replaced by the baseline: the baseline's factors apply.
+    let model = if failure.is_some() {
+        ModelKind::SeasonalNaive
+    } else {
+        kind
+    };
+    artifacts
+        .calibration
+        .apply(&mut fc, is_intermittent(d), model);
+    (fc, failure)
+}
+
+/// The forecast of `kind` with the model's own interval.
+fn model_forecast(
     kind: ModelKind,
     d: &Described,
     artifacts: &Artifacts,
