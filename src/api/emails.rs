@@ -1,9 +1,11 @@
 //! Tenant-requested emails and every email's delivery record. Addresses and subjects are parsed
 //! at the door: a CR or LF anywhere a header is built from is a 422, never a sent message.
+//! A tenant queues at most [`QUEUED_MINUTES`] of its sending limit ahead (429 beyond).
 
 use super::AppState;
 use super::error::{Error, Result};
 use super::extract::{FieldErrors, Json, Tenant};
+use super::rate_limit;
 use crate::domain::{EmailAddress, IdempotencyKey, clean_text};
 use crate::jobs::emails::EmailJob;
 use crate::jobs::{self, Enqueue};
@@ -15,6 +17,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 const MAX_BODY_CHARS: usize = 100_000;
+/// How many minutes of its sending limit (`BACKROOM_EMAILS_PER_MINUTE`) a tenant may queue at
+/// once through `POST /v1/emails`; past that, requests are accepted at the sending rate.
+pub const QUEUED_MINUTES: u32 = 5;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -54,7 +59,9 @@ fn body_text(raw: &str) -> Result<String, String> {
     request_body = EmailInput,
     responses((status = 202, body = EmailAccepted),
         (status = 200, description = "The idempotency key was seen before: the first email", body = EmailAccepted),
-        (status = 422, body = super::error::Problem), (status = 503, body = super::error::Problem)))]
+        (status = 422, body = super::error::Problem),
+        (status = 429, description = "The tenant has queued 5 minutes of its sending limit; see Retry-After", body = super::error::Problem),
+        (status = 503, body = super::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn send_email(
     tenant: Tenant,
@@ -76,6 +83,23 @@ pub async fn send_email(
             .map(Some),
     };
     errors.finish()?;
+    // A tenant may queue at most a few minutes of its sending limit ahead: beyond that a flood
+    // would only sit in the shared queue (and in Postgres) waiting for its turn.
+    let per_minute = state.settings.emails_per_minute;
+    if let Some(wait) = rate_limit::check_per_minute(
+        &state.redis,
+        &state.settings.redis_namespace,
+        "emails",
+        tenant.id,
+        per_minute,
+        per_minute.saturating_mul(QUEUED_MINUTES),
+    )
+    .await
+    {
+        return Err(Error::RateLimited {
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        });
+    }
     let key = key
         .expect("checked")
         .map(|k| format!("api:{}", k.as_str()))

@@ -50,25 +50,53 @@ impl RateLimit {
             return None;
         }
         let interval_us = 1_000_000 / u64::from(self.per_second.max(1));
-        let tolerance_us = interval_us * u64::from(self.burst.max(1) - 1);
-        let key = format!("{{{namespace}:ratelimit}}:{what}:{tenant}");
-        let result: redis::RedisResult<i64> = async {
-            let mut conn = redis.conn().await?;
-            SCRIPT
-                .key(key)
-                .arg(interval_us)
-                .arg(tolerance_us)
-                .invoke_async(&mut conn)
-                .await
-        }
-        .await;
-        match result {
-            Ok(wait_us) if wait_us >= 0 => Some(Duration::from_micros(wait_us as u64)),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::debug!(error = %e, "rate limiter unavailable; letting the request pass");
-                None
-            }
+        gcra(redis, namespace, what, tenant, interval_us, self.burst).await
+    }
+}
+
+/// The same limiter for a budget counted per minute: `per_minute` a minute on average, at most
+/// `burst` at once; 0 a minute means no limit.
+pub async fn check_per_minute(
+    redis: &RedisHandle,
+    namespace: &str,
+    what: &str,
+    tenant: Uuid,
+    per_minute: u32,
+    burst: u32,
+) -> Option<Duration> {
+    if per_minute == 0 {
+        return None;
+    }
+    let interval_us = 60_000_000 / u64::from(per_minute);
+    gcra(redis, namespace, what, tenant, interval_us, burst).await
+}
+
+async fn gcra(
+    redis: &RedisHandle,
+    namespace: &str,
+    what: &str,
+    tenant: Uuid,
+    interval_us: u64,
+    burst: u32,
+) -> Option<Duration> {
+    let tolerance_us = interval_us * u64::from(burst.max(1) - 1);
+    let key = format!("{{{namespace}:ratelimit}}:{what}:{tenant}");
+    let result: redis::RedisResult<i64> = async {
+        let mut conn = redis.conn().await?;
+        SCRIPT
+            .key(key)
+            .arg(interval_us)
+            .arg(tolerance_us)
+            .invoke_async(&mut conn)
+            .await
+    }
+    .await;
+    match result {
+        Ok(wait_us) if wait_us >= 0 => Some(Duration::from_micros(wait_us as u64)),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, "rate limiter unavailable; letting the request pass");
+            None
         }
     }
 }

@@ -317,6 +317,44 @@ async fn a_tenant_over_its_sending_limit_waits_for_the_next_minute() {
 }
 
 #[tokio::test]
+async fn a_tenant_queues_at_most_five_minutes_of_its_sending_limit_and_another_is_unaffected() {
+    let smtp = SmtpServer::start().await;
+    // 2 a minute: 10 may wait at once; then one every 30 s.
+    let (app, workers) = app_with_smtp(&smtp.url(), 2).await;
+    let t = app.create_tenant("clinic").await;
+    let other = app.create_tenant("shop").await;
+    let body =
+        |i: usize| json!({"to": format!("p{i}@example.org"), "subject": "Hi", "text": "Body"});
+    for i in 0..10 {
+        assert_eq!(
+            send(&app, &t.key, &body(i)).await.status(),
+            202,
+            "email {i}"
+        );
+    }
+    let refused = send(&app, &t.key, &body(10)).await;
+    assert_eq!(refused.status(), 429);
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&wait), "Retry-After {wait}");
+    let problem: Value = refused.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("retry after"));
+    // Nothing of the refused email was kept.
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM emails WHERE tenant_id = $1::uuid")
+        .bind(&t.id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 10);
+    // The other tenant's budget is its own.
+    send_accepted(&app, &other.key, "x@example.org", "Hi").await;
+    workers.stop().await;
+}
+
+#[tokio::test]
 async fn an_order_sends_the_customer_the_invoice_pdf_and_low_stock_reaches_the_tenant() {
     let smtp = SmtpServer::start().await;
     let (app, workers) = app_with_smtp(&smtp.url(), 100).await;
