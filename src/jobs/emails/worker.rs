@@ -90,7 +90,7 @@ pub async fn handle(
     if email.status == "sent" {
         return Ok(serde_json::json!({"email_id": email.id, "status": "sent", "duplicate": true}));
     }
-    if let Err(wait) = throttle(&deps, job.tenant_id()).await {
+    if let Err(wait) = throttle(&deps, job.tenant_id(), email.id).await {
         sqlx::query!(
             "UPDATE emails SET last_error = $2 WHERE id = $1",
             email.id,
@@ -367,30 +367,63 @@ fn build_message(mailer: &Mailer, email: &Prepared) -> anyhow::Result<Message> {
     Ok(builder.multipart(body)?)
 }
 
-/// Counts the tenant's sends this minute; over the limit, the job waits for the next minute.
-async fn throttle(deps: &EmailDeps, tenant: Uuid) -> Result<(), JobError> {
-    let now = deps.clock.now().timestamp();
-    let key = format!(
-        "{{{}:ratelimit}}:emails:{tenant}:{}",
-        deps.namespace,
-        now / 60
-    );
+/// KEYS[1]: the tenant's sending schedule (when its next send may go, ms of Redis's clock);
+/// KEYS[2]: this email's reserved turn. ARGV[1]: ms between sends; ARGV[2]: how far the schedule
+/// may run ahead of now and still send at once (the burst). Returns 0 when the email may go now,
+/// else the ms until its turn, which is then reserved: the email's next delivery goes at once.
+const RESERVE_TURN: &str = r#"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local held = tonumber(redis.call('GET', KEYS[2]))
+if held then
+  if held <= now + 1000 then
+    redis.call('DEL', KEYS[2])
+    return 0
+  end
+  return held - now
+end
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local next_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', next_tat - now + 60000)
+local turn = tat - tonumber(ARGV[2])
+if turn <= now then
+  return 0
+end
+redis.call('SET', KEYS[2], string.format('%d', turn), 'PX', turn - now + 86400000)
+return turn - now
+"#;
+
+static RESERVE_TURN_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RESERVE_TURN));
+
+/// Holds each tenant to its sending limit: a minute's worth may go at once, then one every
+/// `60 / limit` seconds. An email over the limit is given its turn (reserved in Redis) and waits
+/// for it in one retry, instead of trying again every minute: a backlog drains at the limit in
+/// order, and waiting never uses up the job's attempts.
+async fn throttle(deps: &EmailDeps, tenant: Uuid, email_id: Uuid) -> Result<(), JobError> {
+    let per_minute = deps.per_tenant_per_minute;
+    if per_minute == 0 {
+        return Ok(());
+    }
+    let interval_ms = 60_000 / u64::from(per_minute);
+    let schedule = format!("{{{}:ratelimit}}:emails-sent:{tenant}", deps.namespace);
+    let turn = format!("{{{}:ratelimit}}:emails-turn:{email_id}", deps.namespace);
     let mut conn = deps.redis.conn().await?;
-    let (count,): (u64,) = redis::pipe()
-        .cmd("INCR")
-        .arg(&key)
-        .cmd("EXPIRE")
-        .arg(&key)
-        .arg(120)
-        .ignore()
-        .query_async(&mut conn)
+    let wait_ms: u64 = RESERVE_TURN_SCRIPT
+        .key(schedule)
+        .key(turn)
+        .arg(interval_ms)
+        .arg(interval_ms * u64::from(per_minute - 1))
+        .invoke_async(&mut conn)
         .await?;
-    if count > deps.per_tenant_per_minute as u64 {
-        let wait = Duration::from_secs((60 - now % 60) as u64 + 1);
+    if wait_ms > 0 {
+        let wait = Duration::from_millis(wait_ms + 250);
         return Err(JobError::retry_after(
             format!(
-                "tenant over its limit of {} emails a minute",
-                deps.per_tenant_per_minute
+                "tenant over its limit of {per_minute} emails a minute: this email's turn comes in {} s",
+                wait.as_secs().max(1)
             ),
             wait,
         ));
