@@ -120,8 +120,9 @@ pub struct Settings {
     /// loaded at once (default 3); another upload is 409 until one finishes.
     pub max_queued_imports: u32,
     /// `BACKROOM_TENANT_CONCURRENCY`: each queue's default limit on one tenant's jobs running at
-    /// once across every worker, as `queue=n` pairs (default `forecasts=2,imports=1,webhooks=8`; a queue
-    /// not named has no default limit). Per-tenant overrides: `PATCH /admin/v1/tenants/{slug}`.
+    /// once across every worker, as `queue=n` pairs (default `forecasts=2,imports=1,invoices=4,webhooks=8`: a
+    /// render takes a core, so one tenant's flood of orders may not hold every render slot; a
+    /// queue not named has no default limit). Per-tenant overrides: `PATCH /admin/v1/tenants/{slug}`.
     pub tenant_concurrency: std::collections::BTreeMap<String, u32>,
     /// `BACKROOM_TENANT_RATE_PER_SECOND` (default 1,000; 0 turns the limit off) and
     /// `BACKROOM_TENANT_RATE_BURST` (default 2,000): each tenant's API request rate, shared by
@@ -454,7 +455,7 @@ impl Settings {
         }
         let tenant_concurrency = parse_concurrency(
             &get("BACKROOM_TENANT_CONCURRENCY")
-                .unwrap_or_else(|| "forecasts=2,imports=1,webhooks=8".into()),
+                .unwrap_or_else(|| "forecasts=2,imports=1,invoices=4,webhooks=8".into()),
         )?;
         let tenant_rate = RateLimit {
             per_second: parse_or(
@@ -790,6 +791,7 @@ mod tests {
             [
                 ("forecasts".to_string(), 2),
                 ("imports".to_string(), 1),
+                ("invoices".to_string(), 4),
                 ("webhooks".to_string(), 8)
             ]
             .into()
