@@ -318,9 +318,10 @@ async fn a_backlog_over_the_limit_drains_at_the_limit_each_email_waiting_once() 
     let t = app.create_tenant("clinic").await;
     let started = std::time::Instant::now();
     let mut ids = vec![];
-    for i in 0..64 {
+    for i in 0..70 {
         ids.push(send_accepted(&app, &t.key, &format!("p{i}@example.org"), "Hi").await);
     }
+    let sending = started.elapsed();
     let mut jobs = vec![];
     let mut sent_at = vec![];
     for id in &ids {
@@ -329,20 +330,12 @@ async fn a_backlog_over_the_limit_drains_at_the_limit_each_email_waiting_once() 
         let at = e["sent_at"].as_str().unwrap();
         sent_at.push(chrono::DateTime::parse_from_rfc3339(at).unwrap());
     }
-    // The 4 over the limit went about a second apart, not together at the next minute.
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "drained in {:?}",
         started.elapsed()
     );
-    sent_at.sort();
-    for pair in sent_at[60..].windows(2) {
-        let gap = pair[1] - pair[0];
-        assert!(
-            gap >= chrono::Duration::milliseconds(300),
-            "emails over the limit went {gap} apart"
-        );
-    }
+    // 60 go at once and one more for each second the requests took; the rest wait, once each.
     let mut waited = 0;
     for job in &jobs {
         let j: Value = app
@@ -355,10 +348,20 @@ async fn a_backlog_over_the_limit_drains_at_the_limit_each_email_waiting_once() 
         assert!(attempts <= 2, "job {job} took {attempts} attempts");
         waited += usize::from(attempts == 2);
     }
-    assert_eq!(
-        waited, 4,
-        "exactly the emails over the burst waited for their turn"
+    let expected = 10usize.saturating_sub(sending.as_secs() as usize);
+    assert!(
+        (1..=10).contains(&waited) && waited + 2 >= expected,
+        "{waited} emails waited their turn (the requests took {sending:?})"
     );
+    // Those that waited went about a second apart, not together at the next minute.
+    sent_at.sort();
+    for pair in sent_at[sent_at.len() - waited..].windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= chrono::Duration::milliseconds(300),
+            "emails over the limit went {gap} apart"
+        );
+    }
     workers.stop().await;
 }
 
