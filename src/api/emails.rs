@@ -54,6 +54,17 @@ fn body_text(raw: &str) -> Result<String, String> {
     Ok(raw.to_string())
 }
 
+/// Whether the tenant already sent a request with this idempotency key.
+async fn seen_key(state: &AppState, tenant: Uuid, key: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM emails WHERE tenant_id = $1 AND idempotency_key = $2)",
+    )
+    .bind(tenant)
+    .bind(key)
+    .fetch_one(&state.db)
+    .await?)
+}
+
 /// Queues an email to one recipient.
 #[utoipa::path(post, path = "/v1/emails", tag = "tenant", security(("tenant_key" = [])),
     request_body = EmailInput,
@@ -83,27 +94,30 @@ pub async fn send_email(
             .map(Some),
     };
     errors.finish()?;
+    let key = key
+        .expect("checked")
+        .map(|k| format!("api:{}", k.as_str()))
+        .unwrap_or_else(|| format!("api:{}", Uuid::new_v4()));
     // A tenant may queue at most a few minutes of its sending limit ahead: beyond that a flood
-    // would only sit in the shared queue (and in Postgres) waiting for its turn.
+    // would only sit in the shared queue (and in Postgres) waiting for its turn. A repeat of an
+    // accepted request gets its first answer and costs nothing of that.
+    let repeat = body.idempotency_key.is_some() && seen_key(&state, tenant.id, &key).await?;
     let per_minute = state.settings.emails_per_minute;
-    if let Some(wait) = rate_limit::check_per_minute(
-        &state.redis,
-        &state.settings.redis_namespace,
-        "emails",
-        tenant.id,
-        per_minute,
-        per_minute.saturating_mul(QUEUED_MINUTES),
-    )
-    .await
+    if !repeat
+        && let Some(wait) = rate_limit::check_per_minute(
+            &state.redis,
+            &state.settings.redis_namespace,
+            "emails",
+            tenant.id,
+            per_minute,
+            per_minute.saturating_mul(QUEUED_MINUTES),
+        )
+        .await
     {
         return Err(Error::RateLimited {
             retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
         });
     }
-    let key = key
-        .expect("checked")
-        .map(|k| format!("api:{}", k.as_str()))
-        .unwrap_or_else(|| format!("api:{}", Uuid::new_v4()));
 
     let email_id = Uuid::now_v7();
     let domain = state

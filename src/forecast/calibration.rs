@@ -2,7 +2,7 @@
 //!
 //! The models' own intervals assume the model is the process that made the data: on real
 //! series they come out too narrow (81–89 % of held-out points inside the "95 %" interval on
-//! four of six public sets). A run already backtests every model on a sample of its series, so
+//! six of seven public sets and cuts, `scripts/forecast-peers`). A run already backtests every model on a sample of its series, so
 //! it learns from those backtests, per demand class (smooth / intermittent), model and step
 //! ahead, how far the held-out points fell from the point forecast in units of the model's own
 //! half-width on that side, and widens or narrows every forecast's interval by the 95th

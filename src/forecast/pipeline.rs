@@ -269,7 +269,10 @@ fn global_score(
             .as_ref()?;
         let (train, actual) = (&y[..t], &y[t..t + settings.horizon]);
         let fc = match global_forecast(model, &d.series, train, settings.horizon) {
-            Ok(f) => f,
+            Ok(f) => {
+                misses.add(&f, actual);
+                f
+            }
             Err(_) => {
                 failures += 1;
                 models::forecast_or_baseline(
@@ -282,7 +285,6 @@ fn global_score(
                 .0
             }
         };
-        misses.add(&fc, actual);
         let s = metrics::score(train, actual, &fc.point, settings.season);
         mase.extend(s.mase);
         rmsse.extend(s.rmsse);

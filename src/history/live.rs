@@ -129,6 +129,21 @@ pub async fn search(
                 _ => None,
             })
         });
+    // An `id:` term names one job: look it up instead of scanning.
+    if let Some(id) = query.terms.iter().find_map(|t| match t {
+        Term::Id(id) => Some(id),
+        _ => None,
+    }) {
+        let jobs = queues
+            .get(id)
+            .await?
+            .filter(|job| LIVE_STATES.contains(&job.status) && matches(query, job, tenants));
+        return Ok(Scan {
+            scanned: usize::from(jobs.is_some()),
+            jobs: jobs.into_iter().collect(),
+            complete: true,
+        });
+    }
     let mut jobs = vec![];
     let mut scanned = 0;
     let mut complete = true;
@@ -136,7 +151,14 @@ pub async fn search(
         if !query.terms.iter().all(|t| queue_may_match(t, queue.name())) {
             continue;
         }
-        for status in LIVE_STATES {
+        // A `status:` term reads only the state it names.
+        let wanted = |status: JobStatus| {
+            query
+                .terms
+                .iter()
+                .all(|t| !matches!(t, Term::Status(s) if s != status.as_str()))
+        };
+        for status in LIVE_STATES.into_iter().filter(|s| wanted(*s)) {
             let listed = match (status, one_tenant) {
                 (JobStatus::Queued, Some(t)) => queues.queued_of(&queue.id(), t, scan).await?,
                 _ if shared_states => queues.list(&queue.id(), status, scan, None).await?,

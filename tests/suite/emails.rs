@@ -400,6 +400,24 @@ async fn a_tenant_queues_at_most_five_minutes_of_its_sending_limit_and_another_i
     assert_eq!(count, 10);
     // The other tenant's budget is its own.
     send_accepted(&app, &other.key, "x@example.org", "Hi").await;
+    // A repeat of an accepted request is answered as the first time, limit or not.
+    let keyed = |i: usize| {
+        let mut b = body(i);
+        b["idempotency_key"] = json!(format!("visit-{i}"));
+        b
+    };
+    let refused = send(&app, &t.key, &keyed(11)).await;
+    assert_eq!(refused.status(), 429, "a new key is over the limit");
+    let other_first = send(&app, &other.key, &keyed(0)).await;
+    assert_eq!(other_first.status(), 202);
+    let first: Value = other_first.json().await.unwrap();
+    for _ in 0..12 {
+        send(&app, &other.key, &body(0)).await;
+    }
+    let repeat = send(&app, &other.key, &keyed(0)).await;
+    assert_eq!(repeat.status(), 200, "the repeat of an accepted email");
+    let repeat: Value = repeat.json().await.unwrap();
+    assert_eq!(repeat["email_id"], first["email_id"]);
     workers.stop().await;
 }
 

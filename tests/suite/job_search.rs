@@ -802,6 +802,22 @@ async fn an_admin_limited_to_some_tenants_sees_nothing_of_the_others_anywhere() 
         (globex_before.status, globex_before.attempts),
         "untouched"
     );
+    // Deleting acme's job from its dashboard page leads back to a page this user may open.
+    let r = raw_client()
+        .post(format!("{}/admin/jobs/{acme_job}/discard", app.address))
+        .header("cookie", &sam.0)
+        .form(&[("csrf", sam.1.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let to = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(to.starts_with("/admin/search"), "sent to {to}");
+    assert_eq!(signed_get(&app, &sam.0, &to).await.0, 200);
+    assert!(
+        app.queues.get(&acme_job).await.unwrap().is_none(),
+        "deleted"
+    );
 
     // What covers every tenant is closed: the overview sends them to their tenants.
     let r = raw_client()

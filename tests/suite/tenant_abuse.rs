@@ -592,6 +592,11 @@ async fn one_tenant_polling_its_live_jobs_scans_the_shared_states_at_a_bounded_r
         (1..=allowed).contains(&scanned),
         "{scanned} of 60 reads scanned the shared states in {seconds} s (at most {allowed})"
     );
+    // However slow the loop, some reads were held back (or the limit could not be seen).
+    assert!(
+        scanned < 60,
+        "every one of 60 reads scanned the shared states"
+    );
     // B, with its own budget, gets its whole live list meanwhile.
     let ids = live_ids(&app, &b.key).await;
     assert!(ids.contains(&b_queued) && ids.contains(&b_later), "{ids:?}");

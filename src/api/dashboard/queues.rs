@@ -320,11 +320,12 @@ pub(super) async fn job_action(
     Ok(match (action.as_str(), outcome) {
         ("retry", ActionOutcome::Done) => back(&format!("/admin/jobs/{id}"), "Job re-queued."),
         (_, ActionOutcome::Done) => {
-            let queue = id.split('_').next().unwrap_or("stock");
-            back(
-                &format!("/admin/queues/{queue}"),
-                &format!("Job {id} deleted."),
-            )
+            // Queue pages are closed to a user limited to some tenants: back to their search.
+            let page = match actor.tenants {
+                Some(_) => "/admin/search".to_string(),
+                None => format!("/admin/queues/{}", id.split('_').next().unwrap_or("stock")),
+            };
+            back(&page, &format!("Job {id} deleted."))
         }
         (_, ActionOutcome::Missing) => back("/admin", &format!("Job {id} no longer exists.")),
         (_, ActionOutcome::Refused(status)) => back(

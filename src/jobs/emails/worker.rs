@@ -7,11 +7,10 @@
 //! and the database update carries the same Message-ID, so receivers can drop it.
 //! Transient SMTP failures (connection refused, timeouts, 4xx) retry with backoff; permanent ones
 //! (5xx) fail at once with the server's reply. A per-tenant rate (emails per minute) keeps one
-//! tenant from flooding the relay: over it, jobs wait for the next minute.
+//! tenant from flooding the relay: over it, an email waits for its reserved turn (`throttle`).
 
 use super::EmailJob;
 use super::mailer::{Mailer, Sent, render};
-use crate::clock::Clock;
 use crate::domain::{EmailAddress, format_amount};
 use crate::jobs::webhooks::events::{self, Event, EventType};
 use crate::jobs::{JobKind, WorkerContext, worker_options};
@@ -43,7 +42,6 @@ pub fn deps(ctx: &WorkerContext) -> anyhow::Result<EmailDeps> {
         namespace: ctx.settings.redis_namespace.clone(),
         mailer: Arc::new(Mailer::new(smtp, &ctx.settings.mail_from)?),
         per_tenant_per_minute: ctx.settings.emails_per_minute,
-        clock: ctx.settings.queue.clock.clone(),
         lease: ctx.settings.queue.lease,
     })
 }
@@ -56,7 +54,6 @@ pub struct EmailDeps {
     pub namespace: String,
     pub mailer: Arc<Mailer>,
     pub per_tenant_per_minute: u32,
-    pub clock: Clock,
     /// The queue's lease: a send claim lasts three of them.
     pub lease: Duration,
 }
@@ -401,7 +398,7 @@ static RESERVE_TURN_SCRIPT: std::sync::LazyLock<redis::Script> =
 /// Holds each tenant to its sending limit: a minute's worth may go at once, then one every
 /// `60 / limit` seconds. An email over the limit is given its turn (reserved in Redis) and waits
 /// for it in one retry, instead of trying again every minute: a backlog drains at the limit in
-/// order, and waiting never uses up the job's attempts.
+/// order, and however long it is, waiting costs an email one attempt.
 async fn throttle(deps: &EmailDeps, tenant: Uuid, email_id: Uuid) -> Result<(), JobError> {
     let per_minute = deps.per_tenant_per_minute;
     if per_minute == 0 {
