@@ -619,6 +619,20 @@ async fn an_admin_limited_to_some_tenants_sees_nothing_of_the_others_anywhere() 
             json!({"email": "e@example.com", "role": "viewer", "tenants": []}),
             "at least one",
         ),
+        (
+            json!({"email": "l@example.com", "role": "viewer", "tenants": ["x".repeat(100_000)]}),
+            "not a tenant slug",
+        ),
+        (
+            json!({"email": "m@example.com", "role": "viewer",
+                   "tenants": (0..101).map(|i| format!("t{i}")).collect::<Vec<_>>()}),
+            "at most 100",
+        ),
+        (
+            json!({"email": "n@example.com", "role": "viewer",
+                   "tenants": (0..40).map(|i| format!("ghost-{i}")).collect::<Vec<_>>()}),
+            "ghost-0, ghost-1, ghost-2, ghost-3, ghost-4 and 35 more",
+        ),
     ] {
         let r = app
             .post_json("/admin/v1/users", Some(ADMIN_TOKEN), &body)

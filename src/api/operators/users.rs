@@ -11,7 +11,7 @@ use super::{Actor, Role};
 use crate::api::AppState;
 use crate::api::error::{Error, Result, on_constraint};
 use crate::api::extract::{Admin, FieldErrors, Json};
-use crate::domain::EmailAddress;
+use crate::domain::{EmailAddress, TenantSlug};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::extract::{Path, State};
@@ -128,8 +128,9 @@ impl From<UserRow> for AdminUser {
     }
 }
 
-/// At most this many tenants in one user's limit.
-pub const MAX_USER_TENANTS: usize = 1000;
+/// At most this many tenants in one user's limit (support staff for some customers; their
+/// charts add up one row per tenant and time slot).
+pub const MAX_USER_TENANTS: usize = 100;
 
 /// The ids of the tenants a user is to be limited to (`None`: every tenant); the error, for the
 /// `tenants` field, names the slugs that are not tenants.
@@ -148,7 +149,10 @@ async fn limit_ids(
     } else if role == Role::Owner {
         Some("an owner manages every tenant and cannot be limited to some".to_string())
     } else {
-        None
+        slugs
+            .iter()
+            .find_map(|s| TenantSlug::parse(s).err())
+            .map(|e| format!("holds a name that is not a tenant slug: {e}"))
     };
     if let Some(why) = why {
         return Err(Error::invalid("tenants", why));
@@ -156,15 +160,28 @@ async fn limit_ids(
     let found = sqlx::query!("SELECT id, slug FROM tenants WHERE slug = ANY($1)", slugs)
         .fetch_all(&mut *tx)
         .await?;
+    let known: std::collections::HashSet<&str> = found.iter().map(|f| f.slug.as_str()).collect();
     let unknown: Vec<&str> = slugs
         .iter()
-        .filter(|s| !found.iter().any(|f| &f.slug == *s))
         .map(String::as_str)
+        .filter(|s| !known.contains(s))
         .collect();
     if !unknown.is_empty() {
+        let shown = unknown
+            .iter()
+            .take(5)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = unknown.len().saturating_sub(5);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
         return Err(Error::invalid(
             "tenants",
-            format!("no tenant named {}", unknown.join(", ")),
+            format!("no tenant named {shown}{more}"),
         ));
     }
     Ok(Some(found.into_iter().map(|f| f.id).collect()))
