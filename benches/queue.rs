@@ -43,6 +43,13 @@
 //!    database, against the plain drain, alternately twice; how long after the drain the copy
 //!    finished. Target: ≥ 95 % of the plain rate, every job copied.
 //!
+//! 10. **traces** — what OpenTelemetry traces cost: parts 1 (one pusher) and 2 (defaults) run
+//!     again in child processes of this bench (which log JSON as the server does) with traces off,
+//!     on at sampling 1.0 and on at 0.01, twice each in turn, exporting OTLP/HTTP to a sink in
+//!     this process that counts the spans. Every push call is a traced request, so each job
+//!     carries a trace and each run is a span. Targets: drain time per job at most 10 % above
+//!     traces off at 1.0, 2 % at 0.01.
+//!
 //! Run with `cargo bench --bench queue` (full sizes: 200,000 jobs for enqueue and drain, 200
 //! pickups, 10 s of steady state, a 1,000,000 backlog; a few minutes), or
 //! `cargo bench --bench queue -- --smoke` (or `QUEUE_BENCH_SMOKE=1`) for tiny sizes that finish
@@ -648,7 +655,15 @@ async fn push_jobs(
         tasks.push(tokio::spawn(async move {
             for c in calls {
                 // Prebuilt calls are stored last-first.
-                let jobs = built.pop().unwrap_or_else(|| vec![template.clone(); c]);
+                let mut jobs = built.pop().unwrap_or_else(|| vec![template.clone(); c]);
+                // Each call stands for a request: with traces on (a `traces` child run) its jobs
+                // continue its span, as an API request's would; otherwise this is nothing.
+                let request = tracing::info_span!(target: "backroom::bench", "request");
+                if let Some(trace) = backroom::telemetry::traces::traceparent_of(&request) {
+                    for job in &mut jobs {
+                        job.trace = Some(trace.clone());
+                    }
+                }
                 let pushed = queues.push(&queue, jobs).await?;
                 done.fetch_add(pushed.len() as u64, Ordering::Relaxed);
             }
@@ -1597,8 +1612,9 @@ async fn scenario_fairness(env: &Env) -> anyhow::Result<Verdict> {
     })
 }
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "enqueue", "drain", "idle", "steady", "backlog", "memory", "fairness", "workflow", "history",
+    "traces",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -1847,6 +1863,95 @@ async fn run_all(env: &Env) -> anyhow::Result<Vec<Verdict>> {
     if env.selected("history") {
         verdicts.push(scenario_history(env, &best).await?);
     }
+    if env.selected("traces") {
+        verdicts.extend(scenario_traces(env).await?);
+    }
+    Ok(verdicts)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. traces
+
+/// What a `traces` child run measures: the enqueue (1 pusher) and the drain (defaults) of
+/// parts 1 and 2, as figures for its parent.
+async fn traces_child(env: &Env) -> anyhow::Result<()> {
+    let n = env.sizes.drain;
+    let queues = env.queues()?;
+    let queue = env.queue("traces-enqueue");
+    let enqueue = push_jobs(env, &queues, &queue, n, 1, true, "enqueue").await?;
+    env.delete_keys(Some(&queue)).await?;
+    let drain = drain_once(env, &DRAIN_CONFIGS[0], n).await?;
+    anyhow::ensure!(drain.errors == 0, "{} jobs did not succeed", drain.errors);
+    common::print_traces_result(&serde_json::json!({
+        "enqueue": n as f64 / enqueue.wall_s,
+        "drain": drain.rate,
+        "drain_process_us": drain.usage.process_s * 1e6 / n as f64,
+        "drain_redis_us": drain.usage.redis_s * 1e6 / n as f64,
+    }));
+    Ok(())
+}
+
+/// What traces cost the queue: parts 1 (one pusher) and 2 (defaults) in child processes of
+/// this bench with traces off, on at sampling 1.0 and on at 0.01, twice each in turn, exporting
+/// to an OTLP/HTTP sink here. Every push call is a traced request, so every job carries a trace
+/// and each run is a span (at 1.0, one span per job is exported).
+async fn scenario_traces(env: &Env) -> anyhow::Result<Vec<Verdict>> {
+    println!(
+        "\n== 10. traces: enqueue (1 pusher) and drain (defaults) of {} jobs with traces off and on, child processes, 2 rounds ==",
+        thousands(env.sizes.drain as f64)
+    );
+    let args: Vec<&str> = if env.smoke { vec!["--smoke"] } else { vec![] };
+    let runs = tokio::task::spawn_blocking(move || common::traced_runs(&args, 2)).await??;
+    let mean = |mode: &str, key: &str| common::traced_mean(&runs, mode, key);
+    let (enqueue_off, drain_off) = (mean("off", "enqueue"), mean("off", "drain"));
+    let mut rows = vec![];
+    for (mode, _) in common::TRACE_MODES {
+        let spans: u64 = runs
+            .iter()
+            .filter(|r| r.mode == mode)
+            .map(|r| r.spans)
+            .sum();
+        rows.push(vec![
+            mode.to_string(),
+            thousands(mean(mode, "enqueue")),
+            format!(
+                "{:+.1} %",
+                (enqueue_off / mean(mode, "enqueue") - 1.0) * 100.0
+            ),
+            thousands(mean(mode, "drain")),
+            format!("{:+.1} %", (drain_off / mean(mode, "drain") - 1.0) * 100.0),
+            dec(mean(mode, "drain_process_us"), 2),
+            dec(mean(mode, "drain_redis_us"), 2),
+            thousands(spans as f64 / 2.0),
+        ]);
+    }
+    print_table(
+        &[
+            "traces",
+            "enqueue jobs/s",
+            "cost",
+            "drain jobs/s",
+            "cost",
+            "drain µs/job (this process)",
+            "redis µs/job",
+            "spans exported per run",
+        ],
+        &rows,
+    );
+    let mut verdicts = vec![];
+    for (mode, limit) in [("on, sampled 1.0", 10.0), ("on, sampled 0.01", 2.0)] {
+        let cost = (drain_off / mean(mode, "drain") - 1.0) * 100.0;
+        let pass = cost <= limit;
+        println!(
+            "  drain, traces {mode}: cost {cost:+.1} % of time per job (target ≤ {limit} %)  {}",
+            verdict(pass)
+        );
+        verdicts.push(Verdict {
+            target: format!("drain with traces {mode}: cost ≤ {limit} %"),
+            measured: format!("{cost:+.1} %"),
+            pass,
+        });
+    }
     Ok(verdicts)
 }
 
@@ -1862,10 +1967,14 @@ fn main() -> anyhow::Result<()> {
         bail!("unknown scenario {unknown:?}; choose from {SCENARIOS:?}");
     }
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    // A `traces` child logs as production does (JSON, warnings) and exports when told to.
+    if common::is_traces_child() {
+        common::init_telemetry(backroom::config::LogFormat::Json, "warn")?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         // As in the server: the queue engine's Prometheus metrics are recorded (a per-job cost).
         backroom::queue::metrics::handle();
         let admin = redis::Client::open(url.as_str())?
@@ -1904,8 +2013,15 @@ fn main() -> anyhow::Result<()> {
             env.payload().payload.len()
         );
         let started = Instant::now();
+        let run = async {
+            if common::is_traces_child() {
+                traces_child(&env).await.map(|()| vec![])
+            } else {
+                run_all(&env).await
+            }
+        };
         let outcome = tokio::select! {
-            r = run_all(&env) => r,
+            r = run => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
         };
         let deleted = env.delete_keys(None).await;
@@ -1934,5 +2050,8 @@ fn main() -> anyhow::Result<()> {
             println!("  (smoke sizes are too small to judge the targets; run the full mode)");
         }
         Ok(())
-    })
+    });
+    drop(runtime);
+    backroom::telemetry::shutdown();
+    outcome
 }

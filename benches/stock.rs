@@ -28,6 +28,11 @@
 //!    `/healthz` (HTTP stack only), `/readyz` (one Postgres query + one Redis PING), `/v1/me`
 //!    (API-key lookup + one query). Then the workers drain what `wrk` queued and the ledger is
 //!    checked again, against the succeeded count too.
+//! 4. **traces** — part 1 again in child processes of this bench, with OpenTelemetry traces off,
+//!    on at sampling 1.0 and on at 0.01 (twice each, in turn), exporting OTLP/HTTP to a sink
+//!    in this process that counts the spans: each batch request is a traced request, its jobs
+//!    and their runs and the ledger's transactions spans of its trace. Targets: time per
+//!    adjustment at most 10 % above traces off at 1.0, 2 % at 0.01.
 //!
 //! Next to rates, tables give CPU per adjustment (or request) of this process (API, workers and
 //! load clients together), of Postgres (every `postgres` process), of Redis, of `wrk`, and of
@@ -651,7 +656,8 @@ async fn seed_stock(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn part_batch_e2e(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
+/// Part 1; returns its rate (adjustments/s) and this process's CPU µs per adjustment.
+async fn part_batch_e2e(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<(f64, f64)> {
     let n = ctx.sizes.batch_total;
     let clients = ctx.sizes.batch_clients;
     println!(
@@ -736,7 +742,7 @@ async fn part_batch_e2e(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Resul
         ),
         pass,
     });
-    Ok(())
+    Ok((rate, usage.cpu.process * 1e6 / n as f64))
 }
 
 /// CPU per unit and Postgres/Redis calls per unit.
@@ -1361,14 +1367,73 @@ async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
         ctx.tenant_id
     );
     let mut verdicts = vec![];
-    part_batch_e2e(&ctx, &mut verdicts).await?;
-    part_batch_split(&ctx, &mut verdicts).await?;
-    part_ledger_alone(&ctx, &mut verdicts).await?;
-    part_single(&ctx, &mut verdicts).await?;
-    drain_and_check(&ctx, &mut verdicts).await?;
+    if is_traces_child() {
+        let (rate, process_us) = part_batch_e2e(&ctx, &mut verdicts).await?;
+        print_traces_result(&json!({"rate": rate, "process_us": process_us}));
+    } else {
+        part_batch_e2e(&ctx, &mut verdicts).await?;
+        part_batch_split(&ctx, &mut verdicts).await?;
+        part_ledger_alone(&ctx, &mut verdicts).await?;
+        part_single(&ctx, &mut verdicts).await?;
+        drain_and_check(&ctx, &mut verdicts).await?;
+        part_traces(&ctx, &mut verdicts)?;
+    }
     ctx.server.stop().await?;
     ctx.db.close().await;
     Ok(verdicts)
+}
+
+/// Part 4: what traces cost part 1 (batch intake to committed ledger): the same part in child
+/// processes of this bench, with traces off, on at sampling 1.0 and on at 0.01, twice each in
+/// turn, exporting to an OTLP/HTTP sink here. Each request of the batch clients is a traced
+/// request; its jobs, their runs and the ledger's transactions are spans of its trace.
+fn part_traces(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
+    println!(
+        "\n== 4. traces: part 1 with traces off and on (OTLP/HTTP to a sink here), child processes, 2 rounds =="
+    );
+    let args: &[&str] = if ctx.smoke { &["--smoke"] } else { &[] };
+    let runs = traced_runs(args, 2)?;
+    let off = traced_mean(&runs, "off", "rate");
+    let mut rows = vec![];
+    for (mode, _) in TRACE_MODES {
+        let rate = traced_mean(&runs, mode, "rate");
+        let spans: u64 = runs
+            .iter()
+            .filter(|r| r.mode == mode)
+            .map(|r| r.spans)
+            .sum();
+        rows.push(vec![
+            mode.to_string(),
+            thousands(rate),
+            dec(traced_mean(&runs, mode, "process_us"), 1),
+            format!("{:+.1} %", (off / rate - 1.0) * 100.0),
+            thousands(spans as f64 / 2.0),
+        ]);
+    }
+    print_table(
+        &[
+            "traces",
+            "adjustments/s",
+            "this process µs/adj.",
+            "cost (time/adj. vs off)",
+            "spans exported per run",
+        ],
+        &rows,
+    );
+    for (mode, limit) in [("on, sampled 1.0", 10.0), ("on, sampled 0.01", 2.0)] {
+        let cost = (off / traced_mean(&runs, mode, "rate") - 1.0) * 100.0;
+        let pass = cost <= limit;
+        println!(
+            "  {mode}: cost {cost:+.1} % (target ≤ {limit} %)  {}",
+            verdict(pass)
+        );
+        verdicts.push(Verdict {
+            target: format!("stock end to end, traces {mode}: cost ≤ {limit} %"),
+            measured: format!("{cost:+.1} %"),
+            pass,
+        });
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {

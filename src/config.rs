@@ -94,6 +94,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// `BACKROOM_LOG` (or `RUST_LOG`): a tracing filter such as `info,backroom=debug`.
     pub log_filter: String,
+    /// The standard `OTEL_*` variables: where and how traces are exported (`None`, the
+    /// default: no traces). See [`crate::telemetry::traces`].
+    pub traces: Option<crate::telemetry::TraceSettings>,
     /// `BACKROOM_SHUTDOWN_GRACE_SECS`: how long in-flight work may run after SIGTERM.
     pub shutdown_grace: Duration,
     /// `BACKROOM_METRICS_BIND`: optional listener serving `/metrics` without credentials (for a
@@ -601,6 +604,7 @@ impl Settings {
                 message: format!("'{log_filter}' is not a valid filter: {e}"),
             });
         }
+        let traces = crate::telemetry::TraceSettings::from_lookup(get)?;
 
         Ok(Settings {
             database_url,
@@ -614,6 +618,7 @@ impl Settings {
             max_body_bytes,
             log_format,
             log_filter,
+            traces,
             shutdown_grace: Duration::from_secs(shutdown_secs),
             metrics_bind,
             mail_from,

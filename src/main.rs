@@ -132,7 +132,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    drop(runtime);
+    telemetry::shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Settings errors are one line naming the variable; others show their context chain.
@@ -166,7 +169,7 @@ fn log_from_env() {
     let filter = std::env::var("BACKROOM_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
-    telemetry::init(format, &filter);
+    telemetry::init(format, &filter, None);
 }
 
 /// One arm per command, each a few lines handing over to `backroom::process` or a CLI task;
@@ -175,7 +178,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
             let settings = Settings::from_env()?;
-            telemetry::init(settings.log_format, &settings.log_filter);
+            telemetry::init(
+                settings.log_format,
+                &settings.log_filter,
+                settings.traces.as_ref(),
+            );
             let app = serve::Application::build(settings).await?;
             app.run_until(serve::shutdown_signal()).await
         }
@@ -184,13 +191,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             concurrency,
         } => {
             let settings = Settings::from_env()?;
-            telemetry::init(settings.log_format, &settings.log_filter);
+            telemetry::init(
+                settings.log_format,
+                &settings.log_filter,
+                settings.traces.as_ref(),
+            );
             let plan = backroom::process::work::WorkPlan::parse(queues.as_deref(), concurrency)?;
             backroom::process::work::run(&settings, plan, serve::shutdown_signal()).await
         }
         Command::Schedule => {
             let settings = Settings::from_env()?;
-            telemetry::init(settings.log_format, &settings.log_filter);
+            telemetry::init(
+                settings.log_format,
+                &settings.log_filter,
+                settings.traces.as_ref(),
+            );
             backroom::process::schedule::run(&settings, serve::shutdown_signal()).await
         }
         Command::Migrate => {

@@ -30,6 +30,8 @@ pub struct OutboxJob {
     pub depends_on: Vec<String>,
     /// The group it counts in, and the group's size (see [`group`]).
     pub group: Option<(Uuid, u32)>,
+    /// The W3C `traceparent` of the span that wrote it (see [`crate::telemetry::traces`]).
+    pub trace: Option<String>,
 }
 
 /// Makes `jobs` one queue group with id `id` (one status for all of them: `GET /v1/groups/{id}`).
@@ -67,12 +69,14 @@ pub async fn add(tx: &mut PgConnection, jobs: &[OutboxJob]) -> sqlx::Result<()> 
     let depends_on: Vec<String> = jobs.iter().map(|j| j.depends_on.join(" ")).collect();
     let groups: Vec<Option<Uuid>> = jobs.iter().map(|j| j.group.map(|g| g.0)).collect();
     let group_totals: Vec<Option<i32>> = jobs.iter().map(|j| j.group.map(|g| g.1 as i32)).collect();
+    let traces: Vec<Option<String>> = jobs.iter().map(|j| j.trace.clone()).collect();
     sqlx::query!(
         r#"INSERT INTO outbox (tenant_id, queue, kind, payload, max_attempts, idempotency_key,
-                               job_id, depends_on, group_id, group_total)
-           SELECT t, q, k, p, m, i, j, coalesce(string_to_array(NULLIF(d, ''), ' '), '{}'), g, gt
+                               job_id, depends_on, group_id, group_total, trace)
+           SELECT t, q, k, p, m, i, j, coalesce(string_to_array(NULLIF(d, ''), ' '), '{}'), g, gt, tr
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int[], $6::text[],
-                       $7::text[], $8::text[], $9::uuid[], $10::int[]) AS u(t, q, k, p, m, i, j, d, g, gt)"#,
+                       $7::text[], $8::text[], $9::uuid[], $10::int[], $11::text[])
+                AS u(t, q, k, p, m, i, j, d, g, gt, tr)"#,
         &tenants as &[Option<Uuid>],
         &queues,
         &kinds,
@@ -82,7 +86,8 @@ pub async fn add(tx: &mut PgConnection, jobs: &[OutboxJob]) -> sqlx::Result<()> 
         &job_ids,
         &depends_on,
         &groups as &[Option<Uuid>],
-        &group_totals as &[Option<i32>]
+        &group_totals as &[Option<i32>],
+        &traces as &[Option<String>]
     )
     .execute(&mut *tx)
     .await?;
@@ -97,7 +102,7 @@ pub async fn relay_once(db: &PgPool, queues: &Queues, limit: i64) -> anyhow::Res
     let mut tx = db.begin().await?;
     let rows = sqlx::query!(
         r#"SELECT id, tenant_id, queue, kind, payload, max_attempts, idempotency_key, job_id,
-                  depends_on, group_id, group_total
+                  depends_on, group_id, group_total, trace
            FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"#,
         limit
     )
@@ -111,11 +116,19 @@ pub async fn relay_once(db: &PgPool, queues: &Queues, limit: i64) -> anyhow::Res
     // Rows are pushed per queue, keeping their order within each queue.
     let mut by_queue: Vec<(String, Vec<(i64, NewJob)>)> = vec![];
     let mut groups = vec![];
+    // Each row's relay is a span of the trace that wrote it (traces on), open until its push is
+    // done; its job continues that span.
+    let mut spans = Vec::with_capacity(rows.len());
     for row in rows {
         let Some(queue) = QueueName::parse(&row.queue) else {
             tracing::error!(outbox_id = row.id, queue = %row.queue, "outbox row names an unknown queue; skipped");
             continue;
         };
+        let span = tracing::info_span!("outbox relay", outbox_id = row.id, queue = %row.queue,
+            kind = %row.kind, "otel.kind" = "producer", trace_id = tracing::field::Empty);
+        crate::telemetry::traces::continue_trace(&span, row.trace.as_deref());
+        let trace = crate::telemetry::traces::traceparent_of(&span).or(row.trace);
+        spans.push(span);
         let mut job = NewJob {
             kind: row.kind,
             tenant: row.tenant_id,
@@ -135,6 +148,7 @@ pub async fn relay_once(db: &PgPool, queues: &Queues, limit: i64) -> anyhow::Res
             // The rows of one transaction are relayed in any order, by any relay.
             parents_may_follow: true,
             group: row.group_id,
+            trace,
         };
         if let (Some(id), Some(total)) = (row.group_id, row.group_total)
             && !groups.iter().any(|g: &GroupSpec| g.id == id)
@@ -176,6 +190,7 @@ pub async fn relay_once(db: &PgPool, queues: &Queues, limit: i64) -> anyhow::Res
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    drop(spans);
     Ok(ids.len())
 }
 

@@ -273,11 +273,11 @@ where
 {
     let smoke = smoke_mode();
     let filter = std::env::var("BACKROOM_LOG").unwrap_or_else(|_| "info".into());
-    backroom::telemetry::init(backroom::config::LogFormat::Pretty, &filter);
+    init_telemetry(backroom::config::LogFormat::Pretty, &filter)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let names = prepare(Names::new()).await?;
         let cleanup = names.clone();
         let started = Instant::now();
@@ -303,7 +303,10 @@ where
             println!("  ({smoke_note})");
         }
         Ok(())
-    })
+    });
+    drop(runtime);
+    backroom::telemetry::shutdown();
+    outcome
 }
 
 /// For [`bench_main`]: the run's names as [`Names::new`] made them.
@@ -892,3 +895,180 @@ pub fn log_findings(
 
 /// 1024 × 1024.
 pub const MIB: f64 = 1024.0 * 1024.0;
+
+// ---------------------------------------------------------------------------------------------
+// Tracing cost (#20): the same part run in child processes of this bench, with traces off and
+// on at two sampling ratios, exporting to an OTLP/HTTP sink in this process.
+
+/// Set in the environment of a bench process started by [`traced_runs`]: it runs only the part
+/// being compared and prints its figures on one line after [`TRACES_RESULT`].
+pub const TRACES_CHILD: &str = "BENCH_TRACES_CHILD";
+/// The prefix of a child's result line (JSON follows).
+pub const TRACES_RESULT: &str = "BENCH_TRACES_RESULT ";
+
+/// Whether this process is a child of [`traced_runs`].
+pub fn is_traces_child() -> bool {
+    std::env::var_os(TRACES_CHILD).is_some()
+}
+
+/// Logging as in production, plus traces when the `OTEL_*` variables of a [`traced_runs`]
+/// child ask for them (never in a plain run).
+pub fn init_telemetry(format: backroom::config::LogFormat, filter: &str) -> anyhow::Result<()> {
+    let traces = if is_traces_child() {
+        backroom::telemetry::TraceSettings::from_lookup(|k| std::env::var(k).ok())
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+    } else {
+        None
+    };
+    backroom::telemetry::init(format, filter, traces.as_ref());
+    Ok(())
+}
+
+/// Prints a child's figures for its parent.
+pub fn print_traces_result(figures: &serde_json::Value) {
+    println!("{TRACES_RESULT}{figures}");
+}
+
+/// The modes compared: a label, and the sampling ratio (`None`: traces off).
+pub const TRACE_MODES: [(&str, Option<&str>); 3] = [
+    ("off", None),
+    ("on, sampled 1.0", Some("1.0")),
+    ("on, sampled 0.01", Some("0.01")),
+];
+
+/// A minimal OTLP/HTTP collector: decodes each export and counts its spans. Runs on a thread
+/// and runtime of its own (so the bench's own load does not slow it), until dropped.
+pub struct OtlpSink {
+    pub port: u16,
+    spans: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl OtlpSink {
+    pub fn start() -> anyhow::Result<Self> {
+        use prost::Message as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let spans = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = spans.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("otlp-sink".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the sink");
+                runtime.block_on(async move {
+                    let app = axum::Router::new().route(
+                        "/v1/traces",
+                        axum::routing::post(move |body: axum::body::Bytes| {
+                            let counted = counted.clone();
+                            async move {
+                                use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+                                let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                                    return axum::http::StatusCode::BAD_REQUEST;
+                                };
+                                let n: usize = request
+                                    .resource_spans
+                                    .iter()
+                                    .flat_map(|r| &r.scope_spans)
+                                    .map(|s| s.spans.len())
+                                    .sum();
+                                counted.fetch_add(n as u64, Ordering::Relaxed);
+                                axum::http::StatusCode::OK
+                            }
+                        }),
+                    );
+                    let listener = tokio::net::TcpListener::from_std(listener)
+                        .expect("a tokio listener");
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                });
+            })?;
+        Ok(OtlpSink {
+            port,
+            spans,
+            _stop: stop,
+        })
+    }
+
+    pub fn spans(&self) -> u64 {
+        self.spans.load(Ordering::Relaxed)
+    }
+}
+
+/// One child run of a [`traced_runs`] comparison.
+pub struct TracedRun {
+    pub mode: &'static str,
+    pub figures: serde_json::Value,
+    /// Spans the sink received from this run.
+    pub spans: u64,
+}
+
+/// Runs this bench binary again as a child for each of [`TRACE_MODES`], `rounds` times in
+/// turn (off, 1.0, 0.01, off, …: drift on a shared machine hits every mode alike), with `args`
+/// and `TRACES_CHILD` set, exporting to one [`OtlpSink`]; returns each run's figures.
+pub fn traced_runs(args: &[&str], rounds: usize) -> anyhow::Result<Vec<TracedRun>> {
+    let sink = OtlpSink::start()?;
+    let exe = std::env::current_exe()?;
+    let mut runs = vec![];
+    for round in 0..rounds {
+        for (mode, ratio) in TRACE_MODES {
+            eprintln!("traces: round {} of {rounds}, {mode}", round + 1);
+            let mut command = std::process::Command::new(&exe);
+            command
+                .args(args)
+                .env(TRACES_CHILD, "1")
+                .env("BACKROOM_LOG", "warn")
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            if let Some(ratio) = ratio {
+                command
+                    .env(
+                        "OTEL_EXPORTER_OTLP_ENDPOINT",
+                        format!("http://127.0.0.1:{}", sink.port),
+                    )
+                    .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+                    .env("OTEL_TRACES_SAMPLER_ARG", ratio)
+                    .env("OTEL_SERVICE_NAME", "bench");
+            }
+            let before = sink.spans();
+            let output = command.output().context("starting a traced child run")?;
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let Some(line) = stdout.lines().find_map(|l| l.strip_prefix(TRACES_RESULT)) else {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+                anyhow::bail!(
+                    "a traced child run ({mode}) printed no result ({}); its last lines:\n{}",
+                    output.status,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            };
+            // The child flushes its spans before it exits; give the sink a moment to count them.
+            std::thread::sleep(Duration::from_millis(200));
+            runs.push(TracedRun {
+                mode,
+                figures: serde_json::from_str(line).context("a child's result line")?,
+                spans: sink.spans() - before,
+            });
+        }
+    }
+    Ok(runs)
+}
+
+/// The mean of figure `key` over the runs of `mode`.
+pub fn traced_mean(runs: &[TracedRun], mode: &str, key: &str) -> f64 {
+    let values: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.mode == mode)
+        .filter_map(|r| r.figures[key].as_f64())
+        .collect();
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}

@@ -37,6 +37,9 @@ pub struct JobView {
     run_at: Option<DateTime<Utc>>,
     /// The group it counts in (`GET /v1/groups/{id}`), if any.
     group_id: Option<Uuid>,
+    /// The trace (W3C trace id, 32 hex digits) of the request that caused it, when traces are
+    /// on: quote it to support to find every step of this job.
+    trace_id: Option<String>,
 }
 
 impl From<JobRecord> for JobView {
@@ -57,6 +60,7 @@ impl From<JobRecord> for JobView {
             finished_at: j.finished_at,
             run_at: j.run_at,
             group_id: j.group,
+            trace_id: j.trace_id,
         }
     }
 }
@@ -80,6 +84,8 @@ pub struct AdminJobView {
     #[schema(value_type = Vec<Object>)]
     errors: serde_json::Value,
     idempotency_key: Option<String>,
+    /// The trace of the request that caused it (W3C trace id), when traces are on.
+    trace_id: Option<String>,
     worker: Option<String>,
     created_at: DateTime<Utc>,
     run_at: Option<DateTime<Utc>>,
@@ -102,6 +108,7 @@ impl From<JobRecord> for AdminJobView {
             last_error: j.last_error,
             errors: j.errors,
             idempotency_key: j.idempotency_key,
+            trace_id: j.trace_id,
             worker: j.worker,
             created_at: j.created_at,
             run_at: j.run_at,

@@ -34,7 +34,18 @@ pub async fn request_context(req: Request, next: Next) -> Response {
         path = %req.uri().path(),
         request_id = %request_id,
         tenant_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+        "otel.kind" = "server",
     );
+    // A caller's W3C trace context is continued (traces on; its sampling decided here): the jobs
+    // this request causes carry the request span's context.
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::telemetry::traces::from_caller);
+    crate::telemetry::traces::continue_trace(&span, traceparent.as_deref());
     let started = Instant::now();
     let mut response = REQUEST_ID
         .scope(request_id.clone(), next.run(req))
@@ -44,6 +55,7 @@ pub async fn request_context(req: Request, next: Next) -> Response {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     let status = response.status().as_u16();
+    span.record("status", status);
     let latency_ms = started.elapsed().as_secs_f64() * 1e3;
     span.in_scope(|| {
         if status >= 500 {

@@ -21,6 +21,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use tracing::Instrument as _;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -164,6 +165,29 @@ pub async fn create_order(
     let order = check_order(&state.db, tenant.id, &body).await?;
     let order_id = Uuid::now_v7();
     let invoice_id = Uuid::now_v7();
+    let placed = place_order(&state, &tenant, &order, order_id, invoice_id)
+        .instrument(tracing::info_span!("db transaction", what = "place order"))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(OrderCreated {
+            order_id,
+            order_number: placed,
+            status: "placed".into(),
+            invoice_id,
+            group_id: order_id,
+        }),
+    ))
+}
+
+/// Writes the order and its work (the outbox rows) in one transaction; returns its number.
+async fn place_order(
+    state: &AppState,
+    tenant: &Tenant,
+    order: &CheckedOrder,
+    order_id: Uuid,
+    invoice_id: Uuid,
+) -> Result<String> {
     let now = state.settings.queue.clock.now();
     let mut tx = state.db.begin().await?;
     let order_number = match &order.number {
@@ -179,19 +203,10 @@ pub async fn create_order(
         invoice: invoice_id,
         number: &order_number,
     };
-    insert_order(&mut tx, &ids, &order).await?;
+    insert_order(&mut tx, &ids, order).await?;
     outbox::add(&mut tx, &order_work(&ids, &order.lines, now)).await?;
     tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(OrderCreated {
-            order_id,
-            order_number,
-            status: "placed".into(),
-            invoice_id,
-            group_id: order_id,
-        }),
-    ))
+    Ok(order_number)
 }
 
 /// An order that passed every check: lines priced, totals computed.

@@ -154,6 +154,7 @@ pub fn outbox_job<K: JobKind>(payload: &K, key: impl Into<String>) -> OutboxJob 
         job_id: crate::queue::JobId::new(&K::QUEUE.id()),
         depends_on: vec![],
         group: None,
+        trace: crate::telemetry::traces::current_traceparent(),
     }
 }
 

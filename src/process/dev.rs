@@ -30,7 +30,11 @@ pub async fn run() -> anyhow::Result<()> {
             _ => None,
         })
     })?;
-    telemetry::init(settings.log_format, &settings.log_filter);
+    telemetry::init(
+        settings.log_format,
+        &settings.log_filter,
+        settings.traces.as_ref(),
+    );
 
     let app = Application::build(settings.clone()).await?;
     let pool = app.state().db.clone();

@@ -95,8 +95,11 @@ where
     let cancel = CURRENT.try_with(Cancel::clone).unwrap_or_default();
     cancel.0.running.send_modify(|n| *n += 1);
     let running = Running(cancel.clone());
+    // The work stays inside the job's span (its logs and child spans belong to the job).
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         let _running = running;
+        let _entered = span.enter();
         work(&cancel)
     })
     .await

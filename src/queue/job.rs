@@ -16,6 +16,8 @@ pub struct JobMeta {
     pub max_attempts: u32,
     /// When the job was accepted (ms since the epoch).
     pub created_at_ms: i64,
+    /// The W3C `traceparent` its runs continue (`None` when it was enqueued outside any trace).
+    pub trace: Option<String>,
     /// The stream entry this delivery came from: the lease.
     pub(crate) entry: String,
     /// How to tell whether this worker still owns the job (`None` outside a queue worker).
@@ -40,6 +42,7 @@ impl JobMeta {
             attempt,
             max_attempts,
             created_at_ms: chrono::Utc::now().timestamp_millis(),
+            trace: None,
             entry: String::new(),
             lease: None,
         }

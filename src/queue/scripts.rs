@@ -185,11 +185,11 @@ local function fill(prefix, stream, count)
 end
 
 -- Hands the job behind a freshly delivered stream entry to `consumer`, appending its fields to
--- `out` (8 per job). Entries of cancelled, deleted or finished jobs are dropped; a job that has
+-- `out` (9 per job). Entries of cancelled, deleted or finished jobs are dropped; a job that has
 -- already started `max_attempts` times without finishing (its workers died each time) is dead.
 local function take(prefix, stream, group, consumer, now, dead_ttl, entry, id, out)
   local jk = job_key(prefix, id)
-  local h = redis.call('HMGET', jk, 'status', 'payload', 'attempts', 'max_attempts', 'kind', 'tenant', 'created_at')
+  local h = redis.call('HMGET', jk, 'status', 'payload', 'attempts', 'max_attempts', 'kind', 'tenant', 'created_at', 'trace')
   if h[1] ~= 'queued' and h[1] ~= 'running' then
     redis.call('XACK', stream, group, entry)
     redis.call('XDEL', stream, entry)
@@ -218,6 +218,7 @@ local function take(prefix, stream, group, consumer, now, dead_ttl, entry, id, o
   out[n + 6] = h[5] or ''
   out[n + 7] = h[6] or ''
   out[n + 8] = h[7] or '0'
+  out[n + 9] = h[8] or ''
 end
 "#;
 
@@ -228,7 +229,7 @@ fn with_common(body: &str) -> Script {
 /// Enqueues a batch. ARGV: prefix, now, idempotency_ttl_ms, count, then per job: id, kind,
 /// tenant, payload, max_attempts, run_at (0 = now), idempotency key ('' = none), preset ('1' when
 /// the caller chose the id: children may already wait for it), on_fail ('cancel' or 'run'),
-/// group id ('' = none), the number of parents, and the parents' ids. A job with parents is `waiting` (in `:held`
+/// group id ('' = none), traceparent ('' = none), the number of parents, and the parents' ids. A job with parents is `waiting` (in `:held`
 /// and, until its edges are recorded in the parents' queues, in `:linking`), its parents a hash
 /// `:parents:<id>` of parent id → "<epoch>:<state>" (epoch -1, state `pending` at first).
 /// Returns 2 per job: the job id (the earlier one for a repeated key) and 1 if new, 0 if not.
@@ -243,9 +244,10 @@ local i = 5
 for _ = 1, n do
   local id, kind, tenant, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local max, run_at, idem = ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6]
-  local preset, on_fail, group, ndeps = ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], tonumber(ARGV[i + 10])
-  local first_dep = i + 11
-  i = i + 11 + ndeps
+  local preset, on_fail, group, trace = ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10]
+  local ndeps = tonumber(ARGV[i + 11])
+  local first_dep = i + 12
+  i = i + 12 + ndeps
   local earlier = false
   if idem ~= '' then
     local ik = prefix .. ':idem:' .. idem
@@ -261,6 +263,7 @@ for _ = 1, n do
       redis.call('HSET', jk, 'children', 1)
     end
     if group ~= '' then redis.call('HSET', jk, 'group', group) end
+    if trace ~= '' then redis.call('HSET', jk, 'trace', trace) end
     -- One HSET per job. A job due now waits in its tenant's ready list; the fetch moves it into
     -- the stream (see `fill`).
     if ndeps > 0 then
@@ -297,7 +300,7 @@ return out
 /// Takes up to `count` new jobs for a consumer, a fair share from each tenant with jobs waiting
 /// (`fill`). ARGV: prefix, group, consumer, count, now, dead_ttl. Returns `{'paused'}`,
 /// `{'empty', last_wake_id}` (for a blocking wait on the wake-up stream that cannot miss a job
-/// made ready meanwhile), or `{'ok', ...8 per job}`.
+/// made ready meanwhile), or `{'ok', ...9 per job}`.
 pub static FETCH: LazyLock<Script> = LazyLock::new(|| {
     with_common(
         r#"
@@ -343,7 +346,7 @@ return {'empty', '0-0'}
 
 /// Takes over jobs whose lease expired (their worker died or stalled). ARGV: prefix, group,
 /// consumer, now, lease_ms, count, dead_ttl, cursor, stale_ms. Returns
-/// `{next_cursor, ...8 per job}`. Also forgets consumers silent for `stale_ms` that hold nothing.
+/// `{next_cursor, ...9 per job}`. Also forgets consumers silent for `stale_ms` that hold nothing.
 pub static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
     with_common(
         r#"
@@ -369,7 +372,7 @@ return out
 
 /// Takes over the jobs of a worker known to be dead (a process of this machine that is gone),
 /// without waiting for their leases to expire. ARGV: prefix, group, consumer, now, dead_ttl,
-/// dead_consumer, count. Returns 8 per job, as `RECLAIM`; forgets the dead consumer once it
+/// dead_consumer, count. Returns 9 per job, as `RECLAIM`; forgets the dead consumer once it
 /// holds nothing.
 pub static TAKE_OVER: LazyLock<Script> = LazyLock::new(|| {
     with_common(

@@ -24,7 +24,11 @@ fn init_logging() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         if std::env::var("TEST_LOG").is_ok() {
-            backroom::telemetry::init(backroom::config::LogFormat::Pretty, "info,backroom=debug");
+            backroom::telemetry::init(
+                backroom::config::LogFormat::Pretty,
+                "info,backroom=debug",
+                None,
+            );
         }
     });
 }

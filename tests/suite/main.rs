@@ -34,4 +34,5 @@ mod stock;
 mod tenant_abuse;
 mod tenant_limits;
 mod tenant_quotas;
+mod traces;
 mod webhooks;

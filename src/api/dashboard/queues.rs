@@ -299,6 +299,7 @@ pub(super) async fn job_page(
                 id => job.id, queue => job.queue, kind => job.kind, status => job.status.as_str(),
                 attempts => job.attempts, max_attempts => job.max_attempts,
                 idempotency_key => job.idempotency_key, worker => job.worker,
+                trace_id => job.trace_id,
             },
         },
     )

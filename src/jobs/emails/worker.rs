@@ -24,6 +24,7 @@ use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 /// Sending mostly waits on the SMTP server: many at once.
@@ -112,7 +113,13 @@ pub async fn handle(
         .map_err(|e| JobError::permanent(format!("the email cannot be built: {e}")))?;
     // Fencing, right before `DATA`: a worker that stalled past its lease (frozen, cut off) may
     // have lost this job to another worker, which sends the email itself.
-    match deps.mailer.send(&message, || meta.still_owned()).await {
+    let smtp = tracing::info_span!("smtp send", "otel.kind" = "client");
+    match deps
+        .mailer
+        .send(&message, || meta.still_owned())
+        .instrument(smtp)
+        .await
+    {
         Ok(Sent::NotOwned) => {
             // Nothing was sent: the new owner need not wait for this delivery's claim.
             sqlx::query!(

@@ -268,6 +268,7 @@ async fn push_chunks(
 }
 
 /// Forecasts one chunk and records it; returns how many SKUs it wrote (0 if already done).
+#[tracing::instrument(name = "forecast chunk", skip_all, fields(run_id = %run_id, chunk = chunk_no, skus = skus.len()))]
 pub async fn run_chunk(
     db: &PgPool,
     options: &RunOptions,

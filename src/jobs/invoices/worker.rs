@@ -27,6 +27,7 @@ use apalis::prelude::Data;
 use chrono::Datelike;
 use sqlx::PgPool;
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 /// Rendering is CPU work (on the blocking pool); the rest waits on Postgres and Redis. Four jobs
 /// per core keep the cores busier through those waits (measured on 2 cores, end to end: 4 jobs
@@ -190,35 +191,40 @@ async fn render_and_store(
     let pdf = crate::queue::cancel::spawn_blocking(move |cancel| {
         pdf::render(&document, &fonts, &|| cancel.is_cancelled())
     })
+    .instrument(tracing::info_span!("pdf render"))
     .await
     .context("the PDF renderer stopped")
     .and_then(|r| r)
     .map_err(|e| JobError::retry(format!("rendering the PDF: {e:#}")))?;
     let size = pdf.len();
     // Stored with its `invoice.ready` event (for the tenant's webhooks), or neither.
-    let mut tx = deps.db.begin().await?;
-    let stored = sqlx::query!(
-        r#"UPDATE invoices SET status = 'ready', pdf = $3, ready_at = now(), failure_reason = NULL
-           WHERE id = $1 AND tenant_id = $2 AND status <> 'ready'"#,
-        job.invoice_id,
-        job.tenant_id,
-        pdf
-    )
-    .execute(&mut *tx)
-    .await?;
-    if stored.rows_affected() == 0 {
-        return Ok(serde_json::json!({"number": number, "rendered": false}));
+    async {
+        let mut tx = deps.db.begin().await?;
+        let stored = sqlx::query!(
+            r#"UPDATE invoices SET status = 'ready', pdf = $3, ready_at = now(), failure_reason = NULL
+               WHERE id = $1 AND tenant_id = $2 AND status <> 'ready'"#,
+            job.invoice_id,
+            job.tenant_id,
+            pdf
+        )
+        .execute(&mut *tx)
+        .await?;
+        if stored.rows_affected() == 0 {
+            return Ok::<_, JobError>(serde_json::json!({"number": number, "rendered": false}));
+        }
+        let ready = Event::new(
+            job.tenant_id,
+            EventType::InvoiceReady,
+            serde_json::json!({
+                "invoice_id": job.invoice_id, "order_id": invoice.order_id, "number": number,
+                "total": invoice.total.to_string(), "currency": currency,
+                "pdf_url": format!("/v1/invoices/{}/pdf", job.invoice_id),
+            }),
+        );
+        events::record(&mut tx, &[ready]).await?;
+        tx.commit().await?;
+        Ok::<_, JobError>(serde_json::json!({"number": number, "rendered": true, "pdf_bytes": size}))
     }
-    let ready = Event::new(
-        job.tenant_id,
-        EventType::InvoiceReady,
-        serde_json::json!({
-            "invoice_id": job.invoice_id, "order_id": invoice.order_id, "number": number,
-            "total": invoice.total.to_string(), "currency": currency,
-            "pdf_url": format!("/v1/invoices/{}/pdf", job.invoice_id),
-        }),
-    );
-    events::record(&mut tx, &[ready]).await?;
-    tx.commit().await?;
-    Ok(serde_json::json!({"number": number, "rendered": true, "pdf_bytes": size}))
+    .instrument(tracing::info_span!("db transaction", what = "store invoice"))
+    .await
 }

@@ -29,6 +29,7 @@ use sqlx::PgPool;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 /// Most adjustments applied in one transaction.
@@ -72,6 +73,8 @@ pub enum Applied {
 struct Pending {
     adjustment: Adjustment,
     job_id: String,
+    /// The trace of the job that sent it (traces on).
+    trace: Option<String>,
     reply: oneshot::Sender<Result<Applied, String>>,
 }
 
@@ -96,6 +99,7 @@ impl StockLedger {
             .send(Pending {
                 adjustment,
                 job_id: job_id.to_string(),
+                trace: crate::telemetry::traces::current_traceparent(),
                 reply,
             })
             .await
@@ -109,6 +113,9 @@ impl StockLedger {
 /// What a job whose batch failed is told. The cause (a database error, perhaps quoting another
 /// tenant's rows) goes to the worker's log, not to the tenant.
 const BATCH_FAILED: &str = "the ledger could not apply this adjustment (a database error, logged by the worker); it will be retried";
+
+/// The most other jobs' runs a batch's span links to.
+const MAX_TRACE_LINKS: usize = 32;
 
 async fn write_loop(db: PgPool, mut rx: mpsc::Receiver<Pending>) {
     while let Some(first) = rx.recv().await {
@@ -138,7 +145,19 @@ async fn apply_and_reply(db: &PgPool, batch: Vec<Pending>) {
         .iter()
         .map(|p| (&p.adjustment, p.job_id.as_str()))
         .collect();
-    let error = match apply_batch(db, &adjustments).await {
+    // One transaction serves the jobs of many traces: its span is a child of the first job's run
+    // and links to the others'.
+    let span = tracing::info_span!(
+        "db transaction",
+        what = "stock batch",
+        adjustments = batch.len(),
+        trace_id = tracing::field::Empty
+    );
+    crate::telemetry::traces::continue_trace(&span, batch[0].trace.as_deref());
+    for p in batch.iter().skip(1).take(MAX_TRACE_LINKS) {
+        crate::telemetry::traces::add_link(&span, p.trace.as_deref());
+    }
+    let error = match apply_batch(db, &adjustments).instrument(span).await {
         Ok(outcomes) => {
             for (p, outcome) in batch.into_iter().zip(outcomes) {
                 let _ = p.reply.send(Ok(outcome));

@@ -243,7 +243,9 @@ async fn endpoint_health(
     Ok(())
 }
 
-/// One POST, its answer read up to [`MAX_RESPONSE_BYTES`], all within the client's timeout.
+/// One POST, its answer read up to [`MAX_RESPONSE_BYTES`], all within the client's timeout. With
+/// traces on, the request carries the delivery's `traceparent`, so a traced receiver continues it.
+#[tracing::instrument(name = "webhook call", skip_all, fields(otel.kind = "client", status = tracing::field::Empty))]
 async fn send(
     deps: &WebhookDeps,
     url: &str,
@@ -254,16 +256,17 @@ async fn send(
 ) -> Attempt {
     let signature = signature_header(secrets, id, timestamp, &body);
     let started = Instant::now();
-    let sent = deps
+    let mut request = deps
         .http
         .post(url)
         .header("content-type", "application/json")
         .header("webhook-id", id)
         .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(body)
-        .send()
-        .await;
+        .header("webhook-signature", signature);
+    if let Some(traceparent) = crate::telemetry::traces::current_traceparent() {
+        request = request.header("traceparent", traceparent);
+    }
+    let sent = request.body(body).send().await;
     let mut attempt = Attempt {
         status: None,
         error: None,
@@ -274,6 +277,7 @@ async fn send(
         Ok(mut response) => {
             let status = response.status();
             attempt.status = Some(status.as_u16());
+            tracing::Span::current().record("status", status.as_u16());
             let mut read = Vec::new();
             while read.len() < MAX_RESPONSE_BYTES {
                 match response.chunk().await {

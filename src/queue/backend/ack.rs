@@ -211,8 +211,15 @@ where
             }
             let waited = Duration::from_millis((layer.clock.now_ms() - meta.created_at_ms).max(0) as u64);
             metrics::started(&layer.queue, waited);
+            // Each run is a span of the trace the job was enqueued in (traces on), so its retries
+            // are spans of the same trace; its id is in every log line of the run.
             let span = tracing::info_span!("job", queue = %layer.queue, job_id = %meta.id,
-                kind = %meta.kind, attempt = meta.attempt);
+                kind = %meta.kind, attempt = meta.attempt,
+                tenant = %meta.tenant.map(|t| t.to_string()).unwrap_or_default(),
+                outcome = tracing::field::Empty, trace_id = tracing::field::Empty,
+                "otel.name" = %format_args!("job {}", meta.kind), "otel.kind" = "consumer",
+                "otel.status_code" = tracing::field::Empty);
+            crate::telemetry::traces::continue_trace(&span, meta.trace.as_deref());
             let started = Instant::now();
             // Each job runs in a task of its own: jobs use every core, a panic is caught as the
             // task's result, and a job past its timeout is aborted rather than left running; its
@@ -241,7 +248,9 @@ where
             };
             let outcome = layer.outcome(&meta, ran);
             metrics::finished(&layer.queue, meta.tenant, outcome.kind, started.elapsed());
+            span.record("outcome", outcome.kind);
             if outcome.kind != "succeeded" {
+                span.record("otel.status_code", "error");
                 span.in_scope(|| tracing::warn!(outcome = outcome.kind, error = %outcome.data, "job did not succeed"));
             }
             if let Some(hook) = &layer.hook

@@ -113,7 +113,7 @@ impl WorkerOptions {
     }
 }
 
-/// A job as a script returned it (8 fields per job).
+/// A job as a script returned it (9 fields per job).
 struct RawJob {
     entry: String,
     id: String,
@@ -123,11 +123,12 @@ struct RawJob {
     kind: String,
     tenant: String,
     created_at_ms: i64,
+    trace: String,
 }
 
 fn raw_jobs(values: &[Value]) -> Vec<RawJob> {
     values
-        .chunks_exact(8)
+        .chunks_exact(9)
         .filter_map(|v| {
             Some(RawJob {
                 entry: string(&v[0])?,
@@ -141,6 +142,7 @@ fn raw_jobs(values: &[Value]) -> Vec<RawJob> {
                 kind: string(&v[5]).unwrap_or_default(),
                 tenant: string(&v[6]).unwrap_or_default(),
                 created_at_ms: int(&v[7]).unwrap_or(0),
+                trace: string(&v[8]).unwrap_or_default(),
             })
         })
         .collect()
@@ -353,6 +355,7 @@ impl Shared {
             attempt: raw.attempts,
             max_attempts: raw.max_attempts,
             created_at_ms: raw.created_at_ms,
+            trace: Some(raw.trace.clone()).filter(|t| !t.is_empty()),
             entry: raw.entry.clone(),
             lease: Some(self.lease()),
         }

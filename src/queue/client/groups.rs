@@ -84,6 +84,9 @@ struct StoredFollowUp {
     tenant: Option<Uuid>,
     payload: String,
     max_attempts: u32,
+    /// The trace it continues (of the span that opened the group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace: Option<String>,
 }
 
 impl Queues {
@@ -101,6 +104,7 @@ impl Queues {
                 tenant: job.tenant,
                 payload: String::from_utf8_lossy(&job.payload).into_owned(),
                 max_attempts: job.max_attempts,
+                trace: job.trace.clone(),
             })
             .expect("a follow-up serializes"),
             None => String::new(),
@@ -175,7 +179,12 @@ impl Queues {
         };
         let mut job = NewJob::raw(&stored.kind, stored.payload.into_bytes())
             .max_attempts(stored.max_attempts)
-            .idempotency_key(format!("group:{group}"));
+            .idempotency_key(format!("group:{group}"))
+            .trace(
+                stored
+                    .trace
+                    .or_else(crate::telemetry::traces::current_traceparent),
+            );
         if let Some(tenant) = stored.tenant {
             job = job.tenant(tenant);
         }

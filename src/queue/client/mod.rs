@@ -63,6 +63,9 @@ pub struct NewJob {
     pub parents_may_follow: bool,
     /// The group it counts in (see [`groups`]).
     pub group: Option<Uuid>,
+    /// The W3C `traceparent` its runs continue (see [`crate::telemetry::traces`]); by default the
+    /// span it was created in, when traces are on.
+    pub trace: Option<String>,
 }
 
 /// What a job waiting for parents does when one of them ends failed, dead or cancelled.
@@ -90,6 +93,7 @@ impl NewJob {
             on_parent_failure: ParentFailure::Cancel,
             parents_may_follow: false,
             group: None,
+            trace: crate::telemetry::traces::current_traceparent(),
         }
     }
 
@@ -130,6 +134,12 @@ impl NewJob {
     /// Runs the job once its parents have ended, even if some failed.
     pub fn run_if_parents_fail(mut self) -> Self {
         self.on_parent_failure = ParentFailure::RunAnyway;
+        self
+    }
+
+    /// Continues the trace `traceparent` rather than the current span's.
+    pub fn trace(mut self, traceparent: Option<String>) -> Self {
+        self.trace = traceparent;
         self
     }
 
@@ -240,6 +250,8 @@ pub struct JobRecord {
     pub idempotency_key: Option<String>,
     /// The group it counts in.
     pub group: Option<Uuid>,
+    /// The trace its runs belong to (32 hex digits), when it was enqueued inside one.
+    pub trace_id: Option<String>,
     pub worker: Option<String>,
     pub created_at: DateTime<Utc>,
     pub run_at: Option<DateTime<Utc>>,
@@ -403,6 +415,8 @@ fn parse_record(
             .unwrap_or_else(|| serde_json::json!([])),
         idempotency_key: text("idem"),
         group: text("group").and_then(|g| Uuid::parse_str(&g).ok()),
+        trace_id: text("trace")
+            .and_then(|t| crate::telemetry::traces::trace_id_of(&t).map(str::to_string)),
         worker: text("worker"),
         created_at: number(text("created_at"))
             .and_then(ms_to_time)

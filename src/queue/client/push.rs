@@ -41,6 +41,7 @@ impl Queues {
                         ParentFailure::RunAnyway => "run",
                     })
                     .arg(job.group.map(|g| g.to_string()).unwrap_or_default())
+                    .arg(job.trace.as_deref().unwrap_or_default())
                     .arg(job.depends_on.len());
                 for parent in &job.depends_on {
                     call.arg(parent);

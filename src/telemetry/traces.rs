@@ -1,0 +1,468 @@
+//! OpenTelemetry traces: one trace from a tenant's request through every job it causes.
+//!
+//! A request's span continues the caller's W3C `traceparent` (or starts a trace). Whatever is
+//! enqueued inside a span carries that span's context: a job pushed directly, an outbox row (the
+//! relay's span for it continues the request's trace, and the job continues the relay's span), a
+//! dependent, a group's follow-up and a webhook delivery (an outbox row too). The queue stores it
+//! with the job as a `traceparent` string, and each run of the job is a span, child of it: so the
+//! retries of a job are spans of the same trace. Spans inside a job (a ledger transaction, a PDF
+//! render, an SMTP send, a forecast chunk, a webhook call) are ordinary `tracing` spans.
+//!
+//! Off by default. On when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! is set (and neither `OTEL_SDK_DISABLED=true` nor `OTEL_TRACES_EXPORTER=none`). Export is
+//! OTLP over HTTP/protobuf, batched by the SDK's batch processor on a thread of its own, with a
+//! bounded queue (`OTEL_BSP_MAX_QUEUE_SIZE`, 2,048 spans by default): when the collector is slow
+//! or down, spans past the bound are dropped, and no request or job ever waits for it. Sampling
+//! follows `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`; an unsampled trace still carries its
+//! trace id from request to jobs, so the id a tenant quotes is always the same.
+
+use crate::config::SettingsError;
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use std::collections::HashMap;
+use std::time::Duration;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+
+/// How traces are exported; read from the standard `OTEL_*` variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    /// Where spans go (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is, or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` followed by `/v1/traces`).
+    pub endpoint: String,
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (default: parent-based, always on).
+    pub sampler: SamplerSetting,
+    /// `OTEL_SERVICE_NAME` (default `backroom`).
+    pub service_name: String,
+    /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or `OTEL_EXPORTER_OTLP_TIMEOUT`, in milliseconds
+    /// (default 10,000): the longest one export may take.
+    pub timeout: Duration,
+}
+
+/// The samplers of the OpenTelemetry specification that need no remote service.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplerSetting {
+    AlwaysOn,
+    AlwaysOff,
+    TraceIdRatio(f64),
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedTraceIdRatio(f64),
+}
+
+impl TraceSettings {
+    /// `None` when traces are off. Errors name the variable at fault.
+    pub fn from_lookup(
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<TraceSettings>, SettingsError> {
+        let err = |var: &'static str, message: String| SettingsError { var, message };
+        if get("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        match get("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+            None | Some("otlp") => {}
+            Some("none") => return Ok(None),
+            Some(other) => {
+                return Err(err(
+                    "OTEL_TRACES_EXPORTER",
+                    format!("'{other}' is not one of: otlp, none"),
+                ));
+            }
+        }
+        let endpoint = match (
+            get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ) {
+            (Some(url), _) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url.trim().to_string()),
+            (None, Some(base)) => (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("{}/v1/traces", base.trim().trim_end_matches('/')),
+            ),
+            (None, None) => return Ok(None),
+        };
+        let (var, endpoint) = endpoint;
+        let parsed = url::Url::parse(&endpoint)
+            .map_err(|e| err(var, format!("'{endpoint}' is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(err(
+                var,
+                format!("'{endpoint}' is not an http:// or https:// URL with a host"),
+            ));
+        }
+        for var in [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ] {
+            if let Some(protocol) = get(var)
+                && protocol.trim() != "http/protobuf"
+            {
+                return Err(err(
+                    var,
+                    format!(
+                        "'{}' is not supported: only http/protobuf is",
+                        protocol.trim()
+                    ),
+                ));
+            }
+        }
+        let timeout = match (
+            get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+            get("OTEL_EXPORTER_OTLP_TIMEOUT"),
+        ) {
+            (Some(ms), _) => parse_timeout("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", &ms)?,
+            (None, Some(ms)) => parse_timeout("OTEL_EXPORTER_OTLP_TIMEOUT", &ms)?,
+            (None, None) => Duration::from_secs(10),
+        };
+        let arg = || -> Result<f64, SettingsError> {
+            let raw = get("OTEL_TRACES_SAMPLER_ARG").ok_or_else(|| {
+                err(
+                    "OTEL_TRACES_SAMPLER_ARG",
+                    "is not set (a ratio sampler needs a fraction from 0 to 1)".into(),
+                )
+            })?;
+            raw.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| {
+                    err(
+                        "OTEL_TRACES_SAMPLER_ARG",
+                        format!("'{raw}' is not a fraction from 0 to 1"),
+                    )
+                })
+        };
+        let sampler = match get("OTEL_TRACES_SAMPLER").as_deref().map(str::trim) {
+            None | Some("parentbased_always_on") => SamplerSetting::ParentBasedAlwaysOn,
+            Some("always_on") => SamplerSetting::AlwaysOn,
+            Some("always_off") => SamplerSetting::AlwaysOff,
+            Some("parentbased_always_off") => SamplerSetting::ParentBasedAlwaysOff,
+            Some("traceidratio") => SamplerSetting::TraceIdRatio(arg()?),
+            Some("parentbased_traceidratio") => SamplerSetting::ParentBasedTraceIdRatio(arg()?),
+            Some(other) => {
+                return Err(err(
+                    "OTEL_TRACES_SAMPLER",
+                    format!(
+                        "'{other}' is not one of: always_on, always_off, traceidratio, \
+                         parentbased_always_on, parentbased_always_off, parentbased_traceidratio"
+                    ),
+                ));
+            }
+        };
+        let service_name = get("OTEL_SERVICE_NAME")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| "backroom".into());
+        Ok(Some(TraceSettings {
+            endpoint,
+            sampler,
+            service_name,
+            timeout,
+        }))
+    }
+
+    /// The share of new traces sampled: what a root span's sampler decides.
+    fn root_ratio(&self) -> f64 {
+        match self.sampler {
+            SamplerSetting::AlwaysOn | SamplerSetting::ParentBasedAlwaysOn => 1.0,
+            SamplerSetting::AlwaysOff | SamplerSetting::ParentBasedAlwaysOff => 0.0,
+            SamplerSetting::TraceIdRatio(r) | SamplerSetting::ParentBasedTraceIdRatio(r) => r,
+        }
+    }
+
+    fn sampler(&self) -> Sampler {
+        match self.sampler {
+            SamplerSetting::AlwaysOn => Sampler::AlwaysOn,
+            SamplerSetting::AlwaysOff => Sampler::AlwaysOff,
+            SamplerSetting::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+            SamplerSetting::ParentBasedAlwaysOn => {
+                Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
+            }
+            SamplerSetting::ParentBasedAlwaysOff => {
+                Sampler::ParentBased(Box::new(Sampler::AlwaysOff))
+            }
+            SamplerSetting::ParentBasedTraceIdRatio(r) => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+            }
+        }
+    }
+}
+
+fn parse_timeout(var: &'static str, raw: &str) -> Result<Duration, SettingsError> {
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| (1..=600_000).contains(ms))
+        .map(Duration::from_millis)
+        .ok_or_else(|| SettingsError {
+            var,
+            message: format!("'{raw}' is not a number of milliseconds from 1 to 600000"),
+        })
+}
+
+/// The tracer provider: OTLP/HTTP export through the SDK's batch processor (which reads the
+/// `OTEL_BSP_*` variables: queue size, batch size, delay, export timeout).
+pub(super) fn provider(settings: &TraceSettings) -> anyhow::Result<SdkTracerProvider> {
+    let _ = CALLER_SAMPLE_RATIO.set(settings.root_ratio());
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(settings.endpoint.clone())
+        .with_timeout(settings.timeout)
+        .build()?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(settings.service_name.clone())
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(settings.sampler())
+        .with_resource(resource)
+        .build())
+}
+
+/// The `tracing` layer that turns this crate's spans (at info and above) into OpenTelemetry
+/// spans. Other crates' spans stay out of traces (they are logs' business).
+pub(super) fn layer<S>(provider: &SdkTracerProvider) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+{
+    let tracer = provider.tracer("backroom");
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+        .with_filter(
+            Targets::new()
+                .with_default(LevelFilter::OFF)
+                .with_target("backroom", LevelFilter::INFO),
+        )
+        .boxed()
+}
+
+/// The share of callers' traces sampled (set with the exporter; none while traces are off).
+static CALLER_SAMPLE_RATIO: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// A caller's `traceparent` as this service continues it: its trace and parent span kept, its
+/// sampled flag decided here, at the configured share, rather than by the caller. A tenant thus
+/// cannot make its own traces exported at a higher rate than the operator chose (crowding
+/// other tenants' spans out of the exporter's bounded queue); a request without one starts a
+/// trace sampled the same way. `None` for anything but a well-formed W3C version-00 value.
+pub fn from_caller(traceparent: &str) -> Option<String> {
+    let parts: Vec<&str> = traceparent.trim().split('-').collect();
+    let [version, _, span_id, flags] = parts[..] else {
+        return None;
+    };
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if version != "00" || !hex(span_id, 16) || !hex(flags, 2) || span_id == "0000000000000000" {
+        return None;
+    }
+    let trace_id = trace_id_of(traceparent.trim())?;
+    let ratio = CALLER_SAMPLE_RATIO.get().copied().unwrap_or(0.0);
+    let sampled = ratio >= 1.0 || (ratio > 0.0 && rand::random::<f64>() < ratio);
+    Some(format!(
+        "00-{trace_id}-{}-{}",
+        span_id.to_ascii_lowercase(),
+        if sampled { "01" } else { "00" }
+    ))
+}
+
+/// The W3C `traceparent` of the current span, when it is part of a trace (traces on); what a job
+/// enqueued here stores.
+pub fn current_traceparent() -> Option<String> {
+    traceparent_of(&tracing::Span::current())
+}
+
+/// The W3C `traceparent` of `span`, when it is part of a trace.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of `traceparent` (a valid W3C value; anything else is ignored and the
+/// span starts its own trace), and records its trace id in the span's `trace_id` field (so every
+/// log line inside it carries the id) when the span declares one.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(cx) = traceparent.and_then(context_of) {
+        let _ = span.set_parent(cx);
+    }
+    if let Some(id) = traceparent_of(span)
+        .as_deref()
+        .and_then(trace_id_of)
+        .or_else(|| traceparent.and_then(trace_id_of))
+    {
+        span.record("trace_id", id);
+    }
+}
+
+/// Links `span` to the span `traceparent` names (one span serving several traces, as a batch).
+pub fn add_link(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(cx) = traceparent.and_then(context_of) {
+        span.add_link(cx.span().span_context().clone());
+    }
+}
+
+/// The context a valid `traceparent` names.
+fn context_of(traceparent: &str) -> Option<opentelemetry::Context> {
+    if traceparent.len() > 128 {
+        return None;
+    }
+    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// The trace id (32 lowercase hex digits) in a `traceparent`, when it is well formed.
+pub fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let (_version, trace_id) = (parts.next()?, parts.next()?);
+    (trace_id.len() == 32
+        && trace_id
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && trace_id.bytes().any(|b| b != b'0'))
+    .then_some(trace_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Option<TraceSettings>, SettingsError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        TraceSettings::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn traces_are_off_unless_an_endpoint_is_set() {
+        assert_eq!(settings(&[]).unwrap(), None);
+        let on = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(on.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(on.sampler, SamplerSetting::ParentBasedAlwaysOn);
+        assert_eq!(on.service_name, "backroom");
+        let traces_url = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b:9999/x"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(traces_url.endpoint, "http://b:9999/x");
+        for off in [
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ] {
+            assert_eq!(
+                settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"), off]).unwrap(),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn bad_otel_settings_name_their_variable() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318");
+        for (vars, var) in [
+            (
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (
+                vec![base, ("OTEL_TRACES_EXPORTER", "jaeger")],
+                "OTEL_TRACES_EXPORTER",
+            ),
+            (
+                vec![base, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ),
+            (
+                vec![base, ("OTEL_TRACES_SAMPLER", "sometimes")],
+                "OTEL_TRACES_SAMPLER",
+            ),
+            (
+                vec![base, ("OTEL_TRACES_SAMPLER", "traceidratio")],
+                "OTEL_TRACES_SAMPLER_ARG",
+            ),
+            (
+                vec![
+                    base,
+                    ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "2"),
+                ],
+                "OTEL_TRACES_SAMPLER_ARG",
+            ),
+            (
+                vec![base, ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")],
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ),
+        ] {
+            assert_eq!(settings(&vars).unwrap_err().var, var, "{vars:?}");
+        }
+        let ratio = settings(&[
+            base,
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(ratio.sampler, SamplerSetting::ParentBasedTraceIdRatio(0.01));
+    }
+
+    #[test]
+    fn trace_ids_are_read_only_from_well_formed_traceparents() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            trace_id_of(&format!("00-{id}-00f067aa0ba902b7-01")),
+            Some(id)
+        );
+        assert_eq!(
+            trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            trace_id_of("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id_of("garbage"), None);
+    }
+
+    #[test]
+    fn a_callers_traceparent_keeps_its_ids_but_not_its_sampling_decision() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        // No exporter in this test process: the configured share is none, so even a caller that
+        // asks for sampling is not sampled; its trace and parent are kept.
+        assert_eq!(
+            from_caller(&format!("00-{id}-00F067AA0BA902B7-01")).as_deref(),
+            Some(format!("00-{id}-00f067aa0ba902b7-00").as_str())
+        );
+        for bad in [
+            format!("01-{id}-00f067aa0ba902b7-01"),
+            format!("00-{id}-0000000000000000-01"),
+            format!("00-{id}-00f067aa0ba902b7"),
+            format!("00-{id}-00f067aa0ba902b7-01-extra"),
+            "00-xyz-00f067aa0ba902b7-01".to_string(),
+        ] {
+            assert_eq!(from_caller(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn without_a_tracing_layer_nothing_is_propagated() {
+        let span = tracing::info_span!("request", trace_id = tracing::field::Empty);
+        assert_eq!(traceparent_of(&span), None);
+    }
+}
