@@ -28,7 +28,6 @@ pub fn init(format: LogFormat, filter: &str, traces: Option<&TraceSettings>) {
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_span_list(false)
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()

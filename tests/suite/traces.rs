@@ -218,7 +218,11 @@ async fn an_order_is_one_trace_from_request_to_email_and_a_hung_collector_holds_
     let serve = ServeProcess::spawn(&app, &serve_env, None).await;
     let mut work_env = otel_env(port, "work");
     work_env.push(("SMTP_URL", smtp.url()));
-    let _work = WorkerProcess::spawn(&app, "stock,invoices,emails", &work_env);
+    // Logs at the production default, where a job's span (info) is on each of its lines.
+    work_env.push(("BACKROOM_LOG", "info".into()));
+    let work_log =
+        std::env::temp_dir().join(format!("backroom-traces-{}.log", uuid::Uuid::new_v4()));
+    let _work = WorkerProcess::spawn_logged(&app, "stock,invoices,emails", &work_env, &work_log);
 
     // SMTP is down when the order's email first runs: it is retried, then sent.
     smtp.stop();
@@ -232,6 +236,24 @@ async fn an_order_is_one_trace_from_request_to_email_and_a_hung_collector_holds_
     })
     .await;
     let _smtp = SmtpServer::start_on(smtp_port).await;
+    // The failed run's log line carries the trace id (the job's span is on every line in it).
+    let logged = wait_for(
+        "the failed run's warning in the worker's log",
+        LIMIT,
+        || async {
+            std::fs::read_to_string(&work_log)
+                .ok()?
+                .lines()
+                .find(|l| l.contains("job did not succeed") && l.contains("invoice_email"))
+                .map(str::to_string)
+        },
+    )
+    .await;
+    assert!(
+        logged.contains(&format!("\"trace_id\":\"{trace_id}\"")),
+        "{logged}"
+    );
+    let _ = std::fs::remove_file(&work_log);
     let spans = wait_for("the whole trace", LIMIT, || async {
         let spans = receiver.of_trace(&trace_id);
         let sent = spans
