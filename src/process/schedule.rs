@@ -59,7 +59,9 @@ pub async fn maintain(tick: Tick, deps: Data<SchedulerDeps>) -> Result<(), JobEr
     Ok(())
 }
 
-/// The nightly tick: tonight's forecast run for every tenant (once per tenant and night).
+/// The nightly tick: tonight's forecast run for every tenant (once per tenant and night). With
+/// traces on, the tick is a span and the runs it starts are jobs of its trace.
+#[tracing::instrument(name = "nightly forecasts", skip_all, fields(otel.kind = "producer"))]
 pub async fn nightly(tick: Tick, deps: Data<SchedulerDeps>) -> Result<(), JobError> {
     let night = chrono::DateTime::from_timestamp(tick.get_timestamp() as i64, 0)
         .unwrap_or_else(chrono::Utc::now)

@@ -17,11 +17,8 @@
 //! trace id from request to jobs, so the id a tenant quotes is always the same.
 
 use crate::config::SettingsError;
-use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use std::collections::HashMap;
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::Layer;
@@ -281,27 +278,36 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
         return None;
     }
     let cx = span.context();
-    if !cx.span().span_context().is_valid() {
-        return None;
-    }
-    let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-    carrier.remove("traceparent")
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
 }
 
 /// Makes `span` a child of `traceparent` (a valid W3C value; anything else is ignored and the
 /// span starts its own trace), and records its trace id in the span's `trace_id` field (so every
 /// log line inside it carries the id) when the span declares one.
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
-    if let Some(cx) = traceparent.and_then(context_of) {
-        let _ = span.set_parent(cx);
+    if span.is_disabled() {
+        return;
     }
-    if let Some(id) = traceparent_of(span)
-        .as_deref()
-        .and_then(trace_id_of)
-        .or_else(|| traceparent.and_then(trace_id_of))
-    {
-        span.record("trace_id", id);
+    let parent = traceparent.and_then(context_of);
+    match (parent, traceparent.and_then(trace_id_of)) {
+        // Per job run, so kept cheap: the trace id is the parent's.
+        (Some(cx), Some(id)) => {
+            let _ = span.set_parent(cx);
+            span.record("trace_id", id);
+        }
+        _ => {
+            if let Some(own) = traceparent_of(span) {
+                span.record("trace_id", trace_id_of(&own).unwrap_or_default());
+            }
+        }
     }
 }
 
@@ -312,14 +318,27 @@ pub fn add_link(span: &tracing::Span, traceparent: Option<&str>) {
     }
 }
 
-/// The context a valid `traceparent` names.
+/// The (remote) context a well-formed version-00 `traceparent` names.
 fn context_of(traceparent: &str) -> Option<opentelemetry::Context> {
-    if traceparent.len() > 128 {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let mut parts = traceparent.split('-');
+    let (version, trace_id, span_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version != "00" || parts.next().is_some() || span_id.len() != 16 || flags.len() != 2 {
         return None;
     }
-    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    cx.span().span_context().is_valid().then_some(cx)
+    let trace_id = TraceId::from_hex(trace_id_of(traceparent)?).ok()?;
+    let span_id = SpanId::from_hex(span_id).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let sc = SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    sc.is_valid()
+        .then(|| opentelemetry::Context::new().with_remote_span_context(sc))
 }
 
 /// The trace id (32 lowercase hex digits) in a `traceparent`, when it is well formed.
@@ -337,6 +356,8 @@ pub fn trace_id_of(traceparent: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Option<TraceSettings>, SettingsError> {
         let vars: HashMap<String, String> = vars
@@ -457,6 +478,26 @@ mod tests {
             "00-xyz-00f067aa0ba902b7-01".to_string(),
         ] {
             assert_eq!(from_caller(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_traceparent_names_a_remote_context_only_when_well_formed() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let cx = context_of(&format!("00-{id}-00f067aa0ba902b7-01")).unwrap();
+        let sc = cx.span().span_context().clone();
+        assert_eq!(sc.trace_id().to_string(), id);
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(sc.is_sampled() && sc.is_remote());
+        assert!(!context_of(&format!("00-{id}-00f067aa0ba902b7-00")).unwrap().span().span_context().is_sampled());
+        for bad in [
+            format!("00-{id}-00f067aa0ba902b7"),
+            format!("00-{id}-0000000000000000-01"),
+            format!("00-{id}-00f067aa0ba902bz-01"),
+            format!("00-{id}-00f067aa0ba902b7-01-x"),
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_string(),
+        ] {
+            assert!(context_of(&bad).is_none(), "{bad}");
         }
     }
 
