@@ -263,7 +263,9 @@ for _ = 1, n do
       redis.call('HSET', jk, 'children', 1)
     end
     if group ~= '' then redis.call('HSET', jk, 'group', group) end
-    if trace ~= '' then redis.call('HSET', jk, 'trace', trace) end
+    -- The trace travels in the job's one HSET (nothing when traces are off).
+    local traced = {}
+    if trace ~= '' then traced = {'trace', trace} end
     -- One HSET per job. A job due now waits in its tenant's ready list; the fetch moves it into
     -- the stream (see `fill`).
     if ndeps > 0 then
@@ -273,17 +275,18 @@ for _ = 1, n do
       local distinct = redis.call('HLEN', pk)
       redis.call('HSET', jk, 'kind', kind, 'tenant', tenant, 'payload', payload, 'attempts', 0,
         'max_attempts', max, 'created_at', now, 'idem', idem, 'status', 'waiting',
-        'deps', distinct, 'deps_left', distinct, 'deps_failed', 0, 'on_fail', on_fail)
+        'deps', distinct, 'deps_left', distinct, 'deps_failed', 0, 'on_fail', on_fail, unpack(traced))
       if run_at > 0 then redis.call('HSET', jk, 'run_at', run_at) end
       redis.call('ZADD', prefix .. ':held', now, id)
       redis.call('ZADD', prefix .. ':linking', now, id)
     elseif run_at > now then
       redis.call('HSET', jk, 'kind', kind, 'tenant', tenant, 'payload', payload, 'attempts', 0,
-        'max_attempts', max, 'created_at', now, 'idem', idem, 'status', 'scheduled', 'run_at', run_at)
+        'max_attempts', max, 'created_at', now, 'idem', idem, 'status', 'scheduled', 'run_at', run_at,
+        unpack(traced))
       redis.call('ZADD', prefix .. ':scheduled', run_at, id)
     else
       redis.call('HSET', jk, 'kind', kind, 'tenant', tenant, 'payload', payload, 'attempts', 0,
-        'max_attempts', max, 'created_at', now, 'idem', idem, 'status', 'queued')
+        'max_attempts', max, 'created_at', now, 'idem', idem, 'status', 'queued', unpack(traced))
       make_ready(prefix, id, tenant, false)
       ready = ready + 1
     end
