@@ -1967,9 +1967,11 @@ fn main() -> anyhow::Result<()> {
         bail!("unknown scenario {unknown:?}; choose from {SCENARIOS:?}");
     }
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    // A `traces` child logs as production does (JSON, warnings) and exports when told to.
+    // A `traces` child logs as production does (JSON, `BACKROOM_LOG`, default info) and exports
+    // when told to.
     if common::is_traces_child() {
-        common::init_telemetry(backroom::config::LogFormat::Json, "warn")?;
+        let filter = std::env::var("BACKROOM_LOG").unwrap_or_else(|_| "info".into());
+        common::init_telemetry(backroom::config::LogFormat::Json, &filter)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

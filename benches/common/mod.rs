@@ -273,7 +273,13 @@ where
 {
     let smoke = smoke_mode();
     let filter = std::env::var("BACKROOM_LOG").unwrap_or_else(|_| "info".into());
-    init_telemetry(backroom::config::LogFormat::Pretty, &filter)?;
+    // A traced child logs as production does (JSON); a plain run for a terminal.
+    let format = if is_traces_child() {
+        backroom::config::LogFormat::Json
+    } else {
+        backroom::config::LogFormat::Pretty
+    };
+    init_telemetry(format, &filter)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -1024,7 +1030,9 @@ pub fn traced_runs(args: &[&str], rounds: usize) -> anyhow::Result<Vec<TracedRun
             command
                 .args(args)
                 .env(TRACES_CHILD, "1")
-                .env("BACKROOM_LOG", "warn")
+                // Logs as in production (the default filter), so that every mode pays for the
+                // spans logs need and the difference is what traces add.
+                .env("BACKROOM_LOG", "info")
                 .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
                 .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
                 .stdout(std::process::Stdio::piped())

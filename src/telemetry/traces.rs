@@ -311,10 +311,28 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
     }
 }
 
-/// Links `span` to the span `traceparent` names (one span serving several traces, as a batch).
-pub fn add_link(span: &tracing::Span, traceparent: Option<&str>) {
-    if let Some(cx) = traceparent.and_then(context_of) {
-        span.add_link(cx.span().span_context().clone());
+/// Makes `span` a child of another span (one serving several, as a batch), recording its
+/// trace id; nothing when traces are off.
+pub fn continue_span(span: &tracing::Span, parent: &tracing::Span) {
+    if span.is_disabled() || parent.is_disabled() {
+        return;
+    }
+    let cx = parent.context();
+    let trace_id = cx.span().span_context().trace_id();
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
+}
+
+/// Links `span` to another span (one span serving several traces, as a batch).
+pub fn link_span(span: &tracing::Span, other: &tracing::Span) {
+    if span.is_disabled() || other.is_disabled() {
+        return;
+    }
+    let sc = other.context().span().span_context().clone();
+    if sc.is_valid() {
+        span.add_link(sc);
     }
 }
 
@@ -322,7 +340,7 @@ pub fn add_link(span: &tracing::Span, traceparent: Option<&str>) {
 fn context_of(traceparent: &str) -> Option<opentelemetry::Context> {
     use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
     let mut parts = traceparent.split('-');
-    let (version, trace_id, span_id, flags) =
+    let (version, _trace_id, span_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if version != "00" || parts.next().is_some() || span_id.len() != 16 || flags.len() != 2 {
         return None;
@@ -489,7 +507,13 @@ mod tests {
         assert_eq!(sc.trace_id().to_string(), id);
         assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
         assert!(sc.is_sampled() && sc.is_remote());
-        assert!(!context_of(&format!("00-{id}-00f067aa0ba902b7-00")).unwrap().span().span_context().is_sampled());
+        assert!(
+            !context_of(&format!("00-{id}-00f067aa0ba902b7-00"))
+                .unwrap()
+                .span()
+                .span_context()
+                .is_sampled()
+        );
         for bad in [
             format!("00-{id}-00f067aa0ba902b7"),
             format!("00-{id}-0000000000000000-01"),

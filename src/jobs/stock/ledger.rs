@@ -73,8 +73,8 @@ pub enum Applied {
 struct Pending {
     adjustment: Adjustment,
     job_id: String,
-    /// The trace of the job that sent it (traces on).
-    trace: Option<String>,
+    /// The span of the job run that sent it (the batch's span continues or links to it).
+    sender: tracing::Span,
     reply: oneshot::Sender<Result<Applied, String>>,
 }
 
@@ -99,7 +99,7 @@ impl StockLedger {
             .send(Pending {
                 adjustment,
                 job_id: job_id.to_string(),
-                trace: crate::telemetry::traces::current_traceparent(),
+                sender: tracing::Span::current(),
                 reply,
             })
             .await
@@ -153,9 +153,9 @@ async fn apply_and_reply(db: &PgPool, batch: Vec<Pending>) {
         adjustments = batch.len(),
         trace_id = tracing::field::Empty
     );
-    crate::telemetry::traces::continue_trace(&span, batch[0].trace.as_deref());
+    crate::telemetry::traces::continue_span(&span, &batch[0].sender);
     for p in batch.iter().skip(1).take(MAX_TRACE_LINKS) {
-        crate::telemetry::traces::add_link(&span, p.trace.as_deref());
+        crate::telemetry::traces::link_span(&span, &p.sender);
     }
     let error = match apply_batch(db, &adjustments).instrument(span).await {
         Ok(outcomes) => {

@@ -180,11 +180,7 @@ impl Queues {
         let mut job = NewJob::raw(&stored.kind, stored.payload.into_bytes())
             .max_attempts(stored.max_attempts)
             .idempotency_key(format!("group:{group}"))
-            .trace(
-                stored
-                    .trace
-                    .or_else(crate::telemetry::traces::current_traceparent),
-            );
+            .trace(stored.trace);
         if let Some(tenant) = stored.tenant {
             job = job.tenant(tenant);
         }

@@ -63,8 +63,8 @@ pub struct NewJob {
     pub parents_may_follow: bool,
     /// The group it counts in (see [`groups`]).
     pub group: Option<Uuid>,
-    /// The W3C `traceparent` its runs continue (see [`crate::telemetry::traces`]); by default the
-    /// span it was created in, when traces are on.
+    /// The W3C `traceparent` its runs continue (see [`crate::telemetry::traces`]); `None`: the
+    /// span it is pushed in, when traces are on.
     pub trace: Option<String>,
 }
 
@@ -93,7 +93,7 @@ impl NewJob {
             on_parent_failure: ParentFailure::Cancel,
             parents_may_follow: false,
             group: None,
-            trace: crate::telemetry::traces::current_traceparent(),
+            trace: None,
         }
     }
 

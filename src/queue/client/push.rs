@@ -11,6 +11,12 @@ impl Queues {
         let keys = self.keys(queue);
         let mut conn = self.redis.conn().await?;
         let mut pushed = Vec::with_capacity(jobs.len());
+        // Jobs without a trace of their own continue the span they are pushed in (read once).
+        let current = if jobs.iter().any(|j| j.trace.is_none()) {
+            crate::telemetry::traces::current_traceparent()
+        } else {
+            None
+        };
         for chunk in jobs.chunks(PUSH_CHUNK) {
             let mut call = scripts::PUSH.prepare_invoke();
             call.key(keys.stream())
@@ -41,7 +47,12 @@ impl Queues {
                         ParentFailure::RunAnyway => "run",
                     })
                     .arg(job.group.map(|g| g.to_string()).unwrap_or_default())
-                    .arg(job.trace.as_deref().unwrap_or_default())
+                    .arg(
+                        job.trace
+                            .as_deref()
+                            .or(current.as_deref())
+                            .unwrap_or_default(),
+                    )
                     .arg(job.depends_on.len());
                 for parent in &job.depends_on {
                     call.arg(parent);
