@@ -45,7 +45,7 @@
 //!
 //! 10. **traces** — what OpenTelemetry traces cost: parts 1 (one pusher) and 2 (defaults) run
 //!     again in child processes of this bench (which log JSON as the server does) with traces off,
-//!     on at sampling 1.0 and on at 0.01, twice each in turn, exporting OTLP/HTTP to a sink in
+//!     on at sampling 1.0 and on at 0.01, three times each in turn (medians), exporting OTLP/HTTP to a sink in
 //!     this process that counts the spans. Every push call is a traced request, so each job
 //!     carries a trace and each run is a span. Targets: drain time per job at most 10 % above
 //!     traces off at 1.0, 2 % at 0.01.
@@ -1892,17 +1892,19 @@ async fn traces_child(env: &Env) -> anyhow::Result<()> {
 }
 
 /// What traces cost the queue: parts 1 (one pusher) and 2 (defaults) in child processes of
-/// this bench with traces off, on at sampling 1.0 and on at 0.01, twice each in turn, exporting
+/// this bench with traces off, on at sampling 1.0 and on at 0.01, three times each in turn, exporting
 /// to an OTLP/HTTP sink here. Every push call is a traced request, so every job carries a trace
 /// and each run is a span (at 1.0, one span per job is exported).
 async fn scenario_traces(env: &Env) -> anyhow::Result<Vec<Verdict>> {
     println!(
-        "\n== 10. traces: enqueue (1 pusher) and drain (defaults) of {} jobs with traces off and on, child processes, 2 rounds ==",
-        thousands(env.sizes.drain as f64)
+        "\n== 10. traces: enqueue (1 pusher) and drain (defaults) of {} jobs with traces off and on, child processes, medians of {} rounds ==",
+        thousands(env.sizes.drain as f64),
+        common::traced_rounds(env.smoke)
     );
     let args: Vec<&str> = if env.smoke { vec!["--smoke"] } else { vec![] };
-    let runs = tokio::task::spawn_blocking(move || common::traced_runs(&args, 2)).await??;
-    let mean = |mode: &str, key: &str| common::traced_mean(&runs, mode, key);
+    let rounds = common::traced_rounds(env.smoke);
+    let runs = tokio::task::spawn_blocking(move || common::traced_runs(&args, rounds)).await??;
+    let mean = |mode: &str, key: &str| common::traced_median(&runs, mode, key);
     let (enqueue_off, drain_off) = (mean("off", "enqueue"), mean("off", "drain"));
     let mut rows = vec![];
     for (mode, _) in common::TRACE_MODES {
@@ -1922,7 +1924,7 @@ async fn scenario_traces(env: &Env) -> anyhow::Result<Vec<Verdict>> {
             format!("{:+.1} %", (drain_off / mean(mode, "drain") - 1.0) * 100.0),
             dec(mean(mode, "drain_process_us"), 2),
             dec(mean(mode, "drain_redis_us"), 2),
-            thousands(spans as f64 / 2.0),
+            thousands(spans as f64 / rounds as f64),
         ]);
     }
     print_table(

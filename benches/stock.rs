@@ -29,7 +29,7 @@
 //!    (API-key lookup + one query). Then the workers drain what `wrk` queued and the ledger is
 //!    checked again, against the succeeded count too.
 //! 4. **traces** — part 1 again in child processes of this bench, with OpenTelemetry traces off,
-//!    on at sampling 1.0 and on at 0.01 (twice each, in turn), exporting OTLP/HTTP to a sink
+//!    on at sampling 1.0 and on at 0.01 (three times each, in turn; medians), exporting OTLP/HTTP to a sink
 //!    in this process that counts the spans: each batch request is a traced request, its jobs
 //!    and their runs and the ledger's transactions spans of its trace. Targets: time per
 //!    adjustment at most 10 % above traces off at 1.0, 2 % at 0.01.
@@ -1384,19 +1384,20 @@ async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
 }
 
 /// Part 4: what traces cost part 1 (batch intake to committed ledger): the same part in child
-/// processes of this bench, with traces off, on at sampling 1.0 and on at 0.01, twice each in
+/// processes of this bench, with traces off, on at sampling 1.0 and on at 0.01, three times each in
 /// turn, exporting to an OTLP/HTTP sink here. Each request of the batch clients is a traced
 /// request; its jobs, their runs and the ledger's transactions are spans of its trace.
 fn part_traces(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
     println!(
-        "\n== 4. traces: part 1 with traces off and on (OTLP/HTTP to a sink here), child processes, 2 rounds =="
+        "\n== 4. traces: part 1 with traces off and on (OTLP/HTTP to a sink here), child processes, medians of 3 rounds (2 in smoke mode) =="
     );
     let args: &[&str] = if ctx.smoke { &["--smoke"] } else { &[] };
-    let runs = traced_runs(args, 2)?;
-    let off = traced_mean(&runs, "off", "rate");
+    let rounds = traced_rounds(ctx.smoke);
+    let runs = traced_runs(args, rounds)?;
+    let off = traced_median(&runs, "off", "rate");
     let mut rows = vec![];
     for (mode, _) in TRACE_MODES {
-        let rate = traced_mean(&runs, mode, "rate");
+        let rate = traced_median(&runs, mode, "rate");
         let spans: u64 = runs
             .iter()
             .filter(|r| r.mode == mode)
@@ -1405,9 +1406,9 @@ fn part_traces(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
         rows.push(vec![
             mode.to_string(),
             thousands(rate),
-            dec(traced_mean(&runs, mode, "process_us"), 1),
+            dec(traced_median(&runs, mode, "process_us"), 1),
             format!("{:+.1} %", (off / rate - 1.0) * 100.0),
-            thousands(spans as f64 / 2.0),
+            thousands(spans as f64 / rounds as f64),
         ]);
     }
     print_table(
@@ -1421,7 +1422,7 @@ fn part_traces(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
         &rows,
     );
     for (mode, limit) in [("on, sampled 1.0", 10.0), ("on, sampled 0.01", 2.0)] {
-        let cost = (off / traced_mean(&runs, mode, "rate") - 1.0) * 100.0;
+        let cost = (off / traced_median(&runs, mode, "rate") - 1.0) * 100.0;
         let pass = cost <= limit;
         println!(
             "  {mode}: cost {cost:+.1} % (target ≤ {limit} %)  {}",

@@ -1071,12 +1071,23 @@ pub fn traced_runs(args: &[&str], rounds: usize) -> anyhow::Result<Vec<TracedRun
     Ok(runs)
 }
 
-/// The mean of figure `key` over the runs of `mode`.
-pub fn traced_mean(runs: &[TracedRun], mode: &str, key: &str) -> f64 {
-    let values: Vec<f64> = runs
+/// The median of figure `key` over the runs of `mode` (a run that a burst of other work on the
+/// machine slowed weighs no more than any other).
+pub fn traced_median(runs: &[TracedRun], mode: &str, key: &str) -> f64 {
+    let mut values: Vec<f64> = runs
         .iter()
         .filter(|r| r.mode == mode)
         .filter_map(|r| r.figures[key].as_f64())
         .collect();
-    values.iter().sum::<f64>() / values.len().max(1) as f64
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// How many times each mode runs in turn: 3 (2 in smoke mode).
+pub fn traced_rounds(smoke: bool) -> usize {
+    if smoke { 2 } else { 3 }
 }
