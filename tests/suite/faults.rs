@@ -546,10 +546,22 @@ async fn a_worker_killed_mid_forecast_run_leaves_the_run_finished_with_each_sku_
     };
 
     let mut victim = WorkerProcess::spawn(&app, "forecasts", &[]);
-    wait_for("the victim to finish a chunk", LIMIT, || async {
-        let (_, done, _) = progress().await;
-        (done >= 1).then_some(())
-    })
+    // Killed once it has finished a chunk and holds the next ones (between the two it may
+    // briefly hold none, and a kill then would test nothing).
+    wait_for(
+        "the victim to finish a chunk and hold more",
+        LIMIT,
+        || async {
+            let (_, done, _) = progress().await;
+            let running = app
+                .queues
+                .counts(&queue(Queue::Forecasts.name()))
+                .await
+                .unwrap()
+                .running;
+            (done >= 1 && running > 0).then_some(())
+        },
+    )
     .await;
     victim.kill9();
     let (status, done, total) = progress().await;
