@@ -1940,21 +1940,7 @@ async fn scenario_traces(env: &Env) -> anyhow::Result<Vec<Verdict>> {
         ],
         &rows,
     );
-    let mut verdicts = vec![];
-    for (mode, limit) in [("on, sampled 1.0", 10.0), ("on, sampled 0.01", 2.0)] {
-        let cost = (drain_off / mean(mode, "drain") - 1.0) * 100.0;
-        let pass = cost <= limit;
-        println!(
-            "  drain, traces {mode}: cost {cost:+.1} % of time per job (target ≤ {limit} %)  {}",
-            verdict(pass)
-        );
-        verdicts.push(Verdict {
-            target: format!("drain with traces {mode}: cost ≤ {limit} %"),
-            measured: format!("{cost:+.1} %"),
-            pass,
-        });
-    }
-    Ok(verdicts)
+    Ok(common::traced_verdicts(&runs, "drain", "drain"))
 }
 
 fn main() -> anyhow::Result<()> {

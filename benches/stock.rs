@@ -1421,19 +1421,7 @@ fn part_traces(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
         ],
         &rows,
     );
-    for (mode, limit) in [("on, sampled 1.0", 10.0), ("on, sampled 0.01", 2.0)] {
-        let cost = (off / traced_median(&runs, mode, "rate") - 1.0) * 100.0;
-        let pass = cost <= limit;
-        println!(
-            "  {mode}: cost {cost:+.1} % (target ≤ {limit} %)  {}",
-            verdict(pass)
-        );
-        verdicts.push(Verdict {
-            target: format!("stock end to end, traces {mode}: cost ≤ {limit} %"),
-            measured: format!("{cost:+.1} %"),
-            pass,
-        });
-    }
+    verdicts.extend(traced_verdicts(&runs, "rate", "stock end to end"));
     Ok(())
 }
 

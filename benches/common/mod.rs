@@ -1087,6 +1087,29 @@ pub fn traced_median(runs: &[TracedRun], mode: &str, key: &str) -> f64 {
     }
 }
 
+/// The targets for what traces cost a rate (figure `key`, higher is better) of `what`:
+/// at most 10 % more time per unit than traces off at sampling 1.0, 2 % at 0.01. Prints each and
+/// returns the verdicts.
+pub fn traced_verdicts(runs: &[TracedRun], key: &str, what: &str) -> Vec<Verdict> {
+    let off = traced_median(runs, "off", key);
+    [("on, sampled 1.0", 10.0), ("on, sampled 0.01", 2.0)]
+        .into_iter()
+        .map(|(mode, limit)| {
+            let cost = (off / traced_median(runs, mode, key) - 1.0) * 100.0;
+            let pass = cost <= limit;
+            println!(
+                "  {what}, traces {mode}: cost {cost:+.1} % of time per unit (target ≤ {limit} %)  {}",
+                verdict(pass)
+            );
+            Verdict {
+                target: format!("{what}, traces {mode}: cost ≤ {limit} %"),
+                measured: format!("{cost:+.1} %"),
+                pass,
+            }
+        })
+        .collect()
+}
+
 /// How many times each mode runs in turn: 3 (2 in smoke mode).
 pub fn traced_rounds(smoke: bool) -> usize {
     if smoke { 2 } else { 3 }

@@ -248,22 +248,23 @@ static CALLER_SAMPLE_RATIO: std::sync::OnceLock<f64> = std::sync::OnceLock::new(
 /// other tenants' spans out of the exporter's bounded queue); a request without one starts a
 /// trace sampled the same way. `None` for anything but a well-formed W3C version-00 value.
 pub fn from_caller(traceparent: &str) -> Option<String> {
-    let parts: Vec<&str> = traceparent.trim().split('-').collect();
-    let [version, _, span_id, flags] = parts[..] else {
-        return None;
-    };
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if version != "00" || !hex(span_id, 16) || !hex(flags, 2) || span_id == "0000000000000000" {
-        return None;
-    }
-    let trace_id = trace_id_of(traceparent.trim())?;
+    let cx = context_of(traceparent.trim())?;
+    let sc = cx.span().span_context().clone();
     let ratio = CALLER_SAMPLE_RATIO.get().copied().unwrap_or(0.0);
     let sampled = ratio >= 1.0 || (ratio > 0.0 && rand::random::<f64>() < ratio);
-    Some(format!(
-        "00-{trace_id}-{}-{}",
-        span_id.to_ascii_lowercase(),
+    Some(format_traceparent(sc.trace_id(), sc.span_id(), sampled))
+}
+
+/// A W3C version-00 `traceparent`.
+fn format_traceparent(
+    trace_id: opentelemetry::trace::TraceId,
+    span_id: opentelemetry::trace::SpanId,
+    sampled: bool,
+) -> String {
+    format!(
+        "00-{trace_id}-{span_id}-{}",
         if sampled { "01" } else { "00" }
-    ))
+    )
 }
 
 /// The W3C `traceparent` of the current span, when it is part of a trace (traces on); what a job
@@ -279,14 +280,8 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     }
     let cx = span.context();
     let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
+    sc.is_valid()
+        .then(|| format_traceparent(sc.trace_id(), sc.span_id(), sc.is_sampled()))
 }
 
 /// Makes `span` a child of `traceparent` (a valid W3C value; anything else is ignored and the
