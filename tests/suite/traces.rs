@@ -224,6 +224,33 @@ async fn an_order_is_one_trace_from_request_to_email_and_a_hung_collector_holds_
         std::env::temp_dir().join(format!("backroom-traces-{}.log", uuid::Uuid::new_v4()));
     let _work = WorkerProcess::spawn_logged(&app, "stock,invoices,emails", &work_env, &work_log);
 
+    // Another tenant sends a traceparent that is no W3C value (and 8 KB long): its order is
+    // taken as any other, its request starts a trace of its own, and the shop's trace below is
+    // whole.
+    let noisy = app.create_tenant("noisy").await;
+    product(&app, &noisy.key, "A").await;
+    let garbage = format!("00-{}-01", "f".repeat(8 * 1024));
+    order(&serve.base, &noisy.key, &garbage, &[("A", 1)]).await;
+    let noisy_request = wait_for("the other tenant's request span", LIMIT, || async {
+        receiver
+            .spans()
+            .into_iter()
+            .find(|s| s.name == "request" && s.attr("tenant_id") == noisy.id)
+    })
+    .await;
+    assert_eq!(
+        noisy_request.parent, "",
+        "a malformed traceparent is not continued"
+    );
+    // Its sale is in the ledger before the shop's order (so that no batch holds both).
+    wait_for("the other tenant's sale", LIMIT, || async {
+        receiver
+            .spans()
+            .into_iter()
+            .find(|s| s.attr("tenant") == noisy.id && s.attr("queue") == "stock")
+    })
+    .await;
+
     // SMTP is down when the order's email first runs: it is retried, then sent.
     smtp.stop();
     let (traceparent, trace_id, caller_span) = new_traceparent();
@@ -244,7 +271,11 @@ async fn an_order_is_one_trace_from_request_to_email_and_a_hung_collector_holds_
             std::fs::read_to_string(&work_log)
                 .ok()?
                 .lines()
-                .find(|l| l.contains("job did not succeed") && l.contains("invoice_email"))
+                .find(|l| {
+                    l.contains("job did not succeed")
+                        && l.contains("invoice_email")
+                        && l.contains(&format!("\"tenant\":\"{}\"", shop.id))
+                })
                 .map(str::to_string)
         },
     )

@@ -157,7 +157,11 @@ async fn apply_and_reply(db: &PgPool, batch: Vec<Pending>) {
     for p in batch.iter().skip(1).take(MAX_TRACE_LINKS) {
         crate::telemetry::traces::link_span(&span, &p.sender);
     }
-    let error = match apply_batch(db, &adjustments).instrument(span).await {
+    let senders: Vec<tracing::Span> = batch.iter().map(|p| p.sender.clone()).collect();
+    let error = match apply_batch_sent_by(db, &adjustments, &senders)
+        .instrument(span)
+        .await
+    {
         Ok(outcomes) => {
             for (p, outcome) in batch.into_iter().zip(outcomes) {
                 let _ = p.reply.send(Ok(outcome));
@@ -204,6 +208,22 @@ pub async fn apply_batch(
     db: &PgPool,
     items: &[(&Adjustment, &str)],
 ) -> anyhow::Result<Vec<Applied>> {
+    apply_batch_sent_by(db, items, &[]).await
+}
+
+/// [`apply_batch`], where `senders[i]` is the span of the job run that sent item `i`: what the
+/// item causes (its low-stock alert, its webhook events) continues that run's trace, not the
+/// batch's (which is the first sender's; the batch may hold several tenants' items).
+async fn apply_batch_sent_by(
+    db: &PgPool,
+    items: &[(&Adjustment, &str)],
+    senders: &[tracing::Span],
+) -> anyhow::Result<Vec<Applied>> {
+    let trace_of = |i: usize| {
+        senders
+            .get(i)
+            .and_then(crate::telemetry::traces::traceparent_of)
+    };
     let mut tx = db.begin().await.context("while starting a stock batch")?;
     let mut levels = lock_levels(&mut tx, items).await?;
     let existing = movements_with_keys(&mut tx, items).await?;
@@ -213,7 +233,7 @@ pub async fn apply_batch(
         repeats,
         alerts,
         mut crossings,
-    } = decide(items, &mut levels, &existing);
+    } = decide(items, &mut levels, &existing, &trace_of);
     let ids = write_movements(&mut tx, items, &accepted).await?;
     let mut moved = Vec::with_capacity(accepted.len() + crossings.len());
     for (&(i, after), id) in accepted.iter().zip(ids) {
@@ -221,7 +241,9 @@ pub async fn apply_batch(
             movement_id: id,
             on_hand_after: after,
         });
-        moved.push(adjusted_event(items[i].0, id, after));
+        let mut event = adjusted_event(items[i].0, id, after);
+        event.trace = trace_of(i);
+        moved.push(event);
     }
     moved.append(&mut crossings);
     events::record(&mut tx, &moved)
@@ -357,6 +379,7 @@ fn decide(
     items: &[(&Adjustment, &str)],
     levels: &mut HashMap<(Uuid, String), Level>,
     existing: &HashMap<(Uuid, String), (i64, i64)>,
+    trace_of: &dyn Fn(usize) -> Option<String>,
 ) -> Decided {
     // Decide in order: per SKU by occurred_at, then arrival.
     let mut order: Vec<usize> = (0..items.len()).collect();
@@ -414,7 +437,7 @@ fn decide(
                 reorder_point: level.reorder_point,
                 crossing: a.idempotency_key.as_str().to_string(),
             };
-            alerts.push(jobs::outbox_job(
+            let mut alert = jobs::outbox_job(
                 &alert,
                 format!(
                     "low-stock:{}:{}:{}",
@@ -422,15 +445,19 @@ fn decide(
                     a.sku.as_str(),
                     a.idempotency_key.as_str()
                 ),
-            ));
-            crossings.push(Event::new(
+            );
+            alert.trace = trace_of(i);
+            alerts.push(alert);
+            let mut crossing = Event::new(
                 a.tenant_id,
                 EventType::StockLow,
                 serde_json::json!({
                     "sku": a.sku.as_str(), "on_hand": after, "reorder_point": level.reorder_point,
                     "idempotency_key": a.idempotency_key.as_str(),
                 }),
-            ));
+            );
+            crossing.trace = trace_of(i);
+            crossings.push(crossing);
         }
         level.below_reorder = below;
         accepted.push((i, after));

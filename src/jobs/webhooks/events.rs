@@ -106,6 +106,8 @@ pub struct Event {
     /// Set when the event may be recorded twice (a job's outcome, told again after a crash):
     /// the second recording is then ignored. Otherwise a new `msg_<uuid>`.
     pub id: Option<String>,
+    /// The trace its deliveries continue (the job run that caused it); `None`: the current span.
+    pub trace: Option<String>,
 }
 
 impl Event {
@@ -115,6 +117,7 @@ impl Event {
             event_type,
             data,
             id: None,
+            trace: None,
         }
     }
 }
@@ -267,13 +270,17 @@ impl Rows<'_> {
             .deliveries
             .iter()
             .map(|(delivery_id, _, _, event)| {
-                jobs::outbox_job(
+                let mut job = jobs::outbox_job(
                     &DeliverWebhook {
                         tenant_id: event.tenant_id,
                         delivery_id: *delivery_id,
                     },
                     format!("webhook:{delivery_id}"),
-                )
+                );
+                if event.trace.is_some() {
+                    job.trace = event.trace.clone();
+                }
+                job
             })
             .collect();
         outbox::add(tx, &jobs).await?;
