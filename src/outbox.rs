@@ -11,6 +11,7 @@
 use crate::queue::{GroupSpec, JobId, NewJob, QueueName, Queues};
 use anyhow::Context;
 use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -116,19 +117,15 @@ pub async fn relay_once(db: &PgPool, queues: &Queues, limit: i64) -> anyhow::Res
     // Rows are pushed per queue, keeping their order within each queue.
     let mut by_queue: Vec<(String, Vec<(i64, NewJob)>)> = vec![];
     let mut groups = vec![];
-    // Each row's relay is a span of the trace that wrote it (traces on), open until its push is
-    // done; its job continues that span.
-    let mut spans = Vec::with_capacity(rows.len());
+    // The relay of a trace's rows is a span of that trace (traces on), open until their push is
+    // done; their jobs continue it. A batch request's thousand rows share one relay span.
+    let mut spans = RelaySpans::default();
     for row in rows {
         let Some(queue) = QueueName::parse(&row.queue) else {
             tracing::error!(outbox_id = row.id, queue = %row.queue, "outbox row names an unknown queue; skipped");
             continue;
         };
-        let span = tracing::info_span!("outbox relay", outbox_id = row.id, queue = %row.queue,
-            kind = %row.kind, "otel.kind" = "producer", trace_id = tracing::field::Empty);
-        crate::telemetry::traces::continue_trace(&span, row.trace.as_deref());
-        let trace = crate::telemetry::traces::traceparent_of(&span).or(row.trace);
-        spans.push(span);
+        let trace = spans.relay(&row.queue, row.id, row.trace);
         let mut job = NewJob {
             kind: row.kind,
             tenant: row.tenant_id,
@@ -190,8 +187,55 @@ pub async fn relay_once(db: &PgPool, queues: &Queues, limit: i64) -> anyhow::Res
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    drop(spans);
+    spans.close();
     Ok(ids.len())
+}
+
+/// The relay spans of one pass: one per trace whose rows it moves (a batch request's thousand
+/// rows share one), each open until the pass is done; a row of no trace gets one of its own
+/// (and so a trace of its own).
+#[derive(Default)]
+struct RelaySpans {
+    by_trace: HashMap<String, usize>,
+    /// Each span, the `traceparent` its rows' jobs carry, and how many rows it relayed.
+    spans: Vec<(tracing::Span, Option<String>, u32)>,
+}
+
+impl RelaySpans {
+    /// The `traceparent` the job of a row written in `trace` carries.
+    fn relay(&mut self, queue: &str, outbox_id: i64, trace: Option<String>) -> Option<String> {
+        if let Some(&i) = trace.as_ref().and_then(|t| self.by_trace.get(t)) {
+            let (_, relayed, rows) = &mut self.spans[i];
+            *rows += 1;
+            return relayed.clone();
+        }
+        let unsampled = crate::telemetry::traces::unsampled(trace.as_deref());
+        let span = crate::telemetry::traces::in_trace_sync(unsampled, || {
+            let span = tracing::info_span!(
+                "outbox relay",
+                outbox_id,
+                queue,
+                rows = 1u32,
+                "otel.kind" = "producer",
+                trace_id = tracing::field::Empty
+            );
+            crate::telemetry::traces::continue_trace(&span, trace.as_deref());
+            span
+        });
+        let relayed = crate::telemetry::traces::traceparent_of(&span).or_else(|| trace.clone());
+        if let Some(trace) = trace {
+            self.by_trace.insert(trace, self.spans.len());
+        }
+        self.spans.push((span, relayed.clone(), 1));
+        relayed
+    }
+
+    /// Ends the spans, each with the count of rows it relayed.
+    fn close(self) {
+        for (span, _, rows) in self.spans {
+            span.record("rows", rows);
+        }
+    }
 }
 
 /// Relays until `stop` resolves: wakes on `NOTIFY backroom_outbox` and also polls, so a missed

@@ -28,29 +28,36 @@ pub async fn request_context(req: Request, next: Next) -> Response {
         })
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let span = tracing::info_span!(
-        "request",
-        method = %req.method(),
-        path = %req.uri().path(),
-        request_id = %request_id,
-        tenant_id = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-        status = tracing::field::Empty,
-        "otel.kind" = "server",
-    );
     // A caller's W3C trace context is continued (traces on; its sampling decided here): the jobs
-    // this request causes carry the request span's context.
+    // this request causes carry the request span's context. Unsampled, the request makes no
+    // OpenTelemetry spans.
     let traceparent = req
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(crate::telemetry::traces::from_caller);
-    crate::telemetry::traces::continue_trace(&span, traceparent.as_deref());
+    let unsampled = crate::telemetry::traces::unsampled(traceparent.as_deref());
+    let span = crate::telemetry::traces::in_trace_sync(unsampled.clone(), || {
+        let span = tracing::info_span!(
+            "request",
+            method = %req.method(),
+            path = %req.uri().path(),
+            request_id = %request_id,
+            tenant_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            status = tracing::field::Empty,
+            "otel.kind" = "server",
+        );
+        crate::telemetry::traces::continue_trace(&span, traceparent.as_deref());
+        span
+    });
     let started = Instant::now();
-    let mut response = REQUEST_ID
-        .scope(request_id.clone(), next.run(req))
-        .instrument(span.clone())
-        .await;
+    let mut response = crate::telemetry::traces::in_trace(
+        unsampled,
+        REQUEST_ID.scope(request_id.clone(), next.run(req)),
+    )
+    .instrument(span.clone())
+    .await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }

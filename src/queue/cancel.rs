@@ -95,12 +95,14 @@ where
     let cancel = CURRENT.try_with(Cancel::clone).unwrap_or_default();
     cancel.0.running.send_modify(|n| *n += 1);
     let running = Running(cancel.clone());
-    // The work stays inside the job's span (its logs and child spans belong to the job).
+    // The work stays inside the job's span (its logs and child spans belong to the job) and its
+    // trace (unsampled, it makes no OpenTelemetry spans there either).
     let span = tracing::Span::current();
+    let unsampled = crate::telemetry::traces::current_unsampled();
     tokio::task::spawn_blocking(move || {
         let _running = running;
         let _entered = span.enter();
-        work(&cancel)
+        crate::telemetry::traces::in_trace_sync(unsampled, || work(&cancel))
     })
     .await
 }

@@ -14,11 +14,15 @@
 //! bounded queue (`OTEL_BSP_MAX_QUEUE_SIZE`, 2,048 spans by default): when the collector is slow
 //! or down, spans past the bound are dropped, and no request or job ever waits for it. Sampling
 //! follows `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`; an unsampled trace still carries its
-//! trace id from request to jobs, so the id a tenant quotes is always the same.
+//! trace id from request to jobs, so the id a tenant quotes is always the same. The work of an
+//! unsampled trace (a job run, a relay, a ledger batch, a request whose caller's trace we do not
+//! sample) makes no OpenTelemetry spans at all (see [`unsampled`]): only its `traceparent` travels,
+//! so at a low sampling ratio nearly every job costs what it costs with traces off.
 
 use crate::config::SettingsError;
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use std::sync::Arc;
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::Layer;
@@ -220,7 +224,10 @@ pub(super) fn provider(settings: &TraceSettings) -> anyhow::Result<SdkTracerProv
 }
 
 /// The `tracing` layer that turns this crate's spans (at info and above) into OpenTelemetry
-/// spans. Other crates' spans stay out of traces (they are logs' business).
+/// spans, except inside the work of an unsampled trace (see [`unsampled`]). Other crates' spans
+/// stay out of traces (they are logs' business). The OpenTelemetry context is read from spans
+/// explicitly (`traceparent_of`), never from a thread's "current context", so it is not
+/// attached at every poll.
 pub(super) fn layer<S>(provider: &SdkTracerProvider) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
@@ -231,12 +238,86 @@ where
         .with_tracked_inactivity(false)
         .with_threads(false)
         .with_location(false)
-        .with_filter(
+        .with_context_activation(false)
+        .with_filter(SampledOnly(
             Targets::new()
                 .with_default(LevelFilter::OFF)
                 .with_target("backroom", LevelFilter::INFO),
-        )
+        ))
         .boxed()
+}
+
+/// The OpenTelemetry layer's filter: this crate's spans and events, but none made inside the
+/// work of an unsampled trace. Such a span would cost as much as an exported one (a span
+/// builder, its attributes, a sampling decision) and export nothing.
+struct SampledOnly(Targets);
+
+impl<S> tracing_subscriber::layer::Filter<S> for SampledOnly {
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        cx: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        tracing_subscriber::layer::Filter::<S>::enabled(&self.0, meta, cx) && !in_unsampled()
+    }
+
+    fn callsite_enabled(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        // Asked again at every span: whether it is inside unsampled work changes.
+        if self.0.would_enable(meta.target(), meta.level()) {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        tracing_subscriber::layer::Filter::<S>::max_level_hint(&self.0)
+    }
+}
+
+tokio::task_local! {
+    /// While the work of an unsampled trace runs (a job run, a relay, a request): its
+    /// `traceparent`, which what it enqueues carries on.
+    static UNSAMPLED: Option<Arc<str>>;
+}
+
+/// `traceparent` when it names a trace that is not sampled and traces are on: the work done
+/// for it then makes no OpenTelemetry spans (see [`in_trace`]), though its trace id still goes
+/// into its log lines and on to everything it enqueues.
+pub fn unsampled(traceparent: Option<&str>) -> Option<Arc<str>> {
+    let traceparent = traceparent?;
+    (CALLER_SAMPLE_RATIO.get().is_some() && !is_sampled(traceparent)).then(|| traceparent.into())
+}
+
+/// Whether a well-formed `traceparent` has its sampled flag set.
+fn is_sampled(traceparent: &str) -> bool {
+    traceparent
+        .rsplit('-')
+        .next()
+        .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+        .is_some_and(|flags| flags & 1 == 1)
+}
+
+/// Runs `work` as the work of `unsampled`'s trace (see [`unsampled`]); as is when `None`.
+pub async fn in_trace<F: std::future::Future>(unsampled: Option<Arc<str>>, work: F) -> F::Output {
+    UNSAMPLED.scope(unsampled, work).await
+}
+
+/// [`in_trace`] for synchronous work, such as making the span of unsampled work.
+pub fn in_trace_sync<R>(unsampled: Option<Arc<str>>, work: impl FnOnce() -> R) -> R {
+    UNSAMPLED.sync_scope(unsampled, work)
+}
+
+/// The unsampled trace whose work runs here, if any (to carry into a blocking thread).
+pub fn current_unsampled() -> Option<Arc<str>> {
+    UNSAMPLED.try_with(Option::clone).ok().flatten()
+}
+
+fn in_unsampled() -> bool {
+    UNSAMPLED.try_with(Option::is_some).unwrap_or(false)
 }
 
 /// The share of callers' traces sampled (set with the exporter; none while traces are off).
@@ -267,10 +348,13 @@ fn format_traceparent(
     )
 }
 
-/// The W3C `traceparent` of the current span, when it is part of a trace (traces on); what a job
-/// enqueued here stores.
+/// The W3C `traceparent` of the current span, when it is part of a trace (traces on), or of the
+/// unsampled trace whose work runs here; what a job enqueued here stores.
 pub fn current_traceparent() -> Option<String> {
-    traceparent_of(&tracing::Span::current())
+    match current_unsampled() {
+        Some(traceparent) => Some(traceparent.to_string()),
+        None => traceparent_of(&tracing::Span::current()),
+    }
 }
 
 /// The W3C `traceparent` of `span`, when it is part of a trace.
@@ -289,6 +373,13 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 /// log line inside it carries the id) when the span declares one.
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
     if span.is_disabled() {
+        return;
+    }
+    if in_unsampled() {
+        // Not an OpenTelemetry span: its trace id is all there is to keep.
+        if let Some(id) = traceparent.and_then(trace_id_of) {
+            span.record("trace_id", id);
+        }
         return;
     }
     let parent = traceparent.and_then(context_of);

@@ -391,6 +391,14 @@ impl WorkerProcess {
         matches!(self.0.try_wait(), Ok(None))
     }
 
+    /// Sends SIGTERM (a graceful stop) and waits for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        self.0.wait().unwrap()
+    }
+
     pub fn pid(&self) -> u32 {
         self.0.id()
     }

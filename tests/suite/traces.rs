@@ -2,7 +2,8 @@
 //! receiver started here, which decodes each export with the `opentelemetry-proto` types.
 //! One order carrying a `traceparent` must come back as one trace: the request, the outbox
 //! relay, every stock sale, the invoice render and the email send, each linked to its parent;
-//! a retried job shows both runs; and a collector that hangs holds up nothing.
+//! a retried job shows both runs; and a collector that hangs holds up nothing. An unsampled
+//! order exports nothing, yet every job it caused carries its trace id.
 
 use crate::helpers::*;
 use axum::body::Bytes;
@@ -448,5 +449,112 @@ async fn an_order_is_one_trace_from_request_to_email_and_a_hung_collector_holds_
     assert!(
         received <= 2 * (QUEUE_BOUND + 64) + receiver.of_trace(&after_trace).len(),
         "{received} spans arrived after the collector came back"
+    );
+}
+
+/// The work of an unsampled trace makes no spans at all (none leaks out as a trace of its own),
+/// yet the trace id goes from the request into every job it caused: through the outbox, the
+/// ledger's batch, and the alert that batch wrote. In the same worker, a sampled job is traced.
+#[tokio::test]
+async fn an_unsampled_order_exports_nothing_yet_every_job_it_caused_carries_its_trace_id() {
+    let (receiver, port) = Receiver::start().await;
+    let smtp = SmtpServer::start().await;
+    let app = spawn_app().await;
+    let shop = app.create_tenant("unsampled").await;
+    // Each sale takes its product below its reorder point: the ledger's batch writes an alert.
+    for sku in ["A", "B", "C"] {
+        product(&app, &shop.key, sku).await;
+    }
+    // The server samples no caller's trace; the worker samples every trace it starts.
+    let mut serve_env = otel_env(port, "serve");
+    serve_env.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()));
+    serve_env.push(("OTEL_TRACES_SAMPLER_ARG", "0".into()));
+    let serve_env: Vec<(&str, &str)> = serve_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut serve = ServeProcess::spawn(&app, &serve_env, None).await;
+    let mut work_env = otel_env(port, "work");
+    work_env.push(("SMTP_URL", smtp.url()));
+    let mut work = WorkerProcess::spawn(&app, "stock,invoices,emails", &work_env);
+
+    let (traceparent, trace_id, _) = new_traceparent();
+    order(&serve.base, &shop.key, &traceparent, &[("A", 1), ("B", 1)]).await;
+    // A sampled receipt (of a product of its own, so that it decides no alert) pushed straight
+    // to the queue: the worker traces it.
+    let (sampled, sampled_trace, sampled_parent) = new_traceparent();
+    let tenant = uuid::Uuid::parse_str(&shop.id).unwrap();
+    let payload = json!({
+        "tenant_id": shop.id, "sku": "C", "delta": 3, "reason": "receipt",
+        "idempotency_key": "po-1", "reference": null, "occurred_at": chrono::Utc::now()
+    });
+    let mut job = backroom::queue::NewJob::new("stock_adjustment", &payload).tenant(tenant);
+    job.trace = Some(sampled);
+    let control = app
+        .queues
+        .push(
+            &backroom::queue::QueueName::parse("stock").unwrap(),
+            vec![job],
+        )
+        .await
+        .unwrap()
+        .remove(0)
+        .id;
+
+    // Three stock jobs, the invoice, its email and the alerts, all finished.
+    let kinds = [
+        "invoice_email",
+        "low_stock_alert",
+        "low_stock_alert",
+        "render_invoice",
+        "stock_adjustment",
+        "stock_adjustment",
+        "stock_adjustment",
+    ];
+    let finished = wait_for("every job to succeed", LIMIT, || async {
+        let page: Value = app
+            .get("/v1/jobs?status=succeeded&limit=500", Some(&shop.key))
+            .await
+            .json()
+            .await
+            .ok()?;
+        let items = page["items"].as_array()?.clone();
+        let mut got: Vec<&str> = items.iter().filter_map(|j| j["kind"].as_str()).collect();
+        got.sort();
+        (got == kinds).then_some(items)
+    })
+    .await;
+    for item in &finished {
+        let id = item["id"].as_str().unwrap();
+        let view: Value = app
+            .get(&format!("/v1/jobs/{id}"), Some(&shop.key))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let expected = if id == control {
+            &sampled_trace
+        } else {
+            &trace_id
+        };
+        assert_eq!(view["trace_id"], expected.as_str(), "{view}");
+    }
+    let run = wait_for("the sampled sale's run", LIMIT, || async {
+        receiver
+            .of_trace(&sampled_trace)
+            .into_iter()
+            .find(|s| s.name == "job stock_adjustment")
+    })
+    .await;
+    assert_eq!(run.parent, sampled_parent);
+
+    // Stopped, each process exports what it still held; nothing came of the unsampled work.
+    assert!(work.terminate().success());
+    assert!(serve.terminate().success());
+    let strays: Vec<Got> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.trace_id != sampled_trace)
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "spans outside the sampled trace: {strays:?}"
     );
 }

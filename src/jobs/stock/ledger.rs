@@ -73,8 +73,11 @@ pub enum Applied {
 struct Pending {
     adjustment: Adjustment,
     job_id: String,
-    /// The span of the job run that sent it (the batch's span continues or links to it).
-    sender: tracing::Span,
+    /// The span of the job run that sent it, when that run is an OpenTelemetry span (the
+    /// batch's span continues or links to it).
+    sender: Option<tracing::Span>,
+    /// The `traceparent` of the run that sent it: what it causes continues that trace.
+    trace: Option<String>,
     reply: oneshot::Sender<Result<Applied, String>>,
 }
 
@@ -99,7 +102,10 @@ impl StockLedger {
             .send(Pending {
                 adjustment,
                 job_id: job_id.to_string(),
-                sender: tracing::Span::current(),
+                sender: crate::telemetry::traces::current_unsampled()
+                    .is_none()
+                    .then(tracing::Span::current),
+                trace: crate::telemetry::traces::current_traceparent(),
                 reply,
             })
             .await
@@ -145,22 +151,47 @@ async fn apply_and_reply(db: &PgPool, batch: Vec<Pending>) {
         .iter()
         .map(|p| (&p.adjustment, p.job_id.as_str()))
         .collect();
-    // One transaction serves the jobs of many traces: its span is a child of the first job's run
-    // and links to the others'.
-    let span = tracing::info_span!(
-        "db transaction",
-        what = "stock batch",
-        adjustments = batch.len(),
-        trace_id = tracing::field::Empty
-    );
-    crate::telemetry::traces::continue_span(&span, &batch[0].sender);
-    for p in batch.iter().skip(1).take(MAX_TRACE_LINKS) {
-        crate::telemetry::traces::link_span(&span, &p.sender);
+    // One transaction serves the jobs of many traces: its span is a child of the first sampled
+    // job's run and links to the others'. When no run is sampled, it is unsampled work of the
+    // first one's trace.
+    let mut traced = batch.iter().filter_map(|p| p.sender.as_ref());
+    let lead = traced.next();
+    let unsampled = match lead {
+        Some(_) => None,
+        None => crate::telemetry::traces::unsampled(batch[0].trace.as_deref()),
+    };
+    let span = crate::telemetry::traces::in_trace_sync(unsampled.clone(), || {
+        tracing::info_span!(
+            "db transaction",
+            what = "stock batch",
+            adjustments = batch.len(),
+            trace_id = tracing::field::Empty
+        )
+    });
+    match lead {
+        Some(lead) => {
+            crate::telemetry::traces::continue_span(&span, lead);
+            for other in traced.take(MAX_TRACE_LINKS) {
+                crate::telemetry::traces::link_span(&span, other);
+            }
+        }
+        None => {
+            if let Some(id) = batch[0]
+                .trace
+                .as_deref()
+                .and_then(crate::telemetry::traces::trace_id_of)
+            {
+                span.record("trace_id", id);
+            }
+        }
     }
-    let senders: Vec<tracing::Span> = batch.iter().map(|p| p.sender.clone()).collect();
-    let error = match apply_batch_sent_by(db, &adjustments, &senders)
-        .instrument(span)
-        .await
+    let traces: Vec<Option<&str>> = batch.iter().map(|p| p.trace.as_deref()).collect();
+    let error = match crate::telemetry::traces::in_trace(
+        unsampled,
+        apply_batch_sent_by(db, &adjustments, &traces),
+    )
+    .instrument(span)
+    .await
     {
         Ok(outcomes) => {
             for (p, outcome) in batch.into_iter().zip(outcomes) {
@@ -211,19 +242,15 @@ pub async fn apply_batch(
     apply_batch_sent_by(db, items, &[]).await
 }
 
-/// [`apply_batch`], where `senders[i]` is the span of the job run that sent item `i`: what the
-/// item causes (its low-stock alert, its webhook events) continues that run's trace, not the
-/// batch's (which is the first sender's; the batch may hold several tenants' items).
+/// [`apply_batch`], where `traces[i]` is the `traceparent` of the job run that sent item `i`:
+/// what the item causes (its low-stock alert, its webhook events) continues that run's trace,
+/// not the batch's (which is the first sender's; the batch may hold several tenants' items).
 async fn apply_batch_sent_by(
     db: &PgPool,
     items: &[(&Adjustment, &str)],
-    senders: &[tracing::Span],
+    traces: &[Option<&str>],
 ) -> anyhow::Result<Vec<Applied>> {
-    let trace_of = |i: usize| {
-        senders
-            .get(i)
-            .and_then(crate::telemetry::traces::traceparent_of)
-    };
+    let trace_of = |i: usize| traces.get(i).copied().flatten().map(str::to_string);
     let mut tx = db.begin().await.context("while starting a stock batch")?;
     let mut levels = lock_levels(&mut tx, items).await?;
     let existing = movements_with_keys(&mut tx, items).await?;

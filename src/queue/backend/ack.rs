@@ -3,6 +3,7 @@
 //! outcomes (`COMPLETE`) in batches and retries a batch until Redis takes it.
 
 use super::*;
+use crate::telemetry::traces;
 
 pub(super) async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<AckMsg>) {
     let mut backoff = Backoff::new();
@@ -212,23 +213,31 @@ where
             let waited = Duration::from_millis((layer.clock.now_ms() - meta.created_at_ms).max(0) as u64);
             metrics::started(&layer.queue, waited);
             // Each run is a span of the trace the job was enqueued in (traces on), so its retries
-            // are spans of the same trace; its id is in every log line of the run.
-            let span = tracing::info_span!("job", queue = %layer.queue, job_id = %meta.id,
-                kind = %meta.kind, attempt = meta.attempt,
-                tenant = %meta.tenant.map(|t| t.to_string()).unwrap_or_default(),
-                outcome = tracing::field::Empty, trace_id = tracing::field::Empty,
-                "otel.name" = %format_args!("job {}", meta.kind), "otel.kind" = "consumer",
-                "otel.status_code" = tracing::field::Empty);
-            crate::telemetry::traces::continue_trace(&span, meta.trace.as_deref());
+            // are spans of the same trace; its id is in every log line of the run. The run of an
+            // unsampled trace makes no OpenTelemetry spans at all.
+            let unsampled = traces::unsampled(meta.trace.as_deref());
+            let span = traces::in_trace_sync(unsampled.clone(), || {
+                let span = tracing::info_span!("job", queue = %layer.queue, job_id = %meta.id,
+                    kind = %meta.kind, attempt = meta.attempt,
+                    tenant = %meta.tenant.map(|t| t.to_string()).unwrap_or_default(),
+                    outcome = tracing::field::Empty, trace_id = tracing::field::Empty,
+                    "otel.name" = %format_args!("job {}", meta.kind), "otel.kind" = "consumer",
+                    "otel.status_code" = tracing::field::Empty);
+                traces::continue_trace(&span, meta.trace.as_deref());
+                span
+            });
             let started = Instant::now();
             // Each job runs in a task of its own: jobs use every core, a panic is caught as the
             // task's result, and a job past its timeout is aborted rather than left running; its
             // blocking work is told to stop and waited for (`cancel`) before the retry is recorded.
             let cancel = crate::queue::cancel::Cancel::default();
             let job = tokio::spawn(tracing::Instrument::instrument(
-                cancel
-                    .clone()
-                    .scope(async move { running.await.map_err(Into::into) }),
+                traces::in_trace(
+                    unsampled.clone(),
+                    cancel
+                        .clone()
+                        .scope(async move { running.await.map_err(Into::into) }),
+                ),
                 span.clone(),
             ));
             let abort = job.abort_handle();
@@ -257,7 +266,10 @@ where
                 && outcome.kind != "retry"
             {
                 tracing::Instrument::instrument(
-                    hook.0.finished(&meta, outcome.kind, &outcome.data),
+                    traces::in_trace(
+                        unsampled,
+                        hook.0.finished(&meta, outcome.kind, &outcome.data),
+                    ),
                     span,
                 )
                 .await;
