@@ -32,7 +32,8 @@
 //!    on at sampling 1.0 and on at 0.01 (three times each, in turn; medians), exporting OTLP/HTTP to a sink
 //!    in this process that counts the spans: each batch request is a traced request, its jobs
 //!    and their runs and the ledger's transactions spans of its trace. Targets: time per
-//!    adjustment at most 10 % above traces off at 1.0, 2 % at 0.01.
+//!    adjustment at most 10 % above traces off at 1.0, 2 % at 0.01. `cargo bench --bench stock
+//!    -- traces` runs this part alone.
 //!
 //! Next to rates, tables give CPU per adjustment (or request) of this process (API, workers and
 //! load clients together), of Postgres (every `postgres` process), of Redis, of `wrk`, and of
@@ -1370,6 +1371,8 @@ async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
     if is_traces_child() {
         let (rate, process_us) = part_batch_e2e(&ctx, &mut verdicts).await?;
         print_traces_result(&json!({"rate": rate, "process_us": process_us}));
+    } else if std::env::args().skip(1).any(|a| a == "traces") {
+        part_traces(&ctx, &mut verdicts)?;
     } else {
         part_batch_e2e(&ctx, &mut verdicts).await?;
         part_batch_split(&ctx, &mut verdicts).await?;
