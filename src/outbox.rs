@@ -217,7 +217,9 @@ impl RelaySpans {
                 queue,
                 rows = 1u32,
                 "otel.kind" = "producer",
-                trace_id = tracing::field::Empty
+                trace_id = trace
+                    .as_deref()
+                    .and_then(crate::telemetry::traces::trace_id_of)
             );
             crate::telemetry::traces::continue_trace(&span, trace.as_deref());
             span

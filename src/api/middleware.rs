@@ -44,7 +44,9 @@ pub async fn request_context(req: Request, next: Next) -> Response {
             path = %req.uri().path(),
             request_id = %request_id,
             tenant_id = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
+            trace_id = traceparent
+                .as_deref()
+                .and_then(crate::telemetry::traces::trace_id_of),
             status = tracing::field::Empty,
             "otel.kind" = "server",
         );

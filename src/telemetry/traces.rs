@@ -369,32 +369,31 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 }
 
 /// Makes `span` a child of `traceparent` (a valid W3C value; anything else is ignored and the
-/// span starts its own trace), and records its trace id in the span's `trace_id` field (so every
-/// log line inside it carries the id) when the span declares one.
+/// span starts its own trace). The span's `trace_id` field (when it declares one) is given the
+/// trace's id by its maker when it has a `traceparent` (recorded later, a field costs the JSON
+/// logs a re-serialization of all the span's fields), and is recorded here only when the span
+/// starts a trace of its own.
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
-    if span.is_disabled() {
+    if span.is_disabled() || in_unsampled() {
+        // Unsampled work's span is no OpenTelemetry span: its trace id is all there is.
         return;
     }
-    if in_unsampled() {
-        // Not an OpenTelemetry span: its trace id is all there is to keep.
-        if let Some(id) = traceparent.and_then(trace_id_of) {
-            span.record("trace_id", id);
-        }
-        return;
-    }
-    let parent = traceparent.and_then(context_of);
-    match (parent, traceparent.and_then(trace_id_of)) {
-        // Per job run, so kept cheap: the trace id is the parent's.
-        (Some(cx), Some(id)) => {
+    match traceparent.and_then(context_of) {
+        Some(cx) => {
             let _ = span.set_parent(cx);
-            span.record("trace_id", id);
         }
-        _ => {
+        None => {
             if let Some(own) = traceparent_of(span) {
                 span.record("trace_id", trace_id_of(&own).unwrap_or_default());
             }
         }
     }
+}
+
+/// Whether the work of `unsampled` (see [`unsampled`]) makes OpenTelemetry spans: traces are on
+/// and its trace is sampled. Fields only traces read are recorded only then.
+pub fn makes_spans(unsampled: &Option<Arc<str>>) -> bool {
+    unsampled.is_none() && CALLER_SAMPLE_RATIO.get().is_some()
 }
 
 /// Makes `span` a child of another span (one serving several, as a batch), recording its

@@ -220,7 +220,8 @@ where
                 let span = tracing::info_span!("job", queue = %layer.queue, job_id = %meta.id,
                     kind = %meta.kind, attempt = meta.attempt,
                     tenant = %meta.tenant.map(|t| t.to_string()).unwrap_or_default(),
-                    outcome = tracing::field::Empty, trace_id = tracing::field::Empty,
+                    outcome = tracing::field::Empty,
+                    trace_id = meta.trace.as_deref().and_then(traces::trace_id_of),
                     "otel.name" = %format_args!("job {}", meta.kind), "otel.kind" = "consumer",
                     "otel.status_code" = tracing::field::Empty);
                 traces::continue_trace(&span, meta.trace.as_deref());
@@ -257,9 +258,15 @@ where
             };
             let outcome = layer.outcome(&meta, ran);
             metrics::finished(&layer.queue, meta.tenant, outcome.kind, started.elapsed());
-            span.record("outcome", outcome.kind);
+            // For traces only (the log line below says it): recorded, a field costs JSON logs a
+            // re-serialization of the span's fields.
+            if traces::makes_spans(&unsampled) {
+                span.record("outcome", outcome.kind);
+                if outcome.kind != "succeeded" {
+                    span.record("otel.status_code", "error");
+                }
+            }
             if outcome.kind != "succeeded" {
-                span.record("otel.status_code", "error");
                 span.in_scope(|| tracing::warn!(outcome = outcome.kind, error = %outcome.data, "job did not succeed"));
             }
             if let Some(hook) = &layer.hook
