@@ -14,3 +14,10 @@ pub mod process;
 pub mod queue;
 pub mod redis_conn;
 pub mod telemetry;
+
+/// The allocator of every binary built on this crate (the server, the workers, the tests and
+/// benches). A job's run makes and frees hundreds of small allocations (Redis replies, JSON,
+/// spans, SQL arguments) across threads; under that load glibc's malloc spent about a third of
+/// the worker's CPU in the stock bench (`_int_malloc`, `_int_free`, `malloc_consolidate`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
