@@ -18,6 +18,9 @@ pub mod telemetry;
 /// The allocator of every binary built on this crate (the server, the workers, the tests and
 /// benches). A job's run makes and frees hundreds of small allocations (Redis replies, JSON,
 /// spans, SQL arguments) across threads; under that load glibc's malloc spent about a third of
-/// the worker's CPU in the stock bench (`_int_malloc`, `_int_free`, `malloc_consolidate`).
+/// the process's CPU in a `perf` profile of the stock bench (`_int_malloc`, `_int_free`,
+/// `malloc_consolidate`). The queue bench's "client µs/job" column shows the difference. Without
+/// transparent huge pages (`no_thp`): with them, memory is taken in 2 MiB steps and the API
+/// process's peak while streaming an upload grew past the bound `tenant_abuse` checks.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

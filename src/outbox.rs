@@ -209,9 +209,8 @@ impl RelaySpans {
             *rows += 1;
             return relayed.clone();
         }
-        let unsampled = crate::telemetry::traces::unsampled(trace.as_deref());
-        let span = crate::telemetry::traces::in_trace_sync(unsampled, || {
-            let span = tracing::info_span!(
+        let (span, _) = crate::telemetry::traces::span_for(trace.as_deref(), || {
+            tracing::info_span!(
                 "outbox relay",
                 outbox_id,
                 queue,
@@ -220,9 +219,7 @@ impl RelaySpans {
                 trace_id = trace
                     .as_deref()
                     .and_then(crate::telemetry::traces::trace_id_of)
-            );
-            crate::telemetry::traces::continue_trace(&span, trace.as_deref());
-            span
+            )
         });
         let relayed = crate::telemetry::traces::traceparent_of(&span).or_else(|| trace.clone());
         if let Some(trace) = trace {

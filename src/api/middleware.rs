@@ -36,9 +36,8 @@ pub async fn request_context(req: Request, next: Next) -> Response {
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(crate::telemetry::traces::from_caller);
-    let unsampled = crate::telemetry::traces::unsampled(traceparent.as_deref());
-    let span = crate::telemetry::traces::in_trace_sync(unsampled.clone(), || {
-        let span = tracing::info_span!(
+    let (span, unsampled) = crate::telemetry::traces::span_for(traceparent.as_deref(), || {
+        tracing::info_span!(
             "request",
             method = %req.method(),
             path = %req.uri().path(),
@@ -49,9 +48,7 @@ pub async fn request_context(req: Request, next: Next) -> Response {
                 .and_then(crate::telemetry::traces::trace_id_of),
             status = tracing::field::Empty,
             "otel.kind" = "server",
-        );
-        crate::telemetry::traces::continue_trace(&span, traceparent.as_deref());
-        span
+        )
     });
     let started = Instant::now();
     let mut response = crate::telemetry::traces::in_trace(

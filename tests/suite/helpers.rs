@@ -393,10 +393,7 @@ impl WorkerProcess {
 
     /// Sends SIGTERM (a graceful stop) and waits for the exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        self.0.wait().unwrap()
+        terminate(&mut self.0)
     }
 
     pub fn pid(&self) -> u32 {
@@ -464,10 +461,7 @@ impl ServeProcess {
 
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.child.wait().unwrap()
+        terminate(&mut self.child)
     }
 }
 
@@ -590,6 +584,12 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Sends SIGTERM (a graceful stop) to `child` and waits for its exit.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    send_signal("TERM", child.id());
+    child.wait().unwrap()
 }
 
 /// Sends `signal` (`KILL`, `STOP`, `CONT`, …) to process `pid`; false if it is gone.

@@ -419,10 +419,7 @@ impl ChildWorker {
 
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.child.wait().unwrap()
+        crate::helpers::terminate(&mut self.child)
     }
 }
 

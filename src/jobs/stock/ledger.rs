@@ -102,9 +102,10 @@ impl StockLedger {
             .send(Pending {
                 adjustment,
                 job_id: job_id.to_string(),
-                sender: crate::telemetry::traces::current_unsampled()
-                    .is_none()
-                    .then(tracing::Span::current),
+                sender: crate::telemetry::traces::makes_spans(
+                    &crate::telemetry::traces::current_unsampled(),
+                )
+                .then(tracing::Span::current),
                 trace: crate::telemetry::traces::current_traceparent(),
                 reply,
             })

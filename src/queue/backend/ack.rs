@@ -215,17 +215,14 @@ where
             // Each run is a span of the trace the job was enqueued in (traces on), so its retries
             // are spans of the same trace; its id is in every log line of the run. The run of an
             // unsampled trace makes no OpenTelemetry spans at all.
-            let unsampled = traces::unsampled(meta.trace.as_deref());
-            let span = traces::in_trace_sync(unsampled.clone(), || {
-                let span = tracing::info_span!("job", queue = %layer.queue, job_id = %meta.id,
+            let (span, unsampled) = traces::span_for(meta.trace.as_deref(), || {
+                tracing::info_span!("job", queue = %layer.queue, job_id = %meta.id,
                     kind = %meta.kind, attempt = meta.attempt,
                     tenant = %meta.tenant.map(|t| t.to_string()).unwrap_or_default(),
                     outcome = tracing::field::Empty,
                     trace_id = meta.trace.as_deref().and_then(traces::trace_id_of),
                     "otel.name" = %format_args!("job {}", meta.kind), "otel.kind" = "consumer",
-                    "otel.status_code" = tracing::field::Empty);
-                traces::continue_trace(&span, meta.trace.as_deref());
-                span
+                    "otel.status_code" = tracing::field::Empty)
             });
             let started = Instant::now();
             // Each job runs in a task of its own: jobs use every core, a panic is caught as the
