@@ -57,16 +57,32 @@ async fn a_worker_killed_mid_batch_loses_nothing_its_jobs_finish_after_the_lease
 
     let done = tq.counts("done").await;
     assert_eq!(done.len(), 400, "every job finished");
-    let twice: Vec<_> = done.iter().filter(|(_, d)| **d > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "a job the victim finished was run again: {twice:?}"
-    );
+    // Outcomes are recorded in batches after the handler returns, so a job the victim finished
+    // whose outcome was still on its way to Redis is rerun (at least once, by design); a job whose
+    // outcome Redis had taken must never run again. Those not yet recorded are the orphans.
+    let orphan_ns: std::collections::HashSet<u64> = orphans
+        .iter()
+        .map(|o| {
+            ids.iter()
+                .position(|id| *id == o.id)
+                .expect("an orphan is ours") as u64
+        })
+        .collect();
     let runs = tq.counts("runs").await;
-    let rerun = runs.values().filter(|&&r| r > 1).count();
+    let rerun: Vec<u64> = runs
+        .iter()
+        .filter(|(_, r)| **r > 1)
+        .map(|(n, _)| *n)
+        .collect();
+    let recorded_then_rerun: Vec<_> = rerun.iter().filter(|n| !orphan_ns.contains(n)).collect();
     assert!(
-        rerun <= concurrency,
-        "only jobs running at the kill may run twice; {rerun} did"
+        recorded_then_rerun.is_empty(),
+        "a job whose outcome Redis had recorded was run again: {recorded_then_rerun:?}"
+    );
+    let cut_short = rerun.iter().filter(|n| done[n] == 1).count();
+    assert!(
+        cut_short <= concurrency,
+        "only jobs running at the kill may be cut short and rerun; {cut_short} were"
     );
     let lease = chrono::Duration::from_std(lease).unwrap();
     for orphan in &orphans {
