@@ -127,6 +127,12 @@ pub struct Settings {
     /// render takes a core, so one tenant's flood of orders may not hold every render slot; a
     /// queue not named has no default limit). Per-tenant overrides: `PATCH /admin/v1/tenants/{slug}`.
     pub tenant_concurrency: std::collections::BTreeMap<String, u32>,
+    /// `BACKROOM_TENANT_JOB_RATES`: each queue's default limit on how many of one tenant's jobs
+    /// start per second across every worker (a burst of one second's worth), as `queue=rate`
+    /// pairs (default none). A tenant's flood of short jobs then takes at most that share of
+    /// the machine however idle it is, so the others' latency does not follow its load. Per-tenant
+    /// overrides: `PATCH /admin/v1/tenants/{slug}`.
+    pub tenant_job_rates: std::collections::BTreeMap<String, f64>,
     /// `BACKROOM_TENANT_RATE_PER_SECOND` (default 1,000; 0 turns the limit off) and
     /// `BACKROOM_TENANT_RATE_BURST` (default 2,000): each tenant's API request rate, shared by
     /// every API process; over it a request gets 429 with `Retry-After`.
@@ -173,6 +179,10 @@ pub struct ForecastSettings {
     /// `BACKROOM_FORECAST_HISTORY_DAYS`: the most days of history a forecast reads per SKU
     /// (default 1096, three years: two yearly seasons and a backtest), whatever the database holds.
     pub history_days: i32,
+    /// `BACKROOM_FORECAST_RUN_GAP_SECS`: the least time between two runs one tenant starts on
+    /// demand (default 60; 0: none); an earlier start is 429 with `Retry-After`. Nightly runs
+    /// are exempt.
+    pub run_gap: Duration,
 }
 
 /// Webhook delivery settings.
@@ -456,9 +466,18 @@ impl Settings {
                 message: "must be at least 1".into(),
             });
         }
-        let tenant_concurrency = parse_concurrency(
+        let tenant_concurrency = parse_per_queue(
+            "BACKROOM_TENANT_CONCURRENCY",
             &get("BACKROOM_TENANT_CONCURRENCY")
                 .unwrap_or_else(|| "forecasts=2,imports=1,invoices=4,webhooks=8".into()),
+            "the limit is not a whole number",
+            |n: &u32| *n < u32::MAX,
+        )?;
+        let tenant_job_rates = parse_per_queue(
+            "BACKROOM_TENANT_JOB_RATES",
+            &get("BACKROOM_TENANT_JOB_RATES").unwrap_or_default(),
+            "the rate is not a number of jobs per second from 0.001 to 1000000 (0: none)",
+            |r: &f64| *r == 0.0 || (0.001..=1_000_000.0).contains(r),
         )?;
         let tenant_rate = RateLimit {
             per_second: parse_or(
@@ -567,6 +586,18 @@ impl Settings {
                 message: "must be between 56 and 3660".into(),
             });
         }
+        let run_gap_secs: u32 = parse_or(
+            get("BACKROOM_FORECAST_RUN_GAP_SECS"),
+            "BACKROOM_FORECAST_RUN_GAP_SECS",
+            "60",
+            "a whole number of seconds",
+        )?;
+        if run_gap_secs > 86_400 {
+            return Err(SettingsError {
+                var: "BACKROOM_FORECAST_RUN_GAP_SECS",
+                message: "must be at most 86400 (a day)".into(),
+            });
+        }
         if keep_runs < 1 {
             return Err(SettingsError {
                 var: "BACKROOM_FORECAST_KEEP_RUNS",
@@ -630,6 +661,7 @@ impl Settings {
             job_history_days,
             max_queued_imports,
             tenant_concurrency,
+            tenant_job_rates,
             tenant_rate,
             connections: ConnectionLimits {
                 header_timeout,
@@ -645,6 +677,7 @@ impl Settings {
                 keep_runs,
                 full_backtest_max_skus,
                 history_days,
+                run_gap: Duration::from_secs(u64::from(run_gap_secs)),
             },
             webhooks: WebhookSettings::from_lookup(get)?,
             queue,
@@ -652,11 +685,14 @@ impl Settings {
     }
 }
 
-fn parse_concurrency(raw: &str) -> Result<std::collections::BTreeMap<String, u32>, SettingsError> {
-    let fail = |message: String| SettingsError {
-        var: "BACKROOM_TENANT_CONCURRENCY",
-        message,
-    };
+/// `queue=value` pairs, each queue named once at most.
+fn parse_per_queue<T: std::str::FromStr>(
+    var: &'static str,
+    raw: &str,
+    not_a_value: &str,
+    valid: impl Fn(&T) -> bool,
+) -> Result<std::collections::BTreeMap<String, T>, SettingsError> {
+    let fail = |message: String| SettingsError { var, message };
     let mut limits = std::collections::BTreeMap::new();
     for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (queue, n) = pair
@@ -666,10 +702,12 @@ fn parse_concurrency(raw: &str) -> Result<std::collections::BTreeMap<String, u32
         if crate::jobs::queues::Queue::parse(queue).is_none() {
             return Err(fail(format!("'{queue}' is not a queue")));
         }
-        let n: u32 = n
+        let n: T = n
             .trim()
             .parse()
-            .map_err(|_| fail(format!("'{pair}': the limit is not a whole number")))?;
+            .ok()
+            .filter(&valid)
+            .ok_or_else(|| fail(format!("'{pair}': {not_a_value}")))?;
         limits.insert(queue.to_string(), n);
     }
     Ok(limits)
@@ -772,6 +810,25 @@ mod tests {
     }
 
     #[test]
+    fn per_queue_tenant_rates_are_read_as_jobs_per_second() {
+        let mut env = base();
+        env.insert(
+            "BACKROOM_TENANT_JOB_RATES",
+            "stock=2000, invoices=2.5,emails=0",
+        );
+        let s = parse(&env).expect("valid");
+        assert_eq!(
+            s.tenant_job_rates,
+            [
+                ("emails".to_string(), 0.0),
+                ("invoices".to_string(), 2.5),
+                ("stock".to_string(), 2000.0)
+            ]
+            .into()
+        );
+    }
+
+    #[test]
     fn minimal_environment_gives_documented_defaults() {
         let s = parse(&base()).expect("valid");
         assert_eq!(s.bind.to_string(), "0.0.0.0:8080");
@@ -785,6 +842,7 @@ mod tests {
         assert!(s.metrics_bind.is_none());
         assert_eq!(s.dates.past_days, 3650);
         assert_eq!(s.forecast.history_days, 1096);
+        assert_eq!(s.forecast.run_gap, Duration::from_secs(60));
         assert_eq!(s.max_queued_imports, 3);
         assert_eq!(s.connections.header_timeout, Duration::from_secs(10));
         assert_eq!(s.connections.max_connections, 4096);
@@ -801,6 +859,7 @@ mod tests {
             ]
             .into()
         );
+        assert!(s.tenant_job_rates.is_empty());
         assert_eq!(s.webhooks.timeout, Duration::from_secs(10));
         assert!(!s.webhooks.allow_private);
         assert_eq!(s.webhooks.retry_after.len(), 8);
@@ -912,6 +971,21 @@ mod tests {
                 "BACKROOM_TENANT_CONCURRENCY",
                 Some("invoices=x"),
                 "not a whole number",
+            ),
+            (
+                "BACKROOM_TENANT_JOB_RATES",
+                Some("stock=-1"),
+                "jobs per second",
+            ),
+            (
+                "BACKROOM_TENANT_JOB_RATES",
+                Some("stock=NaN"),
+                "jobs per second",
+            ),
+            (
+                "BACKROOM_TENANT_JOB_RATES",
+                Some("nope=5"),
+                "is not a queue",
             ),
             (
                 "BACKROOM_FORECAST_HISTORY_DAYS",

@@ -282,7 +282,9 @@ pub struct RunAccepted {
     request_body = RunInput,
     responses((status = 202, body = RunAccepted),
         (status = 409, description = "A run of this tenant is still queued or running", body = super::error::Problem),
-        (status = 422, body = super::error::Problem), (status = 503, body = super::error::Problem)))]
+        (status = 422, body = super::error::Problem),
+        (status = 429, description = "This tenant started a run on demand less than `BACKROOM_FORECAST_RUN_GAP_SECS` ago; `Retry-After` says when the next may start", body = super::error::Problem),
+        (status = 503, body = super::error::Problem)))]
 #[tracing::instrument(skip_all)]
 pub async fn create_run(
     tenant: Tenant,
@@ -335,7 +337,9 @@ pub async fn create_run(
         &state.db,
         &state.queues,
         tenant.id,
-        forecasts::Trigger::Api,
+        forecasts::Trigger::Api {
+            min_gap: state.settings.forecast.run_gap,
+        },
         horizon as i32,
         skus,
     )
@@ -346,6 +350,9 @@ pub async fn create_run(
         forecasts::StartError::AlreadyRan => {
             Error::Internal(anyhow::anyhow!("an API run cannot collide with a night"))
         }
+        forecasts::StartError::TooSoon(wait) => Error::RateLimited {
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        },
         forecasts::StartError::Busy(active) => Error::Conflict {
             detail: format!(
                 "forecast run {active} is still queued or running; start another when it has finished"

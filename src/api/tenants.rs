@@ -12,7 +12,7 @@ use super::operators::audit::{self, Change};
 use super::pagination::{Page, PageParams};
 use crate::domain::{ApiKey, EmailAddress, TenantName, TenantSlug, TimeZoneName};
 use crate::jobs::Queue;
-use crate::queue::TenantQueueState;
+use crate::queue::{TenantQueueState, TenantRules};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -66,6 +66,11 @@ pub struct TenantPatch {
     /// named keep their current rule.
     #[schema(value_type = Option<Object>, example = json!({"invoices": 2, "forecasts": null}))]
     queue_limits: Option<BTreeMap<String, Option<u32>>>,
+    /// Per queue, the most of this tenant's jobs that start per second across every worker, with
+    /// a burst of one second's worth (0: no rate; `null`: back to the queue's default,
+    /// `BACKROOM_TENANT_JOB_RATES`). Queues not named keep their current rule.
+    #[schema(value_type = Option<Object>, example = json!({"stock": 500, "invoices": null}))]
+    queue_rates: Option<BTreeMap<String, Option<f64>>>,
     /// The queues this tenant is paused on (the whole list; `[]` resumes every queue). Paused
     /// jobs stay queued and show as `paused`; other tenants' jobs flow.
     paused_queues: Option<Vec<String>>,
@@ -73,6 +78,9 @@ pub struct TenantPatch {
 
 /// The most a per-tenant queue limit may be.
 pub const MAX_QUEUE_LIMIT: u32 = 100_000;
+
+/// The range of a per-tenant job rate (jobs per second), besides 0 for none.
+pub const QUEUE_RATES: std::ops::RangeInclusive<f64> = 0.001..=1_000_000.0;
 
 /// Tells "absent" (`None`) from "null" (`Some(None)`).
 fn double_option<'de, D, T>(de: D) -> std::result::Result<Option<Option<T>>, D::Error>
@@ -292,6 +300,23 @@ pub async fn update_tenant(
             );
         }
     }
+    for (queue, rate) in body.queue_rates.iter().flatten() {
+        if Queue::parse(queue).is_none() {
+            errors.push(
+                &format!("queue_rates.{queue}"),
+                format!("is not a queue (one of: {})", Queue::names()),
+            );
+        } else if rate.is_some_and(|r| r != 0.0 && !QUEUE_RATES.contains(&r)) {
+            errors.push(
+                &format!("queue_rates.{queue}"),
+                format!(
+                    "must be 0 (no rate) or from {} to {} jobs per second",
+                    QUEUE_RATES.start(),
+                    QUEUE_RATES.end()
+                ),
+            );
+        }
+    }
     for (i, queue) in body.paused_queues.iter().flatten().enumerate() {
         if Queue::parse(queue).is_none() {
             errors.push(
@@ -336,10 +361,13 @@ pub async fn update_tenant(
         .tenant(Some(row.id))
         .before(json!(before))
         .after(json!(row));
-    if body.queue_limits.is_some() || body.paused_queues.is_some() {
-        let limits = body.queue_limits.clone().unwrap_or_default();
+    if body.queue_limits.is_some() || body.queue_rates.is_some() || body.paused_queues.is_some() {
+        let change_to = RulesEdit {
+            limits: body.queue_limits.clone().unwrap_or_default(),
+            rates: body.queue_rates.clone().unwrap_or_default(),
+        };
         let paused = body.paused_queues.clone();
-        let rules = change_queue_rules(&mut tx, &state.queues, row.id, &limits, |current| {
+        let rules = change_queue_rules(&mut tx, &state.queues, row.id, &change_to, |current| {
             paused.unwrap_or(current)
         })
         .await?;
@@ -359,50 +387,68 @@ pub struct RulesChange {
     pub after: serde_json::Value,
 }
 
-/// Changes a tenant's per-queue rules inside `tx` (which the caller commits): `limits` sets or
-/// (`None`) resets the named queues' limits, `paused` maps the paused list to the new one. Redis
-/// is told before the commit, so a Redis that cannot be told changes nothing (503). The JSON
-/// admin API and the dashboard both change rules here.
+/// Per queue, a tenant's limits and rates to set (`Some`) or return to the default (`None`);
+/// queues not named keep theirs.
+#[derive(Debug, Default)]
+pub struct RulesEdit {
+    pub limits: BTreeMap<String, Option<u32>>,
+    pub rates: BTreeMap<String, Option<f64>>,
+}
+
+/// Applies `edit` to a tenant's own values, by queue.
+fn edited<T: Clone>(current: &mut BTreeMap<String, T>, edit: &BTreeMap<String, Option<T>>) {
+    for (queue, value) in edit {
+        match value {
+            Some(v) => current.insert(queue.clone(), v.clone()),
+            None => current.remove(queue),
+        };
+    }
+}
+
+/// Changes a tenant's per-queue rules inside `tx` (which the caller commits): `edit` sets or
+/// resets the named queues' limits and rates, `paused` maps the paused list to the new one.
+/// Redis is told before the commit, so a Redis that cannot be told changes nothing (503). The
+/// JSON admin API and the dashboard both change rules here.
 pub async fn change_queue_rules(
     tx: &mut sqlx::PgConnection,
     queues: &crate::queue::Queues,
     tenant: Uuid,
-    limits: &BTreeMap<String, Option<u32>>,
+    edit: &RulesEdit,
     paused: impl FnOnce(Vec<String>) -> Vec<String>,
 ) -> Result<RulesChange> {
     let current = sqlx::query!(
-        "SELECT queue_limits, paused_queues FROM tenants WHERE id = $1 FOR UPDATE",
+        "SELECT queue_limits, queue_rates, paused_queues FROM tenants WHERE id = $1 FOR UPDATE",
         tenant
     )
     .fetch_one(&mut *tx)
     .await?;
-    let before =
-        json!({ "queue_limits": current.queue_limits, "paused_queues": current.paused_queues });
-    let mut new_limits: BTreeMap<String, u32> =
-        serde_json::from_value(current.queue_limits).unwrap_or_default();
-    for (queue, limit) in limits {
-        match limit {
-            Some(n) => new_limits.insert(queue.clone(), *n),
-            None => new_limits.remove(queue),
-        };
-    }
-    let mut new_paused = paused(current.paused_queues.clone());
-    new_paused.sort();
-    new_paused.dedup();
+    let before = json!({ "queue_limits": current.queue_limits, "queue_rates": current.queue_rates,
+        "paused_queues": current.paused_queues });
+    let mut rules = TenantRules {
+        limits: serde_json::from_value(current.queue_limits).unwrap_or_default(),
+        rates: serde_json::from_value(current.queue_rates).unwrap_or_default(),
+        paused: paused(current.paused_queues.clone()),
+    };
+    edited(&mut rules.limits, &edit.limits);
+    edited(&mut rules.rates, &edit.rates);
+    rules.paused.sort();
+    rules.paused.dedup();
     sqlx::query!(
-        "UPDATE tenants SET queue_limits = $2, paused_queues = $3 WHERE id = $1",
+        "UPDATE tenants SET queue_limits = $2, queue_rates = $3, paused_queues = $4 WHERE id = $1",
         tenant,
-        serde_json::to_value(&new_limits).expect("limits serialize"),
-        &new_paused
+        serde_json::to_value(&rules.limits).expect("limits serialize"),
+        serde_json::to_value(&rules.rates).expect("rates serialize"),
+        &rules.paused
     )
     .execute(&mut *tx)
     .await?;
     queues
-        .apply_tenant_rules(&Queue::ALL.map(Queue::id), tenant, &new_limits, &new_paused)
+        .apply_tenant_rules(&Queue::ALL.map(Queue::id), tenant, &rules)
         .await?;
     Ok(RulesChange {
         before,
-        after: json!({ "queue_limits": new_limits, "paused_queues": new_paused }),
+        after: json!({ "queue_limits": rules.limits, "queue_rates": rules.rates,
+            "paused_queues": rules.paused }),
     })
 }
 

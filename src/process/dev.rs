@@ -117,7 +117,9 @@ async fn seed_demo_sales(
         pool,
         queues,
         tenant_id,
-        crate::jobs::forecasts::Trigger::Api,
+        crate::jobs::forecasts::Trigger::Api {
+            min_gap: std::time::Duration::ZERO,
+        },
         settings.forecast.horizon_days,
         None,
     )

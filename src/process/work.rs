@@ -9,7 +9,7 @@
 
 use crate::config::Settings;
 use crate::jobs::{self, Queue, WorkerContext};
-use crate::queue::{LimitChange, Queues, RedisBackend, WorkerHandle};
+use crate::queue::{LimitChange, Queues, RedisBackend, TenantRules, WorkerHandle};
 use crate::{db, outbox};
 use anyhow::Context;
 use apalis::prelude::*;
@@ -51,9 +51,9 @@ impl WorkPlan {
     }
 }
 
-/// Copies the queues' default per-tenant limits (`BACKROOM_TENANT_CONCURRENCY`) and every
-/// tenant's own limits and pauses from Postgres into the queue engine, and clears rules Redis
-/// holds for tenants that no longer have them. Postgres is the record; Redis may have lost its
+/// Copies the queues' default per-tenant limits and rates (`BACKROOM_TENANT_CONCURRENCY`,
+/// `BACKROOM_TENANT_JOB_RATES`) and every tenant's own rules from Postgres into the queue
+/// engine, and clears rules Redis holds for tenants that no longer have them. Postgres is the record; Redis may have lost its
 /// data or missed a change made while it was down.
 pub async fn sync_tenant_rules(
     db: &sqlx::PgPool,
@@ -67,30 +67,35 @@ pub async fn sync_tenant_rules(
             .get(queue.as_str())
             .map_or(LimitChange::Default, |&n| LimitChange::Set(n));
         queues.control_tenant(queue, "*", None, default).await?;
+        let rate = settings.tenant_job_rates.get(queue.as_str()).copied();
+        queues.set_tenant_rate(queue, "*", rate).await?;
     }
     let rows = sqlx::query!(
-        "SELECT id, queue_limits, paused_queues FROM tenants WHERE queue_limits <> '{}'::jsonb OR paused_queues <> '{}'"
+        "SELECT id, queue_limits, queue_rates, paused_queues FROM tenants
+         WHERE queue_limits <> '{}'::jsonb OR queue_rates <> '{}'::jsonb OR paused_queues <> '{}'"
     )
     .fetch_all(db)
     .await?;
     let mut with_rules = std::collections::HashSet::new();
     for row in rows {
-        let limits: std::collections::BTreeMap<String, u32> =
-            serde_json::from_value(row.queue_limits).unwrap_or_default();
-        queues
-            .apply_tenant_rules(&all, row.id, &limits, &row.paused_queues)
-            .await?;
+        let rules = TenantRules {
+            limits: serde_json::from_value(row.queue_limits).unwrap_or_default(),
+            rates: serde_json::from_value(row.queue_rates).unwrap_or_default(),
+            paused: row.paused_queues,
+        };
+        queues.apply_tenant_rules(&all, row.id, &rules).await?;
         with_rules.insert(row.id.to_string());
     }
     let mut stale = std::collections::BTreeSet::new();
     for queue in &all {
         stale.extend(queues.paused_tenants(queue).await?);
         stale.extend(queues.limited_tenants(queue).await?.into_keys());
+        stale.extend(queues.rated_tenants(queue).await?);
     }
     for tenant in stale.difference(&with_rules.into_iter().collect()) {
         if let Ok(id) = uuid::Uuid::parse_str(tenant) {
             queues
-                .apply_tenant_rules(&all, id, &Default::default(), &[])
+                .apply_tenant_rules(&all, id, &TenantRules::default())
                 .await?;
         }
     }

@@ -78,6 +78,20 @@ impl QueueKeys {
         format!("{}:parked", self.prefix)
     }
 
+    /// Per-tenant rates: each tenant's jobs per second (field `*`: the queue's default), each
+    /// rated tenant's theoretical arrival time, and the tenants waiting for their allowance.
+    pub fn rates(&self) -> String {
+        format!("{}:rates", self.prefix)
+    }
+
+    pub fn rate_clock(&self) -> String {
+        format!("{}:tat", self.prefix)
+    }
+
+    pub fn slowed(&self) -> String {
+        format!("{}:slowed", self.prefix)
+    }
+
     /// Sorted sets by job id: scheduled and retrying (score = due time), and the finished
     /// ones (score = finish time, trimmed by retention).
     pub fn set(&self, which: JobSet) -> String {
@@ -213,6 +227,9 @@ mod tests {
             k.active(),
             k.paused_tenants(),
             k.parked(),
+            k.rates(),
+            k.rate_clock(),
+            k.slowed(),
             k.set(JobSet::Scheduled),
             k.set(JobSet::Retrying),
             k.set(JobSet::Succeeded),

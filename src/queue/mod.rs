@@ -105,7 +105,7 @@ mod scripts;
 pub use backend::{Hook, OutcomeHook, RedisBackend, WorkerHandle, WorkerOptions};
 pub use client::{
     ActionOutcome, JobRecord, JobStatus, LimitChange, ListedJobs, NewJob, ParentFailure, Pushed,
-    QueueCounts, Queues, TenantQueueState, WorkerInfo,
+    QueueCounts, Queues, TenantQueueState, TenantRules, WorkerInfo,
     groups::{GroupHook, GroupSpec, GroupState, GroupView},
     history::{FinishedJob, HISTORY_CAP, HistoryBatch},
 };

@@ -66,11 +66,24 @@ end
 -- in exactly one of the ring (it may run) and `:parked` (paused or at its limit), so a fetch
 -- never visits a tenant it cannot serve, and a parked tenant returns to the ring the moment a
 -- slot frees or it is resumed.
-local function limit_of(prefix, tenant)
-  local l = redis.call('HGET', prefix .. ':limits', tenant)
-  if not l and tenant ~= '' then l = redis.call('HGET', prefix .. ':limits', '*') end
+local function own_or_default(hash, tenant)
+  local v = redis.call('HMGET', hash, tenant, '*')
+  local l = v[1]
+  if not l and tenant ~= '' then l = v[2] end
   return tonumber(l or '0') or 0
 end
+
+local function limit_of(prefix, tenant) return own_or_default(prefix .. ':limits', tenant) end
+
+-- Per-tenant rates: at most `rate` of a tenant's jobs start per second, with a burst of one
+-- second's worth (at least one job), across every worker process (a GCRA: `:tat` holds each
+-- rated tenant's theoretical arrival time in ms). `:rates` holds each tenant's rate (field '*'
+-- the queue's default; none or 0 is no rate); `:slowed` the tenants with jobs waiting that used
+-- their allowance, scored by when their next job may start. A tenant with jobs waiting is in
+-- exactly one of the ring, `:parked` and `:slowed`.
+local function rate_of(prefix, tenant) return own_or_default(prefix .. ':rates', tenant) end
+
+local function rate_window(rate) return math.max(1000, 1000 / rate) end
 
 local function active_of(prefix, tenant)
   return tonumber(redis.call('HGET', prefix .. ':active', tenant) or '0')
@@ -93,6 +106,18 @@ local function ring_or_park(prefix, tenant)
   else
     redis.call('SADD', prefix .. ':parked', tenant)
   end
+end
+
+-- Slowed tenants whose next job may start by `now` go back to the ring (or parked); returns
+-- how many.
+local function unslow(prefix, now)
+  local slowed = prefix .. ':slowed'
+  local due = redis.call('ZRANGEBYSCORE', slowed, '-inf', now, 'LIMIT', 0, 100)
+  for _, t in ipairs(due) do
+    redis.call('ZREM', slowed, t)
+    if redis.call('LLEN', prefix .. ':ready:' .. t) > 0 then ring_or_park(prefix, t) end
+  end
+  return #due
 end
 
 -- `n` of a tenant's jobs left the stream: gives back their slots and, if the tenant was parked
@@ -139,6 +164,7 @@ local function unready(prefix, stream, id, tenant, entry)
     if redis.call('LLEN', list) == 0 then
       redis.call('LREM', prefix .. ':ring', 1, tenant or '')
       redis.call('SREM', prefix .. ':parked', tenant or '')
+      redis.call('ZREM', prefix .. ':slowed', tenant or '')
     end
   end
 end
@@ -147,8 +173,10 @@ end
 -- jobs waiting: each turn gives the next tenant in the ring an equal share of what is left,
 -- and a tenant with more waiting goes to the back of the ring. A tenant with a flood of jobs
 -- therefore takes its share of each fetch, never the whole of it. A tenant with a limit gets at
--- most its free slots, and is parked once they are taken.
-local function fill(prefix, stream, count)
+-- most its free slots, and is parked once they are taken; a tenant with a rate gets at most
+-- its allowance, and is slowed once it is used.
+local function fill(prefix, stream, count, now)
+  unslow(prefix, now)
   local ring = prefix .. ':ring'
   local moved = 0
   local active = redis.call('LLEN', ring)
@@ -162,6 +190,12 @@ local function fill(prefix, stream, count)
       running = active_of(prefix, tenant)
       share = math.min(share, limit - running)
     end
+    local rate = rate_of(prefix, tenant)
+    local tat = now
+    if rate > 0 then
+      tat = math.max(now, tonumber(redis.call('HGET', prefix .. ':tat', tenant) or '0'))
+      share = math.min(share, math.floor((now + rate_window(rate) - tat) * rate / 1000 + 1e-9))
+    end
     local ids = false
     if share > 0 then ids = redis.call('LPOP', list, share) end
     if ids then
@@ -170,10 +204,17 @@ local function fill(prefix, stream, count)
       moved = moved + #ids
       running = running + #ids
       redis.call('HINCRBY', prefix .. ':active', tenant, #ids)
+      if rate > 0 then
+        tat = tat + #ids * 1000 / rate
+        redis.call('HSET', prefix .. ':tat', tenant, tat)
+      end
     end
     if redis.call('LLEN', list) > 0 then
+      local next_at = rate > 0 and tat + 1000 / rate - rate_window(rate) or now
       if limit > 0 and running >= limit then
         redis.call('SADD', prefix .. ':parked', tenant)
+      elseif next_at > now then
+        redis.call('ZADD', prefix .. ':slowed', next_at, tenant)
       else
         redis.call('RPUSH', ring, tenant)
       end
@@ -335,7 +376,7 @@ end
 -- and delivered at once.
 local got = deliver(count)
 if got < count then
-  local moved = fill(prefix, stream, count - got)
+  local moved = fill(prefix, stream, count - got, now)
   if moved > 0 then got = got + deliver(moved) end
 end
 -- Even if every entry read was dropped (cancelled jobs), there may be more: fetch again.
@@ -571,6 +612,8 @@ for _, set in ipairs({'scheduled', 'retry'}) do
   end
 end
 readied(prefix, ready)
+-- Tenants slowed by their rate whose next job may start: fetchers waiting are woken for them.
+if unslow(prefix, tonumber(now)) > 0 then wake(prefix, 1) end
 return moved
 "#,
     )
@@ -675,27 +718,50 @@ return #ids
     )
 });
 
-/// Sets one tenant's limit and pause on a queue and puts the tenant where the new rule says
-/// (in the ring or parked). ARGV: prefix, tenant ('*' for the queue's default limit), paused
-/// ('1', '0', or '' to leave it), limit (a number, '-' for the default, '' to leave it).
+/// Sets one tenant's limit, rate and pause on a queue and puts the tenant where the new rule
+/// says (in the ring, parked or slowed). ARGV: prefix, tenant ('*' for the queue's defaults),
+/// paused ('1', '0', or '' to leave it), limit and rate (a number, '-' for the default, '' to
+/// leave it).
 pub static TENANT_CONTROL: LazyLock<Script> = LazyLock::new(|| {
     with_common(
         r#"
 local stream, prefix, tenant, paused, limit = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local rate = ARGV[5] or ''
 if limit == '-' then redis.call('HDEL', prefix .. ':limits', tenant)
 elseif limit ~= '' then redis.call('HSET', prefix .. ':limits', tenant, limit) end
+local old_rate = redis.call('HGET', prefix .. ':rates', tenant)
+if rate == '-' then redis.call('HDEL', prefix .. ':rates', tenant)
+elseif rate ~= '' then redis.call('HSET', prefix .. ':rates', tenant, rate) end
+-- A new rate counts from now: what the old one allowed is forgotten. (Setting the same rate
+-- again, as every `work` process does at start, changes nothing.)
+if rate ~= '' and redis.call('HGET', prefix .. ':rates', tenant) ~= old_rate then
+  if tenant == '*' then redis.call('DEL', prefix .. ':tat') else redis.call('HDEL', prefix .. ':tat', tenant) end
+else
+  rate = ''
+end
 if paused == '1' then redis.call('SADD', prefix .. ':tpaused', tenant)
 elseif paused == '0' then redis.call('SREM', prefix .. ':tpaused', tenant) end
--- The default limit changes every parked tenant's rule (the parked set is small: tenants at
--- their limit or paused, with jobs waiting).
+-- The defaults change every parked (and, for a rate, slowed) tenant's rule; both sets are
+-- small: tenants with jobs waiting that may not run now.
 local tenants = {tenant}
-if tenant == '*' then tenants = redis.call('SMEMBERS', prefix .. ':parked') end
+if tenant == '*' then
+  tenants = redis.call('SMEMBERS', prefix .. ':parked')
+  if rate ~= '' then
+    for _, t in ipairs(redis.call('ZRANGE', prefix .. ':slowed', 0, -1)) do tenants[#tenants + 1] = t end
+  end
+end
 for _, t in ipairs(tenants) do
   if redis.call('LLEN', prefix .. ':ready:' .. t) > 0 then
     if not eligible(prefix, t) then
       -- Out of the ring: O(ring), for an admin action.
-      if redis.call('SADD', prefix .. ':parked', t) == 1 then redis.call('LREM', prefix .. ':ring', 0, t) end
+      if redis.call('SADD', prefix .. ':parked', t) == 1 then
+        redis.call('LREM', prefix .. ':ring', 0, t)
+        redis.call('ZREM', prefix .. ':slowed', t)
+      end
     elseif redis.call('SREM', prefix .. ':parked', t) == 1 then
+      redis.call('RPUSH', prefix .. ':ring', t)
+      wake(prefix, 1)
+    elseif rate ~= '' and redis.call('ZREM', prefix .. ':slowed', t) == 1 then
       redis.call('RPUSH', prefix .. ':ring', t)
       wake(prefix, 1)
     end

@@ -558,10 +558,29 @@ async fn an_admin_limits_and_pauses_one_tenant_from_its_page() {
         .confirm_click("tr[data-queue=invoices] button")
         .await;
     browser
-        .wait_text(".flash", "clinic on invoices: at most 2 at once, running.")
+        .wait_text(
+            ".flash",
+            "clinic on invoices: at most 2 at once, the queue's default rate, running.",
+        )
         .await;
     browser
         .wait_text("tr[data-queue=invoices] td.limit", "2")
+        .await;
+
+    // And at most 5 of its emails started a second.
+    let rate = browser
+        .wait_find("tr[data-queue=emails] input[name=rate]")
+        .await;
+    rate.send_keys("5").await.unwrap();
+    browser.confirm_click("tr[data-queue=emails] button").await;
+    browser
+        .wait_text(
+            ".flash",
+            "clinic on emails: the queue's default limit, at most 5 started a second, running.",
+        )
+        .await;
+    browser
+        .wait_text("tr[data-queue=emails] td.rate", "5")
         .await;
 
     // Pause its stock adjustments.
@@ -575,7 +594,7 @@ async fn an_admin_limits_and_pauses_one_tenant_from_its_page() {
     browser
         .wait_text(
             ".flash",
-            "clinic on stock: the queue's default limit, paused.",
+            "clinic on stock: the queue's default limit, the queue's default rate, paused.",
         )
         .await;
     browser.screenshot("dashboard-tenant").await;
@@ -618,19 +637,24 @@ async fn an_admin_limits_and_pauses_one_tenant_from_its_page() {
                 .map(|q| {
                     (
                         q["queue"].as_str().unwrap().to_string(),
-                        (q["limit"].as_u64(), q["paused"].as_bool().unwrap()),
+                        (
+                            q["limit"].as_u64(),
+                            q["rate"].as_f64(),
+                            q["paused"].as_bool().unwrap(),
+                        ),
                     )
                 })
                 .collect::<std::collections::HashMap<_, _>>()
         }
     };
     let clinic = rules("clinic").await;
-    assert_eq!(clinic["invoices"], (Some(2), false));
-    assert_eq!(clinic["stock"], (None, true));
-    assert_eq!(clinic["emails"], (None, false));
+    assert_eq!(clinic["invoices"], (Some(2), None, false));
+    assert_eq!(clinic["stock"], (None, None, true));
+    assert_eq!(clinic["emails"], (None, Some(5.0), false));
     let shop = rules("shop").await;
-    assert_eq!(shop["invoices"], (None, false));
-    assert_eq!(shop["stock"], (None, false));
+    assert_eq!(shop["invoices"], (None, None, false));
+    assert_eq!(shop["stock"], (None, None, false));
+    assert_eq!(shop["emails"], (None, None, false));
 }
 
 /// A tenant's endpoint fails; the admin finds it with the "failing endpoints only" filter (the

@@ -190,3 +190,81 @@ async fn the_queue_default_limit_applies_to_tenants_without_their_own() {
     assert_eq!(most[&a.to_string()], 1);
     assert_eq!(most[&b.to_string()], 3);
 }
+
+/// When each of `ids` started, in milliseconds, earliest first.
+async fn starts(tq: &TestQueue, ids: &[String]) -> Vec<i64> {
+    let mut at = vec![];
+    for id in ids {
+        at.push(tq.job(id).await.started_at.unwrap().timestamp_millis());
+    }
+    at.sort_unstable();
+    at
+}
+
+#[tokio::test]
+async fn a_tenants_rate_holds_across_two_worker_processes_while_others_flow() {
+    let tq = TestQueue::new();
+    let (rated, free) = (Uuid::new_v4(), Uuid::new_v4());
+    let rate = 20.0;
+    tq.queues
+        .set_tenant_rate(&tq.queue, &rated.to_string(), Some(rate))
+        .await
+        .unwrap();
+    let rated_ids = tq.push(sleepy(rated, 0..60, 0)).await;
+    let free_ids = tq.push(sleepy(free, 100..160, 0)).await;
+    let mut a = ChildWorker::spawn(&tq, 8, 16);
+    let mut b = ChildWorker::spawn(&tq, 8, 16);
+    tq.wait_all(&free_ids, JobStatus::Succeeded, LIMIT).await;
+    tq.wait_all(&rated_ids, JobStatus::Succeeded, LIMIT).await;
+    a.terminate();
+    b.terminate();
+
+    // A rate of 20 a second with a burst of one second's worth: in any stretch of time, at most
+    // 20 starts plus one per 50 ms of it (a whole millisecond of rounding allowed).
+    let at = starts(&tq, &rated_ids).await;
+    for i in 0..at.len() {
+        for j in i..at.len() {
+            let allowed = (at[j] - at[i] + 1) as f64 * rate / 1000.0 + rate;
+            assert!(
+                (j - i + 1) as f64 <= allowed.floor() + 1.0,
+                "{} starts within {} ms",
+                j - i + 1,
+                at[j] - at[i]
+            );
+        }
+    }
+    // 60 jobs at 20 a second after a burst of 20: two seconds at least.
+    let spread = at[59] - at[0];
+    assert!(
+        spread >= 1900,
+        "the rated tenant's 60 jobs started within {spread} ms"
+    );
+    // The other tenant's 60 went through the same fetches at full speed.
+    assert!(last_finish(&tq, &free_ids).await < at[59]);
+}
+
+#[tokio::test]
+async fn a_slowed_tenants_new_rate_applies_at_once() {
+    let tq = TestQueue::new();
+    let tenant = Uuid::new_v4();
+    tq.queues
+        .set_tenant_rate(&tq.queue, &tenant.to_string(), Some(1.0))
+        .await
+        .unwrap();
+    let ids = tq.push(sleepy(tenant, 0..30, 0)).await;
+    let worker = spawn_worker(&tq, tq.options()).await;
+    crate::helpers::wait_for("the first job", LIMIT, || async {
+        (tq.job(&ids[0]).await.status == JobStatus::Succeeded).then_some(())
+    })
+    .await;
+    // One a second, the other 29 would take 29 s; no rate lets them all go now.
+    tq.queues
+        .set_tenant_rate(&tq.queue, &tenant.to_string(), Some(0.0))
+        .await
+        .unwrap();
+    tq.wait_all(&ids, JobStatus::Succeeded, Duration::from_secs(10))
+        .await;
+    worker.stop().await;
+    let at = starts(&tq, &ids).await;
+    assert!(at[29] - at[1] < 5_000);
+}

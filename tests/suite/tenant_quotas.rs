@@ -87,7 +87,7 @@ async fn an_admin_pauses_one_tenants_queue_through_restarts_while_another_flows(
     let r = patch_tenant(
         &app,
         "held",
-        &json!({"paused_queues": ["stock"], "queue_limits": {"invoices": 2}}),
+        &json!({"paused_queues": ["stock"], "queue_limits": {"invoices": 2}, "queue_rates": {"emails": 2.5}}),
     )
     .await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
@@ -130,11 +130,20 @@ async fn an_admin_pauses_one_tenants_queue_through_restarts_while_another_flows(
         (json!(2), json!(true))
     );
     assert_eq!(queue_rule(&app, "other", "stock").await["paused"], false);
+    let emails = queue_rule(&app, "held", "emails").await;
+    assert_eq!(
+        (emails["rate"].clone(), emails["rate_is_default"].clone()),
+        (json!(2.5), json!(false))
+    );
+    assert_eq!(
+        queue_rule(&app, "other", "emails").await["rate"],
+        Value::Null
+    );
 
     let r = patch_tenant(
         &app,
         "held",
-        &json!({"paused_queues": [], "queue_limits": {"invoices": null}}),
+        &json!({"paused_queues": [], "queue_limits": {"invoices": null}, "queue_rates": {"emails": null}}),
     )
     .await;
     assert_eq!(r.status(), 200);
@@ -146,12 +155,17 @@ async fn an_admin_pauses_one_tenants_queue_through_restarts_while_another_flows(
         queue_rule(&app, "held", "invoices").await["limit_is_default"],
         true
     );
+    assert_eq!(
+        queue_rule(&app, "held", "emails").await["rate"],
+        Value::Null
+    );
     workers.stop().await;
 
     let r = patch_tenant(
         &app,
         "held",
-        &json!({"paused_queues": ["nope"], "queue_limits": {"stock": 1_000_000, "mail": 1}}),
+        &json!({"paused_queues": ["nope"], "queue_limits": {"stock": 1_000_000, "mail": 1},
+            "queue_rates": {"stock": -1, "mail": 1}}),
     )
     .await;
     let body = assert_problem(r, 422, "unknown queues and a limit too large").await;
@@ -162,7 +176,9 @@ async fn an_admin_pauses_one_tenants_queue_through_restarts_while_another_flows(
         [
             "paused_queues[0]",
             "queue_limits.mail",
-            "queue_limits.stock"
+            "queue_limits.stock",
+            "queue_rates.mail",
+            "queue_rates.stock"
         ]
     );
 }
@@ -265,4 +281,47 @@ async fn dates_before_the_window_are_refused_and_the_stored_csv_is_dropped_once_
         .await
         .unwrap();
     assert!(kept.is_none(), "the CSV is dropped once loaded");
+}
+
+#[tokio::test]
+async fn a_tenant_starts_one_run_on_demand_a_minute_and_another_tenant_is_not_held() {
+    let app = spawn_app().await;
+    let (eager, other) = (
+        app.create_tenant("eager").await,
+        app.create_tenant("other").await,
+    );
+    let _workers = app.start_workers("forecasts");
+    let start = |key: String| {
+        let app = &app;
+        async move {
+            app.post_json("/v1/forecasts/runs", Some(&key), &json!({}))
+                .await
+        }
+    };
+    let first = start(eager.key.clone()).await;
+    assert_eq!(first.status(), 202);
+    let run_id = first.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A tenant without sales finishes its run at once: it is no longer busy, only too recent.
+    wait_for("the first run to finish", LIMIT, || async {
+        let run: Value = app
+            .get(&format!("/v1/forecasts/runs/{run_id}"), Some(&eager.key))
+            .await
+            .json()
+            .await
+            .unwrap();
+        (!["queued", "running"].contains(&run["status"].as_str().unwrap())).then_some(())
+    })
+    .await;
+    let again = start(eager.key.clone()).await;
+    let wait: u64 = again.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    assert_problem(again, 429, "a second run within the gap").await;
+    assert_eq!(start(other.key.clone()).await.status(), 202);
 }

@@ -112,6 +112,10 @@ pub(super) async fn tenant_page(
         queues.push(minijinja::context! {
             queue => q.queue, limit => q.limit, own_limit => (!q.limit_is_default).then_some(q.limit.unwrap_or(0)),
             limit_is_default => q.limit_is_default, paused => q.paused, running => q.running,
+            // Rates as Rust writes them (5, 2.5), not as floats render (5.0).
+            rate => q.rate.map(|r| r.to_string()),
+            own_rate => (!q.rate_is_default).then(|| q.rate.unwrap_or(0.0).to_string()),
+            rate_is_default => q.rate_is_default,
             waiting => q.waiting,
         });
     }
@@ -125,8 +129,8 @@ pub(super) async fn tenant_page(
     )
 }
 
-/// Sets one queue's rules for a tenant: `limit` (blank for the queue's default, 0 for none) and
-/// `paused` (present or not).
+/// Sets one queue's rules for a tenant: `limit` and `rate` (blank for the queue's default, 0 for
+/// none) and `paused` (present or not).
 pub(super) async fn tenant_queue_rules(
     State(state): State<AppState>,
     Signed(s, actor): Signed,
@@ -151,6 +155,25 @@ pub(super) async fn tenant_queue_rules(
             }
         },
     };
+    let rates = crate::api::tenants::QUEUE_RATES;
+    // Absent (a form without the field): kept; blank: the queue's default; 0: none.
+    let rate = match form.get("rate").map(|v| v.trim()) {
+        None => None,
+        Some("") => Some(None),
+        Some(raw) => match raw.parse::<f64>() {
+            Ok(r) if r == 0.0 || rates.contains(&r) => Some(Some(r)),
+            _ => {
+                return Ok(back(
+                    &back_to,
+                    &format!(
+                        "Not changed: the rate must be 0 (none) or from {} to {} jobs a second.",
+                        rates.start(),
+                        rates.end()
+                    ),
+                ));
+            }
+        },
+    };
     let pause = form.contains_key("paused");
     let mut tx = state.db.begin().await?;
     let tenant = sqlx::query_scalar!("SELECT id FROM tenants WHERE slug = $1", slug)
@@ -158,12 +181,17 @@ pub(super) async fn tenant_queue_rules(
         .await?
         .ok_or_else(|| Error::NotFound(format!("no tenant '{slug}'")))?;
     let name = queue.to_string();
-    let limits = std::collections::BTreeMap::from([(name.clone(), limit)]);
+    let edit = crate::api::tenants::RulesEdit {
+        limits: std::collections::BTreeMap::from([(name.clone(), limit)]),
+        rates: rate
+            .map(|r| std::collections::BTreeMap::from([(name.clone(), r)]))
+            .unwrap_or_default(),
+    };
     let rules = crate::api::tenants::change_queue_rules(
         &mut tx,
         &state.queues,
         tenant,
-        &limits,
+        &edit,
         |mut paused| {
             paused.retain(|q| *q != name);
             if pause {
@@ -184,9 +212,15 @@ pub(super) async fn tenant_queue_rules(
         Some(0) => "no limit".to_string(),
         Some(n) => format!("at most {n} at once"),
     };
+    let rate = match rate {
+        None => String::new(),
+        Some(None) => ", the queue's default rate".to_string(),
+        Some(Some(0.0)) => ", no rate".to_string(),
+        Some(Some(r)) => format!(", at most {r} started a second"),
+    };
     let state_text = if pause { "paused" } else { "running" };
     Ok(back(
         &back_to,
-        &format!("{slug} on {queue}: {rule}, {state_text}."),
+        &format!("{slug} on {queue}: {rule}{rate}, {state_text}."),
     ))
 }

@@ -74,7 +74,10 @@ pub(super) async fn record_finished(tx: &mut PgConnection, run_id: Uuid) -> sqlx
 /// Who started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    Api,
+    /// On demand through the API: at most one such run per `min_gap` per tenant.
+    Api {
+        min_gap: std::time::Duration,
+    },
     Cli,
     /// The nightly schedule, for this night.
     Schedule {
@@ -85,7 +88,7 @@ pub enum Trigger {
 impl Trigger {
     fn as_str(self) -> &'static str {
         match self {
-            Trigger::Api => "api",
+            Trigger::Api { .. } => "api",
             Trigger::Cli => "cli",
             Trigger::Schedule { .. } => "schedule",
         }
@@ -104,6 +107,9 @@ pub enum StartError {
     /// The tenant has a run queued or running (one at a time, however it was started).
     #[error("forecast run {0} is still queued or running")]
     Busy(Uuid),
+    /// The tenant started a run on demand less than the least gap ago: this long to wait.
+    #[error("another forecast run may start on demand in {0:?}")]
+    TooSoon(std::time::Duration),
 }
 
 impl From<jobs::EnqueueError> for StartError {
@@ -210,6 +216,22 @@ pub async fn create_run(
         .await?
     {
         return Err(StartError::Busy(active));
+    }
+    // And one run on demand per gap: a run is a lot of CPU for the shared workers (seconds per
+    // few hundred SKUs), and a day's sales change nothing within minutes.
+    if let Trigger::Api { min_gap } = trigger
+        && !min_gap.is_zero()
+        && let Some(wait) = sqlx::query_scalar!(
+            r#"SELECT EXTRACT(EPOCH FROM max(created_at) + make_interval(secs => $2) - now())::float8
+               FROM forecast_runs WHERE tenant_id = $1 AND trigger = 'api'"#,
+            tenant,
+            min_gap.as_secs_f64()
+        )
+        .fetch_one(&mut *tx)
+        .await?
+        .filter(|&w| w > 0.0)
+    {
+        return Err(StartError::TooSoon(std::time::Duration::from_secs_f64(wait)));
     }
     let created = sqlx::query_scalar!(
         r#"INSERT INTO forecast_runs (id, tenant_id, trigger, night, horizon_days, season, skus, history_end)

@@ -140,22 +140,53 @@ impl Queues {
         Ok(())
     }
 
-    /// Applies a tenant's whole rule set on `queues`: its own limits (queues not named get the
-    /// default) and the queues it is paused on (every other queue resumes).
+    /// Sets one tenant's rate on a queue (`tenant` `*`: the queue's default): at most `rate` of
+    /// its jobs start per second across every worker, with a burst of one second's worth (at
+    /// least one job). `None` returns to the queue's default; `Some(0.0)` is no rate.
+    pub async fn set_tenant_rate(
+        &self,
+        queue: &QueueName,
+        tenant: &str,
+        rate: Option<f64>,
+    ) -> RedisResult<()> {
+        let keys = self.keys(queue);
+        let rate = match rate {
+            None => "-".to_string(),
+            Some(r) if r.is_finite() && r > 0.0 => r.to_string(),
+            Some(_) => "0".to_string(),
+        };
+        let mut conn = self.redis.conn().await?;
+        let _: i64 = scripts::TENANT_CONTROL
+            .key(keys.stream())
+            .arg(keys.prefix())
+            .arg(tenant)
+            .arg("")
+            .arg("")
+            .arg(rate)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Applies a tenant's whole rule set on `queues`: its own limits and rates (queues not named
+    /// get the defaults) and the queues it is paused on (every other queue resumes).
     pub async fn apply_tenant_rules(
         &self,
         queues: &[QueueName],
         tenant: Uuid,
-        limits: &std::collections::BTreeMap<String, u32>,
-        paused: &[String],
+        rules: &TenantRules,
     ) -> RedisResult<()> {
+        let id = tenant.to_string();
         for queue in queues {
             let name = queue.as_str();
-            let limit = limits
+            let limit = rules
+                .limits
                 .get(name)
                 .map_or(LimitChange::Default, |&n| LimitChange::Set(n));
-            let is_paused = paused.iter().any(|p| p == name);
-            self.control_tenant(queue, &tenant.to_string(), Some(is_paused), limit)
+            let is_paused = rules.paused.iter().any(|p| p == name);
+            self.control_tenant(queue, &id, Some(is_paused), limit)
+                .await?;
+            self.set_tenant_rate(queue, &id, rules.rates.get(name).copied())
                 .await?;
         }
         Ok(())

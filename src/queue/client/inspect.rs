@@ -253,22 +253,31 @@ impl Queues {
         let mut pipe = redis::pipe();
         pipe.cmd("HGET").arg(keys.limits()).arg(&t);
         pipe.cmd("HGET").arg(keys.limits()).arg("*");
+        pipe.cmd("HGET").arg(keys.rates()).arg(&t);
+        pipe.cmd("HGET").arg(keys.rates()).arg("*");
         pipe.cmd("SISMEMBER").arg(keys.paused_tenants()).arg(&t);
         pipe.cmd("HGET").arg(keys.active()).arg(&t);
         pipe.cmd("LLEN").arg(keys.ready(&t));
         let mut conn = self.redis.conn().await?;
-        let (own, default, paused, active, waiting): (
+        // Own and default limit, own and default rate, paused, held, waiting.
+        type Row = (
             Option<u32>,
             Option<u32>,
+            Option<f64>,
+            Option<f64>,
             bool,
             Option<u64>,
             u64,
-        ) = pipe.query_async(&mut conn).await?;
+        );
+        let (own, default, own_rate, default_rate, paused, active, waiting): Row =
+            pipe.query_async(&mut conn).await?;
         let limit = own.or(default).filter(|&n| n > 0);
         Ok(TenantQueueState {
             queue: queue.to_string(),
             limit,
             limit_is_default: own.is_none(),
+            rate: own_rate.or(default_rate).filter(|&r| r > 0.0),
+            rate_is_default: own_rate.is_none(),
             paused,
             running: active.unwrap_or(0),
             waiting,
@@ -289,6 +298,17 @@ impl Queues {
         let mut conn = self.redis.conn().await?;
         let mut all: HashMap<String, u32> = redis::cmd("HGETALL")
             .arg(self.keys(queue).limits())
+            .query_async(&mut conn)
+            .await?;
+        all.remove("*");
+        Ok(all)
+    }
+
+    /// The tenants with a rate of their own on a queue.
+    pub async fn rated_tenants(&self, queue: &QueueName) -> RedisResult<HashSet<String>> {
+        let mut conn = self.redis.conn().await?;
+        let mut all: HashSet<String> = redis::cmd("HKEYS")
+            .arg(self.keys(queue).rates())
             .query_async(&mut conn)
             .await?;
         all.remove("*");

@@ -293,7 +293,7 @@ pub struct WorkerInfo {
 }
 
 /// One tenant's concurrency rule on one queue and where it stands.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TenantQueueState {
     pub queue: String,
     /// At most this many of the tenant's jobs run (or wait prefetched) at once across every
@@ -301,11 +301,25 @@ pub struct TenantQueueState {
     pub limit: Option<u32>,
     /// Whether `limit` is the queue's default rather than the tenant's own.
     pub limit_is_default: bool,
+    /// At most this many of the tenant's jobs start per second across every worker (a burst of
+    /// one second's worth); `None` is no rate.
+    pub rate: Option<f64>,
+    /// Whether `rate` is the queue's default rather than the tenant's own.
+    pub rate_is_default: bool,
     pub paused: bool,
     /// The tenant's jobs held by workers now (running or prefetched).
     pub running: u64,
     /// The tenant's jobs waiting to run.
     pub waiting: u64,
+}
+
+/// A tenant's own rules, by queue name: limits and rates (queues not named have the queue's
+/// default) and the queues it is paused on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantRules {
+    pub limits: std::collections::BTreeMap<String, u32>,
+    pub rates: std::collections::BTreeMap<String, f64>,
+    pub paused: Vec<String>,
 }
 
 /// A change to a tenant's limit on a queue.
