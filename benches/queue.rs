@@ -45,10 +45,17 @@
 //!
 //! 10. **traces** — what OpenTelemetry traces cost: parts 1 (one pusher) and 2 (defaults) run
 //!     again in child processes of this bench (which log JSON as the server does) with traces off,
-//!     on at sampling 1.0 and on at 0.01, three times each in turn (medians), exporting OTLP/HTTP to a sink in
+//!     on at sampling 1.0 and on at 0.01, five times each in turn (costs: medians over rounds of each
+//!     run against its own round's off run), exporting OTLP/HTTP to a sink in
 //!     this process that counts the spans. Every push call is a traced request, so each job
 //!     carries a trace and each run is a span. Targets: drain time per job at most 10 % above
 //!     traces off at 1.0, 2 % at 0.01.
+//!
+//! 11. **link** (only when named: `cargo bench --bench queue -- link`) — a network hop away:
+//!     parts 1 and 2 and the steady state again in child processes, with Redis on loopback and
+//!     behind a relay in this process that delays every byte by 0, 0.25 and 1 ms each way
+//!     (`common::DelayLink`: this kernel has no `netem`). Targets, against the relay with no
+//!     delay: drain at 0.5 ms round trip ≥ 80 %, at 2 ms ≥ 50 %.
 //!
 //! Run with `cargo bench --bench queue` (full sizes: 200,000 jobs for enqueue and drain, 200
 //! pickups, 10 s of steady state, a 1,000,000 backlog; a few minutes), or
@@ -1152,6 +1159,11 @@ async fn scenario_idle(env: &Env) -> anyhow::Result<Verdict> {
 // 4. steady state
 
 async fn scenario_steady(env: &Env) -> anyhow::Result<Verdict> {
+    Ok(steady(env).await?.0)
+}
+
+/// The steady scenario; returns its verdict and its enqueue-to-start p99 in ms.
+async fn steady(env: &Env) -> anyhow::Result<(Verdict, f64)> {
     let duration = env.sizes.steady;
     let target_rate = STEADY_PER_TICK as f64 / STEADY_TICK.as_secs_f64();
     println!(
@@ -1246,14 +1258,15 @@ async fn scenario_steady(env: &Env) -> anyhow::Result<Verdict> {
         thousands(rate),
         verdict(pass)
     );
-    Ok(Verdict {
+    let verdict = Verdict {
         target: format!(
             "steady enqueue-to-start p99 ≤ {STEADY_P99_TARGET_MS} ms at {} jobs/s",
             thousands(target_rate)
         ),
         measured: format!("p99 {p99:.2} ms at {} jobs/s", thousands(rate)),
         pass,
-    })
+    };
+    Ok((verdict, p99))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1612,9 +1625,9 @@ async fn scenario_fairness(env: &Env) -> anyhow::Result<Verdict> {
     })
 }
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "enqueue", "drain", "idle", "steady", "backlog", "memory", "fairness", "workflow", "history",
-    "traces",
+    "traces", "link",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -1866,6 +1879,9 @@ async fn run_all(env: &Env) -> anyhow::Result<Vec<Verdict>> {
     if env.selected("traces") {
         verdicts.extend(scenario_traces(env).await?);
     }
+    if env.only.iter().any(|s| s == "link") {
+        verdicts.extend(scenario_link(env).await?);
+    }
     Ok(verdicts)
 }
 
@@ -1882,22 +1898,65 @@ async fn traces_child(env: &Env) -> anyhow::Result<()> {
     env.delete_keys(Some(&queue)).await?;
     let drain = drain_once(env, &DRAIN_CONFIGS[0], n).await?;
     anyhow::ensure!(drain.errors == 0, "{} jobs did not succeed", drain.errors);
-    common::print_traces_result(&serde_json::json!({
+    let mut figures = serde_json::json!({
         "enqueue": n as f64 / enqueue.wall_s,
         "drain": drain.rate,
         "drain_process_us": drain.usage.process_s * 1e6 / n as f64,
         "drain_redis_us": drain.usage.redis_s * 1e6 / n as f64,
-    }));
+    });
+    if std::env::var_os(common::LINK_CHILD).is_some() {
+        figures["steady_p99_ms"] = steady(env).await?.1.into();
+    }
+    common::print_traces_result(&figures);
     Ok(())
 }
 
+/// A network hop away (#24), only when asked for (`cargo bench --bench queue -- link`): parts 1
+/// (one pusher) and 2 (defaults) and the steady state in child processes of this bench, with
+/// Redis straight on loopback and behind a relay that delays every byte by 0, 0.25 and 1 ms each
+/// way (0.5 and 2 ms round trips), two rounds (one in smoke mode).
+async fn scenario_link(env: &Env) -> anyhow::Result<Vec<Verdict>> {
+    let rounds = if env.smoke { 1 } else { 2 };
+    println!(
+        "\n== 11. a network hop away: enqueue (1 pusher), drain (defaults) of {} jobs and the steady state with Redis behind a delaying relay, child processes, medians of {rounds} rounds ==",
+        thousands(env.sizes.drain as f64),
+    );
+    let args: Vec<&str> = if env.smoke { vec!["--smoke"] } else { vec![] };
+    let url = env.url.clone();
+    // The queue bench needs no Postgres; the link to it is made and not used.
+    let pg = url::Url::parse(
+        &std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+    )?;
+    let runs = tokio::task::spawn_blocking(move || common::linked_runs(&args, rounds, &url, &pg))
+        .await??;
+    let mut verdicts = common::link_verdicts(&runs, "drain", "drain", "jobs/s");
+    verdicts.extend(common::link_verdicts(
+        &runs,
+        "enqueue",
+        "enqueue, 1 pusher",
+        "jobs/s",
+    ));
+    let rows: Vec<Vec<String>> = common::LINKS
+        .iter()
+        .map(|(label, _)| {
+            vec![
+                label.to_string(),
+                dec(common::traced_median(&runs, label, "steady_p99_ms"), 2),
+            ]
+        })
+        .collect();
+    print_table(&["link", "steady enqueue-to-start p99 ms"], &rows);
+    Ok(verdicts)
+}
+
 /// What traces cost the queue: parts 1 (one pusher) and 2 (defaults) in child processes of
-/// this bench with traces off, on at sampling 1.0 and on at 0.01, three times each in turn, exporting
+/// this bench with traces off, on at sampling 1.0 and on at 0.01, five times each in turn, exporting
 /// to an OTLP/HTTP sink here. Every push call is a traced request, so every job carries a trace
 /// and each run is a span (at 1.0, one span per job is exported).
 async fn scenario_traces(env: &Env) -> anyhow::Result<Vec<Verdict>> {
     println!(
-        "\n== 10. traces: enqueue (1 pusher) and drain (defaults) of {} jobs with traces off and on, child processes, medians of {} rounds ==",
+        "\n== 10. traces: enqueue (1 pusher) and drain (defaults) of {} jobs with traces off and on, child processes, {} rounds; costs are medians over rounds of each run against its own round's off run ==",
         thousands(env.sizes.drain as f64),
         common::traced_rounds(env.smoke)
     );
@@ -1905,7 +1964,6 @@ async fn scenario_traces(env: &Env) -> anyhow::Result<Vec<Verdict>> {
     let rounds = common::traced_rounds(env.smoke);
     let runs = tokio::task::spawn_blocking(move || common::traced_runs(&args, rounds)).await??;
     let mean = |mode: &str, key: &str| common::traced_median(&runs, mode, key);
-    let (enqueue_off, drain_off) = (mean("off", "enqueue"), mean("off", "drain"));
     let mut rows = vec![];
     for (mode, _) in common::TRACE_MODES {
         let spans: u64 = runs
@@ -1916,12 +1974,9 @@ async fn scenario_traces(env: &Env) -> anyhow::Result<Vec<Verdict>> {
         rows.push(vec![
             mode.to_string(),
             thousands(mean(mode, "enqueue")),
-            format!(
-                "{:+.1} %",
-                (enqueue_off / mean(mode, "enqueue") - 1.0) * 100.0
-            ),
+            format!("{:+.1} %", common::traced_cost(&runs, mode, "enqueue")),
             thousands(mean(mode, "drain")),
-            format!("{:+.1} %", (drain_off / mean(mode, "drain") - 1.0) * 100.0),
+            format!("{:+.1} %", common::traced_cost(&runs, mode, "drain")),
             dec(mean(mode, "drain_process_us"), 2),
             dec(mean(mode, "drain_redis_us"), 2),
             thousands(spans as f64 / rounds as f64),

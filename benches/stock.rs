@@ -29,11 +29,16 @@
 //!    (API-key lookup + one query). Then the workers drain what `wrk` queued and the ledger is
 //!    checked again, against the succeeded count too.
 //! 4. **traces** — part 1 again in child processes of this bench, with OpenTelemetry traces off,
-//!    on at sampling 1.0 and on at 0.01 (three times each, in turn; medians), exporting OTLP/HTTP to a sink
+//!    on at sampling 1.0 and on at 0.01 (five times each, in turn; costs are medians over rounds of each
+//!    run against its own round's off run), exporting OTLP/HTTP to a sink
 //!    in this process that counts the spans: each batch request is a traced request, its jobs
 //!    and their runs and the ledger's transactions spans of its trace. Targets: time per
 //!    adjustment at most 10 % above traces off at 1.0, 2 % at 0.01. `cargo bench --bench stock
 //!    -- traces` runs this part alone.
+//! 5. **link** (only `cargo bench --bench stock -- link`) — part 1 again in child processes with
+//!    Redis and Postgres on loopback and behind relays in this process that delay every byte by
+//!    0, 0.25 and 1 ms each way (`common::DelayLink`: this kernel has no `netem`). Targets, against
+//!    the relay with no delay: at 0.5 ms round trip ≥ 80 %, at 2 ms ≥ 50 %.
 //!
 //! Next to rates, tables give CPU per adjustment (or request) of this process (API, workers and
 //! load clients together), of Postgres (every `postgres` process), of Redis, of `wrk`, and of
@@ -1373,6 +1378,8 @@ async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
         print_traces_result(&json!({"rate": rate, "process_us": process_us}));
     } else if std::env::args().skip(1).any(|a| a == "traces") {
         part_traces(&ctx, &mut verdicts)?;
+    } else if std::env::args().skip(1).any(|a| a == "link") {
+        part_link(&ctx, &mut verdicts)?;
     } else {
         part_batch_e2e(&ctx, &mut verdicts).await?;
         part_batch_split(&ctx, &mut verdicts).await?;
@@ -1386,18 +1393,37 @@ async fn run(names: Names, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
     Ok(verdicts)
 }
 
+/// Part 5, only when asked for (`cargo bench --bench stock -- link`): part 1 (batch intake to
+/// committed ledger) in child processes of this bench with Redis and Postgres on loopback and
+/// behind relays that delay every byte by 0, 0.25 and 1 ms each way (0.5 and 2 ms round trips;
+/// `common::DelayLink`), two rounds (one in smoke mode).
+fn part_link(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
+    let rounds = if ctx.smoke { 1 } else { 2 };
+    println!(
+        "\n== 5. a network hop away: part 1 with Redis and Postgres behind a delaying relay, child processes, medians of {rounds} rounds =="
+    );
+    let args: &[&str] = if ctx.smoke { &["--smoke"] } else { &[] };
+    let runs = linked_runs(args, rounds, &ctx.names.redis_url, &ctx.names.pg)?;
+    verdicts.extend(link_verdicts(
+        &runs,
+        "rate",
+        "stock end to end",
+        "adjustments/s",
+    ));
+    Ok(())
+}
+
 /// Part 4: what traces cost part 1 (batch intake to committed ledger): the same part in child
-/// processes of this bench, with traces off, on at sampling 1.0 and on at 0.01, three times each in
+/// processes of this bench, with traces off, on at sampling 1.0 and on at 0.01, five times each in
 /// turn, exporting to an OTLP/HTTP sink here. Each request of the batch clients is a traced
 /// request; its jobs, their runs and the ledger's transactions are spans of its trace.
 fn part_traces(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
     println!(
-        "\n== 4. traces: part 1 with traces off and on (OTLP/HTTP to a sink here), child processes, medians of 3 rounds (2 in smoke mode) =="
+        "\n== 4. traces: part 1 with traces off and on (OTLP/HTTP to a sink here), child processes, 5 rounds (2 in smoke mode); costs are medians over rounds of each run against its own round's off run =="
     );
     let args: &[&str] = if ctx.smoke { &["--smoke"] } else { &[] };
     let rounds = traced_rounds(ctx.smoke);
     let runs = traced_runs(args, rounds)?;
-    let off = traced_median(&runs, "off", "rate");
     let mut rows = vec![];
     for (mode, _) in TRACE_MODES {
         let rate = traced_median(&runs, mode, "rate");
@@ -1410,7 +1436,7 @@ fn part_traces(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
             mode.to_string(),
             thousands(rate),
             dec(traced_median(&runs, mode, "process_us"), 1),
-            format!("{:+.1} %", (off / rate - 1.0) * 100.0),
+            format!("{:+.1} %", traced_cost(&runs, mode, "rate")),
             thousands(spans as f64 / rounds as f64),
         ]);
     }

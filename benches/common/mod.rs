@@ -1111,60 +1111,234 @@ pub fn count_spans(body: &[u8]) -> Option<u64> {
 /// One child run of a [`traced_runs`] comparison.
 pub struct TracedRun {
     pub mode: &'static str,
+    pub round: usize,
     pub figures: serde_json::Value,
     /// Spans the sink received from this run.
     pub spans: u64,
 }
 
 /// Runs this bench binary again as a child for each of [`TRACE_MODES`], `rounds` times in
-/// turn (off, 1.0, 0.01, off, …: drift on a shared machine hits every mode alike), with `args`
-/// and `TRACES_CHILD` set, exporting to one [`OtlpSink`]; returns each run's figures.
+/// turn, each round starting one mode further on (off, 1.0, 0.01; 1.0, 0.01, off; …: drift on
+/// a shared machine hits every mode alike, and no mode always runs first), with `args` and
+/// `TRACES_CHILD` set, exporting to one [`OtlpSink`]; returns each run's figures.
 pub fn traced_runs(args: &[&str], rounds: usize) -> anyhow::Result<Vec<TracedRun>> {
     let sink = OtlpSink::start()?;
-    let exe = std::env::current_exe()?;
     let mut runs = vec![];
     for round in 0..rounds {
-        for (mode, ratio) in TRACE_MODES {
+        let mut modes = TRACE_MODES;
+        modes.rotate_left(round % TRACE_MODES.len());
+        for (mode, ratio) in modes {
             eprintln!("traces: round {} of {rounds}, {mode}", round + 1);
-            let mut command = std::process::Command::new(&exe);
-            command
-                .args(args)
-                .env(TRACES_CHILD, "1")
-                // Logs as in production (the default filter), so that every mode pays for the
-                // spans logs need and the difference is what traces add.
-                .env("BACKROOM_LOG", "info")
-                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
+            let mut env = vec![];
             if let Some(ratio) = ratio {
-                command
-                    .env(
+                env = vec![
+                    (
                         "OTEL_EXPORTER_OTLP_ENDPOINT",
                         format!("http://127.0.0.1:{}", sink.port),
-                    )
-                    .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
-                    .env("OTEL_TRACES_SAMPLER_ARG", ratio)
-                    .env("OTEL_SERVICE_NAME", "bench");
+                    ),
+                    ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()),
+                    ("OTEL_TRACES_SAMPLER_ARG", ratio.into()),
+                    ("OTEL_SERVICE_NAME", "bench".into()),
+                ];
             }
             let before = sink.spans();
-            let output = command.output().context("starting a traced child run")?;
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            let Some(line) = stdout.lines().find_map(|l| l.strip_prefix(TRACES_RESULT)) else {
-                let stderr = String::from_utf8_lossy(&output.stderr);
-                let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
-                anyhow::bail!(
-                    "a traced child run ({mode}) printed no result ({}); its last lines:\n{}",
-                    output.status,
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            };
+            let figures = child_figures(args, &env, mode)?;
             // The child flushes its spans before it exits; give the sink a moment to count them.
             std::thread::sleep(Duration::from_millis(200));
             runs.push(TracedRun {
                 mode,
-                figures: serde_json::from_str(line).context("a child's result line")?,
+                round,
+                figures,
                 spans: sink.spans() - before,
+            });
+        }
+    }
+    Ok(runs)
+}
+
+/// Runs this bench binary again as a child with `args`, `TRACES_CHILD` and `env` set (traces
+/// off unless `env` turns them on), and returns the figures it prints.
+pub fn child_figures(
+    args: &[&str],
+    env: &[(&str, String)],
+    label: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .args(args)
+        .env(TRACES_CHILD, "1")
+        // Logs as in production (the default filter), so that every mode pays for the spans logs
+        // need and the difference is what traces add.
+        .env("BACKROOM_LOG", "info")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().context("starting a child run")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let Some(line) = stdout.lines().find_map(|l| l.strip_prefix(TRACES_RESULT)) else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+        anyhow::bail!(
+            "a child run ({label}) printed no result ({}); its last lines:\n{}",
+            output.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    };
+    serde_json::from_str(line).context("a child's result line")
+}
+
+// ---------------------------------------------------------------------------------------------
+// A network hop away (#24): the same child runs with Redis and Postgres behind a relay that
+// delays every byte.
+
+/// A TCP relay on 127.0.0.1 to `target` that holds every byte for `one_way` in each direction
+/// before passing it on (so a request and its answer take two of it more), with no limit on
+/// what is in flight: a link with latency and no bandwidth limit. `tc netem` would be the
+/// kernel's way, but this machine's kernel has no `sch_netem` (`tc qdisc add dev lo root netem
+/// delay 1ms` answers "Specified qdisc kind is unknown"), so the relay does it in user space:
+/// one thread per direction reads, stamps each chunk with its due time and hands it to a thread
+/// that sleeps until then and writes it (`thread::sleep`, microsecond-accurate, where tokio's
+/// timer rounds to whole milliseconds). The relay costs CPU of its own, so the figures to judge
+/// latency by are against the relay with no delay.
+pub struct DelayLink {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DelayLink {
+    pub fn start(target: std::net::SocketAddr, one_way: Duration) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(inbound) = inbound else { continue };
+                std::thread::spawn(move || {
+                    let Ok(outbound) = std::net::TcpStream::connect(target) else {
+                        return;
+                    };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let (Ok(inbound2), Ok(outbound2)) = (inbound.try_clone(), outbound.try_clone())
+                    else {
+                        return;
+                    };
+                    let up = std::thread::spawn(move || delayed_copy(inbound, outbound, one_way));
+                    delayed_copy(outbound2, inbound2, one_way);
+                    let _ = up.join();
+                });
+            }
+        });
+        Ok(DelayLink { port, stop })
+    }
+}
+
+impl Drop for DelayLink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read; closes `to`'s sending side
+/// when `from` ends.
+fn delayed_copy(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration) {
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    let writer = std::thread::spawn(move || {
+        for (due, bytes) in rx {
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if to.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx
+                    .send((Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.join();
+}
+
+/// Set in a [`linked_runs`] child's environment (besides `TRACES_CHILD`): a bench may add
+/// latency figures to its child's figures then.
+pub const LINK_CHILD: &str = "BENCH_LINK_CHILD";
+
+/// The links compared: a label and the one-way delay (`None`: straight to the servers, as every
+/// other part runs).
+pub const LINKS: [(&str, Option<Duration>); 4] = [
+    ("loopback", None),
+    ("relay, 0 ms", Some(Duration::ZERO)),
+    ("relay, 0.5 ms round trip", Some(Duration::from_micros(250))),
+    ("relay, 2 ms round trip", Some(Duration::from_millis(1))),
+];
+
+/// Runs this bench's child part over each of [`LINKS`], `rounds` times in turn, with Redis
+/// (`redis_url`) and Postgres (`pg_url`) behind a [`DelayLink`] each; returns each run's
+/// figures as [`TracedRun`]s (their `mode` is the link's label, no spans).
+pub fn linked_runs(
+    args: &[&str],
+    rounds: usize,
+    redis_url: &str,
+    pg_url: &url::Url,
+) -> anyhow::Result<Vec<TracedRun>> {
+    let mut runs = vec![];
+    for round in 0..rounds {
+        for (label, delay) in LINKS {
+            eprintln!("link: round {} of {rounds}, {label}", round + 1);
+            let mut env = vec![(LINK_CHILD, "1".to_string())];
+            let mut links = vec![];
+            if let Some(delay) = delay {
+                let redis = url::Url::parse(redis_url)?;
+                for (var, url, port) in [
+                    ("REDIS_URL", redis, 6379),
+                    ("DATABASE_URL", pg_url.clone(), 5432),
+                ] {
+                    let target = url
+                        .socket_addrs(|| Some(port))?
+                        .into_iter()
+                        .next()
+                        .context("a server address")?;
+                    let link = DelayLink::start(target, delay)?;
+                    let mut via = url.clone();
+                    via.set_host(Some("127.0.0.1"))?;
+                    via.set_port(Some(link.port)).ok();
+                    // A query naming a Unix socket would go around the link.
+                    via.set_query(None);
+                    env.push((var, String::from(via)));
+                    links.push(link);
+                }
+            }
+            let figures = child_figures(args, &env, label)?;
+            runs.push(TracedRun {
+                mode: label,
+                round,
+                figures,
+                spans: 0,
             });
         }
     }
@@ -1179,26 +1353,24 @@ pub fn traced_median(runs: &[TracedRun], mode: &str, key: &str) -> f64 {
         .filter(|r| r.mode == mode)
         .filter_map(|r| r.figures[key].as_f64())
         .collect();
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
+    median(&mut values)
 }
 
 /// The targets for what traces cost a rate (figure `key`, higher is better) of `what`:
 /// at most 10 % more time per unit than traces off at sampling 1.0, 2 % at 0.01. Prints each and
 /// returns the verdicts.
 pub fn traced_verdicts(runs: &[TracedRun], key: &str, what: &str) -> Vec<Verdict> {
-    let off = traced_median(runs, "off", key);
     [("on, sampled 1.0", 10.0), ("on, sampled 0.01", 2.0)]
         .into_iter()
         .map(|(mode, limit)| {
-            let cost = (off / traced_median(runs, mode, key) - 1.0) * 100.0;
+            let mut costs = traced_costs(runs, mode, key);
+            let cost = median(&mut costs);
             let pass = cost <= limit;
             println!(
-                "  {what}, traces {mode}: cost {cost:+.1} % of time per unit (target ≤ {limit} %)  {}",
+                "  {what}, traces {mode}: cost {cost:+.1} % of time per unit (median of {} rounds, each against its own round's off run; rounds from {:+.1} to {:+.1} %) (target ≤ {limit} %)  {}",
+                costs.len(),
+                costs.first().copied().unwrap_or(f64::NAN),
+                costs.last().copied().unwrap_or(f64::NAN),
                 verdict(pass)
             );
             Verdict {
@@ -1210,7 +1382,83 @@ pub fn traced_verdicts(runs: &[TracedRun], key: &str, what: &str) -> Vec<Verdict
         .collect()
 }
 
-/// How many times each mode runs in turn: 3 (2 in smoke mode).
+/// Per round, what `mode` cost in time per unit against the same round's off run, in percent
+/// (a rate, higher is better, in figure `key`). Pairing runs that ran minutes apart cancels the
+/// machine's slower drifts, which the medians of each mode alone carry into their ratio.
+pub fn traced_costs(runs: &[TracedRun], mode: &str, key: &str) -> Vec<f64> {
+    let figure = |mode: &str, round: usize| {
+        runs.iter()
+            .find(|r| r.mode == mode && r.round == round)
+            .and_then(|r| r.figures[key].as_f64())
+    };
+    let rounds = runs.iter().map(|r| r.round + 1).max().unwrap_or(0);
+    (0..rounds)
+        .filter_map(|round| Some((figure("off", round)? / figure(mode, round)? - 1.0) * 100.0))
+        .collect()
+}
+
+/// The median over rounds of [`traced_costs`]: what `mode` cost in time per unit, in percent.
+pub fn traced_cost(runs: &[TracedRun], mode: &str, key: &str) -> f64 {
+    median(&mut traced_costs(runs, mode, key))
+}
+
+/// Prints figure `key` (higher is better) of each link's runs (medians over rounds) against
+/// loopback and against the relay with no delay, and judges the delayed links against the
+/// latter (the relay's own CPU cost is the simulation's, not the network's): at 0.5 ms round
+/// trip at least 80 %, at 2 ms at least 50 %.
+pub fn link_verdicts(runs: &[TracedRun], key: &str, what: &str, unit: &str) -> Vec<Verdict> {
+    let loopback = traced_median(runs, LINKS[0].0, key);
+    let relay = traced_median(runs, LINKS[1].0, key);
+    let rows: Vec<Vec<String>> = LINKS
+        .iter()
+        .map(|(label, _)| {
+            let v = traced_median(runs, label, key);
+            vec![
+                label.to_string(),
+                thousands(v),
+                format!("{:.0} %", v / loopback * 100.0),
+                format!("{:.0} %", v / relay * 100.0),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "link",
+            &format!("{what} ({unit})"),
+            "of loopback",
+            "of the relay, 0 ms",
+        ],
+        &rows,
+    );
+    [(LINKS[2].0, 80.0), (LINKS[3].0, 50.0)]
+        .into_iter()
+        .map(|(label, target)| {
+            let share = traced_median(runs, label, key) / relay * 100.0;
+            let pass = share >= target;
+            println!(
+                "  {what}, {label}: {share:.0} % of the relay with no delay (target ≥ {target} %)  {}",
+                verdict(pass)
+            );
+            Verdict {
+                target: format!("{what}, {label}: ≥ {target} % of no delay"),
+                measured: format!("{share:.0} %"),
+                pass,
+            }
+        })
+        .collect()
+}
+
+/// The median of `values` (sorted in place).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// How many times each mode runs in turn: 5 (2 in smoke mode).
 pub fn traced_rounds(smoke: bool) -> usize {
-    if smoke { 2 } else { 3 }
+    if smoke { 2 } else { 5 }
 }
