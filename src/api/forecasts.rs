@@ -57,6 +57,16 @@ pub async fn import_sales(
             "expected `Content-Type: text/csv`, got `{content_type}`"
         )));
     }
+    // An upload that says it is too large is refused before a byte of it is read or stored
+    // (otherwise a tenant could make the database write and delete the whole limit each time).
+    let max_bytes = state.settings.max_import_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_bytes as u64) {
+        return Err(too_large(max_bytes));
+    }
     // At most this many of one tenant's uploads are read at once per API process, so that one
     // tenant's parallel uploads do not take every connection and the database's write capacity.
     let _reading = state.uploads.start(tenant.id).ok_or(Error::RateLimited {
@@ -153,6 +163,12 @@ pub async fn import_sales(
     ))
 }
 
+fn too_large(max_bytes: usize) -> Error {
+    Error::PayloadTooLarge(format!(
+        "a sales import may be at most {max_bytes} bytes (BACKROOM_MAX_IMPORT_BYTES)"
+    ))
+}
+
 /// Writes the request body to the import's parts, refusing it as soon as it is over the size
 /// (413) or row (422) limit, or stalls (408).
 async fn receive(state: &AppState, import_id: Uuid, body: Body) -> Result<upload::Written> {
@@ -169,9 +185,7 @@ async fn receive(state: &AppState, import_id: Uuid, body: Body) -> Result<upload
             }
         })?;
         if writer.bytes() + chunk.len() > max_bytes {
-            return Err(Error::PayloadTooLarge(format!(
-                "a sales import may be at most {max_bytes} bytes (BACKROOM_MAX_IMPORT_BYTES)"
-            )));
+            return Err(too_large(max_bytes));
         }
         writer.write(&state.db, &chunk).await?;
         // Lines, not bytes, bound the validator's work and the report (the header is not a row;

@@ -315,8 +315,9 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         // Chromium outlives a killed chromedriver; its processes are the ones with our profile.
+        // `--` ends pkill's options: the pattern itself starts with `--`.
         let _ = Command::new("pkill")
-            .arg("-f")
+            .args(["-f", "--"])
             .arg(format!("--user-data-dir={}", self.profile.display()))
             .status();
         let _ = std::fs::remove_dir_all(&self.profile);

@@ -577,6 +577,32 @@ async fn imports_and_batches_over_their_limits_are_refused_at_the_door() {
     assert_eq!(refused["errors"][0]["field"], "body", "{refused}");
     let big = format!("date,sku,quantity\n{}", "x".repeat(300));
     assert_problem(send(big).await.unwrap(), 413, "too many bytes").await;
+    // An upload that declares more than the limit is answered before its body is sent.
+    let mut raw = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/sales/import HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: text/csv\r\nContent-Length: 1000000000\r\n\r\n",
+        tenant.key
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut raw, head.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("BACKROOM_MAX_IMPORT_BYTES") {
+            match tokio::io::AsyncReadExt::read(&mut raw, &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("answered without the body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("BACKROOM_MAX_IMPORT_BYTES"), "{answer}");
     // A stock batch holds at most 1,000 adjustments.
     let batch: Vec<Value> = (0..1001)
         .map(|i| json!({"sku": "MUG-1", "delta": 1, "reason": "receipt", "idempotency_key": format!("k{i}")}))

@@ -300,16 +300,26 @@ async fn the_demo_prints_its_story_and_fills_every_dashboard_page() {
     let base = format!("http://127.0.0.1:{port}");
     let out = tempfile_dir("demo").join("banner.txt");
     let started = std::time::Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_backroom"))
-        .arg("dev")
-        .envs(app.child_env())
-        .env("BACKROOM_BIND", format!("127.0.0.1:{port}"))
-        .env("SMTP_URL", smtp.url())
-        .env("BACKROOM_DEMO_MAIL_DIR", &smtp.dir)
-        .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("backroom dev starts");
+    // Killed however the test ends (a failed wait would otherwise leave the demo running).
+    struct Demo(std::process::Child);
+    impl Drop for Demo {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_backroom"))
+            .arg("dev")
+            .envs(app.child_env())
+            .env("BACKROOM_BIND", format!("127.0.0.1:{port}"))
+            .env("SMTP_URL", smtp.url())
+            .env("BACKROOM_DEMO_MAIL_DIR", &smtp.dir)
+            .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("backroom dev starts"),
+    );
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -389,6 +399,4 @@ async fn the_demo_prints_its_story_and_fills_every_dashboard_page() {
         })
         .await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
