@@ -82,6 +82,11 @@ pub const MAX_QUEUE_LIMIT: u32 = 100_000;
 /// The range of a per-tenant job rate (jobs per second), besides 0 for none.
 pub const QUEUE_RATES: std::ops::RangeInclusive<f64> = 0.001..=1_000_000.0;
 
+/// Whether `rate` may be a tenant's job rate: 0 (none) or within `QUEUE_RATES`.
+pub fn is_valid_rate(rate: f64) -> bool {
+    rate == 0.0 || QUEUE_RATES.contains(&rate)
+}
+
 /// Tells "absent" (`None`) from "null" (`Some(None)`).
 fn double_option<'de, D, T>(de: D) -> std::result::Result<Option<Option<T>>, D::Error>
 where
@@ -306,7 +311,7 @@ pub async fn update_tenant(
                 &format!("queue_rates.{queue}"),
                 format!("is not a queue (one of: {})", Queue::names()),
             );
-        } else if rate.is_some_and(|r| r != 0.0 && !QUEUE_RATES.contains(&r)) {
+        } else if rate.is_some_and(|r| !is_valid_rate(r)) {
             errors.push(
                 &format!("queue_rates.{queue}"),
                 format!(

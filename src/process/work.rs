@@ -53,8 +53,8 @@ impl WorkPlan {
 
 /// Copies the queues' default per-tenant limits and rates (`BACKROOM_TENANT_CONCURRENCY`,
 /// `BACKROOM_TENANT_JOB_RATES`) and every tenant's own rules from Postgres into the queue
-/// engine, and clears rules Redis holds for tenants that no longer have them. Postgres is the record; Redis may have lost its
-/// data or missed a change made while it was down.
+/// engine, and clears rules Redis holds for tenants that no longer have them. Postgres is the
+/// record; Redis may have lost its data or missed a change made while it was down.
 pub async fn sync_tenant_rules(
     db: &sqlx::PgPool,
     queues: &Queues,

@@ -161,7 +161,7 @@ pub(super) async fn tenant_queue_rules(
         None => None,
         Some("") => Some(None),
         Some(raw) => match raw.parse::<f64>() {
-            Ok(r) if r == 0.0 || rates.contains(&r) => Some(Some(r)),
+            Ok(r) if crate::api::tenants::is_valid_rate(r) => Some(Some(r)),
             _ => {
                 return Ok(back(
                     &back_to,

@@ -117,27 +117,8 @@ impl Queues {
         paused: Option<bool>,
         limit: LimitChange,
     ) -> RedisResult<()> {
-        let keys = self.keys(queue);
-        let limit = match limit {
-            LimitChange::Keep => String::new(),
-            LimitChange::Default => "-".into(),
-            LimitChange::Set(n) => n.to_string(),
-        };
-        let paused = match paused {
-            None => "",
-            Some(true) => "1",
-            Some(false) => "0",
-        };
-        let mut conn = self.redis.conn().await?;
-        let _: i64 = scripts::TENANT_CONTROL
-            .key(keys.stream())
-            .arg(keys.prefix())
-            .arg(tenant)
-            .arg(paused)
-            .arg(limit)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(())
+        self.tenant_control(queue, tenant, paused, limit, None)
+            .await
     }
 
     /// Sets one tenant's rate on a queue (`tenant` `*`: the queue's default): at most `rate` of
@@ -149,19 +130,44 @@ impl Queues {
         tenant: &str,
         rate: Option<f64>,
     ) -> RedisResult<()> {
+        self.tenant_control(queue, tenant, None, LimitChange::Keep, Some(rate))
+            .await
+    }
+
+    /// One `TENANT_CONTROL` call: pause (`None` keeps it), limit, and rate (`None` keeps it;
+    /// `Some(None)` the default; 0, negative or not finite: none).
+    async fn tenant_control(
+        &self,
+        queue: &QueueName,
+        tenant: &str,
+        paused: Option<bool>,
+        limit: LimitChange,
+        rate: Option<Option<f64>>,
+    ) -> RedisResult<()> {
         let keys = self.keys(queue);
+        let limit = match limit {
+            LimitChange::Keep => String::new(),
+            LimitChange::Default => "-".into(),
+            LimitChange::Set(n) => n.to_string(),
+        };
+        let paused = match paused {
+            None => "",
+            Some(true) => "1",
+            Some(false) => "0",
+        };
         let rate = match rate {
-            None => "-".to_string(),
-            Some(r) if r.is_finite() && r > 0.0 => r.to_string(),
-            Some(_) => "0".to_string(),
+            None => String::new(),
+            Some(None) => "-".into(),
+            Some(Some(r)) if r.is_finite() && r > 0.0 => r.to_string(),
+            Some(Some(_)) => "0".into(),
         };
         let mut conn = self.redis.conn().await?;
         let _: i64 = scripts::TENANT_CONTROL
             .key(keys.stream())
             .arg(keys.prefix())
             .arg(tenant)
-            .arg("")
-            .arg("")
+            .arg(paused)
+            .arg(limit)
             .arg(rate)
             .invoke_async(&mut conn)
             .await?;
@@ -184,9 +190,8 @@ impl Queues {
                 .get(name)
                 .map_or(LimitChange::Default, |&n| LimitChange::Set(n));
             let is_paused = rules.paused.iter().any(|p| p == name);
-            self.control_tenant(queue, &id, Some(is_paused), limit)
-                .await?;
-            self.set_tenant_rate(queue, &id, rules.rates.get(name).copied())
+            let rate = rules.rates.get(name).copied();
+            self.tenant_control(queue, &id, Some(is_paused), limit, Some(rate))
                 .await?;
         }
         Ok(())
