@@ -22,7 +22,9 @@ import time
 import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULTS = {"aus_retail": (12, 12), "pbs_cost": (12, 12), "walmart_weekly": (52, 8)}
+# M4's horizons for its daily (14) and weekly (13) series; bike_weekly is intermittent, no season.
+DEFAULTS = {"aus_retail": (12, 12), "pbs_cost": (12, 12), "walmart_weekly": (52, 8),
+            "m4_daily": (7, 14), "m4_weekly": (52, 13), "bike_weekly": (1, 8)}
 LEVEL = 95
 TSB_ALPHA_D, TSB_ALPHA_P = 0.1, 0.1
 
@@ -349,8 +351,8 @@ def main():
         description="Side-by-side backtest: backroom's forecast models against statsforecast's.")
     ap.add_argument("sets", nargs="*",
                     help="NAME_OR_CSV[:SEASON:HORIZON[:LAST]]; NAME is a file of "
-                         "<data dir>/tsdata (aus_retail, pbs_cost: 12:12, walmart_weekly: 52:8); "
-                         "default: all three")
+                         "<data dir>/tsdata (aus_retail, pbs_cost: 12:12, walmart_weekly: 52:8, "
+                         "m4_daily: 7:14, m4_weekly: 52:13, bike_weekly: 1:8); default: all six")
     ap.add_argument("--last", type=int, default=None,
                     help="keep only the last N points of every series (for every set without "
                          "its own :LAST); the cut file is fed to both sides")
@@ -366,7 +368,7 @@ def main():
     args = ap.parse_args()
 
     sets = [parse_set(s, args.data_dir, args.last)
-            for s in (args.sets or ["aus_retail", "pbs_cost", "walmart_weekly"])]
+            for s in (args.sets or list(DEFAULTS))]
     if any(not os.path.exists(s["path"]) and s["name"] in DEFAULTS for s in sets):
         say("fetching the data sets (scripts/fetch-tsdata)")
         subprocess.run([os.path.join(REPO, "scripts", "fetch-tsdata")], check=True)

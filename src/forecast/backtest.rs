@@ -127,12 +127,15 @@ pub fn backtest_local_with_misses(
     let mut accs: Vec<(Accumulator, Misses)> = kinds.iter().map(|_| Default::default()).collect();
     for &t in &cuts {
         let (train, actual) = (&y[..t], &y[t..t + horizon]);
-        // Each origin's Theta and MSTL-ETS fits, kept so their mean costs no second fit.
-        let mut parts: [Option<models::Forecast>; 2] = [None, None];
+        // Each origin's Theta, MSTL-ETS and ETS fits, kept so their means cost no second fit.
+        let mut parts: [Option<models::Forecast>; 3] = [None, None, None];
         for ((acc, misses), &kind) in accs.iter_mut().zip(kinds) {
             let (fc, failed) = match (kind, &parts) {
-                (ModelKind::ThetaEtsMean, [Some(a), Some(b)]) => {
+                (ModelKind::ThetaEtsMean, [Some(a), Some(b), _]) => {
                     (models::Forecast::mean_of(a, b), false)
+                }
+                (ModelKind::EtsMstlMean, [_, Some(b), Some(c)]) => {
+                    (models::Forecast::mean_of(c, b), false)
                 }
                 _ => {
                     let (fc, reason) =
@@ -142,6 +145,7 @@ pub fn backtest_local_with_misses(
                         match kind {
                             ModelKind::Theta => parts[0] = Some(fc.clone()),
                             ModelKind::MstlEts => parts[1] = Some(fc.clone()),
+                            ModelKind::Ets => parts[2] = Some(fc.clone()),
                             _ => {}
                         }
                     }
@@ -200,12 +204,14 @@ impl Accumulator {
 /// Picks the model with the lowest RMSSE (intermittent series) or MASE; Croston's
 /// family only for intermittent series.
 ///
-/// Entries whose metric is `None` or non-finite are ignored. Returns
-/// [`ModelKind::SeasonalNaive`] when no entry has the metric or when the best
-/// value is shared by different models (e.g. models that all fell back to the
-/// baseline). Works with externally scored entries such as `GlobalTweedie`.
+/// Entries whose metric is `None` or non-finite are ignored. On a tie, a model that fitted every
+/// origin wins over one that fell back to the baseline there (and so scored as the baseline), and
+/// the first listed wins among those that fitted (two models can both forecast a straight line
+/// exactly). Returns [`ModelKind::SeasonalNaive`] when no entry has the metric or when the best
+/// value is shared only by models that fell back. Works with externally scored entries such as
+/// `GlobalTweedie`.
 pub fn choose(scores: &[ModelScore], intermittent: bool) -> ModelKind {
-    let mut best: Option<(f64, ModelKind)> = None;
+    let mut best: Option<(f64, &ModelScore)> = None;
     let mut tied = false;
     for s in scores {
         if !intermittent && s.model.is_intermittent_only() {
@@ -217,15 +223,22 @@ pub fn choose(scores: &[ModelScore], intermittent: bool) -> ModelKind {
         };
         match best {
             Some((b, _)) if v > b => {}
-            Some((b, k)) if v == b => tied |= k != s.model,
+            Some((b, k)) if v == b => match (k.failures > 0, s.failures > 0) {
+                (true, false) => {
+                    best = Some((v, s));
+                    tied = false;
+                }
+                (true, true) => tied |= k.model != s.model,
+                _ => {}
+            },
             _ => {
-                best = Some((v, s.model));
+                best = Some((v, s));
                 tied = false;
             }
         }
     }
     match best {
-        Some((_, k)) if !tied => k,
+        Some((_, k)) if !tied => k.model,
         _ => ModelKind::SeasonalNaive,
     }
 }
@@ -374,12 +387,22 @@ mod tests {
         assert_eq!(choose(&with_global, false), GlobalTweedie);
         assert_eq!(choose(&with_global, true), GlobalTweedie);
 
+        // Two models that both fitted tie (a straight line, forecast exactly by both): the first.
         let tie = [
             entry(Theta, Some(0.7), None),
             entry(MstlEts, Some(0.7), None),
         ];
-        assert_eq!(choose(&tie, false), SeasonalNaive);
+        assert_eq!(choose(&tie, false), Theta);
         assert_eq!(choose(&tie, true), SeasonalNaive);
+        // Models that fell back score as the baseline: a tie between them means nothing …
+        let fell_back = |model| ModelScore {
+            failures: 2,
+            ..entry(model, Some(0.7), None)
+        };
+        assert_eq!(choose(&[fell_back(Theta), fell_back(MstlEts)], false), SeasonalNaive);
+        // … and one that fitted wins a tie with one that fell back, in either order.
+        assert_eq!(choose(&[fell_back(Theta), tie[1]], false), MstlEts);
+        assert_eq!(choose(&[tie[1], fell_back(Theta)], false), MstlEts);
         assert_eq!(choose(&[], false), SeasonalNaive);
         assert_eq!(
             choose(&[entry(Theta, Some(f64::NAN), None)], false),

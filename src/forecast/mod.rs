@@ -1,5 +1,5 @@
 //! Demand forecasting: sales history in ([`history`], the imports worker), features in polars
-//! ([`features`]), per-series models ([`models`]) and a global model across SKUs ([`global`]),
+//! ([`features`]), per-series models ([`models`], seasonal exponential smoothing in [`ets`]) and a global model across SKUs ([`global`]),
 //! choice by rolling-origin backtest ([`backtest`], [`metrics`]) or, in big runs, by a decision
 //! tree trained on backtests ([`chooser`]), all tied together by [`pipeline`]; reorder advice
 //! from the forecasts ([`reorder`]) and the analysts' backtest CLI ([`evaluate`]). The queue
@@ -10,6 +10,7 @@ pub mod calibration;
 pub mod chooser;
 pub mod csv_file;
 pub mod demo;
+pub mod ets;
 pub mod evaluate;
 pub mod features;
 pub mod global;

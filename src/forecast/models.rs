@@ -85,11 +85,19 @@ pub enum ModelKind {
     GlobalTweedie,
     /// The mean of Theta's and MSTL-ETS's forecasts.
     ThetaEtsMean,
+    /// Exponential smoothing with a season, its class chosen by AICc (`super::ets`).
+    Ets,
+    /// The mean of ETS's and MSTL-ETS's forecasts.
+    EtsMstlMean,
+    /// Aggregate–disaggregate intermittent demand approach (intermittent demand only).
+    Adida,
+    /// Multiple temporal aggregation (intermittent demand only).
+    Imapa,
 }
 
 impl ModelKind {
     /// All models, in index order.
-    pub const ALL: [ModelKind; 7] = [
+    pub const ALL: [ModelKind; 11] = [
         ModelKind::SeasonalNaive,
         ModelKind::Theta,
         ModelKind::MstlEts,
@@ -97,16 +105,25 @@ impl ModelKind {
         ModelKind::Tsb,
         ModelKind::GlobalTweedie,
         ModelKind::ThetaEtsMean,
+        ModelKind::Ets,
+        ModelKind::EtsMstlMean,
+        ModelKind::Adida,
+        ModelKind::Imapa,
     ];
 
-    /// The models that [`forecast`] can fit on a single series.
-    pub const LOCAL: [ModelKind; 6] = [
+    /// The models that [`forecast`] can fit on a single series (a mean after its parts, so a
+    /// backtest can reuse their fits).
+    pub const LOCAL: [ModelKind; 10] = [
         ModelKind::SeasonalNaive,
         ModelKind::Theta,
         ModelKind::MstlEts,
         ModelKind::CrostonSba,
         ModelKind::Tsb,
         ModelKind::ThetaEtsMean,
+        ModelKind::Ets,
+        ModelKind::EtsMstlMean,
+        ModelKind::Adida,
+        ModelKind::Imapa,
     ];
 
     /// Stable snake_case name (same as the serde representation).
@@ -119,6 +136,10 @@ impl ModelKind {
             ModelKind::Tsb => "tsb",
             ModelKind::GlobalTweedie => "global_tweedie",
             ModelKind::ThetaEtsMean => "theta_ets_mean",
+            ModelKind::Ets => "ets",
+            ModelKind::EtsMstlMean => "ets_mstl_mean",
+            ModelKind::Adida => "adida",
+            ModelKind::Imapa => "imapa",
         }
     }
 
@@ -137,6 +158,10 @@ impl ModelKind {
             ModelKind::Tsb => 4,
             ModelKind::GlobalTweedie => 5,
             ModelKind::ThetaEtsMean => 6,
+            ModelKind::Ets => 7,
+            ModelKind::EtsMstlMean => 8,
+            ModelKind::Adida => 9,
+            ModelKind::Imapa => 10,
         }
     }
 
@@ -153,7 +178,10 @@ impl ModelKind {
     /// Whether this model is meant for intermittent demand only (Croston's family): on smooth
     /// demand it forecasts a flat mean, and a short backtest that it happens to win is noise.
     pub fn is_intermittent_only(self) -> bool {
-        matches!(self, ModelKind::CrostonSba | ModelKind::Tsb)
+        matches!(
+            self,
+            ModelKind::CrostonSba | ModelKind::Tsb | ModelKind::Adida | ModelKind::Imapa
+        )
     }
 }
 
@@ -217,6 +245,13 @@ pub fn forecast(
         ModelKind::CrostonSba => croston_sba(y, CROSTON_ALPHA, horizon, level),
         ModelKind::Tsb => tsb(y, TSB_ALPHA, TSB_BETA, horizon, level),
         ModelKind::ThetaEtsMean => theta_ets_mean(y, m, horizon, z, level)?,
+        ModelKind::Ets => super::ets::auto_ets(y, m, horizon, level)?,
+        ModelKind::EtsMstlMean => Forecast::mean_of(
+            &super::ets::auto_ets(y, m, horizon, level)?,
+            &mstl_ets(y, m, horizon, level)?,
+        ),
+        ModelKind::Adida => adida(y, horizon, level),
+        ModelKind::Imapa => imapa(y, horizon, level),
         ModelKind::GlobalTweedie => unreachable!("rejected above"),
     };
     if fc.point.len() != horizon || fc.lower.len() != horizon || fc.upper.len() != horizon {
@@ -464,15 +499,15 @@ fn rms_diff(y: &[f64], lag: usize) -> f64 {
 // ---------------------------------------------------------------------------
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Seasonality {
+pub(super) enum Seasonality {
     Multiplicative,
     Additive,
 }
 
 /// Classical-decomposition seasonal indices (one per position mod m).
-struct SeasonalIndices {
+pub(super) struct SeasonalIndices {
     kind: Seasonality,
-    s: Vec<f64>,
+    pub(super) s: Vec<f64>,
 }
 
 impl SeasonalIndices {
@@ -560,7 +595,7 @@ fn acf(y: &[f64], max_lag: usize) -> Option<Vec<f64>> {
 }
 
 /// 90% test on r_m with Bartlett's standard error √((1 + 2Σ_{k<m} r_k²)/n).
-fn is_seasonal(y: &[f64], m: usize) -> bool {
+pub(super) fn is_seasonal(y: &[f64], m: usize) -> bool {
     let Some(r) = acf(y, m) else {
         return false;
     };
@@ -575,7 +610,7 @@ fn is_seasonal(y: &[f64], m: usize) -> bool {
 /// Classical decomposition: centred moving average (2×m when m is even),
 /// detrended values averaged per season position, then normalised (product
 /// mean 1 for multiplicative, zero mean for additive). Needs n ≥ 2m.
-fn classical_indices(y: &[f64], m: usize, kind: Seasonality) -> SeasonalIndices {
+pub(super) fn classical_indices(y: &[f64], m: usize, kind: Seasonality) -> SeasonalIndices {
     let n = y.len();
     let half = m / 2;
     let mut sums = vec![0.0; m];
@@ -623,12 +658,15 @@ fn ses(y: &[f64], alpha: f64) -> (f64, f64) {
 /// Minimises the SES one-step SSE over α ∈ [0.0001, 0.9999]: a coarse grid
 /// to bracket the minimum, then golden-section search inside the bracket.
 fn optimise_ses_alpha(y: &[f64]) -> f64 {
-    const LO: f64 = 1e-4;
-    const HI: f64 = 1.0 - 1e-4;
+    optimise_ses_alpha_within(y, 1e-4, 1.0 - 1e-4)
+}
+
+/// [`optimise_ses_alpha`] over α ∈ [lo, hi].
+fn optimise_ses_alpha_within(y: &[f64], lo: f64, hi: f64) -> f64 {
     const GRID: usize = 20;
     let sse = |a: f64| ses(y, a).1;
     let grid: Vec<f64> = (0..=GRID)
-        .map(|i| LO + (HI - LO) * i as f64 / GRID as f64)
+        .map(|i| lo + (hi - lo) * i as f64 / GRID as f64)
         .collect();
     let best = (0..=GRID)
         .min_by(|&i, &j| sse(grid[i]).total_cmp(&sse(grid[j])))
@@ -786,6 +824,76 @@ fn tsb(y: &[f64], alpha: f64, beta: f64, horizon: usize, level: f64) -> Forecast
     flat_with_empirical_intervals(d * z, &errors, alpha.max(beta), horizon, level)
 }
 
+/// Smoothing bounds of the SES inside ADIDA and IMAPA (statsforecast's).
+const AGGREGATE_SES_ALPHA: (f64, f64) = (0.1, 0.3);
+
+/// The mean interval between demands, rounded (at least 1): the bucket ADIDA sums over and the
+/// largest IMAPA uses. `None` for a series with no demand.
+fn mean_demand_interval(y: &[f64]) -> Option<usize> {
+    let count = y.iter().filter(|&&v| v != 0.0).count();
+    let last = y.iter().rposition(|&v| v != 0.0)?;
+    Some((((last + 1) as f64 / count as f64).round() as usize).max(1))
+}
+
+/// SES on the sums of non-overlapping buckets of `k` periods (the oldest `len % k` periods left
+/// out, so the last bucket ends at the last period), α fitted within the bounds: the per-period
+/// forecast, the per-period one-step errors and α. `None` when no bucket fits.
+fn aggregate_ses(y: &[f64], k: usize) -> Option<(f64, Vec<f64>, f64)> {
+    let sums: Vec<f64> = y[y.len() % k..].chunks(k).map(|c| c.iter().sum()).collect();
+    if sums.is_empty() {
+        return None;
+    }
+    let (lo, hi) = AGGREGATE_SES_ALPHA;
+    let alpha = if sums.len() > 1 {
+        optimise_ses_alpha_within(&sums, lo, hi)
+    } else {
+        lo
+    };
+    let mut level = sums[0];
+    let mut errors = Vec::with_capacity(sums.len());
+    for &v in &sums[1..] {
+        errors.push((v - level) / k as f64);
+        level += alpha * (v - level);
+    }
+    Some((level / k as f64, errors, alpha))
+}
+
+/// ADIDA (Nikolopoulos et al., 2011): demand summed over buckets of the mean interval between
+/// demands, so that most buckets hold a sale, SES on the buckets, and the bucket's forecast
+/// spread evenly over its periods.
+fn adida(y: &[f64], horizon: usize, level: f64) -> Forecast {
+    let Some(k) = mean_demand_interval(y) else {
+        return Forecast::zeros(horizon);
+    };
+    match aggregate_ses(y, k.min(y.len())) {
+        Some((point, errors, alpha)) => {
+            flat_with_empirical_intervals(point, &errors, alpha, horizon, level)
+        }
+        None => Forecast::zeros(horizon),
+    }
+}
+
+/// IMAPA (Petropoulos & Kourentzes, 2015): ADIDA's forecast at every bucket size from one period
+/// to the mean interval between demands, averaged; the intervals from every size's errors.
+fn imapa(y: &[f64], horizon: usize, level: f64) -> Forecast {
+    let Some(k_max) = mean_demand_interval(y) else {
+        return Forecast::zeros(horizon);
+    };
+    let (mut points, mut errors, mut alpha) = (Vec::new(), Vec::new(), 0.0f64);
+    for k in 1..=k_max.min(y.len()) {
+        if let Some((point, e, a)) = aggregate_ses(y, k) {
+            points.push(point);
+            errors.extend(e);
+            alpha = alpha.max(a);
+        }
+    }
+    if points.is_empty() {
+        return Forecast::zeros(horizon);
+    }
+    let point = points.iter().sum::<f64>() / points.len() as f64;
+    flat_with_empirical_intervals(point, &errors, alpha, horizon, level)
+}
+
 /// Flat forecast whose intervals are the empirical (1∓level)/2 quantiles of
 /// the in-sample one-step errors, widened by the SES factor √(1+(h−1)α²)
 /// (both methods are SES recursions). The error quantiles are clamped so the
@@ -873,7 +981,7 @@ mod tests {
             assert_eq!(ModelKind::from_index(i), Some(k));
             assert_eq!(ModelKind::from_name(k.name()), Some(k));
         }
-        assert_eq!(ModelKind::from_index(7), None);
+        assert_eq!(ModelKind::from_index(ModelKind::ALL.len()), None);
         assert_eq!(ModelKind::from_name("prophet"), None);
         assert!(!ModelKind::LOCAL.contains(&ModelKind::GlobalTweedie));
     }
@@ -945,6 +1053,39 @@ mod tests {
     }
 
     #[test]
+    fn adida_sums_buckets_of_the_mean_interval() {
+        // Four demands in 7 points: mean interval 7/4, rounded to 2. The oldest point (the 9) is
+        // left out so the last bucket ends at the last point: buckets 0+4, 0+4, 0+4. SES on
+        // equal sums is that sum whatever α is, spread over the bucket's 2 periods: 2 each.
+        let y = [9.0, 0.0, 4.0, 0.0, 4.0, 0.0, 4.0];
+        let fc = forecast(ModelKind::Adida, &y, 1, 3, 0.9).unwrap();
+        for p in &fc.point {
+            assert_close(*p, 2.0, 1e-12);
+        }
+        assert_well_formed(&fc, 3, 1);
+        assert_eq!(mean_demand_interval(&y), Some(2));
+        assert_eq!(mean_demand_interval(&[0.0, 0.0]), None);
+    }
+
+    #[test]
+    fn imapa_averages_every_bucket_size_up_to_the_interval() {
+        let y = [0.0, 0.0, 3.0, 0.0, 0.0, 5.0, 0.0, 1.0, 0.0, 0.0, 4.0, 0.0];
+        // Mean interval: last demand at 10, 4 demands → 11/4 ≈ 3.
+        assert_eq!(mean_demand_interval(&y), Some(3));
+        let want = (1..=3)
+            .map(|k| aggregate_ses(&y, k).unwrap().0)
+            .sum::<f64>()
+            / 3.0;
+        let fc = forecast(ModelKind::Imapa, &y, 1, 4, 0.9).unwrap();
+        for p in &fc.point {
+            assert_close(*p, want, 1e-12);
+        }
+        assert_well_formed(&fc, 4, 1);
+        // Both are for intermittent demand only.
+        assert!(ModelKind::Imapa.is_intermittent_only() && ModelKind::Adida.is_intermittent_only());
+    }
+
+    #[test]
     fn tsb_matches_hand_recursion() {
         let y = [0.0, 3.0, 0.0, 0.0, 6.0, 0.0, 2.0];
         // After the first demand (position 2): ẑ = 3, d̂ = 1/2 = 0.5.
@@ -963,7 +1104,12 @@ mod tests {
 
     #[test]
     fn intermittent_models_on_all_zeros() {
-        for kind in [ModelKind::CrostonSba, ModelKind::Tsb] {
+        for kind in [
+            ModelKind::CrostonSba,
+            ModelKind::Tsb,
+            ModelKind::Adida,
+            ModelKind::Imapa,
+        ] {
             let fc = forecast(kind, &[0.0; 20], 7, 5, 0.95).unwrap();
             assert_eq!(fc, Forecast::zeros(5));
         }

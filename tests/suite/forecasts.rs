@@ -343,6 +343,8 @@ async fn the_backtest_command_scores_models_and_the_chosen_mix() {
         "tsb",
         "global_tweedie",
         "theta_ets_mean",
+        "ets",
+        "ets_mstl_mean",
     ] {
         assert!(
             report["models"][model]["mase"].as_f64().is_some(),
