@@ -489,7 +489,9 @@ pub struct ProductForecast {
     run_id: Uuid,
     model: String,
     /// `backtest` (every model scored), `classifier` (model picked from the series'
-    /// descriptors, then checked against the baseline) or `fallback` (the model failed).
+    /// descriptors, then checked against the baseline), `pooled` (two seasons of history that
+    /// its backtests cannot hold: the run's choice for its longer series) or `fallback` (the
+    /// model failed, or the history is too short to backtest).
     chosen_by: String,
     fallback_reason: Option<String>,
     generated_at: DateTime<Utc>,

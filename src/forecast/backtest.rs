@@ -399,7 +399,10 @@ mod tests {
             failures: 2,
             ..entry(model, Some(0.7), None)
         };
-        assert_eq!(choose(&[fell_back(Theta), fell_back(MstlEts)], false), SeasonalNaive);
+        assert_eq!(
+            choose(&[fell_back(Theta), fell_back(MstlEts)], false),
+            SeasonalNaive
+        );
         // … and one that fitted wins a tie with one that fell back, in either order.
         assert_eq!(choose(&[fell_back(Theta), tie[1]], false), MstlEts);
         assert_eq!(choose(&[tie[1], fell_back(Theta)], false), MstlEts);

@@ -13,7 +13,9 @@
 //!    between the tree's pick and the seasonal-naive baseline — shrunk towards the model that
 //!    does best across the run's sample (`backtest::choose_pooled`), and the chosen model
 //!    forecasts the horizon with its calibrated interval. A model that fails or panics falls
-//!    back to the baseline for that series.
+//!    back to the baseline for that series. A series with two seasons whose backtests cannot
+//!    hold two ([`is_season_blind`]) gets the run's pooled model of its longer series instead:
+//!    its backtests could only pit unseasonal fits against seasonal naive.
 
 use super::backtest::{self, ModelScore};
 use super::calibration::{Calibration, Misses};
@@ -118,6 +120,10 @@ pub struct Artifacts {
     /// intermittent (`[1]`) series: a series keeps its own winner only when that is clearly
     /// better (`backtest::choose_pooled`).
     pub pooled: [Option<ModelKind>; 2],
+    /// The pooled model of the sample's smooth series whose backtests hold two seasons: what a
+    /// series gets whose backtests cannot see its season (see [`is_season_blind`]).
+    #[serde(default)]
+    pub pooled_seasonal: Option<ModelKind>,
     /// Share of the sample whose winner the tree predicts (on the sample it learnt from).
     pub chooser_accuracy: Option<f64>,
     /// How much to widen or narrow each model's intervals, learnt from the sample's backtests.
@@ -193,6 +199,27 @@ pub fn train(sample: &[Described], settings: &RunSettings, use_chooser: bool) ->
             .map(|(_, scores)| scores.as_slice());
         artifacts.pooled[slot] = backtest::pooled(of_class, intermittent);
     }
+    // Local models only: the global model needs more history than a season-blind series has.
+    let seasonal: Vec<Vec<ModelScore>> = sample
+        .iter()
+        .zip(&sample_scores)
+        .filter(|(d, (i, _))| {
+            !i && !backtest::is_short(
+                d.series.values.len(),
+                settings.season,
+                settings.horizon,
+                settings.folds,
+            )
+        })
+        .map(|(_, (_, scores))| {
+            scores
+                .iter()
+                .filter(|s| s.model.is_local())
+                .copied()
+                .collect()
+        })
+        .collect();
+    artifacts.pooled_seasonal = backtest::pooled(seasonal.iter().map(Vec::as_slice), false);
     if use_chooser {
         let labelled: Vec<([f64; 6], usize)> = sample
             .iter()
@@ -422,6 +449,32 @@ fn model_forecast(
     models::forecast_or_baseline(kind, y, settings.season, settings.horizon, INTERVAL_LEVEL)
 }
 
+/// What a season-blind series gets when the run has no longer smooth series to learn from: the
+/// mean of ETS and MSTL-ETS, both seasonal from two seasons up (on the fpp3 series cut to 30 and
+/// 36 months it was the best model of the pool; seasonal naive, which short backtests favour
+/// because it is the one model they can see a season in, was 16 % and 9 % worse).
+const SEASON_BLIND_DEFAULT: ModelKind = ModelKind::EtsMstlMean;
+
+/// Whether a series of `n` points has the two seasons a seasonal fit needs while its backtests,
+/// each cutting off a horizon or more, do not: those backtests compare models fitted without a
+/// season against seasonal naive, so they cannot judge the model that will forecast it.
+pub fn is_season_blind(n: usize, settings: &RunSettings) -> bool {
+    let m = settings.season;
+    m > 1 && n >= 2 * m && backtest::is_short(n, m, settings.horizon, settings.folds)
+}
+
+/// Widens `fc`'s interval, step by step, to at least `other`'s half-widths around `fc`'s point.
+fn widen_to(fc: &mut Forecast, other: &Forecast) {
+    for (i, p) in fc.point.iter().enumerate() {
+        let (Some(lo), Some(hi)) = (other.lower.get(i), other.upper.get(i)) else {
+            break;
+        };
+        let half = (hi - lo) / 2.0;
+        fc.lower[i] = fc.lower[i].min(p - half);
+        fc.upper[i] = fc.upper[i].max(p + half);
+    }
+}
+
 /// Chooses one series' model and forecasts with it.
 pub fn forecast_one(d: &Described, artifacts: &Artifacts, settings: &RunSettings) -> Outcome {
     let intermittent = is_intermittent(d);
@@ -452,7 +505,23 @@ pub fn forecast_one(d: &Described, artifacts: &Artifacts, settings: &RunSettings
             artifacts.pooled[usize::from(intermittent)],
         )
     };
-    let (forecast, failure) = forecast_with(chosen, d, artifacts, settings);
+    let n = d.series.values.len();
+    let season_blind = !scores.is_empty() && !intermittent && is_season_blind(n, settings);
+    let (chosen, chosen_by) = if season_blind {
+        (
+            artifacts.pooled_seasonal.unwrap_or(SEASON_BLIND_DEFAULT),
+            "pooled",
+        )
+    } else {
+        (chosen, chosen_by)
+    };
+    let (mut forecast, failure) = forecast_with(chosen, d, artifacts, settings);
+    if season_blind && failure.is_none() {
+        // Two seasons fit a season closely, so the model's own spread is too small, and no
+        // backtest of a seasonal fit calibrated it: the interval is at least seasonal naive's.
+        let (naive, _) = forecast_with(ModelKind::SeasonalNaive, d, artifacts, settings);
+        widen_to(&mut forecast, &naive);
+    }
     let (model, chosen_by) = match failure {
         Some(reason) => {
             fallback_reason = Some(reason);
@@ -461,10 +530,20 @@ pub fn forecast_one(d: &Described, artifacts: &Artifacts, settings: &RunSettings
         None if fallback_reason.is_some() => (chosen, "fallback"),
         None => (chosen, chosen_by),
     };
-    // A short series is chosen for by the usual backtest, on shorter windows: say so.
-    let n = d.series.values.len();
+    // A short series is chosen for by the usual backtest, on shorter windows, or (season-blind)
+    // by the longer series of the run: say so.
     let short = !scores.is_empty()
         && backtest::is_short(n, settings.season, settings.horizon, settings.folds);
+    let fallback_reason = fallback_reason.or_else(|| {
+        season_blind.then(|| {
+            format!(
+                "{n} periods hold two seasons ({}) but its backtests cannot: the model is the \
+                 run's choice for its longer series ({})",
+                2 * settings.season,
+                model.name()
+            )
+        })
+    });
     let fallback_reason = fallback_reason.or_else(|| {
         short.then(|| {
             format!(
@@ -590,6 +669,51 @@ mod tests {
             chosen < baseline,
             "chosen mix MASE {chosen} vs seasonal naive {baseline}"
         );
+    }
+
+    #[test]
+    fn a_season_blind_series_gets_the_seasonal_choice_of_the_longer_series() {
+        let settings = RunSettings::new(7, 14);
+        // 24 days: over two weeks, but the one backtest origin (24 − 14 = 10 days) is not.
+        assert!(is_season_blind(24, &settings));
+        assert!(
+            !is_season_blind(13, &settings),
+            "under two seasons: not seasonal at all"
+        );
+        assert!(!is_season_blind(200, &settings));
+        let mut set = seasonal_set(12, 200);
+        let mut young = set[0].clone();
+        young.series.id = "new".into();
+        young.series.values.truncate(24);
+        set.push(young);
+        let artifacts = train(&set, &settings, false);
+        let learnt = artifacts
+            .pooled_seasonal
+            .expect("the long series' pooled model");
+        let o = forecast_one(set.last().unwrap(), &artifacts, &settings);
+        assert_eq!((o.model, o.chosen_by), (learnt, "pooled"));
+        assert!(o.fallback_reason.unwrap().contains("hold two seasons"));
+        // Its interval is at least as wide as seasonal naive's, step by step.
+        let (naive, _) = forecast_with(
+            ModelKind::SeasonalNaive,
+            set.last().unwrap(),
+            &artifacts,
+            &settings,
+        );
+        for i in 0..settings.horizon {
+            let width = o.forecast.upper[i] - o.forecast.lower[i];
+            assert!(width >= naive.upper[i] - naive.lower[i] - 1e-9, "step {i}");
+            assert!(o.forecast.lower[i] <= o.forecast.point[i]);
+        }
+        // A run of season-blind series only: the seasonal mean of ETS and MSTL-ETS.
+        let only_young = vec![set.last().unwrap().clone()];
+        let artifacts = train(&only_young, &settings, false);
+        assert_eq!(artifacts.pooled_seasonal, None);
+        let o = forecast_one(&only_young[0], &artifacts, &settings);
+        assert_eq!((o.model, o.chosen_by), (ModelKind::EtsMstlMean, "pooled"));
+        // The long series keep their own backtests.
+        let o = forecast_one(&set[1], &train(&set, &settings, false), &settings);
+        assert_eq!(o.chosen_by, "backtest");
     }
 
     #[test]
