@@ -127,28 +127,22 @@ pub fn backtest_local_with_misses(
     let mut accs: Vec<(Accumulator, Misses)> = kinds.iter().map(|_| Default::default()).collect();
     for &t in &cuts {
         let (train, actual) = (&y[..t], &y[t..t + horizon]);
-        // Each origin's Theta, MSTL-ETS and ETS fits, kept so their means cost no second fit.
-        let mut parts: [Option<models::Forecast>; 3] = [None, None, None];
+        // Each origin's fits, kept so that a mean of two of them costs no second fit.
+        let mut fitted: Vec<(ModelKind, models::Forecast)> = Vec::new();
         for ((acc, misses), &kind) in accs.iter_mut().zip(kinds) {
-            let (fc, failed) = match (kind, &parts) {
-                (ModelKind::ThetaEtsMean, [Some(a), Some(b), _]) => {
-                    (models::Forecast::mean_of(a, b), false)
-                }
-                (ModelKind::EtsMstlMean, [_, Some(b), Some(c)]) => {
-                    (models::Forecast::mean_of(c, b), false)
-                }
-                _ => {
+            let part = |k: ModelKind| fitted.iter().find(|(f, _)| *f == k).map(|(_, fc)| fc);
+            let reused = kind
+                .parts()
+                .and_then(|(a, b)| Some(models::Forecast::mean_of(part(a)?, part(b)?)));
+            let (fc, failed) = match reused {
+                Some(fc) => (fc, false),
+                None => {
                     let (fc, reason) =
                         models::forecast_or_baseline(kind, train, m, horizon, BACKTEST_LEVEL);
-                    let failed = reason.is_some();
-                    if !failed {
-                        match kind {
-                            ModelKind::Theta => parts[0] = Some(fc.clone()),
-                            ModelKind::MstlEts => parts[1] = Some(fc.clone()),
-                            ModelKind::Ets => parts[2] = Some(fc.clone()),
-                            _ => {}
-                        }
+                    if reason.is_none() {
+                        fitted.push((kind, fc.clone()));
                     }
+                    let failed = reason.is_some();
                     (fc, failed)
                 }
             };

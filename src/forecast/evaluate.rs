@@ -240,13 +240,12 @@ pub fn backtest(
             .map(|d| {
                 let truth = actual[d.series.id.as_str()];
                 let train = &d.series.values;
-                let each = kinds
+                let each = pipeline::forecasts_with(&kinds, d, &artifacts, &settings)
                     .iter()
-                    .map(|&k| {
-                        let (f, _) = pipeline::forecast_with(k, d, &artifacts, &settings);
+                    .map(|(f, _)| {
                         (
                             metrics::score(train, truth, &f.point, season),
-                            inside(&f, truth),
+                            inside(f, truth),
                         )
                     })
                     .collect();

@@ -175,6 +175,18 @@ impl ModelKind {
         self != ModelKind::GlobalTweedie
     }
 
+    /// The two models a mean is made of (bounds included), or `None` for a model of its own. The
+    /// M4 competition's lesson: a plain mean of a few robust models beats picking one of them
+    /// by a short backtest more often than not, because their errors partly cancel. Whoever
+    /// needs the parts too (backtests, the CLI) fits each once and takes the mean.
+    pub fn parts(self) -> Option<(ModelKind, ModelKind)> {
+        match self {
+            ModelKind::ThetaEtsMean => Some((ModelKind::Theta, ModelKind::MstlEts)),
+            ModelKind::EtsMstlMean => Some((ModelKind::Ets, ModelKind::MstlEts)),
+            _ => None,
+        }
+    }
+
     /// Whether this model is meant for intermittent demand only (Croston's family): on smooth
     /// demand it forecasts a flat mean, and a short backtest that it happens to win is noise.
     pub fn is_intermittent_only(self) -> bool {
@@ -244,12 +256,14 @@ pub fn forecast(
         ModelKind::MstlEts => mstl_ets(y, m, horizon, level)?,
         ModelKind::CrostonSba => croston_sba(y, CROSTON_ALPHA, horizon, level),
         ModelKind::Tsb => tsb(y, TSB_ALPHA, TSB_BETA, horizon, level),
-        ModelKind::ThetaEtsMean => theta_ets_mean(y, m, horizon, z, level)?,
+        ModelKind::ThetaEtsMean | ModelKind::EtsMstlMean => {
+            let (a, b) = kind.parts().expect("a mean has parts");
+            Forecast::mean_of(
+                &forecast(a, y, m, horizon, level)?,
+                &forecast(b, y, m, horizon, level)?,
+            )
+        }
         ModelKind::Ets => super::ets::auto_ets(y, m, horizon, level)?,
-        ModelKind::EtsMstlMean => Forecast::mean_of(
-            &super::ets::auto_ets(y, m, horizon, level)?,
-            &mstl_ets(y, m, horizon, level)?,
-        ),
         ModelKind::Adida => adida(y, horizon, level),
         ModelKind::Imapa => imapa(y, horizon, level),
         ModelKind::GlobalTweedie => unreachable!("rejected above"),
@@ -452,21 +466,6 @@ fn seasonal_naive(y: &[f64], m: usize, horizon: usize, z: f64) -> Forecast {
         fc.upper.push(p + half);
     }
     fc
-}
-
-/// The mean of Theta's and MSTL-ETS's forecasts, bounds included. The M4 competition's lesson:
-/// a plain mean of a few robust models beats picking one of them by a short backtest more
-/// often than not, because their errors partly cancel.
-fn theta_ets_mean(
-    y: &[f64],
-    m: usize,
-    horizon: usize,
-    z: f64,
-    level: f64,
-) -> Result<Forecast, ModelError> {
-    let a = theta(y, m, horizon, z)?;
-    let b = mstl_ets(y, m, horizon, level)?;
-    Ok(Forecast::mean_of(&a, &b))
 }
 
 /// Student's t quantile with `dof` degrees of freedom at the probability where the standard

@@ -124,6 +124,10 @@ pub struct Artifacts {
     /// series gets whose backtests cannot see its season (see [`is_season_blind`]).
     #[serde(default)]
     pub pooled_seasonal: Option<ModelKind>,
+    /// The sample's backtest scores by series id, so a run does not backtest its sample's series
+    /// twice. Not stored: a run's chunks, which load the artifacts, backtest their own series.
+    #[serde(skip)]
+    pub sample_scores: std::collections::HashMap<String, Vec<ModelScore>>,
     /// Share of the sample whose winner the tree predicts (on the sample it learnt from).
     pub chooser_accuracy: Option<f64>,
     /// How much to widen or narrow each model's intervals, learnt from the sample's backtests.
@@ -220,6 +224,11 @@ pub fn train(sample: &[Described], settings: &RunSettings, use_chooser: bool) ->
         })
         .collect();
     artifacts.pooled_seasonal = backtest::pooled(seasonal.iter().map(Vec::as_slice), false);
+    artifacts.sample_scores = sample
+        .iter()
+        .zip(&sample_scores)
+        .map(|(d, (_, scores))| (d.series.id.clone(), scores.clone()))
+        .collect();
     if use_chooser {
         let labelled: Vec<([f64; 6], usize)> = sample
             .iter()
@@ -374,7 +383,7 @@ fn all_scores(d: &Described, artifacts: &Artifacts, settings: &RunSettings) -> V
 pub struct Outcome {
     pub id: String,
     pub model: ModelKind,
-    /// `backtest`, `classifier` or `fallback`.
+    /// `backtest`, `classifier`, `pooled` or `fallback`.
     pub chosen_by: &'static str,
     pub fallback_reason: Option<String>,
     pub scores: Vec<ModelScore>,
@@ -406,17 +415,62 @@ pub fn forecast_with(
     artifacts: &Artifacts,
     settings: &RunSettings,
 ) -> (Forecast, Option<String>) {
-    let (mut fc, failure) = model_forecast(kind, d, artifacts, settings);
-    // A model that failed was replaced by the baseline: the baseline's factors apply.
-    let model = if failure.is_some() {
-        ModelKind::SeasonalNaive
-    } else {
-        kind
+    forecasts_with(&[kind], d, artifacts, settings)
+        .pop()
+        .expect("one forecast per kind")
+}
+
+/// [`forecast_with`] for each of `kinds`, fitting each model once however many of the means
+/// use it.
+pub fn forecasts_with(
+    kinds: &[ModelKind],
+    d: &Described,
+    artifacts: &Artifacts,
+    settings: &RunSettings,
+) -> Vec<(Forecast, Option<String>)> {
+    let mut fitted = Vec::new();
+    kinds
+        .iter()
+        .map(|&kind| {
+            let (mut fc, failure) = raw_forecast(&mut fitted, kind, d, artifacts, settings);
+            // A model that failed was replaced by the baseline: the baseline's factors apply.
+            let model = if failure.is_some() {
+                ModelKind::SeasonalNaive
+            } else {
+                kind
+            };
+            artifacts
+                .calibration
+                .apply(&mut fc, is_intermittent(d), model);
+            (fc, failure)
+        })
+        .collect()
+}
+
+/// The forecast of `kind` with the model's own interval, taken from `fitted` when there, a mean
+/// made from its fitted parts; whatever is fitted is kept in `fitted`.
+fn raw_forecast(
+    fitted: &mut Vec<(ModelKind, (Forecast, Option<String>))>,
+    kind: ModelKind,
+    d: &Described,
+    artifacts: &Artifacts,
+    settings: &RunSettings,
+) -> (Forecast, Option<String>) {
+    if let Some((_, fc)) = fitted.iter().find(|(k, _)| *k == kind) {
+        return fc.clone();
+    }
+    let fc = match kind.parts() {
+        Some((a, b)) => match (
+            raw_forecast(fitted, a, d, artifacts, settings),
+            raw_forecast(fitted, b, d, artifacts, settings),
+        ) {
+            ((fa, None), (fb, None)) => (Forecast::mean_of(&fa, &fb), None),
+            _ => model_forecast(kind, d, artifacts, settings),
+        },
+        None => model_forecast(kind, d, artifacts, settings),
     };
-    artifacts
-        .calibration
-        .apply(&mut fc, is_intermittent(d), model);
-    (fc, failure)
+    fitted.push((kind, fc.clone()));
+    fc
 }
 
 /// The forecast of `kind` with the model's own interval.
@@ -488,7 +542,13 @@ pub fn forecast_one(d: &Described, artifacts: &Artifacts, settings: &RunSettings
             }
             (scores_of(d, &kinds, artifacts, settings), "classifier")
         }
-        None => (all_scores(d, artifacts, settings), "backtest"),
+        None => (
+            match artifacts.sample_scores.get(&d.series.id) {
+                Some(scores) => scores.clone(),
+                None => all_scores(d, artifacts, settings),
+            },
+            "backtest",
+        ),
     };
     let mut fallback_reason = None;
     let chosen = if scores.is_empty() {
