@@ -38,8 +38,10 @@ const PHI_LO: f64 = 0.8;
 const PHI_HI: f64 = 0.98;
 /// Nelder–Mead stops after this many likelihood evaluations per free parameter …
 const EVALS_PER_PARAM: usize = 40;
-/// … or when the simplex's likelihoods agree to this (relative).
-const TOLERANCE: f64 = 1e-6;
+/// … or when the simplex's −2 log L values agree within this: a tenth of a unit, where the
+/// AICc tells classes apart in units of two. (A relative 1e-6 took 2.3 times as long for the
+/// same forecasts: fpp3 retail MASE 0.968 either way.)
+const TOLERANCE: f64 = 0.1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -548,10 +550,7 @@ fn nelder_mead(f: &mut impl FnMut(&[f64]) -> f64, start: &[f64], max_evals: usiz
     while evals < max_evals {
         simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
         let (best, worst) = (simplex[0].1, simplex[d].1);
-        if best.is_finite()
-            && worst.is_finite()
-            && (worst - best).abs() <= TOLERANCE * (best.abs() + TOLERANCE)
-        {
+        if best.is_finite() && worst.is_finite() && (worst - best).abs() <= TOLERANCE {
             break;
         }
         centroid.iter_mut().for_each(|c| *c = 0.0);
