@@ -182,6 +182,14 @@ async fn tenant_with_history(app: &TestApp, slug: &str, n: usize, days: usize) -
 async fn a_forecast_run_fans_out_and_serves_forecasts_with_reorder_advice() {
     let app = spawn_app().await;
     let tenant = tenant_with_history(&app, "forecaster", 40, 240).await;
+    // A product sold for 24 days: two weekly seasons, which its backtests (each cutting 14 days
+    // off) cannot hold, so it gets the run's seasonal choice for the longer products.
+    let yesterday = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+    let mut young = demo::generate(1, 24, yesterday, 5);
+    young[0].sku = "SKU-YOUNG".into();
+    demo::load(&app.db, tenant.id.parse().unwrap(), &young)
+        .await
+        .unwrap();
     let _workers = app.start_workers("forecasts");
     let r = app
         .post_json(
@@ -204,16 +212,30 @@ async fn a_forecast_run_fans_out_and_serves_forecasts_with_reorder_advice() {
         (run["status"] == "succeeded").then_some(run)
     })
     .await;
-    assert_eq!(run["skus_total"], 40);
-    assert_eq!(run["skus_done"], 40);
+    assert_eq!(run["skus_total"], 41);
+    assert_eq!(run["skus_done"], 41);
     let counted: i64 = run["models"]
         .as_object()
         .unwrap()
         .values()
         .map(|v| v.as_i64().unwrap())
         .sum();
-    assert_eq!(counted, 40, "{run}");
+    assert_eq!(counted, 41, "{run}");
     assert!(run["backtest"]["mase"].as_f64().unwrap() > 0.0);
+    let f: Value = app
+        .get("/v1/products/SKU-YOUNG/forecast", Some(&tenant.key))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(f["chosen_by"], "pooled", "{f}");
+    assert!(
+        f["fallback_reason"]
+            .as_str()
+            .unwrap()
+            .contains("hold two seasons"),
+        "{f}"
+    );
 
     let f: Value = app
         .get("/v1/products/SKU-00002/forecast", Some(&tenant.key))
