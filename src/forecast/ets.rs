@@ -28,6 +28,19 @@
 
 use super::models::{self, Forecast, ModelError, Seasonality};
 
+/// How much history a fit reads (this model's and MSTL-ETS's): the last `FIT_SEASONS` seasons,
+/// and never fewer than `FIT_MIN_POINTS` points. The smoothing forgets older data anyway, and
+/// its few parameters are well estimated from a year of days, while a daily SKU's two years cost
+/// twice as much to fit: with both models reading all 730 days, the nightly run of 10,000 SKUs
+/// took 83 s against its 60 s target. Monthly series are cut only past 52 years.
+const FIT_SEASONS: usize = 52;
+const FIT_MIN_POINTS: usize = 200;
+
+/// The number of most recent points a fit of season `m` reads.
+pub fn fit_window(m: usize) -> usize {
+    (FIT_SEASONS * m.clamp(1, MAX_SEASON)).max(FIT_MIN_POINTS)
+}
+
 /// Longest season fitted with seasonal states (as `ets` and statsforecast's AutoETS).
 pub const MAX_SEASON: usize = 24;
 /// Shortest series fitted at all: a level and a few one-step errors.
@@ -177,8 +190,10 @@ pub fn candidates(y: &[f64], m: usize) -> Vec<Spec> {
     specs
 }
 
-/// Fits every candidate class and keeps the one with the lowest AICc.
+/// Fits every candidate class and keeps the one with the lowest AICc, on the last
+/// [`fit_window`] points.
 pub fn auto_fit(y: &[f64], m: usize) -> Result<Fit, ModelError> {
+    let y = &y[y.len().saturating_sub(fit_window(m))..];
     if y.len() < MIN_LEN {
         return Err(ModelError::TooShort {
             model: "ets",
@@ -734,6 +749,25 @@ mod tests {
         let d = damped.forecast(24, 1.96);
         let (early, late) = (d.point[1] - d.point[0], d.point[23] - d.point[22]);
         assert!(late < early, "steps {early} then {late}");
+    }
+
+    #[test]
+    fn a_fit_reads_only_the_recent_window() {
+        assert_eq!(fit_window(7), 364);
+        assert_eq!(fit_window(12), 624);
+        assert_eq!(fit_window(1), FIT_MIN_POINTS);
+        let daily: Vec<f64> = (0..1364).map(|t| 10.0 + noise(t)).collect();
+        assert_eq!(auto_fit(&daily, 7).unwrap().n, 364);
+        assert_eq!(auto_fit(&daily[..300], 7).unwrap().n, 300);
+        // The season's phase stays right: the window's first point is not the series' first.
+        let weekly: Vec<f64> = (0..1000)
+            .map(|t| 10.0 + [0.0, 1.0, 2.0, 3.0, 4.0, 8.0, 6.0][t % 7] + noise(t) * 0.1)
+            .collect();
+        let fc = auto_ets(&weekly, 7, 7, 0.95).unwrap();
+        for (h, p) in fc.point.iter().enumerate() {
+            let want = 10.0 + [0.0, 1.0, 2.0, 3.0, 4.0, 8.0, 6.0][(1000 + h) % 7];
+            assert!((p - want).abs() < 0.5, "step {h}: {p} vs {want}");
+        }
     }
 
     #[test]

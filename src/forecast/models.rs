@@ -741,6 +741,8 @@ const MSTL_ETS_DAMPED: bool = false;
 /// augurs' seasonal AutoETS is deliberately never used: its interval code is unfinished
 /// for several seasonal model classes and panics there.
 fn mstl_ets(y: &[f64], m: usize, horizon: usize, level: f64) -> Result<Forecast, ModelError> {
+    // The same recent window as ETS reads: a daily SKU's last year, not its whole history.
+    let y = &y[y.len().saturating_sub(super::ets::fit_window(m))..];
     let ets = AutoETS::new(1, MSTL_ETS_SPEC)
         .and_then(|a| a.damped(MSTL_ETS_DAMPED))
         .map_err(|e| ModelError::Failed(format!("ets spec: {e}")))?;
