@@ -214,9 +214,13 @@ pub fn auto_ets(y: &[f64], m: usize, horizon: usize, level: f64) -> Result<Forec
     Ok(fit.forecast(horizon, models::normal_quantile(0.5 + level / 2.0)))
 }
 
-/// Fits one class; `None` when it cannot be fitted (too few points for its parameters, or no
-/// parameters keep its one-step forecasts finite and, for multiplicative errors, positive).
+/// Fits one class; `None` when it cannot be fitted (an additive error with a multiplicative
+/// season, the unstable class left out; too few points for its parameters; or no parameters
+/// keep its one-step forecasts finite and, for multiplicative errors, positive).
 pub fn fit(y: &[f64], m: usize, spec: Spec) -> Option<Fit> {
+    if spec.error == ErrorKind::Additive && spec.season == SeasonKind::Multiplicative {
+        return None;
+    }
     let n = y.len();
     let m = if spec.season == SeasonKind::None {
         1
@@ -315,7 +319,7 @@ impl Fit {
 /// one-step errors, leaving the final states in `states`. `None` when a forecast is not finite,
 /// or not positive under multiplicative errors.
 ///
-/// The loop is compiled once per (error, season) pair; the trend enters as φ·b with φ = 0 (no
+/// The loop is compiled once per (error, season) class it runs; the trend enters as φ·b with φ = 0 (no
 /// trend: β is 0 too, so b stays 0), 1 (additive) or φ (damped), and no season as an additive
 /// one of zeros that γ = 0 never moves. So the loop has no branch on the class.
 fn run(y: &[f64], m: usize, spec: Spec, p: Params, states: &mut States) -> Option<(f64, f64)> {
@@ -326,9 +330,8 @@ fn run(y: &[f64], m: usize, spec: Spec, p: Params, states: &mut States) -> Optio
     };
     let p = Params { phi, ..p };
     match (spec.error, spec.season) {
-        (ErrorKind::Additive, SeasonKind::Multiplicative) => {
-            run_loop::<false, true>(y, m, p, states)
-        }
+        // Refused by `fit` (unstable), so never run.
+        (ErrorKind::Additive, SeasonKind::Multiplicative) => None,
         (ErrorKind::Additive, _) => run_loop::<false, false>(y, m, p, states),
         (ErrorKind::Multiplicative, SeasonKind::Multiplicative) => {
             run_loop::<true, true>(y, m, p, states)
@@ -390,15 +393,9 @@ fn run_loop<const MULT_ERROR: bool, const MULT_SEASON: bool>(
         } else {
             let e = obs - yhat;
             sum_e2 += e * e;
-            if MULT_SEASON {
-                l = base + alpha * e / s;
-                b = damped_b + beta * e / s;
-                season[si] = s + gamma * e / base;
-            } else {
-                l = base + alpha * e;
-                b = damped_b + beta * e;
-                season[si] = s + gamma * e;
-            }
+            l = base + alpha * e;
+            b = damped_b + beta * e;
+            season[si] = s + gamma * e;
         }
         si += 1;
         if si == m {
@@ -821,6 +818,19 @@ mod tests {
             auto_ets(&[1.0, 2.0, 3.0], 12, 6, 0.95),
             Err(ModelError::TooShort { .. })
         ));
+        // The unstable class (additive error, multiplicative season) is refused, not fitted.
+        assert!(
+            fit(
+                &flat,
+                12,
+                spec(
+                    ErrorKind::Additive,
+                    TrendKind::None,
+                    SeasonKind::Multiplicative
+                )
+            )
+            .is_none()
+        );
         // Negative and zero values with a season.
         let mixed: Vec<f64> = (0..48)
             .map(|t| ((t % 12) as f64 - 5.0) * 3.0 + noise(t))
