@@ -550,70 +550,50 @@ pub fn forecast_one(d: &Described, artifacts: &Artifacts, settings: &RunSettings
             "backtest",
         ),
     };
-    let mut fallback_reason = None;
-    let chosen = if scores.is_empty() {
-        fallback_reason = Some(format!(
-            "{} periods of history are too few to backtest a {}-period horizon",
-            d.series.values.len(),
-            settings.horizon
-        ));
-        ModelKind::SeasonalNaive
-    } else {
-        backtest::choose_pooled(
-            &scores,
-            intermittent,
-            artifacts.pooled[usize::from(intermittent)],
-        )
-    };
+    // One decision: too short to backtest, season-blind (the run's choice for its longer
+    // series), or the backtest's choice, each with the reason a person reads.
     let n = d.series.values.len();
-    let season_blind = !scores.is_empty() && !intermittent && is_season_blind(n, settings);
-    let (chosen, chosen_by) = if season_blind {
-        (
-            artifacts.pooled_seasonal.unwrap_or(SEASON_BLIND_DEFAULT),
-            "pooled",
-        )
+    let (chosen, chosen_by, reason) = if scores.is_empty() {
+        let reason = format!(
+            "{n} periods of history are too few to backtest a {}-period horizon",
+            settings.horizon
+        );
+        (ModelKind::SeasonalNaive, "fallback", Some(reason))
+    } else if !intermittent && is_season_blind(n, settings) {
+        let model = artifacts.pooled_seasonal.unwrap_or(SEASON_BLIND_DEFAULT);
+        let reason = format!(
+            "{n} periods hold two seasons ({}) but its backtests cannot: the model is the run's \
+             choice for its longer series ({})",
+            2 * settings.season,
+            model.name()
+        );
+        (model, "pooled", Some(reason))
     } else {
-        (chosen, chosen_by)
-    };
-    let (mut forecast, failure) = forecast_with(chosen, d, artifacts, settings);
-    if season_blind && failure.is_none() {
-        // Two seasons fit a season closely, so the model's own spread is too small, and no
-        // backtest of a seasonal fit calibrated it: the interval is at least seasonal naive's.
-        let (naive, _) = forecast_with(ModelKind::SeasonalNaive, d, artifacts, settings);
-        widen_to(&mut forecast, &naive);
-    }
-    let (model, chosen_by) = match failure {
-        Some(reason) => {
-            fallback_reason = Some(reason);
-            (ModelKind::SeasonalNaive, "fallback")
-        }
-        None if fallback_reason.is_some() => (chosen, "fallback"),
-        None => (chosen, chosen_by),
-    };
-    // A short series is chosen for by the usual backtest, on shorter windows, or (season-blind)
-    // by the longer series of the run: say so.
-    let short = !scores.is_empty()
-        && backtest::is_short(n, settings.season, settings.horizon, settings.folds);
-    let fallback_reason = fallback_reason.or_else(|| {
-        season_blind.then(|| {
-            format!(
-                "{n} periods hold two seasons ({}) but its backtests cannot: the model is the \
-                 run's choice for its longer series ({})",
-                2 * settings.season,
-                model.name()
-            )
-        })
-    });
-    let fallback_reason = fallback_reason.or_else(|| {
-        short.then(|| {
+        let pooled = artifacts.pooled[usize::from(intermittent)];
+        let model = backtest::choose_pooled(&scores, intermittent, pooled);
+        // A short series is chosen for by the usual backtest, on shorter windows: say so.
+        let short = backtest::is_short(n, settings.season, settings.horizon, settings.folds);
+        let reason = short.then(|| {
             format!(
                 "{n} periods are fewer than two seasons ({}) plus the backtest: models were \
                  backtested from {} periods and fit without a season",
                 2 * settings.season,
                 backtest::min_train(1)
             )
-        })
-    });
+        });
+        (model, chosen_by, reason)
+    };
+    let (mut forecast, failure) = forecast_with(chosen, d, artifacts, settings);
+    if chosen_by == "pooled" && failure.is_none() {
+        // Two seasons fit a season closely, so the model's own spread is too small, and no
+        // backtest of a seasonal fit calibrated it: the interval is at least seasonal naive's.
+        let (naive, _) = forecast_with(ModelKind::SeasonalNaive, d, artifacts, settings);
+        widen_to(&mut forecast, &naive);
+    }
+    let (model, chosen_by, fallback_reason) = match failure {
+        Some(failure) => (ModelKind::SeasonalNaive, "fallback", Some(failure)),
+        None => (chosen, chosen_by, reason),
+    };
     let chosen_score = scores
         .iter()
         .find(|s| s.model == model)
