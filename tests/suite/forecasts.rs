@@ -645,4 +645,47 @@ async fn imports_and_batches_over_their_limits_are_refused_at_the_door() {
         .await
         .unwrap();
     assert_eq!(queued, 1, "only the import within the limits was stored");
+
+    // One tenant's oversized declarations hold nothing: with three of them still connected
+    // (more than its UPLOADS_PER_TENANT reading slots), another tenant's upload and its own
+    // next one are both accepted.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut raw = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut raw, head.as_bytes())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut raw, &mut buf),
+        )
+        .await
+        .expect("answered without the body")
+        .unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 413"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        held.push(raw);
+    }
+    let other = app.create_tenant("limits-neighbour").await;
+    product(&app, &other.key, "MUG-1").await;
+    let r = app
+        .request(Method::POST, "/v1/sales/import", Some(&other.key))
+        .header("content-type", "text/csv")
+        .body(three.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "the neighbour's upload");
+    assert_eq!(
+        send(three.to_string()).await.unwrap().status(),
+        202,
+        "its own next upload"
+    );
+    drop(held);
 }
