@@ -128,24 +128,11 @@ pub fn backtest_local_with_misses(
     for &t in &cuts {
         let (train, actual) = (&y[..t], &y[t..t + horizon]);
         // Each origin's fits, kept so that a mean of two of them costs no second fit.
-        let mut fitted: Vec<(ModelKind, models::Forecast)> = Vec::new();
+        let mut fitted = Vec::new();
+        let mut fit = |k| models::forecast_or_baseline(k, train, m, horizon, BACKTEST_LEVEL);
         for ((acc, misses), &kind) in accs.iter_mut().zip(kinds) {
-            let part = |k: ModelKind| fitted.iter().find(|(f, _)| *f == k).map(|(_, fc)| fc);
-            let reused = kind
-                .parts()
-                .and_then(|(a, b)| Some(models::Forecast::mean_of(part(a)?, part(b)?)));
-            let (fc, failed) = match reused {
-                Some(fc) => (fc, false),
-                None => {
-                    let (fc, reason) =
-                        models::forecast_or_baseline(kind, train, m, horizon, BACKTEST_LEVEL);
-                    if reason.is_none() {
-                        fitted.push((kind, fc.clone()));
-                    }
-                    let failed = reason.is_some();
-                    (fc, failed)
-                }
-            };
+            let (fc, reason) = models::fit_once(&mut fitted, kind, &mut fit);
+            let failed = reason.is_some();
             acc.add(metrics::score(train, actual, &fc.point, m), failed);
             // A failed fit was replaced by the baseline: its misses say nothing of this model.
             if !failed {

@@ -197,6 +197,31 @@ impl ModelKind {
     }
 }
 
+/// A forecast and, when the model failed and the baseline stands in, why.
+pub type Fitted = (Forecast, Option<String>);
+
+/// The forecast of `kind` by `fit`, fitting each model once across calls that share `fitted`: an
+/// answer already there is reused, and a mean is made from its parts when both fitted (else it
+/// goes to `fit` itself, which falls back as a failed part would). Whatever is fitted is kept.
+pub fn fit_once(
+    fitted: &mut Vec<(ModelKind, Fitted)>,
+    kind: ModelKind,
+    fit: &mut impl FnMut(ModelKind) -> Fitted,
+) -> Fitted {
+    if let Some((_, fc)) = fitted.iter().find(|(k, _)| *k == kind) {
+        return fc.clone();
+    }
+    let fc = match kind.parts() {
+        Some((a, b)) => match (fit_once(fitted, a, fit), fit_once(fitted, b, fit)) {
+            ((fa, None), (fb, None)) => (Forecast::mean_of(&fa, &fb), None),
+            _ => fit(kind),
+        },
+        None => fit(kind),
+    };
+    fitted.push((kind, fc.clone()));
+    fc
+}
+
 /// Why a model could not produce a forecast.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

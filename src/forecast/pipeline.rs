@@ -432,7 +432,9 @@ pub fn forecasts_with(
     kinds
         .iter()
         .map(|&kind| {
-            let (mut fc, failure) = raw_forecast(&mut fitted, kind, d, artifacts, settings);
+            let (mut fc, failure) = models::fit_once(&mut fitted, kind, &mut |k| {
+                model_forecast(k, d, artifacts, settings)
+            });
             // A model that failed was replaced by the baseline: the baseline's factors apply.
             let model = if failure.is_some() {
                 ModelKind::SeasonalNaive
@@ -445,32 +447,6 @@ pub fn forecasts_with(
             (fc, failure)
         })
         .collect()
-}
-
-/// The forecast of `kind` with the model's own interval, taken from `fitted` when there, a mean
-/// made from its fitted parts; whatever is fitted is kept in `fitted`.
-fn raw_forecast(
-    fitted: &mut Vec<(ModelKind, (Forecast, Option<String>))>,
-    kind: ModelKind,
-    d: &Described,
-    artifacts: &Artifacts,
-    settings: &RunSettings,
-) -> (Forecast, Option<String>) {
-    if let Some((_, fc)) = fitted.iter().find(|(k, _)| *k == kind) {
-        return fc.clone();
-    }
-    let fc = match kind.parts() {
-        Some((a, b)) => match (
-            raw_forecast(fitted, a, d, artifacts, settings),
-            raw_forecast(fitted, b, d, artifacts, settings),
-        ) {
-            ((fa, None), (fb, None)) => (Forecast::mean_of(&fa, &fb), None),
-            _ => model_forecast(kind, d, artifacts, settings),
-        },
-        None => model_forecast(kind, d, artifacts, settings),
-    };
-    fitted.push((kind, fc.clone()));
-    fc
 }
 
 /// The forecast of `kind` with the model's own interval.
