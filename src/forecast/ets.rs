@@ -151,7 +151,7 @@ pub struct Fit {
     /// States after the last observation.
     last: States,
     /// Length of the series fitted (the time index the first forecast has).
-    n: usize,
+    pub n: usize,
 }
 
 /// The model classes tried on `y`: with a usable season (2 ≤ m ≤ 24, two seasons of data), the

@@ -13,8 +13,6 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use augurs::ets::AutoETS;
-use augurs::ets::trend::AutoETSTrendModel;
 use augurs::mstl::MSTLModel;
 use augurs::{Fit, Predict};
 
@@ -742,59 +740,121 @@ fn ols_slope(y: &[f64]) -> f64 {
 }
 
 // ---------------------------------------------------------------------------
-// MSTL + non-seasonal AutoETS (augurs)
+// MSTL + non-seasonal ETS
 // ---------------------------------------------------------------------------
 
-/// Search space of the AutoETS model fitted to the seasonally adjusted
-/// series: additive error, no trend or additive trend (ANN, AAN), chosen by
-/// AICc. Measured in release on 730-point daily series (m = 7), one
-/// MSTL + AutoETS fit-and-predict costs about 14 ms with the full `"ZZN"`
-/// search (6 candidates), 7 ms with `"AZN"` including the damped trend, and
-/// 2.9 ms with `"AZN"` undamped. Only the last fits the budget of
-/// 10,000 SKUs × 4 fits on 2 cores in ~100 s; the damped trend is the part
-/// given up (Theta's halved drift is the damped-ish alternative in the
-/// candidate set). Additive errors only also keep the search valid when the
-/// seasonally adjusted series has non-positive values.
-const MSTL_ETS_SPEC: &str = "AZN";
-const MSTL_ETS_DAMPED: bool = false;
-
-/// MSTL decomposition with period `m`, AutoETS (non-seasonal, see
-/// [`MSTL_ETS_SPEC`]) on the seasonally adjusted series, season added back by
-/// augurs. Falls back to the non-seasonal AutoETS alone when m == 1 or n < 2m
-/// (MSTL needs two full periods).
+/// MSTL decomposition with period `m` (augurs), a non-seasonal ETS of ours on the seasonally
+/// adjusted series ([`EtsTrend`]), season added back by augurs. The ETS alone when m == 1 or
+/// n < 2m (MSTL needs two full periods).
 ///
 /// augurs' seasonal AutoETS is deliberately never used: its interval code is unfinished
 /// for several seasonal model classes and panics there.
 fn mstl_ets(y: &[f64], m: usize, horizon: usize, level: f64) -> Result<Forecast, ModelError> {
     // The same recent window as ETS reads: a daily SKU's last year, not its whole history.
     let y = &y[y.len().saturating_sub(super::ets::fit_window(m))..];
-    let ets = AutoETS::new(1, MSTL_ETS_SPEC)
-        .and_then(|a| a.damped(MSTL_ETS_DAMPED))
-        .map_err(|e| ModelError::Failed(format!("ets spec: {e}")))?;
-    let out = if m > 1 && y.len() >= 2 * m {
-        let model = MSTLModel::new(vec![m], AutoETSTrendModel::from(ets));
-        let fitted = model
+    let fitted = if m > 1 && y.len() >= 2 * m {
+        MSTLModel::new(vec![m], EtsTrend)
             .fit(y)
-            .map_err(|e| ModelError::Failed(format!("mstl fit: {e}")))?;
-        fitted
+            .map_err(|e| ModelError::Failed(format!("mstl fit: {e}")))?
             .predict(horizon, level)
             .map_err(|e| ModelError::Failed(format!("mstl predict: {e}")))?
     } else {
-        let fitted = ets
-            .fit(y)
-            .map_err(|e| ModelError::Failed(format!("ets fit: {e}")))?;
-        fitted
-            .predict(horizon, level)
-            .map_err(|e| ModelError::Failed(format!("ets predict: {e}")))?
+        let mut out = augurs::Forecast::with_capacity_and_level(horizon, level);
+        EtsTrend::fit_best(y)?.predict_into(horizon, Some(level), &mut out);
+        out
     };
-    let intervals = out
+    let intervals = fitted
         .intervals
-        .ok_or_else(|| ModelError::Failed("augurs returned no intervals".to_owned()))?;
+        .ok_or_else(|| ModelError::Failed("mstl returned no intervals".to_owned()))?;
     Ok(Forecast {
-        point: out.point,
+        point: fitted.point,
         lower: intervals.lower,
         upper: intervals.upper,
     })
+}
+
+/// MSTL's trend model: additive-error ETS with no trend or an additive one (ANN, AAN), chosen
+/// by AICc, fitted by `super::ets`. It was augurs' AutoETS with the same search ("AZN"
+/// undamped); augurs fits the initial states too and takes a logarithm per point of its
+/// likelihood, which made it 38 % of a nightly run's CPU (perf, 10,000 SKUs × 730 days),
+/// three times our seasonal ETS's share. Additive errors keep the fit valid when the adjusted
+/// series has values at or below zero; the damped trend is left to ETS proper and Theta.
+#[derive(Debug)]
+struct EtsTrend;
+
+/// A fitted [`EtsTrend`].
+#[derive(Debug)]
+struct EtsTrendFit(super::ets::Fit);
+
+impl EtsTrend {
+    fn fit_best(y: &[f64]) -> Result<EtsTrendFit, ModelError> {
+        use super::ets::{ErrorKind, SeasonKind, Spec, TrendKind};
+        [TrendKind::None, TrendKind::Additive]
+            .into_iter()
+            .filter_map(|trend| {
+                let spec = Spec {
+                    error: ErrorKind::Additive,
+                    trend,
+                    season: SeasonKind::None,
+                };
+                super::ets::fit(y, 1, spec)
+            })
+            .min_by(|a, b| a.aicc.total_cmp(&b.aicc))
+            .map(EtsTrendFit)
+            .ok_or_else(|| ModelError::Failed("no trend model could be fitted".to_owned()))
+    }
+}
+
+impl EtsTrendFit {
+    fn predict_into(&self, horizon: usize, level: Option<f64>, out: &mut augurs::Forecast) {
+        let z = normal_quantile(0.5 + level.unwrap_or(FALLBACK_LEVEL) / 2.0);
+        let fc = self.0.forecast(horizon, z);
+        out.point.extend_from_slice(&fc.point);
+        if let Some(intervals) = out.intervals.as_mut() {
+            intervals.lower.extend_from_slice(&fc.lower);
+            intervals.upper.extend_from_slice(&fc.upper);
+        }
+    }
+}
+
+type TrendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl augurs::mstl::TrendModel for EtsTrend {
+    fn name(&self) -> std::borrow::Cow<'_, str> {
+        "ETS".into()
+    }
+
+    fn fit(
+        &self,
+        y: &[f64],
+    ) -> Result<Box<dyn augurs::mstl::FittedTrendModel + Sync + Send>, TrendError> {
+        Ok(Box::new(EtsTrend::fit_best(y)?))
+    }
+}
+
+impl augurs::mstl::FittedTrendModel for EtsTrendFit {
+    fn predict_inplace(
+        &self,
+        horizon: usize,
+        level: Option<f64>,
+        forecast: &mut augurs::Forecast,
+    ) -> Result<(), TrendError> {
+        self.predict_into(horizon, level, forecast);
+        Ok(())
+    }
+
+    /// Not kept: nothing here reads MSTL's in-sample fit.
+    fn predict_in_sample_inplace(
+        &self,
+        _level: Option<f64>,
+        _forecast: &mut augurs::Forecast,
+    ) -> Result<(), TrendError> {
+        Err("in-sample predictions are not kept".into())
+    }
+
+    fn training_data_size(&self) -> Option<usize> {
+        Some(self.0.n)
+    }
 }
 
 // ---------------------------------------------------------------------------
