@@ -30,6 +30,8 @@ struct Got {
     name: String,
     service: String,
     attrs: HashMap<String, String>,
+    /// The span's status code (OTLP: 0 unset, 1 ok, 2 error).
+    status: i32,
 }
 
 impl Got {
@@ -94,6 +96,7 @@ async fn receive(State(r): State<Receiver>, body: Bytes) -> StatusCode {
                     parent: hex(&span.parent_span_id),
                     name: span.name,
                     service: service.clone(),
+                    status: span.status.as_ref().map_or(0, |s| s.code),
                     attrs: span
                         .attributes
                         .iter()
@@ -352,6 +355,11 @@ async fn an_order_is_one_trace_from_request_to_email_and_a_hung_collector_holds_
     attempts.sort();
     assert_eq!(attempts, ["1", "2"]);
     assert_eq!(first_email.attr("attempt"), "1");
+    // A run that did not succeed has an error status; one that did, none.
+    assert_eq!(first_email.status, 2, "{first_email:?}");
+    for job in jobs.iter().filter(|j| j.attr("outcome") == "succeeded") {
+        assert_eq!(job.status, 0, "{job:?}");
+    }
     // The work inside the jobs: the render, the SMTP send, the ledger's transaction.
     let invoice_job = jobs.iter().find(|j| j.attr("queue") == "invoices").unwrap();
     assert_eq!(invoice_job.attr("outcome"), "succeeded");

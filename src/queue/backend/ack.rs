@@ -219,10 +219,8 @@ where
                 tracing::info_span!("job", queue = %layer.queue, job_id = %meta.id,
                     kind = %meta.kind, attempt = meta.attempt,
                     tenant = %meta.tenant.map(|t| t.to_string()).unwrap_or_default(),
-                    outcome = tracing::field::Empty,
                     trace_id = meta.trace.as_deref().and_then(traces::trace_id_of),
-                    "otel.name" = %format_args!("job {}", meta.kind), "otel.kind" = "consumer",
-                    "otel.status_code" = tracing::field::Empty)
+                    "otel.name" = %format_args!("job {}", meta.kind), "otel.kind" = "consumer")
             });
             let started = Instant::now();
             // Each job runs in a task of its own: jobs use every core, a panic is caught as the
@@ -255,13 +253,8 @@ where
             };
             let outcome = layer.outcome(&meta, ran);
             metrics::finished(&layer.queue, meta.tenant, outcome.kind, started.elapsed());
-            // For traces only (the log line below says it): recorded, a field costs JSON logs a
-            // re-serialization of the span's fields.
             if traces::makes_spans(&unsampled) {
-                span.record("outcome", outcome.kind);
-                if outcome.kind != "succeeded" {
-                    span.record("otel.status_code", "error");
-                }
+                traces::set_outcome(&span, outcome.kind, outcome.kind == "succeeded");
             }
             if outcome.kind != "succeeded" {
                 span.in_scope(|| tracing::warn!(outcome = outcome.kind, error = %outcome.data, "job did not succeed"));
