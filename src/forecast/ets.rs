@@ -151,7 +151,7 @@ pub struct Fit {
     /// States after the last observation.
     last: States,
     /// Length of the series fitted (the time index the first forecast has).
-    pub n: usize,
+    n: usize,
 }
 
 /// The model classes tried on `y`: with a usable season (2 ≤ m ≤ 24, two seasons of data), the
@@ -201,7 +201,16 @@ pub fn auto_fit(y: &[f64], m: usize) -> Result<Fit, ModelError> {
             got: y.len(),
         });
     }
-    candidates(y, m)
+    best_of(y, m, candidates(y, m))
+}
+
+/// Fits each of `specs` on `y` and keeps the one with the lowest AICc.
+pub fn best_of(
+    y: &[f64],
+    m: usize,
+    specs: impl IntoIterator<Item = Spec>,
+) -> Result<Fit, ModelError> {
+    specs
         .into_iter()
         .filter_map(|spec| fit(y, m, spec))
         .min_by(|a, b| a.aicc.total_cmp(&b.aicc))
@@ -257,6 +266,11 @@ pub fn fit(y: &[f64], m: usize, spec: Spec) -> Option<Fit> {
 }
 
 impl Fit {
+    /// How many points were fitted.
+    pub fn points(&self) -> usize {
+        self.n
+    }
+
     /// Point forecasts and intervals of half-width `z` standard deviations.
     pub fn forecast(&self, horizon: usize, z: f64) -> Forecast {
         let Params {
@@ -754,8 +768,8 @@ mod tests {
         assert_eq!(fit_window(12), 624);
         assert_eq!(fit_window(1), FIT_MIN_POINTS);
         let daily: Vec<f64> = (0..1364).map(|t| 10.0 + noise(t)).collect();
-        assert_eq!(auto_fit(&daily, 7).unwrap().n, 364);
-        assert_eq!(auto_fit(&daily[..300], 7).unwrap().n, 300);
+        assert_eq!(auto_fit(&daily, 7).unwrap().points(), 364);
+        assert_eq!(auto_fit(&daily[..300], 7).unwrap().points(), 300);
         // The season's phase stays right: the window's first point is not the series' first.
         let weekly: Vec<f64> = (0..1000)
             .map(|t| 10.0 + [0.0, 1.0, 2.0, 3.0, 4.0, 8.0, 6.0][t % 7] + noise(t) * 0.1)

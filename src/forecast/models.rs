@@ -752,17 +752,15 @@ fn ols_slope(y: &[f64]) -> f64 {
 fn mstl_ets(y: &[f64], m: usize, horizon: usize, level: f64) -> Result<Forecast, ModelError> {
     // The same recent window as ETS reads: a daily SKU's last year, not its whole history.
     let y = &y[y.len().saturating_sub(super::ets::fit_window(m))..];
-    let fitted = if m > 1 && y.len() >= 2 * m {
-        MSTLModel::new(vec![m], EtsTrend)
-            .fit(y)
-            .map_err(|e| ModelError::Failed(format!("mstl fit: {e}")))?
-            .predict(horizon, level)
-            .map_err(|e| ModelError::Failed(format!("mstl predict: {e}")))?
-    } else {
-        let mut out = augurs::Forecast::with_capacity_and_level(horizon, level);
-        EtsTrend::fit_best(y)?.predict_into(horizon, Some(level), &mut out);
-        out
-    };
+    if m < 2 || y.len() < 2 * m {
+        let z = normal_quantile(0.5 + level / 2.0);
+        return Ok(EtsTrend::fit_best(y)?.0.forecast(horizon, z));
+    }
+    let fitted = MSTLModel::new(vec![m], EtsTrend)
+        .fit(y)
+        .map_err(|e| ModelError::Failed(format!("mstl fit: {e}")))?
+        .predict(horizon, level)
+        .map_err(|e| ModelError::Failed(format!("mstl predict: {e}")))?;
     let intervals = fitted
         .intervals
         .ok_or_else(|| ModelError::Failed("mstl returned no intervals".to_owned()))?;
@@ -789,31 +787,12 @@ struct EtsTrendFit(super::ets::Fit);
 impl EtsTrend {
     fn fit_best(y: &[f64]) -> Result<EtsTrendFit, ModelError> {
         use super::ets::{ErrorKind, SeasonKind, Spec, TrendKind};
-        [TrendKind::None, TrendKind::Additive]
-            .into_iter()
-            .filter_map(|trend| {
-                let spec = Spec {
-                    error: ErrorKind::Additive,
-                    trend,
-                    season: SeasonKind::None,
-                };
-                super::ets::fit(y, 1, spec)
-            })
-            .min_by(|a, b| a.aicc.total_cmp(&b.aicc))
-            .map(EtsTrendFit)
-            .ok_or_else(|| ModelError::Failed("no trend model could be fitted".to_owned()))
-    }
-}
-
-impl EtsTrendFit {
-    fn predict_into(&self, horizon: usize, level: Option<f64>, out: &mut augurs::Forecast) {
-        let z = normal_quantile(0.5 + level.unwrap_or(FALLBACK_LEVEL) / 2.0);
-        let fc = self.0.forecast(horizon, z);
-        out.point.extend_from_slice(&fc.point);
-        if let Some(intervals) = out.intervals.as_mut() {
-            intervals.lower.extend_from_slice(&fc.lower);
-            intervals.upper.extend_from_slice(&fc.upper);
-        }
+        let specs = [TrendKind::None, TrendKind::Additive].map(|trend| Spec {
+            error: ErrorKind::Additive,
+            trend,
+            season: SeasonKind::None,
+        });
+        super::ets::best_of(y, 1, specs).map(EtsTrendFit)
     }
 }
 
@@ -839,7 +818,13 @@ impl augurs::mstl::FittedTrendModel for EtsTrendFit {
         level: Option<f64>,
         forecast: &mut augurs::Forecast,
     ) -> Result<(), TrendError> {
-        self.predict_into(horizon, level, forecast);
+        let z = normal_quantile(0.5 + level.unwrap_or(FALLBACK_LEVEL) / 2.0);
+        let fc = self.0.forecast(horizon, z);
+        forecast.point.extend_from_slice(&fc.point);
+        if let Some(intervals) = forecast.intervals.as_mut() {
+            intervals.lower.extend_from_slice(&fc.lower);
+            intervals.upper.extend_from_slice(&fc.upper);
+        }
         Ok(())
     }
 
@@ -853,7 +838,7 @@ impl augurs::mstl::FittedTrendModel for EtsTrendFit {
     }
 
     fn training_data_size(&self) -> Option<usize> {
-        Some(self.0.n)
+        Some(self.0.points())
     }
 }
 

@@ -254,7 +254,7 @@ where
             let outcome = layer.outcome(&meta, ran);
             metrics::finished(&layer.queue, meta.tenant, outcome.kind, started.elapsed());
             if traces::makes_spans(&unsampled) {
-                traces::set_outcome(&span, outcome.kind, outcome.kind == "succeeded");
+                traces::set_outcome(&span, outcome.kind);
             }
             if outcome.kind != "succeeded" {
                 span.in_scope(|| tracing::warn!(outcome = outcome.kind, error = %outcome.data, "job did not succeed"));
