@@ -148,12 +148,45 @@ async fn a_worker_killed_while_rendering_invoices_leaves_every_invoice_ready_and
     let numbered_not_stored =
         "SELECT count(*) FROM invoices WHERE tenant_id = $1 AND number IS NOT NULL AND pdf IS NULL";
 
-    let mut victim = WorkerProcess::spawn(&app, "invoices", &[]);
-    // Killed once some invoices are done and others hold a committed number but no PDF yet
-    // (two of them, so that one finishing before the signal lands still leaves one).
+    // The victim's connections carry a name, so the test can see when none of its statements is
+    // still running in Postgres. One waiting for a lock that another of its (frozen)
+    // transactions holds cannot commit: its client is gone by the time the lock is released.
+    let victim_db_url = format!(
+        "{}?application_name=invoice-victim",
+        app.settings.database_url
+    );
+    let mut victim = WorkerProcess::spawn(&app, "invoices", &[("DATABASE_URL", victim_db_url)]);
+    // Killed once some invoices are done and another holds a committed number but no PDF yet.
+    // The state is judged with the victim frozen (SIGSTOP) and none of its statements in flight,
+    // so what the test saw is what the kill leaves; if it was not mid-render, it goes on.
+    let victim_busy = "SELECT count(*) FROM pg_stat_activity \
+        WHERE datname = current_database() AND application_name = 'invoice-victim' \
+        AND state = 'active' AND wait_event_type IS DISTINCT FROM 'Lock'";
     wait_for("the victim to be mid-render", LIMIT, || async {
-        let done = count(&app.db, ready, tenant).await >= 8;
-        (done && count(&app.db, numbered_not_stored, tenant).await >= 2).then_some(())
+        if count(&app.db, ready, tenant).await < 8
+            || count(&app.db, numbered_not_stored, tenant).await < 1
+        {
+            return None;
+        }
+        assert!(send_signal("STOP", victim.pid()), "the victim is alive");
+        wait_for(
+            "the frozen victim's statements to finish",
+            LIMIT,
+            || async {
+                let busy: i64 = sqlx::query_scalar(victim_busy)
+                    .fetch_one(&app.db)
+                    .await
+                    .unwrap();
+                (busy == 0).then_some(())
+            },
+        )
+        .await;
+        let mid_render = count(&app.db, ready, tenant).await < orders
+            && count(&app.db, numbered_not_stored, tenant).await >= 1;
+        if !mid_render {
+            send_signal("CONT", victim.pid());
+        }
+        mid_render.then_some(())
     })
     .await;
     victim.kill9();
