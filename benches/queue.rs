@@ -45,7 +45,7 @@
 //!
 //! 10. **traces** — what OpenTelemetry traces cost: parts 1 (one pusher) and 2 (defaults) run
 //!     again in child processes of this bench (which log JSON as the server does) with traces off,
-//!     on at sampling 1.0 and on at 0.01, five times each in turn (costs: medians over rounds of each
+//!     on at sampling 1.0 and on at 0.01, nine times each in turn (costs: medians over rounds of each
 //!     run against its own round's off run), exporting OTLP/HTTP to a sink in
 //!     this process that counts the spans. Every push call is a traced request, so each job
 //!     carries a trace and each run is a span. Targets: drain time per job at most 10 % above
@@ -1951,7 +1951,7 @@ async fn scenario_link(env: &Env) -> anyhow::Result<Vec<Verdict>> {
 }
 
 /// What traces cost the queue: parts 1 (one pusher) and 2 (defaults) in child processes of
-/// this bench with traces off, on at sampling 1.0 and on at 0.01, five times each in turn, exporting
+/// this bench with traces off, on at sampling 1.0 and on at 0.01, nine times each in turn, exporting
 /// to an OTLP/HTTP sink here. Every push call is a traced request, so every job carries a trace
 /// and each run is a span (at 1.0, one span per job is exported).
 async fn scenario_traces(env: &Env) -> anyhow::Result<Vec<Verdict>> {

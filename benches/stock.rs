@@ -29,7 +29,7 @@
 //!    (API-key lookup + one query). Then the workers drain what `wrk` queued and the ledger is
 //!    checked again, against the succeeded count too.
 //! 4. **traces** — part 1 again in child processes of this bench, with OpenTelemetry traces off,
-//!    on at sampling 1.0 and on at 0.01 (five times each, in turn; costs are medians over rounds of each
+//!    on at sampling 1.0 and on at 0.01 (nine times each, in turn; costs are medians over rounds of each
 //!    run against its own round's off run), exporting OTLP/HTTP to a sink
 //!    in this process that counts the spans: each batch request is a traced request, its jobs
 //!    and their runs and the ledger's transactions spans of its trace. Targets: time per
@@ -1414,12 +1414,12 @@ fn part_link(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
 }
 
 /// Part 4: what traces cost part 1 (batch intake to committed ledger): the same part in child
-/// processes of this bench, with traces off, on at sampling 1.0 and on at 0.01, five times each in
+/// processes of this bench, with traces off, on at sampling 1.0 and on at 0.01, nine times each in
 /// turn, exporting to an OTLP/HTTP sink here. Each request of the batch clients is a traced
 /// request; its jobs, their runs and the ledger's transactions are spans of its trace.
 fn part_traces(ctx: &Ctx, verdicts: &mut Vec<Verdict>) -> anyhow::Result<()> {
     println!(
-        "\n== 4. traces: part 1 with traces off and on (OTLP/HTTP to a sink here), child processes, 5 rounds (2 in smoke mode); costs are medians over rounds of each run against its own round's off run =="
+        "\n== 4. traces: part 1 with traces off and on (OTLP/HTTP to a sink here), child processes, 9 rounds (2 in smoke mode); costs are medians over rounds of each run against its own round's off run =="
     );
     let args: &[&str] = if ctx.smoke { &["--smoke"] } else { &[] };
     let rounds = traced_rounds(ctx.smoke);

@@ -148,6 +148,10 @@ pub struct Settings {
     /// per minute per API process (default 60; 0 turns the throttle off); past it the address
     /// gets 429 without its credentials being looked up.
     pub auth_failures_per_minute: u32,
+    /// `BACKROOM_TENANT_REQUESTS_IN_FLIGHT`: requests of one tenant that one API process handles
+    /// at once (default a quarter of `BACKROOM_DB_MAX_CONNECTIONS`, at least 4; 0 for no limit);
+    /// more wait their turn, at most 10 s, then get 429.
+    pub tenant_requests_in_flight: usize,
     /// `BACKROOM_CLIENT_ADDRESS_HEADER`: behind a reverse proxy, the header whose last entry is
     /// the client's address (e.g. `x-forwarded-for`); unset, the peer's address is used.
     pub client_address_header: Option<axum::http::HeaderName>,
@@ -519,6 +523,12 @@ impl Settings {
             "60",
             "a whole number (0 for no limit)",
         )?;
+        let tenant_requests_in_flight: usize = parse_or(
+            get("BACKROOM_TENANT_REQUESTS_IN_FLIGHT"),
+            "BACKROOM_TENANT_REQUESTS_IN_FLIGHT",
+            &(database_max_connections as usize / 4).max(4).to_string(),
+            "a whole number of requests (0 for no limit)",
+        )?;
         let client_address_header =
             match get("BACKROOM_CLIENT_ADDRESS_HEADER") {
                 None => None,
@@ -669,6 +679,7 @@ impl Settings {
             },
             request_timeout,
             auth_failures_per_minute,
+            tenant_requests_in_flight,
             client_address_header,
             forecast: ForecastSettings {
                 cron,

@@ -188,6 +188,17 @@ async fn receive(state: &AppState, import_id: Uuid, body: Body) -> Result<upload
             return Err(too_large(max_bytes));
         }
         writer.write(&state.db, &chunk).await?;
+        // A header line longer than the import job accepts is refused here, before the rest of
+        // the file is stored (parts are written a MiB at a time, so none has been yet).
+        let max_header = imports::validate::MAX_HEADER_BYTES;
+        if writer.header_bytes() > max_header {
+            return Err(Error::invalid(
+                "body",
+                format!(
+                    "header: the first line is over {max_header} bytes long; a header may be at most {max_header} bytes (expected `date,sku,quantity`)"
+                ),
+            ));
+        }
         // Lines, not bytes, bound the validator's work and the report (the header is not a row;
         // a last line without a newline is).
         let rows = writer.lines().saturating_sub(1);
@@ -211,24 +222,28 @@ struct UnfinishedUpload {
 
 impl UnfinishedUpload {
     async fn remove(&mut self) {
-        if let Some(id) = self.import_id.take()
-            && let Err(e) = sqlx::query!("DELETE FROM sales_imports WHERE id = $1", id)
-                .execute(&self.db)
-                .await
-        {
-            tracing::warn!(error = %e, import_id = %id, "could not remove an unfinished upload; it is removed an hour on");
+        if let Some(id) = self.import_id.take() {
+            remove_upload(&self.db, id).await;
         }
+    }
+}
+
+async fn remove_upload(db: &sqlx::PgPool, id: Uuid) {
+    if let Err(e) = sqlx::query!("DELETE FROM sales_imports WHERE id = $1", id)
+        .execute(db)
+        .await
+    {
+        tracing::warn!(error = %e, import_id = %id, "could not remove an unfinished upload; it is removed an hour on");
     }
 }
 
 impl Drop for UnfinishedUpload {
     fn drop(&mut self) {
-        if self.import_id.is_some() {
-            let mut rest = UnfinishedUpload {
-                db: self.db.clone(),
-                import_id: self.import_id.take(),
-            };
-            tokio::spawn(async move { rest.remove().await });
+        // The task holds no `UnfinishedUpload`: a runtime shutting down drops the task unrun,
+        // and that must not spawn another (it did, recursing until the stack overflowed).
+        if let Some(id) = self.import_id.take() {
+            let db = self.db.clone();
+            tokio::spawn(async move { remove_upload(&db, id).await });
         }
     }
 }

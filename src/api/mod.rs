@@ -25,6 +25,7 @@ pub mod products;
 pub mod rate_limit;
 pub mod session;
 pub mod stock;
+pub mod tenant_share;
 pub mod tenants;
 pub mod webhooks;
 
@@ -62,6 +63,8 @@ pub struct AppState {
     /// Uncached API key lookups in flight: at most a quarter of the pool, so a flood of unknown
     /// keys cannot take the connections other requests need.
     pub key_lookups: Arc<tokio::sync::Semaphore>,
+    /// Each tenant's requests handled at once (`tenant_share`).
+    pub tenant_shares: Arc<tenant_share::TenantShares>,
 }
 
 impl AppState {
@@ -73,6 +76,10 @@ impl AppState {
             history_reads: Arc::new(inflight::PerTenant::new(inflight::HISTORY_READS_PER_TENANT)),
             auth_failures: Arc::new(auth_throttle::AuthThrottle::new(
                 settings.auth_failures_per_minute,
+            )),
+            tenant_shares: Arc::new(tenant_share::TenantShares::new(
+                settings.tenant_requests_in_flight,
+                tenant_share::MAX_WAIT,
             )),
             key_lookups: Arc::new(tokio::sync::Semaphore::new(
                 (settings.database_max_connections as usize / 4).max(1),

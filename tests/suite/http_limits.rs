@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+const LIMIT: Duration = Duration::from_secs(30);
+
 fn port_of(app: &TestApp) -> u16 {
     app.address.rsplit(':').next().unwrap().parse().unwrap()
 }
@@ -218,4 +220,55 @@ async fn garbage_tokens_cost_no_postgres_query_and_a_known_key_keeps_working() {
     assert_eq!(r.status(), 429);
     let r = app.get("/admin/v1/tenants", Some(ADMIN_TOKEN)).await;
     assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_tenants_requests_past_its_share_wait_their_turn_while_another_tenant_is_served() {
+    let app = spawn_app_with(|s| s.tenant_requests_in_flight = 2).await;
+    let (a, b) = (
+        app.create_tenant("greedy").await,
+        app.create_tenant("quiet").await,
+    );
+    // A's two turns are held by uploads whose bodies never finish arriving.
+    let mut uploads = vec![];
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(("127.0.0.1", port_of(&app)))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /v1/sales/import HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: text/csv\r\nContent-Length: 1000\r\n\r\ndate,sku,quantity\n",
+            a.key
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        uploads.push(stream);
+    }
+    wait_for("A's two uploads to be receiving", LIMIT, || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM sales_imports WHERE status = 'receiving'")
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        (n == 2).then_some(())
+    })
+    .await;
+    // A's third request waits for a turn…
+    let waiting = tokio::spawn(
+        reqwest::Client::new()
+            .get(format!("{}/v1/me", app.address))
+            .bearer_auth(a.key.clone())
+            .send(),
+    );
+    // …while B's requests are all served, one after another.
+    for _ in 0..20 {
+        assert_eq!(app.get("/v1/me", Some(&b.key)).await.status(), 200);
+    }
+    assert!(!waiting.is_finished(), "A's third request was not held");
+    // A gives a turn back (an upload's client goes away) and its waiting request is served.
+    uploads.pop();
+    let answer = tokio::time::timeout(LIMIT, waiting)
+        .await
+        .expect("A's request is served once a turn is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
 }

@@ -22,6 +22,8 @@ pub struct UploadWriter {
     hasher: Sha256,
     bytes: usize,
     newlines: usize,
+    /// Where the first newline is, once it has arrived.
+    header_bytes: Option<usize>,
     last_byte: Option<u8>,
 }
 
@@ -42,6 +44,7 @@ impl UploadWriter {
             hasher: Sha256::new(),
             bytes: 0,
             newlines: 0,
+            header_bytes: None,
             last_byte: None,
         }
     }
@@ -49,6 +52,11 @@ impl UploadWriter {
     /// Bytes taken so far.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The first line's (the header's) length so far, in bytes, without its newline.
+    pub fn header_bytes(&self) -> usize {
+        self.header_bytes.unwrap_or(self.bytes)
     }
 
     /// Lines so far, counting an unfinished last one.
@@ -59,6 +67,12 @@ impl UploadWriter {
     /// Takes the next bytes of the upload, writing every full part.
     pub async fn write(&mut self, db: &PgPool, mut chunk: &[u8]) -> sqlx::Result<()> {
         self.hasher.update(chunk);
+        if self.header_bytes.is_none() {
+            self.header_bytes = chunk
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|at| self.bytes + at);
+        }
         self.bytes += chunk.len();
         self.newlines += chunk.iter().filter(|&&b| b == b'\n').count();
         if let Some(&last) = chunk.last() {

@@ -215,8 +215,8 @@ fn frame_height(good: &DataFrame, counts: &str) -> Result<u64, UnreadableFile> {
     Ok(rows.sum().unwrap_or(0))
 }
 
-/// The longest header line accepted.
-const MAX_HEADER_BYTES: usize = 4096;
+/// The longest header line accepted (also checked as an upload arrives).
+pub const MAX_HEADER_BYTES: usize = 4096;
 
 fn read_csv(csv: &[u8]) -> Result<DataFrame, UnreadableFile> {
     if csv.iter().all(|b| b.is_ascii_whitespace()) {
