@@ -170,13 +170,13 @@ fn bearer_token(parts: &Parts) -> Result<&str, Error> {
     Ok(token.trim())
 }
 
-/// The tenant whose API key authenticated this request, holding one of its turns in this
-/// process (`tenant_share`) for as long as the handler keeps it.
+/// The tenant whose API key authenticated this request, holding one of its request slots in
+/// this process (`inflight`) for as long as the handler keeps it.
 #[derive(Debug, Clone)]
 pub struct Tenant {
     pub id: Uuid,
     pub slug: String,
-    _turn: Option<std::sync::Arc<super::tenant_share::Turn>>,
+    _slot: Option<std::sync::Arc<super::inflight::Slot>>,
 }
 
 impl FromRequestParts<AppState> for Tenant {
@@ -245,17 +245,18 @@ impl FromRequestParts<AppState> for Tenant {
             });
         }
         tracing::Span::current().record("tenant_id", tracing::field::display(owner.tenant_id));
-        let turn = state
-            .tenant_shares
-            .turn(owner.tenant_id)
-            .await
-            .map_err(|()| Error::RateLimited {
-                retry_after_secs: 1,
-            })?;
+        let slot =
+            state
+                .requests
+                .start(owner.tenant_id)
+                .await
+                .map_err(|()| Error::RateLimited {
+                    retry_after_secs: 1,
+                })?;
         Ok(Tenant {
             id: owner.tenant_id,
             slug: owner.slug,
-            _turn: turn.map(std::sync::Arc::new),
+            _slot: slot.map(std::sync::Arc::new),
         })
     }
 }

@@ -69,9 +69,13 @@ pub async fn import_sales(
     }
     // At most this many of one tenant's uploads are read at once per API process, so that one
     // tenant's parallel uploads do not take every connection and the database's write capacity.
-    let _reading = state.uploads.start(tenant.id).ok_or(Error::RateLimited {
-        retry_after_secs: 1,
-    })?;
+    let _reading = state
+        .uploads
+        .start(tenant.id)
+        .await
+        .map_err(|()| Error::RateLimited {
+            retry_after_secs: 1,
+        })?;
     let import_id = Uuid::now_v7();
     let mut tx = state.db.begin().await?;
     // A cap on a tenant's imports waiting to be loaded or still arriving

@@ -192,7 +192,8 @@ pub async fn list_tenant_jobs(
     let _reading = state
         .history_reads
         .start(tenant.id)
-        .ok_or(Error::RateLimited {
+        .await
+        .map_err(|()| Error::RateLimited {
             retry_after_secs: 1,
         })?;
     searched(&state, &query, params.limit, params.cursor, errors)

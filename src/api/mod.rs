@@ -25,7 +25,6 @@ pub mod products;
 pub mod rate_limit;
 pub mod session;
 pub mod stock;
-pub mod tenant_share;
 pub mod tenants;
 pub mod webhooks;
 
@@ -63,8 +62,8 @@ pub struct AppState {
     /// Uncached API key lookups in flight: at most a quarter of the pool, so a flood of unknown
     /// keys cannot take the connections other requests need.
     pub key_lookups: Arc<tokio::sync::Semaphore>,
-    /// Each tenant's requests handled at once (`tenant_share`).
-    pub tenant_shares: Arc<tenant_share::TenantShares>,
+    /// Each tenant's requests handled at once (`BACKROOM_TENANT_REQUESTS_IN_FLIGHT`).
+    pub requests: Arc<inflight::PerTenant>,
 }
 
 impl AppState {
@@ -72,14 +71,20 @@ impl AppState {
         Self {
             admin_token_digest: settings.admin_token.as_deref().map(extract::admin_digest),
             lookups: lookups::Lookups::default(),
-            uploads: Arc::new(inflight::PerTenant::new(inflight::UPLOADS_PER_TENANT)),
-            history_reads: Arc::new(inflight::PerTenant::new(inflight::HISTORY_READS_PER_TENANT)),
+            uploads: Arc::new(inflight::PerTenant::new(
+                inflight::UPLOADS_PER_TENANT,
+                std::time::Duration::ZERO,
+            )),
+            history_reads: Arc::new(inflight::PerTenant::new(
+                inflight::HISTORY_READS_PER_TENANT,
+                std::time::Duration::ZERO,
+            )),
             auth_failures: Arc::new(auth_throttle::AuthThrottle::new(
                 settings.auth_failures_per_minute,
             )),
-            tenant_shares: Arc::new(tenant_share::TenantShares::new(
+            requests: Arc::new(inflight::PerTenant::new(
                 settings.tenant_requests_in_flight,
-                tenant_share::MAX_WAIT,
+                inflight::REQUEST_TURN_WAIT,
             )),
             key_lookups: Arc::new(tokio::sync::Semaphore::new(
                 (settings.database_max_connections as usize / 4).max(1),
