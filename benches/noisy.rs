@@ -45,13 +45,19 @@
 //!   bench waits (at most 120 s; 30 s in smoke mode) for B's jobs to finish; A's backlog is left
 //!   queued.
 //!
+//! `NOISY_ATTACKS` (a comma-separated list of `flood-stock`, `flood-orders`, `flood-emails`
+//! (or `flood` for the three), `uploads`, `forecasts`, `slow` and `garbage`; `all` by default)
+//! runs only some of A's attacks, to see what each costs B.
+//!
 //! Printed: B's API latency p50/p99 per request kind, 2xx/s and errors, and its enqueue-to-start
 //! p50/p99 per queue, solo and under attack side by side (target: each p99 under attack ≤ 2 × its
 //! solo value, for enqueue-to-start at least 5 ms since its timestamps are whole milliseconds; no
 //! errors for B); A's answers by status for each attack (401, 409, 413, 422 and 429 are the
 //! designed refusals; any 5xx or transport error fails) and the fate of its imports; the slow
-//! connections the server cut and after how long (a figure, not judged); whether `serve` and
-//! `work` are still alive at the end, and the warnings and errors in their logs; Redis
+//! connections the server cut and after how long (a figure, not judged); the cores each part
+//! used in each phase (`serve`, `work`, this bench's clients, Postgres, Redis, the rest; read
+//! from `/proc`; a figure); whether `serve` and `work` are still alive at the end, and the
+//! warnings and errors in their logs; Redis
 //! `used_memory` at the start, its maximum (sampled every second) and at the end, and this run's
 //! keys (`MEMORY USAGE` of the namespace) after each phase against a bound of 256 MiB.
 //!
@@ -119,6 +125,67 @@ struct Config {
     /// How long B's jobs of a phase may take to finish after it.
     finish_wait: Duration,
     max_import_bytes: usize,
+    /// Which of A's attacks run (`NOISY_ATTACKS`; all by default).
+    attacks: Vec<AttackKind>,
+}
+
+/// One of A's attacks, as named in `NOISY_ATTACKS`.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum AttackKind {
+    FloodStock,
+    FloodOrders,
+    FloodEmails,
+    Uploads,
+    Forecasts,
+    Slow,
+    Garbage,
+}
+
+impl AttackKind {
+    const ALL: [AttackKind; 7] = [
+        AttackKind::FloodStock,
+        AttackKind::FloodOrders,
+        AttackKind::FloodEmails,
+        AttackKind::Uploads,
+        AttackKind::Forecasts,
+        AttackKind::Slow,
+        AttackKind::Garbage,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            AttackKind::FloodStock => "flood-stock",
+            AttackKind::FloodOrders => "flood-orders",
+            AttackKind::FloodEmails => "flood-emails",
+            AttackKind::Uploads => "uploads",
+            AttackKind::Forecasts => "forecasts",
+            AttackKind::Slow => "slow",
+            AttackKind::Garbage => "garbage",
+        }
+    }
+
+    /// `NOISY_ATTACKS`: a comma-separated list of attack names, `flood` (its three parts) or
+    /// `all` (the default).
+    fn from_env() -> anyhow::Result<Vec<AttackKind>> {
+        let list = std::env::var("NOISY_ATTACKS").unwrap_or_else(|_| "all".into());
+        let mut kinds = vec![];
+        for name in list.split(',').map(str::trim) {
+            match name {
+                "all" => kinds.extend(AttackKind::ALL),
+                "flood" => kinds.extend(&AttackKind::ALL[..3]),
+                _ => kinds.push(
+                    AttackKind::ALL
+                        .into_iter()
+                        .find(|a| a.name() == name)
+                        .with_context(|| {
+                            let names = AttackKind::ALL.map(AttackKind::name).join(", ");
+                            format!("NOISY_ATTACKS: {name:?} is none of all, flood, {names}")
+                        })?,
+                ),
+            }
+        }
+        Ok(kinds)
+    }
 }
 
 impl Config {
@@ -136,6 +203,7 @@ impl Config {
             forecast_days: if smoke { 365 } else { 730 },
             finish_wait: Duration::from_secs(if smoke { 30 } else { 120 }),
             max_import_bytes: env_or("BACKROOM_MAX_IMPORT_BYTES", 64 << 20)?,
+            attacks: AttackKind::from_env()?,
         };
         anyhow::ensure!(
             (100..=1_000_000).contains(&config.flood_jobs),
@@ -976,11 +1044,22 @@ fn start_attack(ctx: &Ctx, until: Instant) -> Attack {
         slow: Arc::new(Slow::default()),
         joins: vec![],
     };
+    let runs = |kind| ctx.config.attacks.contains(&kind);
     start_floods(ctx, until, &mut attack);
-    start_hostile(ctx, until, &mut attack);
-    start_forecast_runs(ctx, until, &mut attack);
-    start_garbage(ctx, until, &mut attack);
-    for _ in 0..ctx.config.slow_connections {
+    if runs(AttackKind::Uploads) {
+        start_hostile(ctx, until, &mut attack);
+    }
+    if runs(AttackKind::Forecasts) {
+        start_forecast_runs(ctx, until, &mut attack);
+    }
+    if runs(AttackKind::Garbage) {
+        start_garbage(ctx, until, &mut attack);
+    }
+    let slow_connections = match runs(AttackKind::Slow) {
+        true => ctx.config.slow_connections,
+        false => 0,
+    };
+    for _ in 0..slow_connections {
         let slow = attack.slow.clone();
         attack
             .joins
@@ -1027,7 +1106,15 @@ fn start_floods(ctx: &Ctx, until: Instant, attack: &mut Attack) {
             post(http, ctx.url("/v1/emails"), key, a_email),
         ),
     ];
-    for (name, units, count, concurrency, make) in floods {
+    let kinds = [
+        AttackKind::FloodStock,
+        AttackKind::FloodOrders,
+        AttackKind::FloodEmails,
+    ];
+    for ((name, units, count, concurrency, make), kind) in floods.into_iter().zip(kinds) {
+        if !c.attacks.contains(&kind) {
+            continue;
+        }
         let tally = Tally::new(false);
         attack.joins.push(tokio::spawn(flood(
             count,
@@ -1160,6 +1247,8 @@ impl Redis {
 
 struct Phase {
     secs: f64,
+    /// Cores used on average during the phase, by part.
+    cpu: Vec<(String, f64)>,
     streams: Vec<(&'static str, Arc<Tally>, JoinHandle<()>)>,
     starts: Starts,
 }
@@ -1175,6 +1264,12 @@ async fn phase(
 ) -> anyhow::Result<(Phase, Option<Attack>)> {
     eprintln!("  {name}: {} s", duration.as_secs());
     let outbox_from = outbox_mark(&ctx.db).await?;
+    let processes = [
+        ("serve", running.children.serve.pid().to_string()),
+        ("work", running.children.work.pid().to_string()),
+        ("this bench (B's and A's clients)", "self".to_string()),
+    ];
+    let cpu_from = CpuReading::now(&processes);
     let start = Instant::now();
     let until = start + duration;
     let streams = start_b(ctx, name, until);
@@ -1225,6 +1320,7 @@ async fn phase(
         }
     }
     let secs = start.elapsed().as_secs_f64().min(duration.as_secs_f64());
+    let cpu = CpuReading::now(&processes).cores_since(&cpu_from);
     let outbox_to = outbox_mark(&ctx.db).await?;
     if let Some(a) = &attack {
         a.joins.iter().for_each(JoinHandle::abort);
@@ -1233,6 +1329,7 @@ async fn phase(
         return Ok((
             Phase {
                 secs,
+                cpu,
                 streams,
                 starts: Starts::default(),
             },
@@ -1246,6 +1343,7 @@ async fn phase(
     Ok((
         Phase {
             secs,
+            cpu,
             streams,
             starts,
         },
@@ -1288,8 +1386,27 @@ fn report(config: &Config, o: &Outcome) -> Vec<Verdict> {
     verdicts.extend(report_b_jobs(config, &o.solo, &o.under));
     verdicts.extend(report_a(&o.attack, &o.import_fates));
     report_slow(config, &o.attack.slow);
+    report_cpu(config, &o.solo, &o.under);
     verdicts.extend(report_processes_and_redis(o));
     verdicts
+}
+
+/// Where the machine's CPU went in each phase (a figure, not judged): on a shared machine
+/// whatever A's attack makes busy is taken from B.
+fn report_cpu(config: &Config, solo: &Phase, under: &Phase) {
+    let attacks = config.attacks.iter().map(|a| a.name()).collect::<Vec<_>>();
+    println!(
+        "\n== CPU, cores used on average (this machine: {}; attacks run: {}) ==",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        attacks.join(", ")
+    );
+    let rows: Vec<Vec<String>> = solo
+        .cpu
+        .iter()
+        .zip(&under.cpu)
+        .map(|((part, s), (_, a))| vec![part.clone(), dec(*s, 2), dec(*a, 2)])
+        .collect();
+    print_table_aligned(&["part", "solo", "under attack"], &rows, 1);
 }
 
 /// Tenant B's API latency per request kind, solo and under attack.

@@ -229,6 +229,79 @@ pub fn machine_busy_ticks() -> f64 {
         - ticks.get(4).copied().unwrap_or(0.0)
 }
 
+/// Cumulative CPU seconds of the named processes, of all `postgres` processes (their own and their
+/// reaped children's: ended backends count under the postmaster), of `redis-server`, and of the
+/// whole machine, at one instant.
+pub struct CpuReading {
+    pub at: Instant,
+    pub named: Vec<(String, f64)>,
+    pub postgres: f64,
+    pub redis: f64,
+    pub machine: f64,
+}
+
+impl CpuReading {
+    /// Reads `/proc` for `named` (a name and a pid, or `"self"`).
+    pub fn now(named: &[(&str, String)]) -> Self {
+        let clk_tck = clock_ticks();
+        let (mut postgres, mut redis) = (0.0, 0.0);
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name
+                    .to_str()
+                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                else {
+                    continue;
+                };
+                if let Some((comm, f)) = proc_stat(pid) {
+                    match comm.as_str() {
+                        "postgres" => postgres += f[0] + f[1] + f[2] + f[3],
+                        "redis-server" => redis += f[0] + f[1] + f[2] + f[3],
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let named = named
+            .iter()
+            .map(|(name, pid)| {
+                let own = proc_stat(pid).map_or(0.0, |(_, f)| f[0] + f[1]);
+                (name.to_string(), own / clk_tck)
+            })
+            .collect();
+        CpuReading {
+            at: Instant::now(),
+            named,
+            postgres: postgres / clk_tck,
+            redis: redis / clk_tck,
+            machine: machine_busy_ticks() / clk_tck,
+        }
+    }
+
+    /// Cores used on average since `earlier`, by part: the named processes, Postgres, Redis,
+    /// everything else, and the whole machine.
+    pub fn cores_since(&self, earlier: &CpuReading) -> Vec<(String, f64)> {
+        let wall = (self.at - earlier.at).as_secs_f64().max(1e-9);
+        let mut parts: Vec<(String, f64)> = self
+            .named
+            .iter()
+            .zip(&earlier.named)
+            .map(|((name, now), (_, then))| (name.clone(), (now - then).max(0.0)))
+            .collect();
+        parts.push((
+            "Postgres".into(),
+            (self.postgres - earlier.postgres).max(0.0),
+        ));
+        parts.push(("Redis".into(), (self.redis - earlier.redis).max(0.0)));
+        let machine = (self.machine - earlier.machine).max(0.0);
+        let known: f64 = parts.iter().map(|p| p.1).sum();
+        parts.push(("everything else".into(), (machine - known).max(0.0)));
+        parts.push(("machine".into(), machine));
+        parts.into_iter().map(|(n, s)| (n, s / wall)).collect()
+    }
+}
+
 /// `sysconf(_SC_CLK_TCK)` without libc: the `AT_CLKTCK` entry of the auxiliary vector.
 pub fn clock_ticks() -> f64 {
     const AT_CLKTCK: u64 = 17;
