@@ -308,7 +308,9 @@ pub async fn create_batch(
     }
     errors.finish()?;
     let jobs: Vec<StockAdjustmentJob> = jobs.into_iter().map(|j| j.expect("checked")).collect();
-    // One push call for the whole batch (the push script takes up to 1,000): all or nothing.
+    // Bad input queues nothing (checked above). The push goes to Redis in chunks (see
+    // `queue::client::PUSH_CHUNK`), so a Redis failure part-way leaves the first chunks queued
+    // and answers 503; the same batch sent again queues the rest (the keys repeat the others).
     // Its new jobs form a group, opened once they exist (members that finish first are counted
     // when it opens).
     let group = Uuid::now_v7();

@@ -295,6 +295,37 @@ async fn an_idempotency_key_maps_repeats_to_the_first_job() {
     assert_eq!(tq.counts("runs").await[&1], 1);
 }
 
+/// A push goes to Redis in scripts of a few dozen jobs (so that one big push does not hold up
+/// every other client): a push many times that size still answers in order, and a key repeated
+/// in a later chunk of the same push maps to the job an earlier chunk created.
+#[tokio::test]
+async fn a_push_of_many_chunks_answers_in_order_and_maps_repeats_across_chunks() {
+    let tq = TestQueue::new();
+    let keyed = |i: u64, key: u64| {
+        NewJob::new("probe", &Probe::new(i)).idempotency_key(format!("tenant-a:key-{key}"))
+    };
+    let mut jobs: Vec<NewJob> = (0..200).map(|i| keyed(i, i)).collect();
+    jobs.extend((200..300).map(|i| keyed(i, i - 200)));
+    let pushed = tq.queues.push(&tq.queue, jobs).await.unwrap();
+    assert_eq!(pushed.len(), 300);
+    assert!(pushed[..200].iter().all(|p| p.created));
+    let first: HashSet<&str> = pushed[..200].iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(first.len(), 200, "200 distinct jobs");
+    for (i, repeat) in pushed[200..].iter().enumerate() {
+        assert!(!repeat.created, "job {} repeats key {i}", 200 + i);
+        assert_eq!(repeat.id, pushed[i].id, "job {} maps to job {i}", 200 + i);
+    }
+    let worker = spawn_worker(&tq, tq.options()).await;
+    let ids: Vec<String> = pushed[..200].iter().map(|p| p.id.clone()).collect();
+    tq.wait_all(&ids, JobStatus::Succeeded, LIMIT).await;
+    worker.stop().await;
+    let runs = tq.counts("runs").await;
+    assert!(
+        (0..200).all(|n| runs.get(&n) == Some(&1)) && runs.len() == 200,
+        "each of the 200 jobs ran once, no repeat ran: {runs:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_paused_queue_holds_its_jobs_until_resumed_and_queued_jobs_can_be_cancelled() {
     let tq = TestQueue::new();
