@@ -529,6 +529,12 @@ impl Settings {
             &(database_max_connections as usize / 4).max(4).to_string(),
             "a whole number of requests (0 for no limit)",
         )?;
+        if tenant_requests_in_flight > 100_000 {
+            return Err(SettingsError {
+                var: "BACKROOM_TENANT_REQUESTS_IN_FLIGHT",
+                message: "must be at most 100000 (0 for no limit)".into(),
+            });
+        }
         let client_address_header =
             match get("BACKROOM_CLIENT_ADDRESS_HEADER") {
                 None => None,
@@ -859,6 +865,9 @@ mod tests {
         assert_eq!(s.connections.max_connections, 4096);
         assert_eq!(s.request_timeout, Duration::from_secs(60));
         assert_eq!(s.auth_failures_per_minute, 60);
+        // A quarter of the default pool of 20, at least 4.
+        assert_eq!(s.database_max_connections, 20);
+        assert_eq!(s.tenant_requests_in_flight, 5);
         assert!(s.client_address_header.is_none());
         assert_eq!(
             s.tenant_concurrency,
@@ -967,6 +976,17 @@ mod tests {
                 "BACKROOM_CLIENT_ADDRESS_HEADER",
                 Some("x y"),
                 "not a header name",
+            ),
+            (
+                "BACKROOM_TENANT_REQUESTS_IN_FLIGHT",
+                Some("-1"),
+                "whole number of requests",
+            ),
+            // A semaphore of more permits than tokio allows would panic at the first request.
+            (
+                "BACKROOM_TENANT_REQUESTS_IN_FLIGHT",
+                Some("18446744073709551615"),
+                "at most 100000",
             ),
             (
                 "BACKROOM_TENANT_CONCURRENCY",

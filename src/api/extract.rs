@@ -245,14 +245,7 @@ impl FromRequestParts<AppState> for Tenant {
             });
         }
         tracing::Span::current().record("tenant_id", tracing::field::display(owner.tenant_id));
-        let slot =
-            state
-                .requests
-                .start(owner.tenant_id)
-                .await
-                .map_err(|()| Error::RateLimited {
-                    retry_after_secs: 1,
-                })?;
+        let slot = state.requests.start(owner.tenant_id).await?;
         Ok(Tenant {
             id: owner.tenant_id,
             slug: owner.slug,

@@ -69,13 +69,7 @@ pub async fn import_sales(
     }
     // At most this many of one tenant's uploads are read at once per API process, so that one
     // tenant's parallel uploads do not take every connection and the database's write capacity.
-    let _reading = state
-        .uploads
-        .start(tenant.id)
-        .await
-        .map_err(|()| Error::RateLimited {
-            retry_after_secs: 1,
-        })?;
+    let _reading = state.uploads.start(tenant.id).await?;
     let import_id = Uuid::now_v7();
     let mut tx = state.db.begin().await?;
     // A cap on a tenant's imports waiting to be loaded or still arriving
@@ -193,15 +187,12 @@ async fn receive(state: &AppState, import_id: Uuid, body: Body) -> Result<upload
         }
         writer.write(&state.db, &chunk).await?;
         // A header line longer than the import job accepts is refused here, before the rest of
-        // the file is stored (parts are written a MiB at a time, so none has been yet).
+        // the file is stored: a part is written once a MiB has arrived, and the chunk that takes
+        // the first line past 4 KiB is far smaller than that, so none has been yet.
         let max_header = imports::validate::MAX_HEADER_BYTES;
         if writer.header_bytes() > max_header {
-            return Err(Error::invalid(
-                "body",
-                format!(
-                    "header: the first line is over {max_header} bytes long; a header may be at most {max_header} bytes (expected `date,sku,quantity`)"
-                ),
-            ));
+            let why = imports::validate::header_too_long(&format!("over {max_header} bytes"));
+            return Err(Error::invalid("body", why));
         }
         // Lines, not bytes, bound the validator's work and the report (the header is not a row;
         // a last line without a newline is).

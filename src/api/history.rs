@@ -189,13 +189,7 @@ pub async fn list_tenant_jobs(
     // A tenant's list reads only its own rows, but a filter that matches few of them reads many:
     // at most a few at once per tenant and API process, so one tenant's loop of such reads
     // cannot take the pool that every tenant's requests share.
-    let _reading = state
-        .history_reads
-        .start(tenant.id)
-        .await
-        .map_err(|()| Error::RateLimited {
-            retry_after_secs: 1,
-        })?;
+    let _reading = state.history_reads.start(tenant.id).await?;
     searched(&state, &query, params.limit, params.cursor, errors)
         .await
         .map(axum::Json)

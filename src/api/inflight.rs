@@ -29,6 +29,18 @@ pub struct PerTenant {
     tenants: Tenants,
 }
 
+/// No slot came in time: the request is refused with 429 and `Retry-After: 1`.
+#[derive(Debug)]
+pub struct Busy;
+
+impl From<Busy> for super::error::Error {
+    fn from(_: Busy) -> Self {
+        super::error::Error::RateLimited {
+            retry_after_secs: 1,
+        }
+    }
+}
+
 /// One of a tenant's slots, given back when dropped (also when the request is cancelled).
 #[derive(Debug)]
 pub struct Slot {
@@ -48,9 +60,9 @@ impl PerTenant {
         }
     }
 
-    /// Waits for a slot of `tenant`: `Ok(None)` when there is no limit, `Err(())` when none came
+    /// Waits for a slot of `tenant`: `Ok(None)` when there is no limit, [`Busy`] when none came
     /// in time (with no wait, when none is free now).
-    pub async fn start(&self, tenant: Uuid) -> Result<Option<Slot>, ()> {
+    pub async fn start(&self, tenant: Uuid) -> Result<Option<Slot>, Busy> {
         if self.max == 0 {
             return Ok(None);
         }
@@ -71,7 +83,7 @@ impl PerTenant {
                 Ok(Some(slot))
             }
             // Never closed; a timeout drops `slot`, which forgets an idle tenant.
-            _ => Err(()),
+            _ => Err(Busy),
         }
     }
 

@@ -218,6 +218,14 @@ fn frame_height(good: &DataFrame, counts: &str) -> Result<u64, UnreadableFile> {
 /// The longest header line accepted (also checked as an upload arrives).
 pub const MAX_HEADER_BYTES: usize = 4096;
 
+/// Why a header line is refused, `length` saying how long it is (the job knows; an upload still
+/// arriving knows only that it is over the limit).
+pub fn header_too_long(length: &str) -> String {
+    format!(
+        "header: the first line is {length} long; a header may be at most {MAX_HEADER_BYTES} bytes (expected `date,sku,quantity`)"
+    )
+}
+
 fn read_csv(csv: &[u8]) -> Result<DataFrame, UnreadableFile> {
     if csv.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(UnreadableFile(
@@ -228,9 +236,9 @@ fn read_csv(csv: &[u8]) -> Result<DataFrame, UnreadableFile> {
     // before polars builds a column for each name.
     let header_len = csv.iter().position(|&b| b == b'\n').unwrap_or(csv.len());
     if header_len > MAX_HEADER_BYTES {
-        return Err(UnreadableFile(format!(
-            "header: the first line is {header_len} bytes long; a header may be at most {MAX_HEADER_BYTES} bytes (expected `date,sku,quantity`)"
-        )));
+        return Err(UnreadableFile(header_too_long(&format!(
+            "{header_len} bytes"
+        ))));
     }
     text_columns(csv, &["date", "sku", "quantity"]).map_err(|e| match e {
         CsvFileError::MissingColumn { column, found } => {
