@@ -11,7 +11,6 @@ use crate::helpers::*;
 use backroom::jobs::Queue;
 use backroom::queue::{JobStatus, NewJob, QueueName};
 use mail_parser::MessageParser;
-use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::{Connection as _, PgPool};
 use std::collections::{HashMap, HashSet};
@@ -1405,12 +1404,8 @@ async fn undecodable_payloads_on_every_queue_go_dead_and_the_worker_keeps_workin
     let order = place_order(&app, &t.key, "PLAIN", 1).await;
     let mail = post_email(&app, &t.key, 1).await;
     let import = app
-        .request(Method::POST, "/v1/sales/import", Some(&t.key))
-        .header("content-type", "text/csv")
-        .body(format!("date,sku,quantity\n{yesterday},PLAIN,3\n"))
-        .send()
-        .await
-        .unwrap();
+        .upload_sales(&t.key, format!("date,sku,quantity\n{yesterday},PLAIN,3\n"))
+        .await;
     assert_eq!(import.status(), 202);
     let import: Value = import.json().await.unwrap();
     let run = app

@@ -24,13 +24,7 @@ async fn product(app: &TestApp, key: &str, sku: &str) {
 }
 
 async fn upload(app: &TestApp, key: &str, csv: &str) -> Value {
-    let r = app
-        .request(Method::POST, "/v1/sales/import", Some(key))
-        .header("content-type", "text/csv")
-        .body(csv.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = app.upload_sales(key, csv.to_string()).await;
     assert_eq!(r.status(), 202);
     r.json().await.unwrap()
 }
@@ -587,20 +581,15 @@ async fn imports_and_batches_over_their_limits_are_refused_at_the_door() {
     .await;
     let tenant = app.create_tenant("limits").await;
     product(&app, &tenant.key, "MUG-1").await;
-    let send = |csv: String| {
-        app.request(Method::POST, "/v1/sales/import", Some(&tenant.key))
-            .header("content-type", "text/csv")
-            .body(csv)
-            .send()
-    };
+    let send = |csv: String| app.upload_sales(&tenant.key, csv);
     // Three rows (the last without a newline) pass; four are one too many.
     let three = "date,sku,quantity\n2026-10-01,MUG-1,1\n2026-10-02,MUG-1,1\n2026-10-03,MUG-1,1";
-    assert_eq!(send(three.to_string()).await.unwrap().status(), 202);
+    assert_eq!(send(three.to_string()).await.status(), 202);
     let four = format!("{three}\n2026-10-04,MUG-1,1\n");
-    let refused = assert_problem(send(four).await.unwrap(), 422, "too many rows").await;
+    let refused = assert_problem(send(four).await, 422, "too many rows").await;
     assert_eq!(refused["errors"][0]["field"], "body", "{refused}");
     let big = format!("date,sku,quantity\n{}", "x".repeat(300));
-    assert_problem(send(big).await.unwrap(), 413, "too many bytes").await;
+    assert_problem(send(big).await, 413, "too many bytes").await;
     // An upload that declares more than the limit is answered before its body is sent.
     let mut raw = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
         .await
@@ -674,16 +663,10 @@ async fn imports_and_batches_over_their_limits_are_refused_at_the_door() {
     }
     let other = app.create_tenant("limits-neighbour").await;
     product(&app, &other.key, "MUG-1").await;
-    let r = app
-        .request(Method::POST, "/v1/sales/import", Some(&other.key))
-        .header("content-type", "text/csv")
-        .body(three.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = app.upload_sales(&other.key, three.to_string()).await;
     assert_eq!(r.status(), 202, "the neighbour's upload");
     assert_eq!(
-        send(three.to_string()).await.unwrap().status(),
+        send(three.to_string()).await.status(),
         202,
         "its own next upload"
     );

@@ -180,6 +180,16 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// Sends `csv` as a sales upload (`POST /v1/sales/import`, `text/csv`) with `key`.
+    pub async fn upload_sales(&self, key: &str, csv: impl Into<reqwest::Body>) -> Response {
+        self.request(Method::POST, "/v1/sales/import", Some(key))
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     /// Sends `body` as JSON; the returned future borrows nothing, so closures can return it.
     pub fn send_json(
         &self,

@@ -160,15 +160,21 @@ async fn a_csv_with_a_sixty_megabyte_header_costs_a_short_error() {
         0,
         "{counts:?}"
     );
-    // The same tenant's next, well-formed upload is taken.
-    let r = app
-        .request(Method::POST, "/v1/sales/import", Some(&tenant.key))
-        .header("content-type", "text/csv")
-        .body("date,sku,quantity\n")
-        .send()
-        .await
-        .unwrap();
+    // The same tenant's next, well-formed upload is taken, and so is another tenant's.
+    let r = app.upload_sales(&tenant.key, "date,sku,quantity\n").await;
     assert_eq!(r.status(), 202);
+    let neighbour = app.create_tenant("neighbour").await;
+    let r = app
+        .upload_sales(&neighbour.key, "date,sku,quantity\n2026-11-01,MUG,1\n")
+        .await;
+    assert_eq!(r.status(), 202);
+    let theirs: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sales_imports i JOIN tenants t ON t.id = i.tenant_id WHERE t.slug = 'neighbour'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(theirs, 1, "the neighbour's upload is stored");
 }
 
 #[tokio::test]

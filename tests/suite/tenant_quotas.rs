@@ -216,12 +216,8 @@ async fn a_tenant_at_its_quotas_gets_409_and_another_tenant_does_not() {
     let upload = |key: String| {
         let app = &app;
         async move {
-            app.request(Method::POST, "/v1/sales/import", Some(&key))
-                .header("content-type", "text/csv")
-                .body("date,sku,quantity\n2026-11-01,MUG,1\n")
-                .send()
+            app.upload_sales(&key, "date,sku,quantity\n2026-11-01,MUG,1\n")
                 .await
-                .unwrap()
         }
     };
     for _ in 0..3 {
@@ -254,12 +250,11 @@ async fn dates_before_the_window_are_refused_and_the_stored_csv_is_dropped_once_
 
     let _workers = app.start_workers("imports");
     let r = app
-        .request(Method::POST, "/v1/sales/import", Some(&t.key))
-        .header("content-type", "text/csv")
-        .body("date,sku,quantity\n0001-01-01,MUG,1\n2026-11-01,MUG,2\n")
-        .send()
-        .await
-        .unwrap();
+        .upload_sales(
+            &t.key,
+            "date,sku,quantity\n0001-01-01,MUG,1\n2026-11-01,MUG,2\n",
+        )
+        .await;
     assert_eq!(r.status(), 202);
     let accepted: Value = r.json().await.unwrap();
     let import_id = accepted["import_id"].as_str().unwrap().to_string();

@@ -916,13 +916,7 @@ async fn imports_forecast_runs_and_failed_invoices_are_events() {
         let app = &app;
         let key = t.key.clone();
         async move {
-            let r = app
-                .request(reqwest::Method::POST, "/v1/sales/import", Some(&key))
-                .header("content-type", "text/csv")
-                .body(csv)
-                .send()
-                .await
-                .unwrap();
+            let r = app.upload_sales(&key, csv).await;
             assert_eq!(r.status(), 202);
             r.json::<Value>().await.unwrap()["import_id"]
                 .as_str()
