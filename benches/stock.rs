@@ -294,27 +294,7 @@ struct CpuUse {
 impl Cpu {
     fn now(clk_tck: f64) -> Self {
         let own = proc_stat("self");
-        let (mut postgres, mut redis) = (0.0, 0.0);
-        if let Ok(dir) = std::fs::read_dir("/proc") {
-            for entry in dir.flatten() {
-                let name = entry.file_name();
-                let Some(pid) = name
-                    .to_str()
-                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-                else {
-                    continue;
-                };
-                if let Some((comm, fields)) = proc_stat(pid) {
-                    // Own time plus reaped children's (ended backends count under the postmaster).
-                    let total = fields[0] + fields[1] + fields[2] + fields[3];
-                    match comm.as_str() {
-                        "postgres" => postgres += total,
-                        "redis-server" => redis += total,
-                        _ => {}
-                    }
-                }
-            }
-        }
+        let (postgres, redis) = postgres_and_redis_ticks();
         let (process, children) = own
             .map(|(_, f)| (f[0] + f[1], f[2] + f[3]))
             .unwrap_or((0.0, 0.0));

@@ -229,6 +229,33 @@ pub fn machine_busy_ticks() -> f64 {
         - ticks.get(4).copied().unwrap_or(0.0)
 }
 
+/// Clock ticks used so far by every `postgres` process and by `redis-server`: each one's own
+/// time plus its reaped children's (ended backends count under the postmaster).
+pub fn postgres_and_redis_ticks() -> (f64, f64) {
+    let (mut postgres, mut redis) = (0.0, 0.0);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return (postgres, redis);
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some((comm, f)) = proc_stat(pid) {
+            let total = f[0] + f[1] + f[2] + f[3];
+            match comm.as_str() {
+                "postgres" => postgres += total,
+                "redis-server" => redis += total,
+                _ => {}
+            }
+        }
+    }
+    (postgres, redis)
+}
+
 /// Cumulative CPU seconds of the named processes, of all `postgres` processes (their own and their
 /// reaped children's: ended backends count under the postmaster), of `redis-server`, and of the
 /// whole machine, at one instant.
@@ -244,25 +271,7 @@ impl CpuReading {
     /// Reads `/proc` for `named` (a name and a pid, or `"self"`).
     pub fn now(named: &[(&str, String)]) -> Self {
         let clk_tck = clock_ticks();
-        let (mut postgres, mut redis) = (0.0, 0.0);
-        if let Ok(dir) = std::fs::read_dir("/proc") {
-            for entry in dir.flatten() {
-                let name = entry.file_name();
-                let Some(pid) = name
-                    .to_str()
-                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-                else {
-                    continue;
-                };
-                if let Some((comm, f)) = proc_stat(pid) {
-                    match comm.as_str() {
-                        "postgres" => postgres += f[0] + f[1] + f[2] + f[3],
-                        "redis-server" => redis += f[0] + f[1] + f[2] + f[3],
-                        _ => {}
-                    }
-                }
-            }
-        }
+        let (postgres, redis) = postgres_and_redis_ticks();
         let named = named
             .iter()
             .map(|(name, pid)| {
